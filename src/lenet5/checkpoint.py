@@ -1,0 +1,176 @@
+"""One checkpoint format: a safetensors file with the weights and the metadata to use them.
+
+Tensors: the weights under PyTorch's names (``conv1.weight`` ...); in ``last.safetensors`` also the
+optimizer state under ``optimizer.<key>``. Metadata (strings, JSON where structured): format and
+format_version, engine, model, config, epoch, metrics, normalization, and the trainer's state for resume.
+Loading never runs code (safetensors has no code path; ``.pth`` files go through ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lenet5 import MNIST_MEAN, MNIST_STD
+from lenet5.atomic import atomic_path
+from lenet5.errors import CheckpointError
+
+FORMAT = "lenet5-checkpoint"
+FORMAT_VERSION = 1
+OPTIMIZER_PREFIX = "optimizer."
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header is a few KB; refuse giant declared sizes early
+
+
+@dataclass
+class Checkpoint:
+    weights: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+
+def save_checkpoint(
+    path: str | Path,
+    weights: dict[str, np.ndarray],
+    *,
+    engine: str,
+    model: str,
+    config: dict | None = None,
+    epoch: int = 0,
+    metrics: dict | None = None,
+    optimizer: dict[str, np.ndarray] | None = None,
+    trainer_state: dict | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temporary file + rename)."""
+    from safetensors.numpy import save_file
+
+    tensors = {name: np.ascontiguousarray(value) for name, value in weights.items()}
+    for key, value in (optimizer or {}).items():
+        tensors[OPTIMIZER_PREFIX + key] = np.ascontiguousarray(value)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "engine": engine,
+        "model": model,
+        "config": json.dumps(config or {}),
+        "epoch": str(int(epoch)),
+        "metrics": json.dumps(metrics or {}),
+        "normalization": json.dumps({"mean": MNIST_MEAN, "std": MNIST_STD}),
+    }
+    if trainer_state is not None:
+        metadata["trainer_state"] = json.dumps(trainer_state)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def load_checkpoint(path: str | Path, expect_model: str | None = None) -> Checkpoint:
+    """Load and validate a checkpoint (.safetensors, or a PyTorch state_dict .pth/.pt with our names)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file (train one with `lenet5 train`)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a file; pass the .safetensors file inside the run folder")
+    if path.suffix in (".pth", ".pt"):
+        from lenet5.engines.torch.pth import load_pth_state_dict
+
+        weights = load_pth_state_dict(path)
+        meta = {"format_version": FORMAT_VERSION, "engine": "torch", "model": None, "config": {}, "epoch": 0,
+                "metrics": {}, "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}}
+        ckpt = Checkpoint(weights, meta, {}, path)
+    else:
+        ckpt = _load_safetensors(path)
+    model = ckpt.meta.get("model") or _infer_model(ckpt.weights, path)
+    ckpt.meta["model"] = model
+    _check_weights(ckpt.weights, model, path)
+    if expect_model is not None and model != expect_model:
+        raise CheckpointError(f"{path}: holds a '{model}' LeNet-5, but a '{expect_model}' one was expected")
+    return ckpt
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    from safetensors import safe_open
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: not a checkpoint (file too short: {size} bytes)")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint, or truncated (header claims {header_len} bytes)")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # safetensors raises several error types for corrupt files
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_short(exc)})") from None
+    if raw_meta and raw_meta.get("format") not in (None, FORMAT):
+        raise CheckpointError(f"{path}: not a lenet5 checkpoint (format {raw_meta.get('format')!r})")
+    try:
+        version = int(raw_meta.get("format_version", FORMAT_VERSION))
+        meta = {
+            "format_version": version,
+            "engine": raw_meta.get("engine"),
+            "model": raw_meta.get("model"),
+            "config": json.loads(raw_meta.get("config", "{}")),
+            "epoch": int(raw_meta.get("epoch", 0)),
+            "metrics": json.loads(raw_meta.get("metrics", "{}")),
+            "normalization": json.loads(raw_meta.get("normalization", "null")) or {"mean": MNIST_MEAN, "std": MNIST_STD},
+            "trainer_state": json.loads(raw_meta["trainer_state"]) if "trainer_state" in raw_meta else None,
+        }
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_short(exc)})") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads ({FORMAT_VERSION}); upgrade lenet5")
+    weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+    return Checkpoint(weights, meta, optimizer, path)
+
+
+def _infer_model(weights: dict[str, np.ndarray], path: Path) -> str:
+    from lenet5.engines.numpy.model import parameter_shapes
+
+    for model in ("modern", "classic"):
+        if set(weights) == set(parameter_shapes(model)):
+            return model
+    raise CheckpointError(
+        f"{path}: not a LeNet-5 checkpoint (its tensors {sorted(weights)[:4]}... match neither the modern nor the classic model)"
+    )
+
+
+def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> None:
+    from lenet5.engines.numpy.model import parameter_shapes
+
+    try:
+        expected = parameter_shapes(model)
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: unknown model {model!r} in checkpoint metadata") from None
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if missing or extra:
+        what = f"missing {missing}" if missing else f"unexpected {extra}"
+        raise CheckpointError(f"{path}: does not fit the {model} LeNet-5 ({what})")
+    for name, shape in expected.items():
+        value = weights[name]
+        if tuple(value.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the {model} LeNet-5 needs {tuple(shape)}")
+        if value.dtype.kind != "f":
+            raise CheckpointError(f"{path}: {name} has dtype {value.dtype}, expected floating point")
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the checkpoint is damaged")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

@@ -1,0 +1,252 @@
+"""Training configuration: dataclasses with strict validation.
+
+Settings are layered: built-in defaults <- config.yaml <- --config FILE <- flags / --set section.key=value.
+An unknown key, a wrong type or an impossible value raises ConfigError naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lenet5.errors import ConfigError
+
+
+def _choice(*allowed: str) -> dict:
+    return {"choices": allowed}
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"range": (lo, hi, lo_open)}
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="modern", metadata=_choice("modern", "classic"))
+    init: str = field(
+        default="kaiming_uniform",
+        metadata=_choice(
+            "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
+            "lecun_normal", "lecun_uniform", "torch_default",
+        ),
+    )
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = field(default="adam", metadata=_choice("sgd", "adam", "adamw"))
+    lr: float = field(default=0.002, metadata=_range(0.0, None, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))  # SGD only
+    nesterov: bool = False  # SGD only
+    beta1: float = field(default=0.9, metadata=_range(0.0, 1.0))  # Adam/AdamW
+    beta2: float = field(default=0.999, metadata=_range(0.0, 1.0))  # Adam/AdamW
+    eps: float = field(default=1e-8, metadata=_range(0.0, None, lo_open=True))
+    # L2 penalty 0.5*l2*||w||^2 added to the loss: its gradient l2*w goes through the optimizer
+    # (for Adam it is rescaled by the adaptive step, like torch's Adam(weight_decay=...)).
+    l2: float = field(default=0.0, metadata=_range(0.0))
+    # L1 penalty l1*|w| added to the loss: its gradient l1*sign(w) pushes small weights to exactly 0.
+    l1: float = field(default=0.0, metadata=_range(0.0))
+    # Decoupled weight decay: w <- w - lr*weight_decay*w after the gradient step, never rescaled
+    # (Loshchilov & Hutter; what AdamW means by weight decay).
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    # Clip the global gradient norm to this value before the update; 0 turns clipping off.
+    grad_clip: float = field(default=0.0, metadata=_range(0.0))
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = field(default="onecycle", metadata=_choice("constant", "step", "cosine", "onecycle", "plateau"))
+    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))  # linear warm-up (constant/step/cosine)
+    min_lr: float = field(default=0.0, metadata=_range(0.0))  # floor for cosine/onecycle/plateau
+    step_size: int = field(default=3, metadata=_range(1))  # step: epochs between decays
+    gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))  # step: decay factor
+    pct_start: float = field(default=0.25, metadata=_range(0.0, 1.0, lo_open=True))  # onecycle: rising share
+    div_factor: float = field(default=25.0, metadata=_range(1.0))  # onecycle: start lr = lr / div_factor
+    factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))  # plateau: lr *= factor
+    patience: int = field(default=1, metadata=_range(0))  # plateau: epochs without improvement
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: str = field(default="val_loss", metadata=_choice("val_loss", "val_accuracy"))
+    patience: int = field(default=3, metadata=_range(1))
+    min_delta: float = field(default=0.0, metadata=_range(0.0))
+    restore_best: bool = True
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="mnist", metadata=_choice("mnist", "idx"))
+    data_dir: str | None = None  # None: $LENET5_DATA, else the per-user cache
+    val_size: int = field(default=5000, metadata=_range(0))
+
+
+@dataclass
+class TrainConfig:
+    engine: str = field(default="numpy", metadata=_choice("numpy", "torch"))
+    epochs: int = field(default=10, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))
+    eval_batch_size: int = field(default=1000, metadata=_range(1))
+    seed: int = field(default=0, metadata=_range(0))
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    dtype: str = field(default="float32", metadata=_choice("float32", "float64"))
+    threads: int = field(default=0, metadata=_range(0))  # 0: the engine's default
+    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda", "mps"))  # torch engine
+    out: str = "runs"  # parent folder of run folders
+    name: str | None = None  # run folder name; None: <engine>-<model>-<timestamp>
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_class(name: str):
+    return {f.name: type(f.default_factory()) for f in dataclasses.fields(Config)}[name]
+
+
+def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """Check one value against its field's type, choices and range; return it in its proper type."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' must not be empty ({_allowed(f, kind)})")
+    base = kind.replace("| None", "").strip()
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+    elif base == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+    if "range" in f.metadata:
+        lo, hi, lo_open = f.metadata["range"]
+        bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
+        if bad:
+            raise ConfigError(f"config key '{key}' {_allowed(f, kind)}; got {value!r}")
+    return value
+
+
+def _allowed(f: dataclasses.Field, kind: str) -> str:
+    if "choices" in f.metadata:
+        return "must be one of " + ", ".join(f.metadata["choices"])
+    if "range" in f.metadata:
+        lo, hi, lo_open = f.metadata["range"]
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+        if hi is not None:
+            parts.append(f"<= {hi:g}")
+        return "must be " + " and ".join(parts)
+    return f"must be of type {kind}"
+
+
+def apply_dict(cfg: Config, overrides: dict, source: str = "config") -> Config:
+    """Return a new Config with the values of a nested {section: {key: value}} dict applied."""
+    if overrides is None:
+        return cfg
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source} must be a mapping of sections ({', '.join(SECTIONS)})")
+    new = dataclasses.replace(cfg)
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}' in {source}; sections are: {', '.join(SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' in {source} must be a mapping of keys to values")
+        current = getattr(new, section)
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        changes = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown config key '{section}.{key}' in {source}; keys in '{section}': {', '.join(fields)}"
+                )
+            changes[key] = _coerce(f"{section}.{key}", fields[key], value)
+        setattr(new, section, dataclasses.replace(current, **changes))
+    return new
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}; fix it or start from the shipped config.yaml") from None
+    return data or {}
+
+
+def parse_assignment(text: str) -> tuple[str, str, Any]:
+    """'section.key=value' -> (section, key, value parsed as YAML scalar)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set expects section.key=value (for example schedule.name=cosine); got {text!r}")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return section, key, value
+
+
+def build_config(files: list[str | Path] = (), overrides: dict | None = None, sets: list[str] = ()) -> Config:
+    """defaults <- each YAML file in order <- overrides dict (from flags) <- --set assignments."""
+    cfg = Config()
+    for path in files:
+        cfg = apply_dict(cfg, load_yaml(path), source=str(path))
+    if overrides:
+        cfg = apply_dict(cfg, overrides, source="command-line flags")
+    for text in sets:
+        section, key, value = parse_assignment(text)
+        cfg = apply_dict(cfg, {section: {key: value}}, source=f"--set {text}")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from a resolved dict (as stored in checkpoints and run folders)."""
+    return apply_dict(Config(), data, source="stored config")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

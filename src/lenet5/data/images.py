@@ -1,0 +1,235 @@
+"""Turn a person's image of a digit into an MNIST-style 28x28 uint8 array.
+
+MNIST was made like this, and so is every image here:
+grayscale (alpha composited onto the background) -> white digit on black (inverted when the border is
+light) -> cropped to the digit's bounding box -> longer side scaled to 20 px with anti-aliasing, keeping
+the aspect ratio -> pasted into 28x28 -> shifted by whole pixels so the centre of mass sits at (14, 14).
+
+Limits (each breach is an ImageError with one line saying what is wrong):
+- formats: PNG, JPEG (also MPO from phones), BMP, GIF, TIFF, WebP; the first frame of an animation.
+  Any mode: 1, L, P, RGB, RGBA, LA, PA, CMYK, I, I;16, F.
+- at most MAX_PIXELS = 40 megapixels (Pillow's decompression-bomb guard is set to the same limit),
+  at least MIN_SIDE = 4 pixels on each side; an empty, truncated or unreadable file, and an image with
+  no ink (uniform, or contrast below MIN_CONTRAST) are refused.
+- ``.npy`` arrays hold digits that are already MNIST-style: one (28, 28) or a stack (N, 28, 28), uint8 or
+  integers in 0..255, or floats in 0..1; NaN/inf are refused; at most MAX_NPY_DIGITS digits per file.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from lenet5.errors import ImageError
+
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 4
+MAX_NPY_DIGITS = 100_000
+BOX = 20  # the longer side of the digit inside the 28x28 field
+SIZE = 28
+CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (measured: 13.99, 14.01)
+INK_THRESHOLD = 0.2  # share of full contrast a pixel needs to count for the bounding box
+MIN_CONTRAST = 0.08  # ink must differ from the background by 8% of full range
+WORK_SIDE = 1024  # larger images are box-averaged down to about this before anything else
+FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+# ------------------------------------------------------------------------------------------ reading
+def open_image(data: bytes, name: str = "image") -> Image.Image:
+    """Decode image bytes (fully, so truncation shows here) within the limits; ImageError otherwise."""
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            _check_size(img, name)
+            img.seek(0)
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(
+                f"{name}: image is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit (a decompression bomb?)"
+            ) from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(
+                f"{name}: not an image this tool reads (supported: {', '.join(f for f in FORMATS if f != 'MPO')})"
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ImageError(f"{name}: truncated or corrupt image ({first})") from None
+    try:
+        img = ImageOps.exif_transpose(img)  # phone photos: honour the orientation tag
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not stop the digit
+        pass
+    return img
+
+
+def _check_size(img: Image.Image, name: str) -> None:
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{name}: image is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the {MAX_PIXELS // 1_000_000}-megapixel limit")
+    if min(w, h) < MIN_SIDE:
+        raise ImageError(f"{name}: image is only {w}x{h} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
+
+
+def to_gray(img: Image.Image) -> np.ndarray:
+    """Any mode -> float32 (H, W) in 0..1, transparency composited onto the background."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        g = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or g.max(initial=0) > 255 else (1.0 if mode == "F" and g.max(initial=0) <= 1 else 255.0)
+        return np.clip(g / top, 0.0, 1.0).astype(np.float32)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if not has_alpha:
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32) / 255.0
+    lum, alpha = la[..., 0], la[..., 1]
+    if alpha.min() >= 1.0:
+        return lum
+    return lum * alpha + _alpha_background(lum, alpha) * (1.0 - alpha)
+
+
+def _alpha_background(lum: np.ndarray, alpha: np.ndarray) -> float:
+    """What transparent pixels stand for: the paper colour if the opaque part has paper, else the
+    opposite of the ink (strokes drawn on a transparent layer)."""
+    opaque = lum[alpha > 0.5]
+    if opaque.size == 0:
+        return 0.0
+    lo, mid, hi = np.percentile(opaque, [5, 50, 95])
+    if hi - lo > 0.25:  # paper and ink both opaque: transparency is more paper
+        return float(mid)
+    return 1.0 if mid < 0.5 else 0.0
+
+
+# ------------------------------------------------------------------------------------ preparation
+def prepare_image(img: Image.Image, name: str = "image") -> np.ndarray:
+    """A decoded image -> uint8 (28, 28), white digit on black, centred like MNIST."""
+    _check_size(img, name)
+    return prepare_gray(to_gray(img), name)
+
+
+def prepare_gray(g: np.ndarray, name: str = "image") -> np.ndarray:
+    """float (H, W) in 0..1, any polarity -> uint8 (28, 28) MNIST-style."""
+    g = _shrink(np.asarray(g, dtype=np.float32))
+    if _border_median(g) > 0.5:  # light background: a dark digit on paper
+        g = 1.0 - g
+    lo, hi = _border_median(g), float(g.max())
+    if hi - lo < MIN_CONTRAST:
+        raise ImageError(f"{name}: no digit found (the image is blank: one colour, no ink)")
+    g = np.clip((g - lo) / (hi - lo), 0.0, 1.0)
+    ys, xs = np.nonzero(g > INK_THRESHOLD)
+    crop = g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = Image.fromarray(crop, mode="F").resize((nw, nh), Image.Resampling.LANCZOS)
+    small = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+    field = np.zeros((SIZE, SIZE), dtype=np.float32)
+    top, left = (SIZE - nh) // 2, (SIZE - nw) // 2
+    field[top : top + nh, left : left + nw] = small
+    field = _centre_of_mass_shift(field, (top, left, nh, nw))
+    return np.round(field * 255.0).astype(np.uint8)
+
+
+def _shrink(g: np.ndarray) -> np.ndarray:
+    """Box-average very large images down by a whole factor: the digit ends at 20 px anyway."""
+    factor = max(g.shape) // WORK_SIDE
+    if factor < 2:
+        return g
+    h, w = (g.shape[0] // factor) * factor, (g.shape[1] // factor) * factor
+    return g[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _border_median(g: np.ndarray) -> float:
+    k = max(1, round(0.02 * min(g.shape)))
+    ring = np.concatenate([g[:k].ravel(), g[-k:].ravel(), g[:, :k].ravel(), g[:, -k:].ravel()])
+    return float(np.median(ring))
+
+
+def _centre_of_mass_shift(field: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Shift by whole pixels so the centre of mass is at (14, 14), never pushing ink out of the field."""
+    top, left, nh, nw = box
+    total = float(field.sum())
+    if total <= 0:
+        return field
+    idx = np.arange(SIZE, dtype=np.float64)
+    cy = float(field.sum(axis=1) @ idx) / total
+    cx = float(field.sum(axis=0) @ idx) / total
+    dy = int(np.clip(round(CENTRE - cy), -top, SIZE - top - nh))
+    dx = int(np.clip(round(CENTRE - cx), -left, SIZE - left - nw))
+    out = np.zeros_like(field)
+    out[top + dy : top + dy + nh, left + dx : left + dx + nw] = field[top : top + nh, left : left + nw]
+    return out
+
+
+# -------------------------------------------------------------------------------------- arrays
+def digits_from_array(arr: np.ndarray, name: str = "array") -> np.ndarray:
+    """MNIST-style digits as numbers -> uint8 (N, 28, 28). Accepts (28, 28) or (N, 28, 28); uint8 or
+    integers in 0..255, or floats in 0..1 (refuses NaN/inf and values out of range)."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[1:] != (SIZE, SIZE) or arr.shape[0] == 0:
+        raise ImageError(f"{name}: expected a (28, 28) digit or a stack (N, 28, 28), got shape {tuple(arr.shape)}")
+    if arr.shape[0] > MAX_NPY_DIGITS:
+        raise ImageError(f"{name}: {arr.shape[0]} digits in one file, more than the limit of {MAX_NPY_DIGITS}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind in "iu":
+        if arr.min() < 0 or arr.max() > 255:
+            raise ImageError(f"{name}: integer pixels must be in 0..255, got {arr.min()}..{arr.max()}")
+        return arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ImageError(f"{name}: holds NaN or infinite values")
+        if arr.min() < -1e-6 or arr.max() > 1.0 + 1e-6:
+            raise ImageError(f"{name}: float pixels must be in 0..1, got {arr.min():.4g}..{arr.max():.4g}")
+        return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise ImageError(f"{name}: unsupported array dtype {arr.dtype} (use uint8 0..255 or float 0..1)")
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A .npy file of MNIST-style digits -> uint8 (N, 28, 28)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ImageError(f"{path}: not a readable .npy array ({first})") from None
+    return digits_from_array(arr, str(path))
+
+
+# -------------------------------------------------------------------------------------- files
+def prepare_bytes(data: bytes, name: str = "image") -> np.ndarray:
+    """Image file contents -> uint8 (28, 28)."""
+    return prepare_image(open_image(data, name), name)
+
+
+def prepare_file(path: str | Path) -> np.ndarray:
+    """An image file -> uint8 (1, 28, 28), or a .npy file -> uint8 (N, 28, 28)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a file")
+    if path.suffix.lower() == ".npy":
+        return load_npy(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return prepare_bytes(data, str(path))[None]
+
+
+def save_png(digit: np.ndarray, path: str | Path) -> None:
+    """Write a uint8 (28, 28) digit as a grayscale PNG."""
+    Image.fromarray(np.asarray(digit, dtype=np.uint8), mode="L").save(path, format="PNG")

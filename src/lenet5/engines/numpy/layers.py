@@ -1,0 +1,255 @@
+"""The layers of LeNet-5, forward and backward written by hand with NumPy.
+
+Every layer is a small class with two methods:
+
+- ``forward(x) -> (y, cache)``: the output and whatever the backward pass needs;
+- ``backward(dy, cache, grads) -> dx``: the gradient with respect to the input, and the gradients of the
+  layer's parameters written into ``grads`` (a dict of arrays shaped like ``params``).
+
+The cache is returned instead of being kept on the layer, so two threads can run the same layer on two halves
+of a batch at once. Parameters live in ``self.params`` (views into the network's one flat buffer).
+
+Images are NCHW as in PyTorch. Inside the convolution stack the arrays are *stored* channel-major
+(memory order C, N, H, W) while still *looking* NCHW: a convolution is one matmul
+``W (F, C*k*k) @ cols (C*k*k, N*Ho*Wo)`` whose result is already in that order, so nothing is copied
+between layers. NumPy's element-wise operations keep whatever memory order their input has.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+class Layer:
+    """Base class: a layer without parameters."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, object]:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, cache: object, grads: dict[str, np.ndarray]) -> np.ndarray | None:
+        raise NotImplementedError
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as PyTorch): weight (F, C, k, k), bias (F,).
+
+    Forward is im2col + one matmul. The input gradient scatters the column gradients back by adding the k*k
+    shifted slices (one slice-add per kernel offset, never per pixel). ``needs_input_grad=False`` skips it
+    (the first layer: nobody needs the gradient of the image). ``mask`` (F, C) of 0/1 keeps only some
+    input maps per output map (LeNet-5's C3 table): the weight is multiplied by it, and so is its gradient.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, needs_input_grad: bool = True, mask: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.C, self.F, self.k = in_channels, out_channels, kernel_size
+        self.stride, self.padding, self.needs_input_grad = stride, padding, needs_input_grad
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)[:, :, None, None]
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"weight": (self.F, self.C, self.k, self.k), "bias": (self.F,)}
+
+    def _weight(self) -> np.ndarray:
+        w = self.params["weight"]
+        return w if self.mask is None else w * self.mask
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        F, k, s, p = self.F, self.k, self.stride, self.padding
+        Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+
+        xc = x.transpose(1, 0, 2, 3)  # (C, N, H, W): free when x is stored channel-major
+        if p:
+            padded = np.zeros((C, N, H + 2 * p, W + 2 * p), dtype=x.dtype)
+            padded[:, :, p:p + H, p:p + W] = xc
+            xc = padded
+        windows = sliding_window_view(xc, (k, k), axis=(2, 3))[:, :, ::s, ::s]  # (C, N, Ho, Wo, k, k), a view
+        cols = windows.transpose(0, 4, 5, 1, 2, 3).reshape(C * k * k, N * Ho * Wo)  # the one copy
+        out = self._weight().reshape(F, C * k * k) @ cols  # (F, N*Ho*Wo)
+        out += self.params["bias"][:, None]
+        return out.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3), (x.shape, cols)
+
+    def backward(self, dy, cache, grads):
+        (N, C, H, W), cols = cache
+        _, F, Ho, Wo = dy.shape
+        k, s, p = self.k, self.stride, self.padding
+
+        dy2 = dy.transpose(1, 0, 2, 3).reshape(F, N * Ho * Wo)  # free when dy is stored channel-major
+        np.sum(dy2, axis=1, out=grads["bias"])
+        np.matmul(dy2, cols.T, out=grads["weight"].reshape(F, C * k * k))
+        if self.mask is not None:
+            grads["weight"] *= self.mask
+        if not self.needs_input_grad:
+            return None
+
+        dcols = (self._weight().reshape(F, C * k * k).T @ dy2).reshape(C, k, k, N, Ho, Wo)
+        dx = np.zeros((C, N, H + 2 * p, W + 2 * p), dtype=dy.dtype)
+        for i in range(k):  # each kernel offset (i, j) touched the input at a shifted, strided grid
+            for j in range(k):
+                dx[:, :, i:i + s * Ho:s, j:j + s * Wo:s] += dcols[:, i, j]
+        return dx[:, :, p:p + H, p:p + W].transpose(1, 0, 2, 3)
+
+
+def _pool_views(x: np.ndarray, k: int) -> list[np.ndarray]:
+    """The k*k strided views x[:, :, i::k, j::k] of non-overlapping k x k windows, in row-major order."""
+    Ho, Wo = x.shape[2] // k, x.shape[3] // k
+    return [x[:, :, i:i + k * Ho:k, j:j + k * Wo:k] for i in range(k) for j in range(k)]
+
+
+def _empty_like_zeroed_tail(x: np.ndarray, k: int) -> np.ndarray:
+    """Gradient buffer like x (same memory order); rows/cols no window covers (odd sizes) are zero."""
+    dx = np.empty_like(x)
+    H, W = x.shape[2:]
+    dx[:, :, H - H % k:] = 0
+    dx[:, :, :, W - W % k:] = 0
+    return dx
+
+
+class MaxPool2D(Layer):
+    """Max pooling over non-overlapping k x k windows (stride k), as nn.MaxPool2d(k).
+
+    The gradient goes to the FIRST maximum of each window in row-major order, exactly as PyTorch does; on
+    MNIST's flat black background ties are everywhere, so this matters for matching PyTorch.
+    """
+
+    def __init__(self, kernel_size: int = 2) -> None:
+        super().__init__()
+        self.k = kernel_size
+
+    def forward(self, x):
+        if self.k == 2:
+            return self._forward_2x2(x)
+        views = _pool_views(x, self.k)
+        out = np.copy(views[0], order="K")
+        winner = np.zeros(out.shape, dtype=np.uint8)  # index of the first maximum in each window
+        for t, v in enumerate(views[1:], start=1):
+            bigger = v > out  # strictly: an equal later value does not take over
+            np.copyto(out, v, where=bigger)
+            np.copyto(winner, t, where=bigger)
+        return out, (x, winner)
+
+    def _forward_2x2(self, x):
+        # A tournament between the 4 views (top-left, top-right, bottom-left, bottom-right); each match
+        # keeps the earlier player on a tie. The three 0/1 results say where the first maximum is.
+        v00, v01, v10, v11 = _pool_views(x, 2)
+        top, bottom = np.maximum(v00, v01), np.maximum(v10, v11)
+        out = np.maximum(top, bottom)
+        right_top = np.greater(v01, v00, out=np.empty_like(out))  # 1.0 where v01 wins its match
+        right_bottom = np.greater(v11, v10, out=np.empty_like(out))
+        in_bottom = np.greater(bottom, top, out=np.empty_like(out))
+        return out, (x, (right_top, right_bottom, in_bottom))
+
+    def backward(self, dy, cache, grads):
+        x, routing = cache
+        dx = _empty_like_zeroed_tail(x, self.k)
+        views = _pool_views(dx, self.k)
+        if self.k == 2:
+            d00, d01, d10, d11 = views
+            right_top, right_bottom, in_bottom = routing
+            d_bottom = dy * in_bottom
+            d_top = dy - d_bottom  # exact: either dy or 0
+            np.multiply(d_top, right_top, out=d01)
+            np.subtract(d_top, d01, out=d00)
+            np.multiply(d_bottom, right_bottom, out=d11)
+            np.subtract(d_bottom, d11, out=d10)
+            return dx
+        for t, view in enumerate(views):
+            view[...] = np.where(routing == t, dy, 0)
+        return dx
+
+
+class AvgPool2D(Layer):
+    """Average pooling over non-overlapping k x k windows (stride k), as nn.AvgPool2d(k)."""
+
+    def __init__(self, kernel_size: int = 2) -> None:
+        super().__init__()
+        self.k = kernel_size
+
+    def forward(self, x):
+        views = _pool_views(x, self.k)
+        out = np.copy(views[0], order="K")
+        for v in views[1:]:
+            out += v
+        out *= 1.0 / (self.k * self.k)
+        return out, x
+
+    def backward(self, dy, cache, grads):
+        dx = _empty_like_zeroed_tail(cache, self.k)
+        share = dy * (1.0 / (self.k * self.k))
+        for view in _pool_views(dx, self.k):
+            view[...] = share
+        return dx
+
+
+class Dense(Layer):
+    """Fully connected: y = x @ W.T + b with weight (out, in), bias (out,) as nn.Linear."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.n_in, self.n_out = in_features, out_features
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"weight": (self.n_out, self.n_in), "bias": (self.n_out,)}
+
+    def forward(self, x):
+        # x (N, in) -> y (N, out)
+        y = x @ self.params["weight"].T
+        y += self.params["bias"]
+        return y, x
+
+    def backward(self, dy, cache, grads):
+        x = cache  # dy (N, out), x (N, in)
+        np.matmul(dy.T, x, out=grads["weight"])
+        np.sum(dy, axis=0, out=grads["bias"])
+        return dy @ self.params["weight"]
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        y = np.maximum(x, 0)
+        return y, y
+
+    def backward(self, dy, cache, grads):
+        return dy * (cache > 0)  # PyTorch's convention: zero gradient at exactly 0
+
+
+class Tanh(Layer):
+    """y = scale * tanh(slope * x). Tanh() is the plain tanh; ScaledTanh() is LeCun's 1.7159*tanh(2x/3)."""
+
+    def __init__(self, scale: float = 1.0, slope: float = 1.0) -> None:
+        super().__init__()
+        self.scale, self.slope = scale, slope
+
+    def forward(self, x):
+        t = np.tanh(x * self.slope) if self.slope != 1.0 else np.tanh(x)
+        return (t * self.scale if self.scale != 1.0 else t), t
+
+    def backward(self, dy, cache, grads):
+        t = cache  # dy/dx = scale * slope * (1 - tanh^2)
+        d = 1.0 - t * t
+        d *= dy
+        if self.scale * self.slope != 1.0:
+            d *= self.scale * self.slope
+        return d
+
+
+def ScaledTanh() -> Tanh:
+    """LeCun et al. 1998, Appendix A: f(a) = A tanh(S a) with A = 1.7159 and S = 2/3."""
+    return Tanh(scale=1.7159, slope=2.0 / 3.0)
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W) in PyTorch's x.flatten(1) order (copies: the input is channel-major)."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1), x.shape
+
+    def backward(self, dy, cache, grads):
+        return dy.reshape(cache)

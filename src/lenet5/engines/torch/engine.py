@@ -1,0 +1,257 @@
+"""TorchEngine: the PyTorch twin of the NumPy engine, behind the same Engine protocol and the same config.
+
+Initial weights come from the NumPy engine's initialiser (lenet5.engines.numpy.init with
+numpy.random.default_rng(seed), the same ModelConfig.init scheme), so ``TorchEngine(..., seed=s)`` and
+``NumpyEngine(..., seed=s)`` start from identical weights and a cross-engine comparison needs no copying.
+optimizer_state() uses the NumPy engine's format too (flat buffers), so a run can resume in either engine.
+
+Optimizer keys mean exactly what config.py says, in both engines:
+- ``l2``: coupled L2, grad += l2*w (what torch's SGD/Adam ``weight_decay=`` argument does);
+- ``l1``: grad += l1*sign(w);
+- ``weight_decay``: decoupled, w <- w*(1 - lr*wd) just before the update (AdamW's meaning, for every
+  optimizer; 'adamw' uses torch.optim.AdamW(weight_decay=wd), sgd/adam apply it by hand);
+- ``grad_clip`` > 0: clip_grad_norm_ over the full gradient (data + penalty gradients) before the step.
+Penalties are added by hand to every parameter's gradient (so clipping sees them); the returned loss
+excludes them. Under torchrun see distributed.py for how a global batch is shared between ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lenet5.config import ModelConfig, OptimizerConfig
+from lenet5.engines.torch import distributed as ddp
+from lenet5.engines.torch.model import build_model
+from lenet5.errors import Lenet5Error
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+EVAL_CHUNK = 2000
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks cuda (this rank's GPU under torchrun), then mps, then cpu; an unavailable choice is an error."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise Lenet5Error("--device cuda was asked for but PyTorch sees no CUDA device; use --device cpu")
+        return torch.device("cuda", ddp.local_rank() if ddp.world_size() > 1 else torch.cuda.current_device())
+    if device == "mps":
+        if not has_mps:
+            raise Lenet5Error("--device mps was asked for but this PyTorch has no MPS backend; use --device cpu")
+        return torch.device("mps")
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {device!r}; devices are: auto, cpu, cuda, mps")
+
+
+def initial_weights(model: ModelConfig, seed: int, dtype: str) -> dict[str, np.ndarray]:
+    """The NumPy engine's seeded initial weights: the same draws, in the same order, cast the same way."""
+    from lenet5.engines.numpy.init import init_parameters
+    from lenet5.engines.numpy.model import parameter_shapes
+
+    drawn = init_parameters(model.init, parameter_shapes(model.name), np.random.default_rng(seed))
+    return {key: value.astype(dtype) for key, value in drawn.items()}
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        optimizer: OptimizerConfig,
+        *,
+        seed: int = 0,
+        dtype: str = "float32",
+        label_smoothing: float = 0.0,
+        threads: int = 0,
+        device: str = "auto",
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; dtypes are: {', '.join(DTYPES)}")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.model_name = model.name
+        self.opt_cfg = optimizer
+        self.label_smoothing = float(label_smoothing)
+        self.device = resolve_device(device)
+        if self.device.type == "mps" and dtype == "float64":
+            raise Lenet5Error("MPS has no float64; use --dtype float32 or --device cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        self.dtype = DTYPES[dtype]
+        self.np_dtype = np.dtype(dtype)
+        self.model = build_model(model.name).to(device=self.device, dtype=self.dtype)
+        self._names = [n for n, _ in self.model.named_parameters()]
+        self._params = [p for _, p in self.model.named_parameters()]
+        self.load_state_dict(initial_weights(model, seed, dtype))  # also zeroes weights outside C3
+        self.optimizer = self._make_optimizer()
+        self._step = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.opt_cfg
+        if c.name == "sgd":
+            return torch.optim.SGD(
+                self._params, lr=c.lr, momentum=c.momentum, dampening=0.0, nesterov=c.nesterov and c.momentum > 0
+            )
+        if c.name == "adam":
+            return torch.optim.Adam(self._params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
+        if c.name == "adamw":
+            return torch.optim.AdamW(
+                self._params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay
+            )
+        raise ValueError(f"unknown optimizer {c.name!r}; optimizers are: sgd, adam, adamw")
+
+    def _slots(self) -> tuple[str, ...]:
+        """Per-parameter optimizer state tensors, under torch's names."""
+        if self.opt_cfg.name == "sgd":
+            return ("momentum_buffer",) if self.opt_cfg.momentum > 0 else ()
+        return ("exp_avg", "exp_avg_sq")
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=self.np_dtype)).to(self.device)
+
+    # --- training ---------------------------------------------------------------------------------------
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
+        """x (N,1,28,28), y (N,): one update; under torchrun this rank's share of the global batch."""
+        n_global = len(x)
+        world = ddp.world_size()
+        if world > 1:
+            start, stop = ddp.shard_bounds(n_global, ddp.rank(), world)
+            x, y = x[start:stop], y[start:stop]
+        xt = self._tensor(x)
+        yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(xt)
+        loss_sum = F.cross_entropy(out, yt, reduction="sum", label_smoothing=self.label_smoothing)
+        (loss_sum / n_global).backward()
+        with torch.no_grad():
+            for p in self._params:
+                if p.grad is None:  # an empty share on this rank
+                    p.grad = torch.zeros_like(p)
+            totals = torch.stack([loss_sum.detach().double(), (out.argmax(1) == yt).sum().double()])
+            if world > 1:
+                self._all_reduce_grads()
+                ddp.all_reduce_sum_(totals)
+            self._apply_update(lr)
+        loss, correct = totals.tolist()
+        self._step += 1
+        return loss / n_global, int(round(correct))
+
+    def _all_reduce_grads(self) -> None:
+        flat = torch.cat([p.grad.reshape(-1) for p in self._params])
+        ddp.all_reduce_sum_(flat)
+        offset = 0
+        for p in self._params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+    def _apply_update(self, lr: float) -> None:
+        c = self.opt_cfg
+        for p in self._params:
+            if c.l2:
+                p.grad.add_(p, alpha=c.l2)
+            if c.l1:
+                p.grad.add_(torch.sign(p), alpha=c.l1)
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self._params, c.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if c.weight_decay and c.name != "adamw":  # AdamW decays inside its step, the same way
+            for p in self._params:
+                p.mul_(1.0 - lr * c.weight_decay)
+        self.optimizer.step()
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, 10) in the engine's dtype; evaluated in chunks, no autograd."""
+        self.model.eval()
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(x), EVAL_CHUNK):
+                outs.append(self.model(self._tensor(x[i : i + EVAL_CHUNK])).cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, 10), self.np_dtype)
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Load float arrays of any dtype; every name and shape is checked before anything is changed."""
+        expected = self.model.state_dict()
+        for key in state:
+            if key not in expected:
+                raise ValueError(
+                    f"unexpected key {key!r} for the {self.model_name} model; keys are: {', '.join(expected)}"
+                )
+        arrays = {}
+        for key, target in expected.items():
+            if key not in state:
+                raise ValueError(f"missing key {key!r} for the {self.model_name} model")
+            value = state[key]
+            arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise ValueError(f"{key!r} must hold floating-point values, got dtype {arr.dtype}")
+            if arr.shape != tuple(target.shape):
+                raise ValueError(f"{key!r} has shape {arr.shape}, expected {tuple(target.shape)}")
+            arrays[key] = arr
+        with torch.no_grad():
+            for key, target in expected.items():
+                target.copy_(torch.from_numpy(np.ascontiguousarray(arrays[key])).to(target.dtype))
+            mask = getattr(self.model, "c3_mask", None)
+            if mask is not None:  # as the NumPy engine: weights outside the C3 table read as 0
+                self.model.conv2.weight.mul_(mask.to(self.dtype))
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """{'step': int64 scalar, slot: flat buffer}, the NumPy engine's format, so either engine can resume.
+
+        Slots use torch's names ('momentum_buffer' for SGD with momentum, 'exp_avg'/'exp_avg_sq' for Adam(W));
+        each is one flat array over all parameters in state_dict order.
+        """
+        out = {"step": np.array(self._step, dtype=np.int64)}
+        for slot in self._slots():
+            parts = []
+            for p in self._params:
+                buf = self.optimizer.state.get(p, {}).get(slot)
+                parts.append(np.zeros(p.numel(), self.np_dtype) if buf is None else buf.detach().cpu().numpy().ravel())
+            out[slot] = np.concatenate(parts)
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what optimizer_state() returned (from either engine); checks keys and sizes first."""
+        expected = {"step", *self._slots()}
+        if set(state) != expected:
+            raise ValueError(
+                f"optimizer state for {self.opt_cfg.name} needs keys {sorted(expected)}, got {sorted(state)}"
+            )
+        size = sum(p.numel() for p in self._params)
+        flats = {}
+        for slot in self._slots():
+            flat = np.asarray(state[slot])
+            if flat.shape != (size,):
+                raise ValueError(f"optimizer state {slot!r} has shape {flat.shape}, expected ({size},)")
+            flats[slot] = flat
+        step = int(np.asarray(state["step"]))
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        if step > 0 and flats:
+            offset = 0
+            for i, p in enumerate(self._params):
+                n = p.numel()
+                entry = {s: torch.from_numpy(np.array(f[offset : offset + n], dtype=self.np_dtype)).view_as(p)
+                         for s, f in flats.items()}
+                if self.opt_cfg.name != "sgd":
+                    entry["step"] = torch.tensor(float(step))
+                per_param[i] = entry
+                offset += n
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        self._step = step

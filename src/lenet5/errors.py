@@ -1,0 +1,32 @@
+"""The project's own error types: each carries one line a user can act on.
+
+The CLI prints ``error: <message>`` for any ``Lenet5Error`` and exits non-zero, without a traceback.
+"""
+
+
+class Lenet5Error(Exception):
+    """Base class for every error caused by the user's input or environment (not by a bug)."""
+
+
+class DataError(Lenet5Error):
+    """The dataset is missing, corrupt, or could not be fetched."""
+
+
+class IDXError(DataError):
+    """A file is not a valid IDX file (bad magic, type, dimensions or size)."""
+
+
+class ConfigError(Lenet5Error):
+    """A configuration key, type or value is wrong."""
+
+
+class CheckpointError(Lenet5Error):
+    """A checkpoint file is missing, truncated, foreign or does not fit the model."""
+
+
+class ImageError(Lenet5Error):
+    """An image file cannot be read or holds no digit."""
+
+
+class TrainingError(Lenet5Error):
+    """Training cannot go on (for example the loss became NaN)."""

@@ -1,0 +1,167 @@
+"""ONNX export of a LeNet-5 state dict, and a small onnxruntime wrapper to run the exported file.
+
+The graph is written with onnx.helper straight from the weights, so a NumPy checkpoint exports without
+PyTorch installed. Input ``image``: float32 (batch, 1, 28, 28), normalized like training
+((x/255 - 0.1307) / 0.3081); output ``logits``: (batch, 10). ``batch`` is a dynamic dimension.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lenet5 import MNIST_MEAN, MNIST_STD
+from lenet5.atomic import atomic_write_bytes
+from lenet5.errors import CheckpointError, Lenet5Error
+
+ONNX_HINT = 'ONNX export needs onnx and onnxruntime: pip install -e ".[onnx]"'
+
+
+def _import_onnx():
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise Lenet5Error(ONNX_HINT) from None
+    return onnx, TensorProto, helper, numpy_helper
+
+
+def _check_state(state: dict[str, np.ndarray], model_name: str) -> dict[str, np.ndarray]:
+    from lenet5.engines.numpy.model import parameter_shapes
+
+    shapes = parameter_shapes(model_name)
+    for key in state:
+        if key not in shapes:
+            raise ValueError(f"unexpected key {key!r} for the {model_name} model; keys are: {', '.join(shapes)}")
+    out = {}
+    for key, shape in shapes.items():
+        if key not in state:
+            raise ValueError(f"missing key {key!r} for the {model_name} model")
+        arr = np.asarray(state[key], dtype=np.float32)
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{key!r} has shape {arr.shape}, expected {tuple(shape)}")
+        out[key] = arr
+    return out
+
+
+class _Graph:
+    """Collects nodes and initializers; each method appends one op and returns its output name."""
+
+    def __init__(self, helper, numpy_helper) -> None:
+        self.h, self.nh = helper, numpy_helper
+        self.nodes, self.inits, self._n, self._tanh_consts = [], [], 0, False
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(self.nh.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        self._n += 1
+        output = output or f"{op_type.lower()}_{self._n}"
+        self.nodes.append(self.h.make_node(op_type, inputs, [output], name=f"{op_type}_{self._n}", **attrs))
+        return output
+
+    def conv(self, x: str, w: np.ndarray, b: np.ndarray, name: str, pad: int = 0) -> str:
+        ins = [x, self.const(f"{name}.weight", w), self.const(f"{name}.bias", b)]
+        return self.op("Conv", ins, kernel_shape=list(w.shape[2:]), pads=[pad] * 4, strides=[1, 1])
+
+    def linear(self, x: str, w: np.ndarray, b: np.ndarray, name: str, output: str | None = None) -> str:
+        ins = [x, self.const(f"{name}.weight", w), self.const(f"{name}.bias", b)]
+        return self.op("Gemm", ins, output, transB=1)
+
+    def scaled_tanh(self, x: str) -> str:
+        """1.7159 * tanh(2x/3) as Mul -> Tanh -> Mul."""
+        if not self._tanh_consts:
+            self._tanh_consts = True
+            self.const("tanh_in_scale", np.array(2.0 / 3.0))
+            self.const("tanh_out_scale", np.array(1.7159))
+        return self.op("Mul", [self.op("Tanh", [self.op("Mul", [x, "tanh_in_scale"])]), "tanh_out_scale"])
+
+
+def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int = 17):
+    """The checked onnx.ModelProto of the 'modern' or 'classic' LeNet-5 with these weights (as float32)."""
+    onnx, TensorProto, helper, numpy_helper = _import_onnx()
+    w = _check_state(state, model_name)
+    g = _Graph(helper, numpy_helper)
+    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    if model_name == "modern":
+        x = g.op("MaxPool", [g.op("Relu", [g.conv("image", w["conv1.weight"], w["conv1.bias"], "conv1", 2)])], **pool)
+        x = g.op("MaxPool", [g.op("Relu", [g.conv(x, w["conv2.weight"], w["conv2.bias"], "conv2")])], **pool)
+        x = g.op("Flatten", [x], axis=1)
+        x = g.op("Relu", [g.linear(x, w["fc1.weight"], w["fc1.bias"], "fc1")])
+        x = g.op("Relu", [g.linear(x, w["fc2.weight"], w["fc2.bias"], "fc2")])
+        g.linear(x, w["fc3.weight"], w["fc3.bias"], "fc3", output="logits")
+    elif model_name == "classic":
+        from lenet5.engines.numpy.model import C3_TABLE
+
+        c3 = w["conv2.weight"] * np.asarray(C3_TABLE, dtype=np.float32)[:, :, None, None]  # bake the mask in
+        x = g.scaled_tanh(g.conv("image", w["conv1.weight"], w["conv1.bias"], "conv1", 2))
+        x = g.op("AveragePool", [x], **pool)
+        x = g.op("AveragePool", [g.scaled_tanh(g.conv(x, c3, w["conv2.bias"], "conv2"))], **pool)
+        x = g.scaled_tanh(g.conv(x, w["conv3.weight"], w["conv3.bias"], "conv3"))
+        x = g.op("Flatten", [x], axis=1)
+        x = g.scaled_tanh(g.linear(x, w["fc1.weight"], w["fc1.bias"], "fc1"))
+        g.linear(x, w["fc2.weight"], w["fc2.bias"], "fc2", output="logits")
+    else:
+        raise ValueError(f"unknown model {model_name!r}; models are: modern, classic")
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])
+    image.doc_string = f"grayscale digits, white on black, normalized as (x/255 - {MNIST_MEAN}) / {MNIST_STD}"
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])
+    graph = helper.make_graph(g.nodes, f"lenet5_{model_name}", [image], [logits], initializer=g.inits)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="lenet5")
+    try:  # the oldest IR version that carries this opset, so older runtimes load the file too
+        model.ir_version = helper.find_min_ir_version_for(opsets)
+    except (AttributeError, ValueError):
+        pass
+    helper.set_model_props(
+        model, {"model": model_name, "normalize_mean": str(MNIST_MEAN), "normalize_std": str(MNIST_STD)}
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(state: dict[str, np.ndarray], model_name: str, output: str | Path, opset: int = 17) -> Path:
+    """Write the ONNX model for these weights to output atomically (temp file + rename); returns the path."""
+    model = build_onnx_model(state, model_name, opset)
+    output = Path(output)
+    atomic_write_bytes(output, model.SerializeToString())
+    return output
+
+
+class OnnxModel:
+    """An exported .onnx file run by onnxruntime on the CPU: ``OnnxModel(path).logits(x)``."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise Lenet5Error(ONNX_HINT) from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: no such file")
+        opts = ort.SessionOptions()
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a bad file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{self.path}: not a loadable ONNX model: {first[:200]}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28]:
+            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model (expected one input of shape (N,1,28,28))")
+        self.input_name = inputs[0].name
+        self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.model_name = self.meta.get("model", "unknown")
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """x: normalized float (N,1,28,28) or (N,28,28) -> float32 logits (N, 10)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[:, None]
+        return self.session.run(None, {self.input_name: x})[0]

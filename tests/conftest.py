@@ -1,0 +1,37 @@
+"""Shared fixtures. The real MNIST is fetched once per machine through the real code path (cached)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lenet5.data.datasets import MNIST, load_mnist
+
+
+@pytest.fixture(scope="session")
+def mnist() -> MNIST:
+    """The real MNIST (uint8), from the cache or fetched and verified by lenet5.data.sources."""
+    return load_mnist()
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(mnist, tmp_path_factory):
+    """A modern LeNet-5 trained for one epoch on real MNIST by the NumPy engine (~98% test accuracy)."""
+    from lenet5.checkpoint import save_checkpoint
+    from lenet5.config import Config
+    from lenet5.data.datasets import iterate_batches
+    from lenet5.engines import create_engine
+
+    cfg = Config()
+    engine = create_engine("numpy", cfg.model, cfg.optimizer, seed=0)
+    batches = iterate_batches(mnist.train_images, mnist.train_labels, 64, np.random.default_rng(0))
+    for x, y in batches:
+        engine.train_step(x, y, 1e-3)
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern", config=cfg.to_dict(), epoch=1)
+    return path

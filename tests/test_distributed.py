@@ -1,0 +1,49 @@
+"""Data-parallel training under torchrun gives what one process gives with the same global batches."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+HELPER = Path(__file__).parent / "helpers" / "ddp_step.py"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str]) -> None:
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_two_process_training_matches_one_process(tmp_path):
+    single, multi = tmp_path / "single.npz", tmp_path / "ddp.npz"
+    run([sys.executable, str(HELPER), str(single)])
+    run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}", str(HELPER), str(multi)])
+    ref, got = np.load(single), np.load(multi)
+    assert int(ref["world_size"]) == 1 and int(got["world_size"]) == 2
+    for key in ref.files:
+        if key.endswith("/correct"):
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+        elif key != "world_size":
+            np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-5, err_msg=key)
+    # both replicas hold the same weights, bit for bit
+    r0, r1 = np.load(tmp_path / "ddp.rank0.npz"), np.load(tmp_path / "ddp.rank1.npz")
+    for key in r0.files:
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
