@@ -65,10 +65,238 @@ def cmd_data(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+def _flag_overrides(args) -> dict:
+    """The familiar flags, as a {section: {key: value}} dict (only those given)."""
+    pairs = {
+        ("train", "engine"): args.engine, ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size,
+        ("optimizer", "lr"): args.lr, ("optimizer", "name"): args.optimizer, ("train", "seed"): args.seed,
+        ("train", "out"): args.out, ("train", "name"): args.name, ("train", "threads"): args.threads,
+        ("train", "device"): args.device, ("data", "data_dir"): args.data_dir, ("data", "dataset"): args.dataset,
+    }
+    out: dict = {}
+    for (section, key), value in pairs.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _resolve_config(args):
+    from lenet5.config import build_config
+
+    files = []
+    if Path("config.yaml").is_file() and not args.config:
+        files.append(Path("config.yaml"))  # the repo's commented defaults, when run from its root
+    if args.config:
+        files.append(Path(args.config))
+    return build_config(files, _flag_overrides(args), args.set or [])
+
+
+def _resume_config(args):
+    """The run's own config; only --epochs (to extend) and data location flags may change on resume."""
+    from lenet5.checkpoint import load_checkpoint
+    from lenet5.config import apply_dict, config_from_dict
+    from lenet5.errors import ConfigError
+    from lenet5.training.callbacks import BEST_FILE, LAST_FILE
+
+    run_dir = Path(args.resume)
+    last_path = run_dir / LAST_FILE if run_dir.is_dir() else run_dir
+    last = load_checkpoint(last_path)
+    if not last.meta.get("trainer_state"):
+        raise ConfigError(f"{last_path} has no training state to resume from (pass a run folder with last.safetensors)")
+    cfg = config_from_dict(last.meta["config"])
+    changes = {k: v for k, v in _flag_overrides(args).items() if k == "data"}
+    if args.epochs is not None:
+        changes["train"] = {"epochs": args.epochs}
+    cfg = apply_dict(cfg, changes, source="command-line flags")
+    best_path = last_path.parent / BEST_FILE
+    best = load_checkpoint(best_path).weights if best_path.exists() else None
+    return cfg, last_path.parent, last, best
+
+
+def cmd_train(args) -> int:
+    import time
+
+    from lenet5.data.datasets import load_mnist
+    from lenet5.training.trainer import Trainer, TrainingInterrupted, new_run_dir
+
+    started = time.perf_counter()
+    if args.resume:
+        cfg, run_dir, last, best = _resume_config(args)
+    else:
+        cfg, last, best = _resolve_config(args), None, None
+        run_dir = new_run_dir(cfg)
+        if (run_dir / "last.safetensors").exists():
+            from lenet5.errors import ConfigError
+
+            raise ConfigError(f"run folder {run_dir} already holds a run; continue it with --resume {run_dir} or choose another --name")
+    rank, is_writer = 0, True
+    if cfg.train.engine == "torch" and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        from lenet5.engines.torch.distributed import init_from_env
+
+        rank, _world = init_from_env()
+        is_writer = rank == 0
+    log = (lambda msg: _err(msg)) if is_writer else (lambda msg: None)
+    data = load_mnist(cfg.data.data_dir, cfg.data.dataset)
+    trainer = Trainer(cfg, data, run_dir, log=log, is_writer=is_writer)
+    if last is not None:
+        trainer.restore(last, best)
+        log(f"resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
+    else:
+        log(f"training a {cfg.model.name} LeNet-5 with the {cfg.train.engine} engine for {cfg.train.epochs} epochs "
+            f"(batch {cfg.train.batch_size}, {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.schedule.name} schedule, "
+            f"seed {cfg.train.seed}) -> {run_dir}")
+    try:
+        result = trainer.fit()
+    except TrainingInterrupted as stop:
+        if is_writer:
+            _err(f"interrupted at epoch {stop.epoch}, batch {stop.batch}; saved {stop.run_dir / 'last.safetensors'}. "
+                 f"Resume with: lenet5 train --resume {stop.run_dir}")
+        return EXIT_INTERRUPTED
+    if not is_writer:
+        return 0
+    total = time.perf_counter() - started
+    m = result.metrics
+    if args.json:
+        _print_json({**{k: v for k, v in m.items() if k not in ("per_class", "confusion_matrix")},
+                     "total_seconds": round(total, 3)})
+    else:
+        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
+              f"(best epoch {m['best_epoch']} of {m['epochs']})")
+        print(f"trained in {m['train_seconds']:.1f}s ({total:.1f}s in all); run folder: {run_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+def _load_model_for_eval(path: str, engine_name: str):
+    """An object with .logits(x) and a description, from a checkpoint (.safetensors/.pth) or an .onnx file."""
+    from lenet5.checkpoint import load_checkpoint
+    from lenet5.config import ModelConfig, OptimizerConfig
+    from lenet5.engines import create_engine
+
+    if path.endswith(".onnx"):
+        from lenet5.export import OnnxModel
+
+        return OnnxModel(path), "onnxruntime", None
+    ckpt = load_checkpoint(path)
+    engine = create_engine(engine_name, ModelConfig(name=ckpt.model), OptimizerConfig(), seed=0)
+    engine.load_state_dict(ckpt.weights)
+    return engine, engine_name, ckpt
+
+
+def cmd_evaluate(args) -> int:
+    from lenet5.data.datasets import load_mnist
+    from lenet5.metrics import per_class_scores
+    from lenet5.training.trainer import evaluate_engine
+
+    model, runner, _ckpt = _load_model_for_eval(args.model, args.engine)
+    data = load_mnist(args.data_dir, args.dataset or "mnist")
+    result = evaluate_engine(model, data.test_images, data.test_labels)
+    summary = result.summary()
+    if args.out:
+        from lenet5.reports import write_reports
+
+        write_reports(Path(args.out), [], data.test_images, result.labels, result.probabilities, result.confusion)
+    if args.json:
+        _print_json({"model": args.model, "engine": runner, "test_accuracy": result.accuracy, "test_loss": result.loss,
+                     "n": int(len(result.labels)), "per_class": summary["per_class"],
+                     "confusion_matrix": summary["confusion_matrix"]})
+        return 0
+    print(f"{args.model} ({runner}): test accuracy {100 * result.accuracy:.2f}%  test loss {result.loss:.4f}  "
+          f"on {len(result.labels)} images")
+    scores = per_class_scores(result.confusion)
+    print("class  precision  recall     f1  support")
+    for c in range(10):
+        print(f"{c:>5}  {scores['precision'][c]:9.4f}  {scores['recall'][c]:6.4f}  {scores['f1'][c]:5.4f}  "
+              f"{int(scores['support'][c]):7d}")
+    print("confusion matrix (rows: true, columns: predicted)")
+    print("      " + " ".join(f"{c:>5}" for c in range(10)))
+    for c, row in enumerate(result.confusion):
+        print(f"{c:>5} " + " ".join(f"{v:>5}" for v in row))
+    if args.out:
+        print(f"plots written to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from lenet5.checkpoint import load_checkpoint
+    from lenet5.export import export_onnx
+
+    ckpt = load_checkpoint(args.model)
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(".onnx")
+    export_onnx(ckpt.weights, ckpt.model, output)
+    if args.json:
+        _print_json({"model": args.model, "format": args.format, "output": str(output)})
+    else:
+        print(f"exported {args.model} ({ckpt.model} LeNet-5) to {output}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ predict, serve
 # (section owned by the predict/serve work: cmd_predict, cmd_serve and their parsers)
+def cmd_predict(args) -> int:
+    from lenet5.predict import Predictor
+
+    if args.top_k < 1 or args.top_k > 10:
+        raise Lenet5Error(f"--top-k must be between 1 and 10, got {args.top_k}")
+    predictor = Predictor.from_checkpoint(args.model, engine=args.engine)
+    results = predictor.classify_files(args.images, top_k=args.top_k, save_prepared=args.save_prepared)
+    failed = sum("error" in r for r in results)
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"error: {r['error']}")  # the message names the file
+                continue
+            others = ", ".join(f"{d} {p:.1%}" for d, p in r["top_k"])
+            print(f"{r['file']}: {r['digit']}  ({r['probability']:.1%})   top-{len(r['top_k'])}: {others}")
+        if args.save_prepared and len(results) > failed:
+            _err(f"prepared 28x28 images written to {args.save_prepared}")
+    if failed:
+        _err(f"{failed} of {len(results)} file(s) could not be classified")
+    return 1 if failed else 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from lenet5.serve.app import create_app
+    except ImportError as exc:
+        raise Lenet5Error(f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e ".[serve]"') from None
+    from lenet5.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(args.model, engine=args.engine)
+    app = create_app(predictor)
+    _err(f"serving the {predictor.model_name} LeNet-5 from {args.model} on http://{args.host}:{args.port}/")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"))
+    except OSError as exc:  # port in use, no permission, unknown host
+        raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
 def _add_predict_serve_parsers(sub) -> None:
-    pass
+    p = sub.add_parser("predict", help="classify your own digit images (PNG, JPEG, BMP, GIF, TIFF, WebP, .npy)")
+    p.add_argument("--model", required=True, help="a checkpoint (.safetensors, .pth) or an exported .onnx file")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders of images, globs, or .npy arrays")
+    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="how many classes to list (default 3)")
+    p.add_argument("--save-prepared", "--save_prepared", dest="save_prepared", metavar="DIR", default=None,
+                   help="write the 28x28 image the network saw for each input into DIR")
+    p.add_argument("--engine", choices=("numpy", "torch"), default="numpy", help="engine to run the model (default numpy)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="HTTP API (POST /predict) and a page to draw a digit on")
+    p.add_argument("--model", required=True, help="a checkpoint (.safetensors, .pth) or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--engine", choices=("numpy", "torch"), default="numpy", help="engine to run the model (default numpy)")
+    p.add_argument("--log-level", "--log_level", dest="log_level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"), help="server log level (default info)")
+    p.set_defaults(func=cmd_serve)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -82,6 +310,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a LeNet-5 and write a run folder (model, history, metrics, plots)")
+    p.add_argument("--config", default=None, help="YAML file layered over the defaults (and ./config.yaml)")
+    p.add_argument("--engine", choices=("numpy", "torch"), default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="parent folder of run folders (default runs/)")
+    p.add_argument("--name", default=None, help="run folder name (default <engine>-<model>-<date>-<time>)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (0 = its default)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None, help="torch engine device")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any config key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test loss/accuracy, per-class scores and confusion matrix of a model")
+    p.add_argument("--model", "--model_path", "--model-path", dest="model", required=True,
+                   help="checkpoint (.safetensors, .pth) or exported .onnx file")
+    p.add_argument("--engine", choices=("numpy", "torch"), default="numpy")
+    p.add_argument("--out", default=None, help="folder for confusion_matrix.png, predictions.png, misclassified.png")
+    p.add_argument("--json", action="store_true")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX")
+    p.add_argument("--model", "--model_path", "--model-path", dest="model", required=True)
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--output", default=None, help="output file (default: the checkpoint's name with .onnx)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     _add_predict_serve_parsers(sub)
     return parser

@@ -63,15 +63,16 @@ def iterate_batches(
     rng: np.random.Generator | None = None,
     dtype=np.float32,
     transform=None,
+    start_batch: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (x (B,1,28,28) normalized float, y (B,) int64); shuffled by ``rng`` when given.
 
     ``transform(uint8 batch, rng) -> uint8 batch`` (augmentation) is applied before normalization.
-    The last batch may be smaller.
+    The last batch may be smaller. ``start_batch`` skips the first batches of the same order (resume).
     """
     n = len(images)
     order = rng.permutation(n) if rng is not None else None
-    for start in range(0, n, batch_size):
+    for start in range(start_batch * batch_size, n, batch_size):
         idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
         batch = images[idx]
         if transform is not None:

@@ -6,7 +6,7 @@ light) -> cropped to the digit's bounding box -> longer side scaled to 20 px wit
 the aspect ratio -> pasted into 28x28 -> shifted by whole pixels so the centre of mass sits at (14, 14).
 
 Limits (each breach is an ImageError with one line saying what is wrong):
-- formats: PNG, JPEG (also MPO from phones), BMP, GIF, TIFF, WebP; the first frame of an animation.
+- formats: PNG, JPEG (also MPO from phone cameras), BMP, GIF, TIFF, WebP; the first frame of an animation.
   Any mode: 1, L, P, RGB, RGBA, LA, PA, CMYK, I, I;16, F.
 - at most MAX_PIXELS = 40 megapixels (Pillow's decompression-bomb guard is set to the same limit),
   at least MIN_SIDE = 4 pixels on each side; an empty, truncated or unreadable file, and an image with
@@ -35,7 +35,7 @@ CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (measur
 INK_THRESHOLD = 0.2  # share of full contrast a pixel needs to count for the bounding box
 MIN_CONTRAST = 0.08  # ink must differ from the background by 8% of full range
 WORK_SIDE = 1024  # larger images are box-averaged down to about this before anything else
-FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP")
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # JPEG includes MPO (phone cameras)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -59,7 +59,7 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
             ) from None
         except Image.UnidentifiedImageError:
             raise ImageError(
-                f"{name}: not an image this tool reads (supported: {', '.join(f for f in FORMATS if f != 'MPO')})"
+                f"{name}: not an image this tool reads (supported: {', '.join(FORMATS)})"
             ) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

@@ -9,10 +9,12 @@ Every layer is a small class with two methods:
 The cache is returned instead of being kept on the layer, so two threads can run the same layer on two halves
 of a batch at once. Parameters live in ``self.params`` (views into the network's one flat buffer).
 
-Images are NCHW as in PyTorch. Inside the convolution stack the arrays are *stored* channel-major
-(memory order C, N, H, W) while still *looking* NCHW: a convolution is one matmul
-``W (F, C*k*k) @ cols (C*k*k, N*Ho*Wo)`` whose result is already in that order, so nothing is copied
-between layers. NumPy's element-wise operations keep whatever memory order their input has.
+Images are NCHW as in PyTorch. Inside the network the arrays *look* NCHW but are *stored* batch-last
+(memory order C, H, W, N): a convolution is one matmul ``W (F, C*k*k) @ cols (C*k*k, Ho*Wo*N)`` whose result
+is already in that order, so nothing is copied between layers, and every strided view (im2col windows,
+pooling windows, the shifted slices of the input gradient) still reads N contiguous values at a time.
+NumPy's element-wise operations keep whatever memory order their input has, and Flatten's (N, C*H*W)
+is then a transposed view that matmul takes as it is.
 """
 
 from __future__ import annotations
@@ -65,23 +67,23 @@ class Conv2D(Layer):
         F, k, s, p = self.F, self.k, self.stride, self.padding
         Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
 
-        xc = x.transpose(1, 0, 2, 3)  # (C, N, H, W): free when x is stored channel-major
+        xc = x.transpose(1, 2, 3, 0)  # (C, H, W, N): free when x is stored batch-last
         if p:
-            padded = np.zeros((C, N, H + 2 * p, W + 2 * p), dtype=x.dtype)
-            padded[:, :, p:p + H, p:p + W] = xc
+            padded = np.zeros((C, H + 2 * p, W + 2 * p, N), dtype=x.dtype)
+            padded[:, p:p + H, p:p + W] = xc
             xc = padded
-        windows = sliding_window_view(xc, (k, k), axis=(2, 3))[:, :, ::s, ::s]  # (C, N, Ho, Wo, k, k), a view
-        cols = windows.transpose(0, 4, 5, 1, 2, 3).reshape(C * k * k, N * Ho * Wo)  # the one copy
-        out = self._weight().reshape(F, C * k * k) @ cols  # (F, N*Ho*Wo)
+        windows = sliding_window_view(xc, (k, k), axis=(1, 2))[:, ::s, ::s]  # (C, Ho, Wo, N, k, k), a view
+        cols = windows.transpose(0, 4, 5, 1, 2, 3).reshape(C * k * k, Ho * Wo * N)  # the one copy
+        out = self._weight().reshape(F, C * k * k) @ cols  # (F, Ho*Wo*N)
         out += self.params["bias"][:, None]
-        return out.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3), (x.shape, cols)
+        return out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2), (x.shape, cols)
 
     def backward(self, dy, cache, grads):
         (N, C, H, W), cols = cache
         _, F, Ho, Wo = dy.shape
         k, s, p = self.k, self.stride, self.padding
 
-        dy2 = dy.transpose(1, 0, 2, 3).reshape(F, N * Ho * Wo)  # free when dy is stored channel-major
+        dy2 = dy.transpose(1, 2, 3, 0).reshape(F, Ho * Wo * N)  # free when dy is stored batch-last
         np.sum(dy2, axis=1, out=grads["bias"])
         np.matmul(dy2, cols.T, out=grads["weight"].reshape(F, C * k * k))
         if self.mask is not None:
@@ -89,12 +91,12 @@ class Conv2D(Layer):
         if not self.needs_input_grad:
             return None
 
-        dcols = (self._weight().reshape(F, C * k * k).T @ dy2).reshape(C, k, k, N, Ho, Wo)
-        dx = np.zeros((C, N, H + 2 * p, W + 2 * p), dtype=dy.dtype)
+        dcols = (self._weight().reshape(F, C * k * k).T @ dy2).reshape(C, k, k, Ho, Wo, N)
+        dx = np.zeros((C, H + 2 * p, W + 2 * p, N), dtype=dy.dtype)
         for i in range(k):  # each kernel offset (i, j) touched the input at a shifted, strided grid
             for j in range(k):
-                dx[:, :, i:i + s * Ho:s, j:j + s * Wo:s] += dcols[:, i, j]
-        return dx[:, :, p:p + H, p:p + W].transpose(1, 0, 2, 3)
+                dx[:, i:i + s * Ho:s, j:j + s * Wo:s] += dcols[:, i, j]
+        return dx[:, p:p + H, p:p + W].transpose(3, 0, 1, 2)
 
 
 def _pool_views(x: np.ndarray, k: int) -> list[np.ndarray]:
@@ -246,7 +248,7 @@ def ScaledTanh() -> Tanh:
 
 
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C*H*W) in PyTorch's x.flatten(1) order (copies: the input is channel-major)."""
+    """(N, C, H, W) -> (N, C*H*W) in PyTorch's x.flatten(1) order (a view when stored batch-last)."""
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1), x.shape

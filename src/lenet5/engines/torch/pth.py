@@ -6,6 +6,7 @@ any other function (code execution) is refused before anything in it runs.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ def load_pth_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every way torch.load can fail becomes one clear line
         raise CheckpointError(_describe_failure(path, exc)) from None
     if isinstance(obj, dict):
@@ -58,5 +61,5 @@ def _describe_failure(path: Path, exc: Exception) -> str:
         )
     if isinstance(exc, EOFError) or "zip archive" in text or "truncated" in text.lower() or "EOF" in text:
         return f"{path}: truncated or corrupt PyTorch file ({type(exc).__name__})"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return f"{path}: cannot be read as a PyTorch file: {first[:200]}"
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"{path}: not a PyTorch .pth file ({type(exc).__name__}{': ' + first if first else ''})"

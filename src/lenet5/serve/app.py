@@ -1,0 +1,205 @@
+"""The HTTP service: a FastAPI app around one Predictor, loaded once at start-up.
+
+Routes
+- ``GET /``          the page to draw a digit on (static/index.html, self-contained)
+- ``GET /healthz``   ``{"status": "ok", "model": "modern", "checkpoint": "model.safetensors"}``
+- ``POST /predict``  one digit -> ``{"digit": 7, "probabilities": [10 floats], "model": "modern"}``, from
+    * ``multipart/form-data`` with the image file in field ``file`` (any format ``lenet5 predict`` reads;
+      it is prepared like MNIST: grayscale, inverted if light, cropped, scaled to 20 px, centred);
+    * ``application/json`` ``{"pixels": 28x28 numbers 0..255}``: a digit already MNIST-style (white on
+      black, centred), used as is; with ``"prepare": true`` the pixels (any HxW, 4..1024 per side, any
+      polarity) go through the same preparation as an uploaded image;
+    * ``image/png``, ``image/jpeg``, ... : the raw image file as the body.
+  ``?prepared=true`` adds ``"prepared"``: the 28x28 uint8 image the network saw.
+
+Limits and status codes (the body of every error is ``{"detail": "<one line>"}``; a client mistake
+never gets a 5xx):
+- a request body over MAX_BODY_BYTES (2 MiB) -> 413, judged from Content-Length before reading and by
+  counting bytes while reading (chunked uploads);
+- another Content-Type -> 415;
+- malformed JSON or multipart, an undecodable or blank image -> 400;
+- a missing ``file`` field or ``pixels`` of the wrong shape, type or range -> 422.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from lenet5.data.images import MIN_SIDE, prepare_bytes, prepare_gray
+from lenet5.errors import ImageError
+from lenet5.predict import Predictor
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_PIXELS_SIDE = 1024  # JSON pixels with "prepare": true
+STATIC = Path(__file__).parent / "static"
+ACCEPTED = "multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or image/*"
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before and while reading.
+
+    The body (at most ``limit`` bytes) is read here and replayed to the app.
+    """
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _send_error(send, 400, "Content-Length is not a number")
+                return
+            if size > self.limit:
+                await _send_error(send, 413, self._too_large(f"{size} bytes"))
+                return
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                await _send_error(send, 413, self._too_large(f"more than {self.limit} bytes"))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, what: str) -> str:
+        return f"request body is too large ({what}); the limit is {self.limit} bytes ({self.limit // 1024 // 1024} MiB)"
+
+
+async def _send_error(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The app for one model (a Predictor, or a checkpoint path loaded here, once)."""
+    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    lock = threading.Lock()  # one inference at a time: the engine is not meant to be shared by threads
+    app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+
+    def infer(digit: np.ndarray) -> np.ndarray:
+        with lock:
+            return predictor.probabilities(digit[None])[0]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "model": predictor.model_name, "checkpoint": predictor.path.name}
+
+    @app.post("/predict")
+    async def predict(request: Request, prepared: bool = False) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind == "multipart/form-data":
+            data, name = await _read_upload(request)
+            digit = await run_in_threadpool(_prepare_bytes, data, name)
+        elif kind == "application/json":
+            digit = await run_in_threadpool(_pixels_digit, _parse_json(await request.body()))
+        elif kind.startswith("image/"):
+            digit = await run_in_threadpool(_prepare_bytes, await request.body(), "image")
+        else:
+            raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
+        probs = await run_in_threadpool(infer, digit)
+        result = {"digit": int(np.argmax(probs)), "probabilities": [round(float(p), 6) for p in probs],
+                  "model": predictor.model_name}
+        if prepared:
+            result["prepared"] = digit.tolist()
+        return JSONResponse(result)
+
+    return app
+
+
+async def _read_upload(request: Request) -> tuple[bytes, str]:
+    try:
+        form = await request.form(max_files=4, max_fields=16)
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for a broken body
+        raise HTTPException(400, f"malformed multipart body ({_first_line(exc)})") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "multipart field 'file' with the image is missing")
+        return await upload.read(), upload.filename or "upload"
+    finally:
+        await form.close()
+
+
+def _prepare_bytes(data: bytes, name: str) -> np.ndarray:
+    try:
+        return prepare_bytes(data, Path(name).name)
+    except ImageError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _parse_json(body: bytes) -> dict:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"body is not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(doc, dict) or "pixels" not in doc:
+        raise HTTPException(422, 'JSON body must be an object {"pixels": [[28 numbers] x 28]}')
+    return doc
+
+
+def _pixels_digit(doc: dict) -> np.ndarray:
+    """{"pixels": ..., "prepare": bool} -> uint8 (28, 28)."""
+    prepare = doc.get("prepare", False)
+    if not isinstance(prepare, bool):
+        raise HTTPException(422, "'prepare' must be true or false")
+    try:
+        arr = np.array(doc["pixels"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise HTTPException(422, "'pixels' must be a list of rows of numbers, all rows the same length") from None
+    if arr.ndim != 2:
+        raise HTTPException(422, f"'pixels' must be 2-D (rows of numbers), got {arr.ndim}-D with shape {list(arr.shape)}")
+    if not prepare and arr.shape != (28, 28):
+        raise HTTPException(422, f"'pixels' must be 28x28, got {arr.shape[0]}x{arr.shape[1]} (send \"prepare\": true for other sizes)")
+    if prepare and not (MIN_SIDE <= min(arr.shape) and max(arr.shape) <= MAX_PIXELS_SIDE):
+        raise HTTPException(422, f"'pixels' with prepare must be between {MIN_SIDE} and {MAX_PIXELS_SIDE} per side, got {arr.shape[0]}x{arr.shape[1]}")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
+        raise HTTPException(422, "'pixels' must be finite numbers in 0..255")
+    if not prepare:
+        return np.round(arr).astype(np.uint8)
+    try:
+        return prepare_gray((arr / 255.0).astype(np.float32), "pixels")
+    except ImageError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
