@@ -6,10 +6,13 @@ from any step (epoch, batch) sees exactly the batches an uninterrupted run would
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +81,7 @@ class Trainer:
         self.epoch, self.batch, self.step = 0, 0, 0  # completed epochs, batches done in the current one, updates
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
         self.seconds = 0.0
+        self.stop_requested = False  # set by the first Ctrl-C; the loop stops between two steps
 
     # ------------------------------------------------------------------------------------ resume state
     def trainer_state(self) -> dict:
@@ -105,24 +109,29 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         stopped = self.stopper.should_stop
-        while self.epoch < t.epochs and not stopped:
-            row = self._run_epoch(self.epoch + 1)
-            self.history.append(row)
-            self.epoch, self.batch = self.epoch + 1, 0
-            self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
-            improved = self.stopper.update(self.epoch, row)
-            self.schedule.end_epoch(row["val_loss"])
-            if improved:
-                self.best_weights = self.engine.state_dict()
-                self.writer.save_best(self.best_weights, self.epoch, row)
-            self.writer.save_last(self.epoch, row, self.trainer_state())
-            self._write_history()
-            self.log(self._epoch_line(row, t.epochs, improved))
-            stopped = self.stopper.should_stop
-            if stopped:
-                self.log(f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
-                         f"{self.stopper.bad_epochs} epochs (best at epoch {self.stopper.best_epoch})")
+        with stop_on_sigint(self):
+            while self.epoch < t.epochs and not stopped:
+                stopped = self._epoch_and_callbacks(t.epochs)
         return self._finish(stopped)
+
+    def _epoch_and_callbacks(self, epochs: int) -> bool:
+        """One epoch, then early stopping, schedule, checkpoints and the history file; True to stop."""
+        row = self._run_epoch(self.epoch + 1)
+        self.history.append(row)
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        improved = self.stopper.update(self.epoch, row)
+        self.schedule.end_epoch(row["val_loss"])
+        if improved:
+            self.best_weights = self.engine.state_dict()
+            self.writer.save_best(self.best_weights, self.epoch, row)
+        self.writer.save_last(self.epoch, row, self.trainer_state())
+        self._write_history()
+        self.log(self._epoch_line(row, epochs, improved))
+        if self.stopper.should_stop:
+            self.log(f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
+                     f"{self.stopper.bad_epochs} epochs (best at epoch {self.stopper.best_epoch})")
+        return self.stopper.should_stop
 
     def _run_epoch(self, epoch: int) -> dict:
         t = self.cfg.train
@@ -133,6 +142,8 @@ class Trainer:
                                   dtype=np.float64 if t.dtype == "float64" else np.float32)
         try:
             for x, y in batches:
+                if self.stop_requested:
+                    raise KeyboardInterrupt
                 lr = self.schedule.lr(self.step)
                 loss, correct = self.engine.train_step(x, y, lr)
                 check_finite(loss, epoch, self.step, self.run_dir if self.is_writer else None)
@@ -206,6 +217,25 @@ class Trainer:
 
             write_reports(self.run_dir, self.history, self.data.test_images, test.labels, test.probabilities, test.confusion)
         return TrainResult(self.run_dir, self.history, test, best_epoch, len(self.history), self.seconds, stopped, metrics)
+
+
+@contextlib.contextmanager
+def stop_on_sigint(trainer: Trainer):
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def new_run_dir(cfg: Config) -> Path:

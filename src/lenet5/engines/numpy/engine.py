@@ -23,7 +23,7 @@ from lenet5.engines.numpy.init import init_parameters
 from lenet5.engines.numpy.model import Network
 from lenet5.engines.numpy.optim import create_optimizer
 
-INFERENCE_CHUNK = 512  # images per forward pass in logits(): bounds memory (~80 MB of activations)
+INFERENCE_CHUNK = 256  # images per forward pass in logits(): bounds the memory of the activations
 MIN_PART = 8  # a batch is split only into parts of at least this many images
 
 _blas_controller = None
@@ -82,6 +82,7 @@ class NumpyEngine:
         # One flat gradient buffer per worker; worker 0's receives the sum.
         self._grads = [np.zeros(self.net.size, dtype=self.dtype) for _ in range(self.threads)]
         self._grad_views = [self.net.layer_views(g) for g in self._grads]
+        self._workspaces = [self.net.new_workspace() for _ in range(self.threads)]
         self._pool = ThreadPoolExecutor(self.threads - 1, "lenet5-numpy") if self.threads > 1 else None
 
     # --- training and inference -------------------------------------------------------------------------
@@ -105,11 +106,11 @@ class NumpyEngine:
         parts = self._parts(n)
         run = self.net.loss_and_grad
         futures = [
-            self._pool.submit(run, x[a:b], y[a:b], self._grad_views[i], self.label_smoothing, n)
+            self._pool.submit(run, x[a:b], y[a:b], self._grad_views[i], self.label_smoothing, n, self._workspaces[i])
             for i, (a, b) in enumerate(parts[1:], start=1)
         ]
         a, b = parts[0]
-        loss, n_correct = run(x[a:b], y[a:b], self._grad_views[0], self.label_smoothing, n)
+        loss, n_correct = run(x[a:b], y[a:b], self._grad_views[0], self.label_smoothing, n, self._workspaces[0])
         for i, future in enumerate(futures, start=1):  # always summed in the same order
             part_loss, part_correct = future.result()
             loss += part_loss
@@ -117,19 +118,27 @@ class NumpyEngine:
             self._grads[0] += self._grads[i]
         return loss, n_correct
 
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
+        """(loss, n_correct, {name: gradient}) of one batch without updating anything (for checks, not
+        part of the Engine protocol). The gradients are of the data loss only, before penalties."""
+        with _single_threaded_blas():
+            loss, n_correct = self._loss_and_grad(np.asarray(x, dtype=self.dtype), np.asarray(y, dtype=np.int64))
+        grads = {key: g.copy() for key, g in self.net.named_views(self._grads[0]).items()}
+        return loss, n_correct, grads
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
         out = np.empty((len(x), 10), dtype=self.dtype)
 
-        def forward(a: int, b: int) -> None:
-            out[a:b] = self.net.forward(x[a:b], keep_caches=False)[0]
+        def forward(a: int, b: int, worker: int) -> None:
+            out[a:b] = self.net.forward(x[a:b], keep_caches=False, ws=self._workspaces[worker])[0]
 
         with _single_threaded_blas():
             for start in range(0, len(x), INFERENCE_CHUNK):
                 stop = min(start + INFERENCE_CHUNK, len(x))
                 parts = [(start + a, start + b) for a, b in self._parts(stop - start)]
-                futures = [self._pool.submit(forward, a, b) for a, b in parts[1:]]
-                forward(*parts[0])
+                futures = [self._pool.submit(forward, a, b, i) for i, (a, b) in enumerate(parts[1:], start=1)]
+                forward(*parts[0], 0)
                 for future in futures:
                     future.result()
         return out

@@ -2,25 +2,49 @@
 
 Every layer is a small class with two methods:
 
-- ``forward(x) -> (y, cache)``: the output and whatever the backward pass needs;
-- ``backward(dy, cache, grads) -> dx``: the gradient with respect to the input, and the gradients of the
-  layer's parameters written into ``grads`` (a dict of arrays shaped like ``params``).
+- ``forward(x, ws=None) -> (y, cache)``: the output and whatever the backward pass needs;
+- ``backward(dy, cache, grads, ws=None) -> dx``: the gradient with respect to the input, and the gradients of
+  the layer's parameters written into ``grads`` (a dict of arrays shaped like ``params``).
 
 The cache is returned instead of being kept on the layer, so two threads can run the same layer on two halves
 of a batch at once. Parameters live in ``self.params`` (views into the network's one flat buffer).
+
+``ws`` is an optional workspace: a dict, one per layer and per thread, in which the layer keeps its output and
+scratch arrays from one call to the next. Fresh arrays of a few MB each step cost page faults that took half
+of the training time; reused ones are already mapped. Without ``ws`` every call allocates (simple, for tests).
 
 Images are NCHW as in PyTorch. Inside the network the arrays *look* NCHW but are *stored* batch-last
 (memory order C, H, W, N): a convolution is one matmul ``W (F, C*k*k) @ cols (C*k*k, Ho*Wo*N)`` whose result
 is already in that order, so nothing is copied between layers, and every strided view (im2col windows,
 pooling windows, the shifted slices of the input gradient) still reads N contiguous values at a time.
-NumPy's element-wise operations keep whatever memory order their input has, and Flatten's (N, C*H*W)
-is then a transposed view that matmul takes as it is.
+NumPy's element-wise operations keep the memory order of their input, and Flatten's (N, C*H*W) is then a
+transposed view that matmul takes as it is.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _buffer(ws: dict | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A C-ordered array for ``key``: the same one on every call with ``ws``; zero-filled when first made."""
+    if ws is None:
+        return np.zeros(shape, dtype)
+    buf = ws.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = ws[key] = np.zeros(shape, dtype)
+    return buf
+
+
+def _buffer_like(ws: dict | None, key: str, x: np.ndarray) -> np.ndarray:
+    """An array shaped like x and laid out in memory in the same order (as np.empty_like), reused with ``ws``."""
+    if ws is None:
+        return np.empty_like(x)
+    found = ws.get(key)
+    if found is None or found[0] != (x.shape, x.strides, x.dtype):
+        found = ws[key] = ((x.shape, x.strides, x.dtype), np.empty_like(x))
+    return found[1]
 
 
 class Layer:
@@ -32,10 +56,10 @@ class Layer:
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, object]:
+    def forward(self, x: np.ndarray, ws: dict | None = None) -> tuple[np.ndarray, object]:
         raise NotImplementedError
 
-    def backward(self, dy: np.ndarray, cache: object, grads: dict[str, np.ndarray]) -> np.ndarray | None:
+    def backward(self, dy: np.ndarray, cache, grads: dict[str, np.ndarray], ws: dict | None = None):
         raise NotImplementedError
 
 
@@ -58,27 +82,28 @@ class Conv2D(Layer):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"weight": (self.F, self.C, self.k, self.k), "bias": (self.F,)}
 
-    def _weight(self) -> np.ndarray:
-        w = self.params["weight"]
-        return w if self.mask is None else w * self.mask
+    def _weight_matrix(self) -> np.ndarray:
+        w = self.params["weight"] if self.mask is None else self.params["weight"] * self.mask
+        return w.reshape(self.F, -1)  # (F, C*k*k)
 
-    def forward(self, x):
+    def forward(self, x, ws=None):
         N, C, H, W = x.shape
         F, k, s, p = self.F, self.k, self.stride, self.padding
         Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
 
         xc = x.transpose(1, 2, 3, 0)  # (C, H, W, N): free when x is stored batch-last
         if p:
-            padded = np.zeros((C, H + 2 * p, W + 2 * p, N), dtype=x.dtype)
+            padded = _buffer(ws, "padded", (C, H + 2 * p, W + 2 * p, N), x.dtype)  # border stays 0
             padded[:, p:p + H, p:p + W] = xc
             xc = padded
         windows = sliding_window_view(xc, (k, k), axis=(1, 2))[:, ::s, ::s]  # (C, Ho, Wo, N, k, k), a view
-        cols = windows.transpose(0, 4, 5, 1, 2, 3).reshape(C * k * k, Ho * Wo * N)  # the one copy
-        out = self._weight().reshape(F, C * k * k) @ cols  # (F, Ho*Wo*N)
+        cols = _buffer(ws, "cols", (C * k * k, Ho * Wo * N), x.dtype)
+        np.copyto(cols.reshape(C, k, k, Ho, Wo, N), windows.transpose(0, 4, 5, 1, 2, 3))  # the one copy
+        out = np.matmul(self._weight_matrix(), cols, out=_buffer(ws, "out", (F, Ho * Wo * N), x.dtype))
         out += self.params["bias"][:, None]
         return out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2), (x.shape, cols)
 
-    def backward(self, dy, cache, grads):
+    def backward(self, dy, cache, grads, ws=None):
         (N, C, H, W), cols = cache
         _, F, Ho, Wo = dy.shape
         k, s, p = self.k, self.stride, self.padding
@@ -91,9 +116,12 @@ class Conv2D(Layer):
         if not self.needs_input_grad:
             return None
 
-        dcols = (self._weight().reshape(F, C * k * k).T @ dy2).reshape(C, k, k, Ho, Wo, N)
-        dx = np.zeros((C, H + 2 * p, W + 2 * p, N), dtype=dy.dtype)
-        for i in range(k):  # each kernel offset (i, j) touched the input at a shifted, strided grid
+        dcols = _buffer(ws, "dcols", (C * k * k, Ho * Wo * N), dy.dtype)
+        np.matmul(self._weight_matrix().T, dy2, out=dcols)
+        dcols = dcols.reshape(C, k, k, Ho, Wo, N)
+        dx = _buffer(ws, "dx", (C, H + 2 * p, W + 2 * p, N), dy.dtype)
+        dx.fill(0)
+        for i in range(k):  # kernel offset (i, j) read the input on a shifted, strided grid
             for j in range(k):
                 dx[:, i:i + s * Ho:s, j:j + s * Wo:s] += dcols[:, i, j]
         return dx[:, p:p + H, p:p + W].transpose(3, 0, 1, 2)
@@ -105,9 +133,9 @@ def _pool_views(x: np.ndarray, k: int) -> list[np.ndarray]:
     return [x[:, :, i:i + k * Ho:k, j:j + k * Wo:k] for i in range(k) for j in range(k)]
 
 
-def _empty_like_zeroed_tail(x: np.ndarray, k: int) -> np.ndarray:
-    """Gradient buffer like x (same memory order); rows/cols no window covers (odd sizes) are zero."""
-    dx = np.empty_like(x)
+def _pool_grad_buffer(ws: dict | None, x: np.ndarray, k: int) -> np.ndarray:
+    """Gradient buffer laid out like x; rows/columns that no window covers (odd sizes) are zero."""
+    dx = _buffer_like(ws, "dx", x)
     H, W = x.shape[2:]
     dx[:, :, H - H % k:] = 0
     dx[:, :, :, W - W % k:] = 0
@@ -125,9 +153,9 @@ class MaxPool2D(Layer):
         super().__init__()
         self.k = kernel_size
 
-    def forward(self, x):
+    def forward(self, x, ws=None):
         if self.k == 2:
-            return self._forward_2x2(x)
+            return self._forward_2x2(x, ws)
         views = _pool_views(x, self.k)
         out = np.copy(views[0], order="K")
         winner = np.zeros(out.shape, dtype=np.uint8)  # index of the first maximum in each window
@@ -137,26 +165,27 @@ class MaxPool2D(Layer):
             np.copyto(winner, t, where=bigger)
         return out, (x, winner)
 
-    def _forward_2x2(self, x):
-        # A tournament between the 4 views (top-left, top-right, bottom-left, bottom-right); each match
-        # keeps the earlier player on a tie. The three 0/1 results say where the first maximum is.
+    def _forward_2x2(self, x, ws):
+        # A knock-out between the 4 views (top-left, top-right, bottom-left, bottom-right); each match
+        # keeps the earlier player on a tie. Three 0/1 results say where each window's first maximum is.
         v00, v01, v10, v11 = _pool_views(x, 2)
-        top, bottom = np.maximum(v00, v01), np.maximum(v10, v11)
-        out = np.maximum(top, bottom)
-        right_top = np.greater(v01, v00, out=np.empty_like(out))  # 1.0 where v01 wins its match
-        right_bottom = np.greater(v11, v10, out=np.empty_like(out))
-        in_bottom = np.greater(bottom, top, out=np.empty_like(out))
+        top = np.maximum(v00, v01, out=_buffer_like(ws, "top", v00))
+        bottom = np.maximum(v10, v11, out=_buffer_like(ws, "bottom", v00))
+        out = np.maximum(top, bottom, out=_buffer_like(ws, "out", v00))
+        right_top = np.greater(v01, v00, out=_buffer_like(ws, "right_top", out))  # 1.0: v01 beat v00
+        right_bottom = np.greater(v11, v10, out=_buffer_like(ws, "right_bottom", out))
+        in_bottom = np.greater(bottom, top, out=_buffer_like(ws, "in_bottom", out))
         return out, (x, (right_top, right_bottom, in_bottom))
 
-    def backward(self, dy, cache, grads):
+    def backward(self, dy, cache, grads, ws=None):
         x, routing = cache
-        dx = _empty_like_zeroed_tail(x, self.k)
+        dx = _pool_grad_buffer(ws, x, self.k)
         views = _pool_views(dx, self.k)
         if self.k == 2:
             d00, d01, d10, d11 = views
             right_top, right_bottom, in_bottom = routing
-            d_bottom = dy * in_bottom
-            d_top = dy - d_bottom  # exact: either dy or 0
+            d_bottom = np.multiply(dy, in_bottom, out=_buffer_like(ws, "d_bottom", in_bottom))
+            d_top = np.subtract(dy, d_bottom, out=_buffer_like(ws, "d_top", in_bottom))  # dy or 0, exactly
             np.multiply(d_top, right_top, out=d01)
             np.subtract(d_top, d01, out=d00)
             np.multiply(d_bottom, right_bottom, out=d11)
@@ -174,17 +203,18 @@ class AvgPool2D(Layer):
         super().__init__()
         self.k = kernel_size
 
-    def forward(self, x):
+    def forward(self, x, ws=None):
         views = _pool_views(x, self.k)
-        out = np.copy(views[0], order="K")
+        out = _buffer_like(ws, "out", views[0])
+        np.copyto(out, views[0])
         for v in views[1:]:
             out += v
         out *= 1.0 / (self.k * self.k)
         return out, x
 
-    def backward(self, dy, cache, grads):
-        dx = _empty_like_zeroed_tail(cache, self.k)
-        share = dy * (1.0 / (self.k * self.k))
+    def backward(self, dy, cache, grads, ws=None):
+        dx = _pool_grad_buffer(ws, cache, self.k)
+        share = np.multiply(dy, 1.0 / (self.k * self.k), out=_buffer_like(ws, "share", dy))
         for view in _pool_views(dx, self.k):
             view[...] = share
         return dx
@@ -200,26 +230,27 @@ class Dense(Layer):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"weight": (self.n_out, self.n_in), "bias": (self.n_out,)}
 
-    def forward(self, x):
-        # x (N, in) -> y (N, out)
-        y = x @ self.params["weight"].T
+    def forward(self, x, ws=None):
+        N = x.shape[0]  # x (N, in) -> y (N, out)
+        y = np.matmul(x, self.params["weight"].T, out=_buffer(ws, "y", (N, self.n_out), x.dtype))
         y += self.params["bias"]
         return y, x
 
-    def backward(self, dy, cache, grads):
+    def backward(self, dy, cache, grads, ws=None):
         x = cache  # dy (N, out), x (N, in)
         np.matmul(dy.T, x, out=grads["weight"])
         np.sum(dy, axis=0, out=grads["bias"])
-        return dy @ self.params["weight"]
+        return np.matmul(dy, self.params["weight"], out=_buffer(ws, "dx", x.shape, dy.dtype))
 
 
 class ReLU(Layer):
-    def forward(self, x):
-        y = np.maximum(x, 0)
+    def forward(self, x, ws=None):
+        y = np.maximum(x, 0, out=_buffer_like(ws, "y", x))
         return y, y
 
-    def backward(self, dy, cache, grads):
-        return dy * (cache > 0)  # PyTorch's convention: zero gradient at exactly 0
+    def backward(self, dy, cache, grads, ws=None):
+        # PyTorch's convention: zero gradient where the output is 0
+        return np.multiply(dy, cache > 0, out=_buffer_like(ws, "dx", cache))
 
 
 class Tanh(Layer):
@@ -229,16 +260,18 @@ class Tanh(Layer):
         super().__init__()
         self.scale, self.slope = scale, slope
 
-    def forward(self, x):
-        t = np.tanh(x * self.slope) if self.slope != 1.0 else np.tanh(x)
-        return (t * self.scale if self.scale != 1.0 else t), t
+    def forward(self, x, ws=None):
+        t = np.multiply(x, self.slope, out=_buffer_like(ws, "t", x))
+        np.tanh(t, out=t)
+        y = np.multiply(t, self.scale, out=_buffer_like(ws, "y", x))
+        return y, t
 
-    def backward(self, dy, cache, grads):
+    def backward(self, dy, cache, grads, ws=None):
         t = cache  # dy/dx = scale * slope * (1 - tanh^2)
-        d = 1.0 - t * t
+        d = np.multiply(t, t, out=_buffer_like(ws, "dx", t))
+        np.subtract(1.0, d, out=d)
         d *= dy
-        if self.scale * self.slope != 1.0:
-            d *= self.scale * self.slope
+        d *= self.scale * self.slope
         return d
 
 
@@ -250,8 +283,8 @@ def ScaledTanh() -> Tanh:
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W) in PyTorch's x.flatten(1) order (a view when stored batch-last)."""
 
-    def forward(self, x):
+    def forward(self, x, ws=None):
         return x.reshape(x.shape[0], -1), x.shape
 
-    def backward(self, dy, cache, grads):
+    def backward(self, dy, cache, grads, ws=None):
         return dy.reshape(cache)

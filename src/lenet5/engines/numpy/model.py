@@ -111,28 +111,37 @@ class Network:
             if getattr(layer, "mask", None) is not None:
                 layer.params["weight"] *= layer.mask
 
-    def forward(self, x: np.ndarray, keep_caches: bool = True) -> tuple[np.ndarray, list]:
-        """x (N, 1, 28, 28) -> logits (N, 10), and the caches backward needs (empty if keep_caches=False)."""
+    def new_workspace(self) -> list[dict]:
+        """Scratch space for one thread: one dict per layer (see layers.py); pass it to forward/backward."""
+        return [{} for _ in self.layers]
+
+    def forward(self, x: np.ndarray, keep_caches: bool = True, ws: list[dict] | None = None):
+        """x (N, 1, 28, 28) -> (logits (N, 10), the caches backward needs; empty if keep_caches=False)."""
+        ws = ws or [None] * len(self.layers)
         caches = []
-        for _, layer in self.layers:
-            x, cache = layer.forward(x)
+        for (_, layer), layer_ws in zip(self.layers, ws):
+            x, cache = layer.forward(x, layer_ws)
             if keep_caches:
                 caches.append(cache)
         return x, caches
 
-    def backward(self, dlogits: np.ndarray, caches: list, grads: dict[str, dict[str, np.ndarray]]) -> None:
+    def backward(self, dlogits: np.ndarray, caches: list, grads: dict[str, dict[str, np.ndarray]],
+                 ws: list[dict] | None = None) -> None:
         """Write every parameter gradient into ``grads`` (see layer_views), from the top layer down."""
+        ws = ws or [None] * len(self.layers)
         d = dlogits
-        for (prefix, layer), cache in zip(reversed(self.layers), reversed(caches)):
-            d = layer.backward(d, cache, grads.get(prefix, {}))
+        for i in reversed(range(len(self.layers))):
+            prefix, layer = self.layers[i]
+            d = layer.backward(d, caches[i], grads.get(prefix, {}), ws[i])
 
-    def loss_and_grad(self, x, labels, grads, label_smoothing: float = 0.0, total: int | None = None):
+    def loss_and_grad(self, x, labels, grads, label_smoothing: float = 0.0, total: int | None = None,
+                      ws: list[dict] | None = None) -> tuple[float, int]:
         """Forward + loss + backward on one batch (or one part of it, see softmax_cross_entropy's ``total``).
 
         Returns (loss, number of correct predictions); the gradients land in ``grads``.
         """
-        logits, caches = self.forward(x)
+        logits, caches = self.forward(x, ws=ws)
         loss, dlogits = softmax_cross_entropy(logits, labels, label_smoothing, total)
         n_correct = int(np.count_nonzero(logits.argmax(axis=1) == labels))
-        self.backward(dlogits, caches, grads)
+        self.backward(dlogits, caches, grads, ws)
         return loss, n_correct

@@ -72,7 +72,7 @@ class Optimizer:
             if value.shape != buf.shape:
                 raise ValueError(f"optimizer state '{name}' has shape {value.shape}, expected {buf.shape}")
             buf[...] = value
-        self.t = int(np.asarray(state["step"]))
+        self.t = int(np.asarray(state["step"]).reshape(-1)[0])  # 0-d, or (1,) after a safetensors round trip
 
 
 def clip_grad_norm(grad: np.ndarray, max_norm: float) -> float:

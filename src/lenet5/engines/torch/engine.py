@@ -137,7 +137,8 @@ class TorchEngine:
             for p in self._params:
                 if p.grad is None:  # an empty share on this rank
                     p.grad = torch.zeros_like(p)
-            totals = torch.stack([loss_sum.detach().double(), (out.argmax(1) == yt).sum().double()])
+            acc = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+            totals = torch.stack([loss_sum.detach().to(acc), (out.argmax(1) == yt).sum().to(acc)])
             if world > 1:
                 self._all_reduce_grads()
                 ddp.all_reduce_sum_(totals)

@@ -1,0 +1,73 @@
+"""Settings: defaults <- config.yaml <- --config <- flags <- --set, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lenet5.config import Config, build_config, config_from_dict
+from lenet5.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_yaml_is_the_built_in_default():
+    assert build_config([REPO / "config.yaml"]) == Config()
+
+
+def test_layers_apply_in_order(tmp_path):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("train:\n  epochs: 3\n  batch_size: 32\noptimizer:\n  lr: 0.01\n")
+    cfg = build_config([REPO / "config.yaml", extra], {"train": {"batch_size": 128}}, ["schedule.name=cosine", "optimizer.nesterov=true"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.optimizer.lr) == (3, 128, 0.01)
+    assert cfg.schedule.name == "cosine" and cfg.optimizer.nesterov is True
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["train.epoch=3"], "unknown config key 'train.epoch'"),
+        (["trainer.epochs=3"], "unknown config section 'trainer'"),
+        (["train.batch_size=0"], "'train.batch_size' must be >= 1"),
+        (["optimizer.lr=-0.1"], "'optimizer.lr' must be > 0"),
+        (["train.batch_size=abc"], "'train.batch_size' must be an integer"),
+        (["optimizer.name=rmsprop"], "must be one of sgd, adam, adamw"),
+        (["optimizer.nesterov=3"], "must be true or false"),
+        (["schedule.gamma=2"], "'schedule.gamma' must be > 0 and <= 1"),
+        (["epochs=3"], "--set expects section.key=value"),
+    ],
+)
+def test_bad_settings_name_the_key_and_what_is_allowed(sets, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config([], None, sets)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config([bad])
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config([tmp_path / "nope.yaml"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "train.batch_size"),
+        (["--batch_size", "0"], "train.batch_size"),
+        (["--lr", "-1"], "optimizer.lr"),
+        (["--set", "model.depth=7"], "unknown config key 'model.depth'"),
+    ],
+)
+def test_cli_rejects_bad_config_in_one_line(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "lenet5", "train", *args], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

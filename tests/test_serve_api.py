@@ -1,0 +1,230 @@
+"""`lenet5 serve` for real: the server runs in its own process on 127.0.0.1, requests go over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from lenet5.predict import Predictor
+
+MAX_BODY = 2 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(checkpoint, timeout: float = 30.0):
+    """Start `python -m lenet5 serve` on a free port; yield its base URL; stop it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lenet5", "serve", "--model", str(checkpoint), "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not answer /healthz in time")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint):
+    with running_server(trained_checkpoint) as url:
+        yield url
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_healthz_names_the_model(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "model": "modern", "checkpoint": "model.safetensors"}
+
+
+def test_root_serves_the_drawing_page(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    for element in ('id="canvas"', 'id="digit"', 'id="bars"', 'id="clear"'):
+        assert element in r.text
+    assert "http://" not in r.text and "https://" not in r.text  # self-contained: no CDN
+
+
+def test_upload_of_real_mnist_digits(client, mnist):
+    x, y = mnist.test_images[:30], mnist.test_labels[:30]
+    answers = []
+    for a in x:
+        big = Image.fromarray(255 - a).resize((140, 140), Image.Resampling.LANCZOS)  # black on white, 5x
+        buf = io.BytesIO()
+        big.save(buf, format="JPEG", quality=92)
+        r = client.post("/predict", files={"file": ("digit.jpg", buf.getvalue(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) == {"digit", "probabilities", "model"} and body["model"] == "modern"
+        assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-4
+        assert body["digit"] == int(np.argmax(body["probabilities"]))
+        answers.append(body["digit"])
+    assert np.mean(np.array(answers) == y) >= 0.9
+
+
+def test_json_pixels_match_the_predictor_exactly(client, mnist, trained_checkpoint):
+    x, y = mnist.test_images[:20], mnist.test_labels[:20]
+    expected = Predictor.from_checkpoint(trained_checkpoint).probabilities(x)
+    for a, probs in zip(x, expected):
+        r = client.post("/predict", json={"pixels": a.tolist()})
+        assert r.status_code == 200, r.text
+        assert np.allclose(r.json()["probabilities"], probs, atol=2e-6)
+        assert r.json()["digit"] == int(np.argmax(probs))
+    assert np.mean(expected.argmax(1) == y) >= 0.9
+
+
+def test_json_pixels_with_prepare_and_the_prepared_image(client, mnist):
+    a = mnist.test_images[0]
+    raw = np.asarray(Image.fromarray(255 - a).resize((60, 90)))  # stretched, black on white, not 28x28
+    r = client.post("/predict?prepared=true", json={"pixels": raw.tolist(), "prepare": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["digit"] == int(mnist.test_labels[0])
+    assert np.asarray(r.json()["prepared"]).shape == (28, 28)
+
+
+def test_raw_image_body(client, mnist):
+    r = client.post("/predict", content=png(mnist.test_images[1]), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.json()["digit"] == int(mnist.test_labels[1])
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_body_over_the_limit_is_413_from_content_length(client):
+    r = client.post("/predict", files={"file": ("huge.png", b"\x00" * (MAX_BODY + 1000), "image/png")})
+    assert r.status_code == 413
+    assert "limit is 2097152 bytes" in r.json()["detail"]
+
+
+def test_chunked_body_over_the_limit_is_413_while_reading(client):
+    def chunks():
+        for _ in range(40):
+            yield b"\x00" * 65536  # 2.5 MiB in all, no Content-Length
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert r.status_code == 413
+    assert "too large" in r.json()["detail"]
+
+
+def test_body_just_under_the_limit_is_read(client):
+    r = client.post("/predict", content=b"\x00" * (MAX_BODY - 10), headers={"content-type": "image/png"})
+    assert r.status_code == 400  # read in full, then refused as not an image
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {"content-type": "application/xml"}, {}])
+def test_wrong_content_type_is_415(client, headers):
+    r = client.post("/predict", content=b"7", headers=headers)
+    assert r.status_code == 415
+    assert "multipart/form-data" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"this is not a picture", "not an image"),
+        (b"", "empty file"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "truncated or corrupt"),
+    ],
+)
+def test_undecodable_upload_is_400(client, payload, message):
+    r = client.post("/predict", files={"file": ("x.png", payload, "image/png")})
+    assert r.status_code == 400
+    assert message in r.json()["detail"]
+
+
+def test_blank_drawing_is_400(client):
+    r = client.post("/predict", files={"file": ("blank.png", png(np.zeros((280, 280), np.uint8)), "image/png")})
+    assert r.status_code == 400 and "no digit found" in r.json()["detail"]
+
+
+def test_bad_json_is_400(client):
+    r = client.post("/predict", content=b'{"pixels": [[1, 2', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+
+
+def test_malformed_multipart_is_400(client):
+    r = client.post("/predict", content=b"--nope\r\ngarbage", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"pixels": [[0] * 28] * 27},
+        {"pixels": [[0] * 28] * 27 + [[0] * 27]},
+        {"pixels": [[[0]] * 28] * 28},
+        {"pixels": [["a"] * 28] * 28},
+        {"pixels": [[300] * 28] * 28},
+        {"pixels": [[-1] * 28] * 28},
+        {"pixels": 7},
+        {"digits": []},
+        [1, 2, 3],
+        {"pixels": [[0] * 28] * 28, "prepare": "yes"},
+        {"pixels": [[0] * 2] * 2, "prepare": True},
+    ],
+)
+def test_wrong_pixels_are_422(client, body):
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422, r.text
+    assert isinstance(r.json()["detail"], str)
+
+
+def test_nan_pixels_are_422(client):
+    body = json.dumps({"pixels": [[float("nan")] * 28] * 28})  # Python writes NaN, which json.loads reads
+    r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "finite" in r.json()["detail"]
+
+
+def test_missing_file_field_is_422(client):
+    r = client.post("/predict", files={"image": ("x.png", b"abc", "image/png")})
+    assert r.status_code == 422 and "'file'" in r.json()["detail"]
+
+
+def test_server_is_still_healthy_after_the_mistakes(client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/predict").status_code == 405

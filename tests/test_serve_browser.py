@@ -1,0 +1,98 @@
+"""The drawing page in a real headless Chromium: draw digits stroke by stroke, read the answer, clear."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_serve_api import running_server
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+LAUNCH_ARGS = [
+    "--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def page(trained_checkpoint):
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    with running_server(trained_checkpoint) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 520})
+            page.goto(url + "/")
+            page.wait_for_function("document.querySelector('#model').textContent.includes('modern')")
+            yield page
+        finally:
+            browser.close()
+
+
+def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Draw strokes given in canvas pixels (0..280) with the mouse: down, move through points, up."""
+    box = page.locator("#canvas").bounding_box()
+    sx, sy = box["width"] / 280, box["height"] / 280
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy, steps=4)
+        page.mouse.up()
+
+
+def shown_digit(page, expected: str) -> str:
+    page.wait_for_function(
+        f"document.querySelector('#digit').textContent === {expected!r}", timeout=10_000
+    )
+    return page.locator("#digit").text_content()
+
+
+def ink(page) -> int:
+    """How many canvas pixels are not black."""
+    return page.evaluate(
+        """() => { const c = document.querySelector('#canvas');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+    )
+
+
+def clear(page) -> None:
+    page.click("#clear")
+    assert page.locator("#digit").text_content() == "–"
+    assert ink(page) == 0
+    widths = page.eval_on_selector_all("#bars .fill", "els => els.map(e => e.style.width)")
+    assert len(widths) == 10 and set(widths) <= {"0px", "0%"}
+
+
+def test_draw_a_one(page):
+    draw(page, [[(140, 45), (141, 140), (142, 235)]])
+    assert ink(page) > 1000
+    assert shown_digit(page, "1") == "1"
+    top = page.eval_on_selector("#bar-1", "e => parseFloat(e.style.width)")
+    assert top > 50  # the bar for class 1 is the long one
+    clear(page)
+
+
+def test_draw_a_seven_then_clear(page):
+    draw(page, [[(70, 60), (140, 58), (210, 60), (175, 130), (145, 190), (125, 240)]])
+    assert shown_digit(page, "7") == "7"
+    page.wait_for_timeout(400)  # let the bars' width transition finish before the picture
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "draw_page.png"), full_page=True)
+    clear(page)
+
+
+def test_draw_a_zero(page):
+    ring = [(140 + 60 * math.sin(t / 24 * 2 * math.pi), 140 - 90 * math.cos(t / 24 * 2 * math.pi)) for t in range(26)]
+    draw(page, [ring])
+    assert shown_digit(page, "0") == "0"
+    clear(page)

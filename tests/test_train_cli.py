@@ -1,0 +1,139 @@
+"""`lenet5 train` / `evaluate` end to end on real digits through the CLI: run folder, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lenet5.checkpoint import load_checkpoint
+from lenet5.data.idx import write_idx
+from lenet5.data.sources import FILES
+
+RUN_FILES = {"config.yaml", "history.csv", "metrics.json", "model.safetensors", "last.safetensors",
+             "training_history.png", "confusion_matrix.png", "predictions.png", "misclassified.png"}
+
+
+def lenet5(*args, cwd, check=True):
+    result = subprocess.run([sys.executable, "-m", "lenet5", *args], capture_output=True, text=True, cwd=cwd,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def small_mnist(mnist, tmp_path_factory) -> Path:
+    """6,000 real training digits and 1,000 real test digits as IDX files (--dataset idx)."""
+    folder = tmp_path_factory.mktemp("small-mnist")
+    for name, array in zip(FILES, (mnist.train_images[:6000], mnist.train_labels[:6000],
+                                   mnist.test_images[:1000], mnist.test_labels[:1000])):
+        write_idx(folder / name, array)
+    return folder
+
+
+def train_args(data_dir, *extra):
+    return ["train", "--dataset", "idx", "--data-dir", str(data_dir), "--batch-size", "32", "--set",
+            "data.val_size=1000", "--seed", "3", *extra]
+
+
+def test_train_writes_a_consistent_run_folder(small_mnist, tmp_path):
+    result = lenet5(*train_args(small_mnist, "--epochs", "2", "--name", "run", "--json"), cwd=tmp_path)
+    metrics = json.loads(result.stdout)
+    run = tmp_path / "runs" / "run"
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    for png in run.glob("*.png"):
+        with Image.open(png) as im:
+            assert im.size[0] > 200 and im.size[1] > 200
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert metrics["test_accuracy"] > 0.93  # ~320 steps on 5,000 real digits; chance is 0.10
+    assert {"test_accuracy", "test_loss", "epochs", "train_seconds", "run_dir"} <= set(metrics)
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    evaluated = json.loads(lenet5("evaluate", "--model", str(run / "model.safetensors"), "--dataset", "idx",
+                                  "--data-dir", str(small_mnist), "--json", cwd=tmp_path).stdout)
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-12)
+    assert evaluated["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+    assert sum(map(sum, evaluated["confusion_matrix"])) == 1000
+    meta = load_checkpoint(run / "last.safetensors").meta
+    assert meta["engine"] == "numpy" and meta["model"] == "modern" and meta["epoch"] == 2
+    assert meta["config"]["train"]["batch_size"] == 32 and meta["normalization"]["mean"] == 0.1307
+
+
+def test_ctrl_c_then_resume_gives_the_same_weights_bit_for_bit(small_mnist, tmp_path):
+    lenet5(*train_args(small_mnist, "--epochs", "3", "--name", "straight"), cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "lenet5", *train_args(small_mnist, "--epochs", "3", "--name", "cut")],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stderr:  # interrupt in the middle of epoch 2
+        lines.append(line)
+        if line.strip().startswith("epoch 2/3") and "%" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, "".join(lines) + rest
+    assert "Resume with: lenet5 train --resume" in rest and "Traceback" not in rest
+    cut = tmp_path / "runs" / "cut"
+    state = load_checkpoint(cut / "last.safetensors").meta["trainer_state"]
+    assert state["epoch"] == 1 and state["batch"] > 0
+    lenet5("train", "--resume", str(cut), "--dataset", "idx", "--data-dir", str(small_mnist), cwd=tmp_path)
+    a = load_checkpoint(tmp_path / "runs" / "straight" / "last.safetensors")
+    b = load_checkpoint(cut / "last.safetensors")
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name])
+    for name in a.optimizer:
+        np.testing.assert_array_equal(a.optimizer[name], b.optimizer[name])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a.meta["trainer_state"]["history"]) == strip(b.meta["trainer_state"]["history"])
+
+
+def test_same_seed_same_history(small_mnist, tmp_path):
+    for name in ("a", "b"):
+        lenet5(*train_args(small_mnist, "--epochs", "1", "--name", name, "--set", "schedule.name=cosine"), cwd=tmp_path)
+    read = lambda n: [{k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+                      for r in csv.DictReader((tmp_path / "runs" / n / "history.csv").open())]
+    assert read("a") == read("b")
+
+
+def test_nan_loss_stops_with_a_clear_message(small_mnist, tmp_path):
+    result = lenet5(*train_args(small_mnist, "--epochs", "1", "--optimizer", "sgd", "--lr", "1e6", "--set",
+                                "schedule.name=constant", "--name", "nan"), cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the training loss became") and "--lr" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_refuses_a_run_that_is_not_there(tmp_path):
+    result = lenet5("train", "--resume", str(tmp_path / "nothing"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "not_a_checkpoint", "foreign", "empty"])
+def test_evaluate_rejects_bad_checkpoints_in_one_line(trained_checkpoint, tmp_path, kind):
+    path = tmp_path / "model.safetensors"
+    if kind == "truncated":
+        path.write_bytes(trained_checkpoint.read_bytes()[:5000])
+    elif kind == "not_a_checkpoint":
+        path.write_bytes(b"hello, this is a text file\n" * 20)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "foreign":
+        from safetensors.numpy import save_file
+
+        save_file({"encoder.weight": np.zeros((3, 3), np.float32)}, str(path))
+    result = lenet5("evaluate", "--model", str(path), cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], result.stderr
