@@ -23,11 +23,11 @@ def rng() -> np.random.Generator:
 def trained_checkpoint(mnist, tmp_path_factory):
     """A modern LeNet-5 trained for one epoch on real MNIST by the NumPy engine (~98% test accuracy)."""
     from lenet5.checkpoint import save_checkpoint
-    from lenet5.config import Config
+    from lenet5.config import Config, OptimizerConfig
     from lenet5.data.datasets import iterate_batches
     from lenet5.engines import create_engine
 
-    cfg = Config()
+    cfg = Config(optimizer=OptimizerConfig(name="adam", lr=1e-3, l2=0.0))
     engine = create_engine("numpy", cfg.model, cfg.optimizer, seed=0)
     batches = iterate_batches(mnist.train_images, mnist.train_labels, 64, np.random.default_rng(0))
     for x, y in batches:

@@ -8,6 +8,7 @@ import pytest
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import normalize
 from lenet5.engines.numpy.engine import NumpyEngine
+from lenet5.engines.numpy.layers import AvgPool2D, Conv2D, MaxPool2D
 from lenet5.engines.numpy.model import C3_TABLE
 
 torch = pytest.importorskip("torch")
@@ -85,6 +86,42 @@ def test_gradients_match_torch_on_real_digits(mnist, model, dtype):
     y = mnist.test_labels[:64].astype(np.int64)
     engine = NumpyEngine(ModelConfig(name=model, init="torch_default"), OptimizerConfig(), seed=2, dtype=dtype)
     check_against_torch(engine, x, y, 0.0, dtype)
+
+
+def layer_vs_torch(layer, x: np.ndarray, torch_fn, params: dict) -> None:
+    """One layer: output, input gradient and parameter gradients against torch's, for dy = R (random)."""
+    y, cache = layer.forward(x)
+    R = np.random.default_rng(0).standard_normal(y.shape)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    dx = layer.backward(R, cache, grads)
+    xt = torch.tensor(x, requires_grad=True)
+    pt = to_torch(params)
+    yt = torch_fn(xt, **pt)
+    (yt * torch.tensor(R)).sum().backward()
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    if dx is not None:
+        np.testing.assert_array_equal(dx == 0, xt.grad.numpy() == 0)  # the gradient lands on the same pixels
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    for k in params:
+        np.testing.assert_allclose(grads[k], pt[k].grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (1, 2), (2, 1), (3, 0)])
+def test_conv_layer_matches_torch(stride, padding):
+    rng = np.random.default_rng(stride * 10 + padding)
+    layer = Conv2D(3, 4, 3, stride=stride, padding=padding)
+    layer.params = {"weight": rng.standard_normal((4, 3, 3, 3)), "bias": rng.standard_normal(4)}
+    x = rng.standard_normal((2, 3, 9, 8))
+    layer_vs_torch(layer, x, lambda x, weight, bias: F.conv2d(x, weight, bias, stride, padding), layer.params)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("pool, torch_pool", [(MaxPool2D, F.max_pool2d), (AvgPool2D, F.avg_pool2d)])
+def test_pooling_layers_match_torch_on_ties(k, pool, torch_pool):
+    rng = np.random.default_rng(k)
+    x = rng.integers(0, 3, size=(2, 3, 3 * k + 1, 2 * k + 1)).astype(np.float64)  # ties everywhere, odd sizes
+    x[0, 0] = 0.0
+    layer_vs_torch(pool(k), x, lambda x: torch_pool(x, k), {})
 
 
 # (name, OptimizerConfig overrides, torch optimizer factory(params, cfg), manual: penalties/clip/decay done by hand)

@@ -161,7 +161,7 @@ def test_flatten_uses_torchs_order_for_batch_last_storage(rng):
 
 @FAST
 @given(seed=seeds, N=st.integers(1, 6), K=st.integers(2, 10), smoothing=st.sampled_from([0.0, 0.1, 0.3]),
-       scale=st.sampled_from([1.0, 30.0]))
+       scale=st.sampled_from([1.0, 5.0]))  # larger logits: p - q of the true class loses digits to 1 - p
 def test_cross_entropy_gradient_matches_finite_differences(seed, N, K, smoothing, scale):
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((N, K)) * scale

@@ -125,3 +125,16 @@ def test_predict_never_imports_torch(trained_checkpoint, samples):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY [] 0" in proc.stderr, proc.stderr
+
+
+def test_exported_onnx_model_predicts_the_same(trained_checkpoint, samples, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
+    pytest.importorskip("lenet5.export")
+    onnx_path = tmp_path / "model.onnx"
+    exported = run("export", "--model", str(trained_checkpoint), "--output", str(onnx_path))
+    assert exported.returncode == 0, exported.stderr
+    files = sorted(samples[1])
+    from_onnx = json.loads(run("predict", "--model", str(onnx_path), *files, "--json").stdout)
+    from_numpy = json.loads(run("predict", "--model", str(trained_checkpoint), *files, "--json").stdout)
+    assert [r["digit"] for r in from_onnx] == [r["digit"] for r in from_numpy]
+    assert all(abs(a["probability"] - b["probability"]) < 1e-4 for a, b in zip(from_onnx, from_numpy))

@@ -228,3 +228,30 @@ def test_missing_file_field_is_422(client):
 def test_server_is_still_healthy_after_the_mistakes(client):
     assert client.get("/healthz").status_code == 200
     assert client.get("/predict").status_code == 405
+
+
+def test_serve_binds_localhost_by_default():
+    from lenet5.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "model.safetensors"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+
+
+def test_serve_with_a_bad_model_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lenet5", "serve", "--model", str(tmp_path / "nope.safetensors"), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(trained_checkpoint):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "lenet5", "serve", "--model", str(trained_checkpoint), "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: cannot serve on 127.0.0.1:{port}") and "Traceback" not in proc.stderr

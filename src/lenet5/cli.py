@@ -266,15 +266,18 @@ def cmd_serve(args) -> int:
         from lenet5.serve.app import create_app
     except ImportError as exc:
         raise Lenet5Error(f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e ".[serve]"') from None
+    import socket
+
     from lenet5.predict import Predictor
 
     predictor = Predictor.from_checkpoint(args.model, engine=args.engine)
     app = create_app(predictor)
+    try:  # uvicorn only logs a failed bind and exits 1: check first for a one-line error
+        socket.create_server((args.host, args.port)).close()
+    except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
+        raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
     _err(f"serving the {predictor.model_name} LeNet-5 from {args.model} on http://{args.host}:{args.port}/")
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"))
-    except OSError as exc:  # port in use, no permission, unknown host
-        raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"))
     return 0
 
 

@@ -38,16 +38,16 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = field(default="adam", metadata=_choice("sgd", "adam", "adamw"))
-    lr: float = field(default=0.002, metadata=_range(0.0, None, lo_open=True))
+    name: str = field(default="sgd", metadata=_choice("sgd", "adam", "adamw"))
+    lr: float = field(default=0.05, metadata=_range(0.0, None, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))  # SGD only
-    nesterov: bool = False  # SGD only
+    nesterov: bool = True  # SGD only
     beta1: float = field(default=0.9, metadata=_range(0.0, 1.0))  # Adam/AdamW
     beta2: float = field(default=0.999, metadata=_range(0.0, 1.0))  # Adam/AdamW
     eps: float = field(default=1e-8, metadata=_range(0.0, None, lo_open=True))
     # L2 penalty 0.5*l2*||w||^2 added to the loss: its gradient l2*w goes through the optimizer
     # (for Adam it is rescaled by the adaptive step, like torch's Adam(weight_decay=...)).
-    l2: float = field(default=0.0, metadata=_range(0.0))
+    l2: float = field(default=0.0005, metadata=_range(0.0))
     # L1 penalty l1*|w| added to the loss: its gradient l1*sign(w) pushes small weights to exactly 0.
     l1: float = field(default=0.0, metadata=_range(0.0))
     # Decoupled weight decay: w <- w - lr*weight_decay*w after the gradient step, never rescaled
@@ -73,7 +73,7 @@ class ScheduleConfig:
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = False
-    monitor: str = field(default="val_loss", metadata=_choice("val_loss", "val_accuracy"))
+    monitor: str = field(default="val_accuracy", metadata=_choice("val_accuracy", "val_loss"))
     patience: int = field(default=3, metadata=_range(1))
     min_delta: float = field(default=0.0, metadata=_range(0.0))
     restore_best: bool = True
@@ -84,6 +84,19 @@ class DataConfig:
     dataset: str = field(default="mnist", metadata=_choice("mnist", "idx"))
     data_dir: str | None = None  # None: $LENET5_DATA, else the per-user cache
     val_size: int = field(default=5000, metadata=_range(0))
+
+
+@dataclass
+class AugmentConfig:
+    """Random distortions of training batches (never validation or test), applied on the fly."""
+
+    enabled: bool = False
+    rotation: float = field(default=10.0, metadata=_range(0.0, 180.0))  # max degrees, either way
+    scale: float = field(default=0.1, metadata=_range(0.0, 0.9))  # zoom in [1 - scale, 1 + scale]
+    shear: float = field(default=10.0, metadata=_range(0.0, 45.0))  # max degrees
+    translate: float = field(default=2.0, metadata=_range(0.0, 10.0))  # max pixels, each axis
+    elastic_alpha: float = field(default=0.0, metadata=_range(0.0))  # elastic strength (Simard 2003: ~34); 0 = off
+    elastic_sigma: float = field(default=4.0, metadata=_range(0.0, None, lo_open=True))  # elastic smoothness
 
 
 @dataclass
@@ -109,6 +122,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

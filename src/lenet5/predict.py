@@ -95,7 +95,10 @@ class Predictor:
             except ImageError as exc:
                 results.append({"file": name, "error": str(exc)})
                 continue
-            labels = [name] if len(digits) == 1 and not name.lower().endswith(".npy") else [f"{name}[{i}]" for i in range(len(digits))]
+            if name.lower().endswith(".npy"):  # a stack: one result per digit, file[i]
+                labels = [f"{name}[{i}]" for i in range(len(digits))]
+            else:
+                labels = [name]
             results.extend({"file": label} for label in labels)
             prepared.extend(zip(labels, digits))
         if prepared:

@@ -67,16 +67,19 @@ def iterate_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (x (B,1,28,28) normalized float, y (B,) int64); shuffled by ``rng`` when given.
 
-    ``transform(uint8 batch, rng) -> uint8 batch`` (augmentation) is applied before normalization.
-    The last batch may be smaller. ``start_batch`` skips the first batches of the same order (resume).
+    ``transform(uint8 batch, rng) -> uint8 batch`` (augmentation) is applied before normalization, with a
+    generator of its own per batch, derived from ``rng`` and the batch index, so that skipping batches
+    (``start_batch``, used to resume) does not change the distortions of the batches that follow.
+    The last batch may be smaller.
     """
     n = len(images)
     order = rng.permutation(n) if rng is not None else None
+    transform_seed = int(rng.integers(2**63)) if (rng is not None and transform is not None) else 0
     for start in range(start_batch * batch_size, n, batch_size):
         idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
         batch = images[idx]
         if transform is not None:
-            batch = transform(batch, rng)
+            batch = transform(batch, np.random.default_rng([transform_seed, start // batch_size]))
         yield normalize(batch, dtype), labels[idx].astype(np.int64)
 
 

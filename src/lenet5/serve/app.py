@@ -109,9 +109,11 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
-    def infer(digit: np.ndarray) -> np.ndarray:
+    def prepare_and_infer(prepare, *args) -> tuple[np.ndarray, np.ndarray]:
+        """Runs in a worker thread: decoding and the forward pass stay off the event loop."""
+        digit = prepare(*args)
         with lock:
-            return predictor.probabilities(digit[None])[0]
+            return digit, predictor.probabilities(digit[None])[0]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -125,15 +127,14 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     async def predict(request: Request, prepared: bool = False) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if kind == "multipart/form-data":
-            data, name = await _read_upload(request)
-            digit = await run_in_threadpool(_prepare_bytes, data, name)
+            work = (_prepare_bytes, *await _read_upload(request))
         elif kind == "application/json":
-            digit = await run_in_threadpool(_pixels_digit, _parse_json(await request.body()))
+            work = (_pixels_digit, _parse_json(await request.body()))
         elif kind.startswith("image/"):
-            digit = await run_in_threadpool(_prepare_bytes, await request.body(), "image")
+            work = (_prepare_bytes, await request.body(), "image")
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
-        probs = await run_in_threadpool(infer, digit)
+        digit, probs = await run_in_threadpool(prepare_and_infer, *work)
         result = {"digit": int(np.argmax(probs)), "probabilities": [round(float(p), 6) for p in probs],
                   "model": predictor.model_name}
         if prepared:
@@ -169,7 +170,7 @@ def _prepare_bytes(data: bytes, name: str) -> np.ndarray:
 def _parse_json(body: bytes) -> dict:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise HTTPException(400, f"body is not valid JSON ({_first_line(exc)})") from None
     if not isinstance(doc, dict) or "pixels" not in doc:
         raise HTTPException(422, 'JSON body must be an object {"pixels": [[28 numbers] x 28]}')
@@ -183,14 +184,15 @@ def _pixels_digit(doc: dict) -> np.ndarray:
         raise HTTPException(422, "'prepare' must be true or false")
     try:
         arr = np.array(doc["pixels"], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise HTTPException(422, "'pixels' must be a list of rows of numbers, all rows the same length") from None
     if arr.ndim != 2:
-        raise HTTPException(422, f"'pixels' must be 2-D (rows of numbers), got {arr.ndim}-D with shape {list(arr.shape)}")
-    if not prepare and arr.shape != (28, 28):
-        raise HTTPException(422, f"'pixels' must be 28x28, got {arr.shape[0]}x{arr.shape[1]} (send \"prepare\": true for other sizes)")
-    if prepare and not (MIN_SIDE <= min(arr.shape) and max(arr.shape) <= MAX_PIXELS_SIDE):
-        raise HTTPException(422, f"'pixels' with prepare must be between {MIN_SIDE} and {MAX_PIXELS_SIDE} per side, got {arr.shape[0]}x{arr.shape[1]}")
+        raise HTTPException(422, f"'pixels' must be 2-D (rows of numbers), got shape {list(arr.shape)}")
+    h, w = arr.shape
+    if not prepare and (h, w) != (28, 28):
+        raise HTTPException(422, f"'pixels' must be 28x28, got {h}x{w} (send \"prepare\": true for other sizes)")
+    if prepare and not (MIN_SIDE <= min(h, w) and max(h, w) <= MAX_PIXELS_SIDE):
+        raise HTTPException(422, f"'pixels' with prepare must be {MIN_SIDE}..{MAX_PIXELS_SIDE} per side, got {h}x{w}")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
         raise HTTPException(422, "'pixels' must be finite numbers in 0..255")
     if not prepare:

@@ -24,6 +24,7 @@ from lenet5.config import Config, dump_yaml
 from lenet5.data.datasets import MNIST, iterate_batches, normalize, num_batches, split_train_val
 from lenet5.engines import create_engine
 from lenet5.metrics import Evaluation, evaluate_logits
+from lenet5.data.augment import make_augmenter
 from lenet5.training.callbacks import CheckpointWriter, EarlyStopping, check_finite
 from lenet5.training.progress import EpochProgress
 from lenet5.training.schedules import Schedule
@@ -75,6 +76,7 @@ class Trainer:
         self.steps_per_epoch = num_batches(len(self.train_x), t.batch_size)
         self.schedule = Schedule(cfg.schedule, cfg.optimizer.lr, self.steps_per_epoch, self.steps_per_epoch * t.epochs)
         self.stopper = EarlyStopping(cfg.early_stopping)
+        self.augment = make_augmenter(cfg.augment)  # None when augmentation is off
         self.writer = CheckpointWriter(run_dir, self.engine, cfg.to_dict(), enabled=is_writer)
         self.history: list[dict] = []
         self.best_weights = self.engine.state_dict()
@@ -139,7 +141,8 @@ class Trainer:
         start = time.perf_counter()
         progress = EpochProgress(epoch, t.epochs, self.steps_per_epoch, initial=self.batch, log=self.log)
         batches = iterate_batches(self.train_x, self.train_y, t.batch_size, rng, start_batch=self.batch,
-                                  dtype=np.float64 if t.dtype == "float64" else np.float32)
+                                  dtype=np.float64 if t.dtype == "float64" else np.float32,
+                                  transform=self.augment)
         try:
             for x, y in batches:
                 if self.stop_requested:

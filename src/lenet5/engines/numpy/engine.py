@@ -1,6 +1,6 @@
 """NumpyEngine: LeNet-5 trained with the hand-written NumPy layers (implements engines.base.Engine).
 
-Speed on a small CPU comes from three choices:
+Speed on a small CPU comes from four choices:
 
 - BLAS runs single-threaded inside the engine (threadpoolctl): here OpenBLAS with 2 threads on these small
   matrices was several times slower than with 1.
@@ -9,6 +9,8 @@ Speed on a small CPU comes from three choices:
   The split is fixed by the batch size, so results are still reproducible bit for bit (but threads=1 and
   threads=2 round differently).
 - Parameters and gradients each live in one flat buffer, so the optimizer is a few whole-buffer operations.
+- Each thread keeps its activations and scratch arrays from step to step (a workspace per thread, see
+  layers.py): allocating them afresh cost page faults that took as long as the arithmetic.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ def default_threads() -> int:
 
 
 class NumpyEngine:
+    """LeNet-5 ('modern' or 'classic') with its optimizer, in float32 (default) or float64.
+
+    ``threads``: 0 picks the default (2 workers on a machine with at least 2 cores), 1 runs each batch in
+    one piece, n splits it into n parts. ``seed`` fixes the initial weights: same seed, same run, bit for bit.
+    """
+
     name = "numpy"
 
     def __init__(

@@ -154,6 +154,7 @@ class MaxPool2D(Layer):
         self.k = kernel_size
 
     def forward(self, x, ws=None):
+        # x (N, C, H, W) -> out (N, C, H // k, W // k); cache: x and where each window's first maximum is
         if self.k == 2:
             return self._forward_2x2(x, ws)
         views = _pool_views(x, self.k)
@@ -178,7 +179,7 @@ class MaxPool2D(Layer):
         return out, (x, (right_top, right_bottom, in_bottom))
 
     def backward(self, dy, cache, grads, ws=None):
-        x, routing = cache
+        x, routing = cache  # dy (N, C, H // k, W // k) -> dx (N, C, H, W), non-zero only at the maxima
         dx = _pool_grad_buffer(ws, x, self.k)
         views = _pool_views(dx, self.k)
         if self.k == 2:
@@ -204,6 +205,7 @@ class AvgPool2D(Layer):
         self.k = kernel_size
 
     def forward(self, x, ws=None):
+        # x (N, C, H, W) -> out (N, C, H // k, W // k): the mean of the k*k views
         views = _pool_views(x, self.k)
         out = _buffer_like(ws, "out", views[0])
         np.copyto(out, views[0])
@@ -213,7 +215,7 @@ class AvgPool2D(Layer):
         return out, x
 
     def backward(self, dy, cache, grads, ws=None):
-        dx = _pool_grad_buffer(ws, cache, self.k)
+        dx = _pool_grad_buffer(ws, cache, self.k)  # each input pixel gets 1/k^2 of its window's gradient
         share = np.multiply(dy, 1.0 / (self.k * self.k), out=_buffer_like(ws, "share", dy))
         for view in _pool_views(dx, self.k):
             view[...] = share
@@ -275,9 +277,11 @@ class Tanh(Layer):
         return d
 
 
-def ScaledTanh() -> Tanh:
+class ScaledTanh(Tanh):
     """LeCun et al. 1998, Appendix A: f(a) = A tanh(S a) with A = 1.7159 and S = 2/3."""
-    return Tanh(scale=1.7159, slope=2.0 / 3.0)
+
+    def __init__(self) -> None:
+        super().__init__(scale=1.7159, slope=2.0 / 3.0)
 
 
 class Flatten(Layer):

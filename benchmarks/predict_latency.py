@@ -1,0 +1,123 @@
+"""Latency of the whole `lenet5 predict` command for one image, timed from outside the process.
+
+    python benchmarks/predict_latency.py [--model PATH] [--runs 15]
+
+Side by side, in turns (A B C D A B C D ...), each a fresh process:
+  python        `python -c pass`: the interpreter alone, the floor;
+  --version     `python -m lenet5 --version`: the CLI's own start-up;
+  predict png   `python -m lenet5 predict --model M digit.png` (a 280x280 drawing);
+  predict 12MP  the same on a 4000x3000 phone-sized JPEG of a digit on paper.
+Reported: median and spread of wall time per command, the median CPU time (user+sys) the command's
+process used (steadier than wall time on a busy machine), and the share of CPU time other processes took
+during each command's runs (from /proc/stat minus our children's rusage; >15% is marked noisy, see
+MEASURING.md). Without --model an untrained checkpoint is written to a temporary folder: the time does
+not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NOISY = 0.15
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
+
+
+def children_jiffies() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
+
+
+def timed(cmd: list[str]) -> tuple[float, int, float, float]:
+    """Run cmd once -> (seconds, return code, busy jiffies of all, jiffies of the child)."""
+    busy0, _ = cpu_jiffies()
+    own0 = children_jiffies()
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    busy1, _ = cpu_jiffies()
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
+    return seconds, proc.returncode, busy1 - busy0, children_jiffies() - own0
+
+
+def make_inputs(folder: Path, model: str | None) -> tuple[str, Path, Path]:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    if model is None:
+        from lenet5.checkpoint import save_checkpoint
+        from lenet5.config import ModelConfig, OptimizerConfig
+        from lenet5.engines import create_engine
+
+        engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0, threads=1)
+        model = str(folder / "model.safetensors")
+        save_checkpoint(model, engine.state_dict(), engine="numpy", model="modern")
+    small = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(small).line([(70, 60), (210, 60), (125, 240)], fill=255, width=20, joint="curve")
+    small.save(folder / "digit.png")
+    photo = Image.new("RGB", (4000, 3000), (235, 232, 225))
+    ImageDraw.Draw(photo).line([(1500, 800), (2500, 800), (1900, 2300)], fill=(30, 30, 40), width=120)
+    noise = np.random.default_rng(0).integers(-6, 7, (3000, 4000, 1))
+    photo = Image.fromarray(np.clip(np.asarray(photo).astype(int) + noise, 0, 255).astype(np.uint8))
+    photo.save(folder / "photo.jpg", quality=90)
+    return model, folder / "digit.png", folder / "photo.jpg"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint to use (default: an untrained one in a temp folder)")
+    p.add_argument("--runs", type=int, default=15, help="runs per command (default 15)")
+    args = p.parse_args()
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        model, png, jpg = make_inputs(Path(tmp), args.model)
+        commands = {
+            "python -c pass": [py, "-c", "pass"],
+            "lenet5 --version": [py, "-m", "lenet5", "--version"],
+            "predict 280x280 png": [py, "-m", "lenet5", "predict", "--model", model, str(png)],
+            "predict 12MP jpeg": [py, "-m", "lenet5", "predict", "--model", model, str(jpg)],
+        }
+        for cmd in commands.values():  # warm the page cache and .pyc files
+            timed(cmd)
+        times = {name: [] for name in commands}
+        cpu = {name: [] for name in commands}
+        busy = {name: [0.0, 0.0, 0.0] for name in commands}  # all busy, child's own, elapsed jiffies*cpus
+        ncpu = os.cpu_count() or 1
+        for _ in range(args.runs):
+            for name, cmd in commands.items():
+                seconds, _, all_busy, child = timed(cmd)
+                times[name].append(seconds)
+                cpu[name].append(child / CLK_TCK)
+                busy[name][0] += all_busy
+                busy[name][1] += child
+                busy[name][2] += seconds * CLK_TCK * ncpu
+    print(f"command: {shlex.join([py, *sys.argv])}")
+    print(f"python {sys.version.split()[0]}, {ncpu} CPUs, {args.runs} runs per command, taken in turns")
+    print(f"{'command':<22}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'cpu ms':>9}{'others':>9}")
+    for name, ts in times.items():
+        others = max(0.0, busy[name][0] - busy[name][1]) / max(1.0, busy[name][2])
+        flag = "  noisy" if others > NOISY else ""
+        print(f"{name:<22}{1000 * statistics.median(ts):>10.0f}{1000 * min(ts):>9.0f}{1000 * max(ts):>9.0f}{1000 * statistics.median(cpu[name]):>9.0f}{others:>8.0%}{flag}")
+    base = statistics.median(times["python -c pass"])
+    print(f"predict (png) minus bare interpreter: {1000 * (statistics.median(times['predict 280x280 png']) - base):.0f} ms")
+    print(f"example: {shlex.join(commands['predict 280x280 png'])}")
+
+
+if __name__ == "__main__":
+    main()
