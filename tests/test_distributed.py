@@ -47,3 +47,33 @@ def test_two_process_training_matches_one_process(tmp_path):
     r0, r1 = np.load(tmp_path / "ddp.rank0.npz"), np.load(tmp_path / "ddp.rank1.npz")
     for key in r0.files:
         np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_torchrun_lenet5_train_matches_single_process(mnist, tmp_path):
+    """`torchrun --nproc_per_node=2 -m lenet5 train --engine torch`: rank 0 alone writes, results match."""
+    import csv
+
+    from lenet5.checkpoint import load_checkpoint
+    from lenet5.data.idx import write_idx
+    from lenet5.data.sources import FILES
+
+    data = tmp_path / "data"
+    for name, array in zip(FILES, (mnist.train_images[:2000], mnist.train_labels[:2000],
+                                   mnist.test_images[:500], mnist.test_labels[:500])):
+        write_idx(data / name, array)
+    common = ["train", "--engine", "torch", "--epochs", "2", "--batch-size", "64", "--dataset", "idx",
+              "--data-dir", str(data), "--set", "data.val_size=500", "--threads", "1", "--device", "cpu"]
+    run([sys.executable, "-m", "lenet5", *common, "--out", str(tmp_path / "single"), "--name", "run"])
+    run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+         "-m", "lenet5", *common, "--out", str(tmp_path / "ddp"), "--name", "run"])
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["run"]  # one run folder, written by rank 0
+    rows = [list(csv.DictReader((tmp_path / d / "run" / "history.csv").open())) for d in ("single", "ddp")]
+    for a, b in zip(*rows):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4), key
+    one = load_checkpoint(tmp_path / "single" / "run" / "last.safetensors").weights
+    two = load_checkpoint(tmp_path / "ddp" / "run" / "last.safetensors").weights
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-3, err_msg=key)

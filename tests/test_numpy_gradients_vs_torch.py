@@ -14,6 +14,14 @@ from lenet5.engines.numpy.model import C3_TABLE
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+
+def opt(name: str = "adam", **settings) -> OptimizerConfig:
+    """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
+    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
+                 grad_clip=0.0)
+    return OptimizerConfig(name=name, **{**plain, **settings})
+
+
 TOLERANCE = {"float64": 1e-8, "float32": 1e-4}
 
 
@@ -73,7 +81,7 @@ def check_against_torch(engine: NumpyEngine, x, y, smoothing: float, dtype: str)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_loss_logits_and_gradients_match_torch_on_ties(model, dtype, threads):
     rng = np.random.default_rng(3)
-    engine = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=1, dtype=dtype,
+    engine = NumpyEngine(ModelConfig(name=model), opt(), seed=1, dtype=dtype,
                          label_smoothing=0.1, threads=threads)
     x, y = tie_batch(rng)
     check_against_torch(engine, x, y, 0.1, dtype)
@@ -84,7 +92,7 @@ def test_loss_logits_and_gradients_match_torch_on_ties(model, dtype, threads):
 def test_gradients_match_torch_on_real_digits(mnist, model, dtype):
     x = normalize(mnist.test_images[:64]).astype(dtype)
     y = mnist.test_labels[:64].astype(np.int64)
-    engine = NumpyEngine(ModelConfig(name=model, init="torch_default"), OptimizerConfig(), seed=2, dtype=dtype)
+    engine = NumpyEngine(ModelConfig(name=model, init="torch_default"), opt(), seed=2, dtype=dtype)
     check_against_torch(engine, x, y, 0.0, dtype)
 
 
@@ -173,7 +181,7 @@ def torch_steps(state, cfg: OptimizerConfig, make, manual: bool, batches, lrs, m
 @pytest.mark.parametrize("model", ["modern", "classic"])
 def test_optimizer_steps_match_torch_optim(case, model):
     _, overrides, make, manual = case
-    cfg = OptimizerConfig(**overrides)
+    cfg = opt(**overrides)
     rng = np.random.default_rng(5)
     batches = [tie_batch(rng, 16) for _ in range(3)]
     lrs = [0.05, 0.02, 0.01] if cfg.name == "sgd" else [2e-3, 1e-3, 5e-4]  # a schedule: lr changes per step
@@ -188,7 +196,7 @@ def test_optimizer_steps_match_torch_optim(case, model):
 
 
 def test_one_adam_step_matches_torch_in_float32():
-    cfg = OptimizerConfig(name="adam", l2=1e-3, weight_decay=0.0)
+    cfg = opt(name="adam", l2=1e-3, weight_decay=0.0)
     rng = np.random.default_rng(6)
     batch = tie_batch(rng, 32)
     engine = NumpyEngine(ModelConfig(), cfg, seed=0, dtype="float32")

@@ -12,6 +12,13 @@ from lenet5.engines.base import Engine
 from lenet5.engines.numpy.engine import NumpyEngine
 
 
+def opt(name: str = "adam", **settings) -> OptimizerConfig:
+    """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
+    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
+                 grad_clip=0.0)
+    return OptimizerConfig(name=name, **{**plain, **settings})
+
+
 @pytest.fixture(scope="module")
 def digits(mnist):
     """5,000 real training digits and 1,000 held-out real test digits, normalized."""
@@ -31,8 +38,8 @@ def train(engine, x, y, epochs: int, batch_size: int, lr: float, seed: int = 0) 
 
 
 @pytest.mark.parametrize("model, optimizer, lr, target", [
-    ("modern", OptimizerConfig(name="adam"), 2e-3, 0.93),
-    ("classic", OptimizerConfig(name="sgd", momentum=0.9, nesterov=True), 0.05, 0.90),
+    ("modern", opt(name="adam"), 2e-3, 0.93),
+    ("classic", opt(name="sgd", momentum=0.9, nesterov=True), 0.05, 0.90),
 ])
 def test_short_training_on_real_digits_reaches_accuracy_only_a_working_network_can(digits, model, optimizer, lr, target):
     x, y, x_test, y_test = digits
@@ -44,7 +51,7 @@ def test_short_training_on_real_digits_reaches_accuracy_only_a_working_network_c
 
 
 def test_factory_builds_a_numpy_engine_that_fulfils_the_protocol():
-    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=3, dtype="float64", threads=1)
+    engine = create_engine("numpy", ModelConfig(), opt(), seed=3, dtype="float64", threads=1)
     assert isinstance(engine, Engine) and engine.name == "numpy" and engine.model_name == "modern"
     assert all(v.dtype == np.float64 for v in engine.state_dict().values())
 
@@ -52,17 +59,17 @@ def test_factory_builds_a_numpy_engine_that_fulfils_the_protocol():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_same_seed_gives_bit_identical_weights_after_training(digits, threads):
     x, y = digits[0][:640], digits[1][:640]
-    a, b = (NumpyEngine(ModelConfig(), OptimizerConfig(), seed=11, threads=threads) for _ in range(2))
+    a, b = (NumpyEngine(ModelConfig(), opt(), seed=11, threads=threads) for _ in range(2))
     assert all(np.array_equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     losses_a, losses_b = train(a, x, y, 1, 64, 2e-3), train(b, x, y, 1, 64, 2e-3)
     assert losses_a == losses_b
     assert all(np.array_equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
-    other = NumpyEngine(ModelConfig(), OptimizerConfig(), seed=12, threads=threads)
+    other = NumpyEngine(ModelConfig(), opt(), seed=12, threads=threads)
     assert not np.array_equal(other.state_dict()["fc1.weight"], NumpyEngine(seed=11).state_dict()["fc1.weight"])
 
 
-@pytest.mark.parametrize("optimizer", [OptimizerConfig(name="adamw", weight_decay=0.01),
-                                       OptimizerConfig(name="sgd", momentum=0.9, l2=1e-4)])
+@pytest.mark.parametrize("optimizer", [opt(name="adamw", weight_decay=0.01),
+                                       opt(name="sgd", momentum=0.9, l2=1e-4)])
 def test_resume_from_state_and_optimizer_state_is_bit_identical(digits, optimizer):
     x, y = digits[0][:960], digits[1][:960]
     batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
@@ -88,7 +95,7 @@ def test_resume_from_state_and_optimizer_state_is_bit_identical(digits, optimize
 
 
 def test_load_state_dict_names_the_key_that_does_not_fit():
-    engine = NumpyEngine(ModelConfig(), OptimizerConfig())
+    engine = NumpyEngine(ModelConfig(), opt())
     good = engine.state_dict()
     with pytest.raises(ValueError, match="fc3.bias"):
         engine.load_state_dict({k: v for k, v in good.items() if k != "fc3.bias"})
@@ -106,7 +113,7 @@ def test_load_state_dict_names_the_key_that_does_not_fit():
 def test_classic_keeps_c3_table_weights_at_zero_through_training(digits):
     from lenet5.engines.numpy.model import C3_TABLE
 
-    engine = NumpyEngine(ModelConfig(name="classic"), OptimizerConfig(name="adamw", weight_decay=0.1, l1=1e-4))
+    engine = NumpyEngine(ModelConfig(name="classic"), opt(name="adamw", weight_decay=0.1, l1=1e-4))
     assert np.all(engine.state_dict()["conv2.weight"][~C3_TABLE] == 0)
     train(engine, digits[0][:256], digits[1][:256], 1, 64, 1e-3)
     w = engine.state_dict()["conv2.weight"]
@@ -116,7 +123,7 @@ def test_classic_keeps_c3_table_weights_at_zero_through_training(digits):
 
 
 def test_logits_of_many_images_are_computed_in_chunks_and_agree_with_small_batches(digits):
-    engine = NumpyEngine(ModelConfig(), OptimizerConfig(), seed=0, dtype="float64")
+    engine = NumpyEngine(ModelConfig(), opt(), seed=0, dtype="float64")
     x = digits[2]  # 1,000 images: several chunks, the last one partial
     all_at_once = engine.logits(x)
     piecewise = np.concatenate([engine.logits(x[i:i + 7]) for i in range(0, len(x), 7)])

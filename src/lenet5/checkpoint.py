@@ -51,7 +51,7 @@ def save_checkpoint(
     trainer_state: dict | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temporary file + rename)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = {name: np.ascontiguousarray(value) for name, value in weights.items()}
     for key, value in (optimizer or {}).items():
@@ -69,8 +69,9 @@ def save_checkpoint(
     if trainer_state is not None:
         metadata["trainer_state"] = json.dumps(trainer_state)
     path = Path(path)
+    data = save(tensors, metadata=metadata)  # bytes, written by Python: a full disk is an OSError with its errno
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
     return path
 
 

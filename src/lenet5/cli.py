@@ -7,6 +7,7 @@ A user mistake (Lenet5Error) prints one line `error: ...` and exits 2, never a t
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from lenet5.errors import Lenet5Error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# errors of the machine, not bugs: a full disk, a file over the size limit, a read-only place, no permission
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _print_json(obj) -> None:
@@ -53,6 +56,8 @@ def cmd_data(args) -> int:
             for name in files.paths
         },
     }
+    if args.preview_augment:
+        report["preview_augment"] = _write_augment_preview(data, Path(args.preview_augment))
     if args.json:
         _print_json(report)
         return 0
@@ -62,7 +67,33 @@ def cmd_data(args) -> int:
     for name, info in report["files"].items():
         print(f"  {name}  sha256 {info['sha256']}")
         print(f"      {info['path']}  (from {info['source']})")
+    if args.preview_augment:
+        settings = ", ".join(f"{k} {v:g}" for k, v in report["preview_augment"]["augment"].items() if k != "enabled")
+        print(f"augmentation preview ({settings}) written to {args.preview_augment}")
     return 0
+
+
+def _write_augment_preview(data, path: Path, copies: int = 8, zoom: int = 4) -> dict:
+    """A PNG grid: the first training digit of each class (left column), then ``copies`` distortions of it.
+
+    Uses the augment settings of ./config.yaml (when present) with augmentation forced on.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from lenet5.atomic import atomic_path
+    from lenet5.config import apply_dict, build_config
+    from lenet5.data.augment import make_augmenter, preview_grid
+
+    cfg = build_config([Path("config.yaml")] if Path("config.yaml").is_file() else [])
+    cfg = apply_dict(cfg, {"augment": {"enabled": True}}, source="--preview-augment")
+    first = [np.flatnonzero(data.train_labels == c)[:1] for c in range(10)]
+    images = data.train_images[np.concatenate(first)]
+    grid = preview_grid(images, make_augmenter(cfg.augment), np.random.default_rng(0), copies=copies)
+    picture = Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
+    return {"path": str(path), "augment": dict(vars(cfg.augment))}
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -114,6 +145,12 @@ def _resume_config(args):
     return cfg, last_path.parent, last, best
 
 
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def cmd_train(args) -> int:
     import time
 
@@ -131,7 +168,7 @@ def cmd_train(args) -> int:
 
             raise ConfigError(f"run folder {run_dir} already holds a run; continue it with --resume {run_dir} or choose another --name")
     rank, is_writer = 0, True
-    if cfg.train.engine == "torch" and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+    if cfg.train.engine == "torch" and _world_size() > 1:
         from lenet5.engines.torch.distributed import init_from_env
 
         rank, _world = init_from_env()
@@ -148,6 +185,17 @@ def cmd_train(args) -> int:
             f"seed {cfg.train.seed}) -> {run_dir}")
     try:
         result = trainer.fit()
+        if cfg.train.engine == "torch" and _world_size() > 1:
+            from lenet5.engines.torch.distributed import cleanup
+
+            cleanup()
+    except OSError as exc:  # a full disk, a read-only run folder: one line, and say what is safe
+        if exc.errno not in _WRITE_ERRNOS or not is_writer:
+            raise
+        last_file = run_dir / "last.safetensors"
+        kept = (f"the last good checkpoint is kept: {last_file}; continue with: lenet5 train --resume {run_dir}"
+                if last_file.exists() else "no checkpoint had been written yet")
+        raise Lenet5Error(f"cannot write {exc.filename or run_dir}: {exc.strerror}; {kept}") from None
     except TrainingInterrupted as stop:
         if is_writer:
             _err(f"interrupted at epoch {stop.epoch}, batch {stop.batch}; saved {stop.run_dir / 'last.safetensors'}. "
@@ -311,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="fetch and verify MNIST into the cache, print what is there")
     _add_data_options(p)
+    p.add_argument("--preview-augment", "--preview_augment", dest="preview_augment", metavar="OUT.png", default=None,
+                   help="also write a grid of digits and random distortions of them (augment settings of ./config.yaml)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_data)
 
@@ -365,3 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        verb = "cannot write " if exc.errno not in (errno.EACCES, errno.EPERM) else ""  # those may be reads
+        _err(f"error: {verb}{exc.filename or 'a file'}: {exc.strerror}")
+        return EXIT_USER_ERROR

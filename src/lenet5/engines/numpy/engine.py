@@ -4,10 +4,11 @@ Speed on a small CPU comes from four choices:
 
 - BLAS runs single-threaded inside the engine (threadpoolctl): here OpenBLAS with 2 threads on these small
   matrices was several times slower than with 1.
-- Instead, a batch is split into ``threads`` parts run by Python threads at once; NumPy releases the GIL in
-  matmuls and large element-wise operations, so each part keeps one core busy. The parts' gradients are summed.
-  The split is fixed by the batch size, so results are still reproducible bit for bit (but threads=1 and
-  threads=2 round differently).
+- Instead, a batch is cut into pieces of at most 32 images, dealt to ``threads`` Python threads that run at
+  once; NumPy releases the GIL in matmuls and large element-wise operations, so each thread keeps one core
+  busy. The pieces' gradients are summed. Small pieces also keep each pass's arrays in cache (one pass over
+  128 images cost more per image than four passes over 32). The cut depends only on the batch size, so
+  results are reproducible bit for bit (but threads=1 and threads=2 round differently).
 - Parameters and gradients each live in one flat buffer, so the optimizer is a few whole-buffer operations.
 - Each thread keeps its activations and scratch arrays from step to step (a workspace per thread, see
   layers.py): allocating them afresh cost page faults that took as long as the arithmetic.
@@ -25,8 +26,8 @@ from lenet5.engines.numpy.init import init_parameters
 from lenet5.engines.numpy.model import Network
 from lenet5.engines.numpy.optim import create_optimizer
 
-INFERENCE_CHUNK = 256  # images per forward pass in logits(): bounds the memory of the activations
-MIN_PART = 8  # a batch is split only into parts of at least this many images
+PIECE = 32  # images per forward/backward pass: a pass's arrays stay in cache, larger batches run in pieces
+MIN_PIECE = 8  # a batch is shared among the workers only in pieces of at least this many images
 
 _blas_controller = None
 
@@ -90,6 +91,8 @@ class NumpyEngine:
         # One flat gradient buffer per worker; worker 0's receives the sum.
         self._grads = [np.zeros(self.net.size, dtype=self.dtype) for _ in range(self.threads)]
         self._grad_views = [self.net.layer_views(g) for g in self._grads]
+        self._piece_grads = [np.zeros_like(g) for g in self._grads]  # a worker's second, third... piece
+        self._piece_grad_views = [self.net.layer_views(g) for g in self._piece_grads]
         self._workspaces = [self.net.new_workspace() for _ in range(self.threads)]
         self._pool = ThreadPoolExecutor(self.threads - 1, "lenet5-numpy") if self.threads > 1 else None
 
@@ -103,28 +106,36 @@ class NumpyEngine:
             self.optimizer.step(self.net.params, self._grads[0], float(lr))
         return loss, n_correct
 
-    def _parts(self, n: int) -> list[tuple[int, int]]:
+    def _plan(self, n: int) -> list[list[tuple[int, int]]]:
+        """Cut n images into pieces of at most PIECE and deal them to the workers: [[(start, stop), ...], ...]."""
         workers = self.threads if self._pool is not None else 1
-        k = max(1, min(workers, n // MIN_PART))
-        edges = [round(i * n / k) for i in range(k + 1)]
-        return list(zip(edges[:-1], edges[1:]))
+        size = min(PIECE, max(MIN_PIECE, -(-n // workers)))
+        pieces = [(a, min(a + size, n)) for a in range(0, n, size)]
+        return [pieces[w::workers] for w in range(workers) if pieces[w::workers]]
+
+    def _run(self, plan, work) -> list:
+        """work(worker, pieces) on every worker at once (worker 0 in this thread); results in worker order."""
+        futures = [self._pool.submit(work, w, pieces) for w, pieces in enumerate(plan[1:], start=1)]
+        first = work(0, plan[0])
+        return [first] + [f.result() for f in futures]
 
     def _loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         n = len(x)
-        parts = self._parts(n)
-        run = self.net.loss_and_grad
-        futures = [
-            self._pool.submit(run, x[a:b], y[a:b], self._grad_views[i], self.label_smoothing, n, self._workspaces[i])
-            for i, (a, b) in enumerate(parts[1:], start=1)
-        ]
-        a, b = parts[0]
-        loss, n_correct = run(x[a:b], y[a:b], self._grad_views[0], self.label_smoothing, n, self._workspaces[0])
-        for i, future in enumerate(futures, start=1):  # always summed in the same order
-            part_loss, part_correct = future.result()
-            loss += part_loss
-            n_correct += part_correct
-            self._grads[0] += self._grads[i]
-        return loss, n_correct
+
+        def work(w: int, pieces: list[tuple[int, int]]) -> tuple[float, int]:
+            loss, n_correct = 0.0, 0
+            for j, (a, b) in enumerate(pieces):  # the first piece writes the worker's gradient, later ones add
+                grads = self._grad_views[w] if j == 0 else self._piece_grad_views[w]
+                part = self.net.loss_and_grad(x[a:b], y[a:b], grads, self.label_smoothing, n, self._workspaces[w])
+                if j:
+                    self._grads[w] += self._piece_grads[w]
+                loss, n_correct = loss + part[0], n_correct + part[1]
+            return loss, n_correct
+
+        results = self._run(self._plan(n), work)
+        for w in range(1, len(results)):  # always summed in the same order: reproducible
+            self._grads[0] += self._grads[w]
+        return sum(r[0] for r in results), sum(r[1] for r in results)
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
         """(loss, n_correct, {name: gradient}) of one batch without updating anything (for checks, not
@@ -138,17 +149,13 @@ class NumpyEngine:
         x = np.asarray(x, dtype=self.dtype)
         out = np.empty((len(x), 10), dtype=self.dtype)
 
-        def forward(a: int, b: int, worker: int) -> None:
-            out[a:b] = self.net.forward(x[a:b], keep_caches=False, ws=self._workspaces[worker])[0]
+        def work(w: int, pieces: list[tuple[int, int]]) -> None:
+            for a, b in pieces:  # memory stays that of one piece, however many images
+                out[a:b] = self.net.forward(x[a:b], keep_caches=False, ws=self._workspaces[w])[0]
 
-        with _single_threaded_blas():
-            for start in range(0, len(x), INFERENCE_CHUNK):
-                stop = min(start + INFERENCE_CHUNK, len(x))
-                parts = [(start + a, start + b) for a, b in self._parts(stop - start)]
-                futures = [self._pool.submit(forward, a, b, i) for i, (a, b) in enumerate(parts[1:], start=1)]
-                forward(*parts[0], 0)
-                for future in futures:
-                    future.result()
+        if len(x):
+            with _single_threaded_blas():
+                self._run(self._plan(len(x)), work)
         return out
 
     # --- state ------------------------------------------------------------------------------------------

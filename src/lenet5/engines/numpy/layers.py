@@ -28,23 +28,26 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 
 def _buffer(ws: dict | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A C-ordered array for ``key``: the same one on every call with ``ws``; zero-filled when first made."""
+    """A C-ordered array for ``key``: with ``ws``, the same one on every call of this shape; zero-filled when made."""
     if ws is None:
         return np.zeros(shape, dtype)
-    buf = ws.get(key)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = ws[key] = np.zeros(shape, dtype)
-    return buf
+    return _reuse(ws, (key, shape, np.dtype(dtype).str), lambda: np.zeros(shape, dtype))
 
 
 def _buffer_like(ws: dict | None, key: str, x: np.ndarray) -> np.ndarray:
     """An array shaped like x and laid out in memory in the same order (as np.empty_like), reused with ``ws``."""
     if ws is None:
         return np.empty_like(x)
-    found = ws.get(key)
-    if found is None or found[0] != (x.shape, x.strides, x.dtype):
-        found = ws[key] = ((x.shape, x.strides, x.dtype), np.empty_like(x))
-    return found[1]
+    return _reuse(ws, (key, x.shape, x.strides, x.dtype.str), lambda: np.empty_like(x))
+
+
+def _reuse(ws: dict, key: tuple, make) -> np.ndarray:
+    buf = ws.get(key)
+    if buf is None:
+        if len(ws) >= 64:  # many different batch sizes went through: start afresh rather than hoard memory
+            ws.clear()
+        buf = ws[key] = make()
+    return buf
 
 
 class Layer:

@@ -1,0 +1,175 @@
+"""SIGKILL a real `lenet5 train` at seeded random moments (some of them inside a checkpoint write) and prove
+that every kill leaves only whole files under final names, and that `--resume` ends bit for bit where an
+uninterrupted run ends.
+
+SIGKILL gives the process no chance to clean up: whatever is on disk at that instant is what a power cut
+or the OOM killer would leave. Files are written to ``.<name>.<random>.tmp`` and renamed (lenet5.atomic),
+so a kill may leave a stray ``.tmp`` file, never a half ``last.safetensors``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lenet5.checkpoint import load_checkpoint
+from lenet5.data.idx import write_idx
+from lenet5.data.sources import FILES
+
+SEED = 8  # the kill schedule; change it to explore other moments
+KILLS_AT_RANDOM_TIMES = 4
+KILLS_DURING_A_CHECKPOINT_WRITE = 4
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_idx(mnist, tmp_path_factory) -> Path:
+    """3,000 real training digits and 300 test digits as IDX files: ~0.4 s an epoch with the NumPy engine."""
+    folder = tmp_path_factory.mktemp("tiny-mnist")
+    for name, array in zip(FILES, (mnist.train_images[:3000], mnist.train_labels[:3000],
+                                   mnist.test_images[:300], mnist.test_labels[:300])):
+        write_idx(folder / name, array)
+    return folder
+
+
+def train_cmd(data_dir: Path, name: str, resume: Path | None = None) -> list[str]:
+    if resume is not None:
+        return [sys.executable, "-m", "lenet5", "train", "--resume", str(resume), "--dataset", "idx",
+                "--data-dir", str(data_dir)]
+    return [sys.executable, "-m", "lenet5", "train", "--dataset", "idx", "--data-dir", str(data_dir), "--engine",
+            "numpy", "--epochs", str(EPOCHS), "--batch-size", "32", "--seed", "5", "--name", name,
+            "--set", "data.val_size=500", "--set", "train.threads=1"]
+
+
+def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    log = open(cwd / "stderr.log", "wb")  # a file, not a pipe: nobody reads while we wait to kill
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    log.close()
+    return proc
+
+
+def finish(proc: subprocess.Popen, cwd: Path) -> None:
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, (cwd / "stderr.log").read_text()
+
+
+def kill_after(proc: subprocess.Popen, seconds: float) -> bool:
+    """SIGKILL after ``seconds`` unless it ends first; True when it was killed."""
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def kill_when_a_checkpoint_write_starts(proc: subprocess.Popen, run: Path, skip: int) -> bool:
+    """Poll the run folder; SIGKILL as soon as the (skip+1)-th ``.last.safetensors.*.tmp`` is seen."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            names = os.listdir(run)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name.startswith(".last.safetensors.") and name.endswith(".tmp") and name not in seen:
+                seen.add(name)
+                if len(seen) > skip:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    return True
+    proc.wait()
+    return False
+
+
+def assert_only_whole_files(run: Path) -> int:
+    """Every file under a final name is complete; returns the epoch of last.safetensors (0 if none yet)."""
+    if not run.exists():
+        return 0
+    for path in run.glob("*.safetensors"):
+        load_checkpoint(path)  # raises CheckpointError on a half file
+    if (run / "history.csv").exists():
+        rows = list(csv.DictReader((run / "history.csv").open()))
+        assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    if (run / "metrics.json").exists():
+        json.loads((run / "metrics.json").read_text())
+    if (run / "config.yaml").exists():
+        assert "train:" in (run / "config.yaml").read_text()
+    last = run / "last.safetensors"
+    return load_checkpoint(last).meta["epoch"] if last.exists() else 0
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
+    t0 = time.monotonic()
+    finish(start(train_cmd(tiny_idx, "straight"), tmp_path), tmp_path)
+    run_seconds = time.monotonic() - t0
+
+    rng = random.Random(SEED)
+    plan = ["time"] * KILLS_AT_RANDOM_TIMES + ["write"] * KILLS_DURING_A_CHECKPOINT_WRITE
+    rng.shuffle(plan)
+    run = tmp_path / "runs" / "cut"
+    kills, hits, epochs_at_kill, last_epoch, finished = 0, 0, [], 0, False
+    for how in plan:
+        resume = run if (run / "last.safetensors").exists() else None
+        proc = start(train_cmd(tiny_idx, "cut", resume), tmp_path)
+        if how == "time":
+            killed = kill_after(proc, rng.uniform(0.2, 0.6 * run_seconds))  # start-up, epochs, or the end
+        else:
+            skip = rng.randrange(2) if last_epoch < EPOCHS - 2 else 0
+            killed = kill_when_a_checkpoint_write_starts(proc, run, skip=skip)
+        if not killed:
+            finish(proc, tmp_path)
+            finished = True
+            break
+        kills += 1
+        stray = [p for p in run.glob(".*.tmp")] if run.exists() else []
+        hits += any(p.name.startswith(".last.safetensors.") for p in stray)
+        epoch = assert_only_whole_files(run)
+        assert epoch >= last_epoch, "a kill must never take a run back to an older checkpoint"
+        last_epoch = epoch
+        epochs_at_kill.append(epoch)
+        for p in stray:  # what a user may delete; resume does not need them
+            p.unlink()
+    if not finished:  # the last resume, left to end
+        resume = run if (run / "last.safetensors").exists() else None
+        finish(start(train_cmd(tiny_idx, "cut", resume), tmp_path), tmp_path)
+
+    print(f"\n{kills} SIGKILLs ({hits} inside a last.safetensors write), last.safetensors epoch at each kill: "
+          f"{epochs_at_kill}")
+    assert kills >= KILLS_AT_RANDOM_TIMES and hits >= 1  # the schedule really interrupted the run, mid-write too
+    assert not list(run.glob(".*.tmp"))
+    a = load_checkpoint(tmp_path / "runs" / "straight" / "last.safetensors")
+    b = load_checkpoint(run / "last.safetensors")
+    assert a.weights.keys() == b.weights.keys() and a.optimizer.keys() == b.optimizer.keys()
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name], err_msg=name)
+    for name in a.optimizer:
+        np.testing.assert_array_equal(a.optimizer[name], b.optimizer[name], err_msg=name)
+    sa, sb = a.meta["trainer_state"], b.meta["trainer_state"]
+    assert (sa["epoch"], sa["batch"], sa["step"]) == (sb["epoch"], sb["batch"], sb["step"]) == (EPOCHS, 0, sa["step"])
+    assert without_seconds(sa["history"]) == without_seconds(sb["history"])
+    best_a = load_checkpoint(tmp_path / "runs" / "straight" / "model.safetensors")
+    best_b = load_checkpoint(run / "model.safetensors")
+    for name in best_a.weights:
+        np.testing.assert_array_equal(best_a.weights[name], best_b.weights[name], err_msg=name)
+    ma = json.loads((tmp_path / "runs" / "straight" / "metrics.json").read_text())
+    mb = json.loads((run / "metrics.json").read_text())
+    assert ma["test_accuracy"] == mb["test_accuracy"] and ma["test_loss"] == mb["test_loss"]
