@@ -1,6 +1,6 @@
 """NumPy engine vs PyTorch eager on CPU: training seconds per epoch, inference images/s, peak memory.
 
-Both engines train the same LeNet-5 (same initial weights, Adam) on the SAME real MNIST batches, in one
+Both engines train the same LeNet-5 (same initial weights, the default optimizer) on the SAME real MNIST batches, in one
 process, in alternating timed windows (numpy, torch, numpy, torch, ...). Each window runs for a few seconds;
 an epoch is 60,000 images. For every window the share of the machine's CPU time used by OTHER processes is
 read from /proc/stat (total busy time minus this process's own getrusage time); windows above 15% are marked
@@ -87,20 +87,36 @@ def torch_model(model: str):
     return LeNet5()
 
 
+def torch_optimizer(params, cfg: OptimizerConfig):
+    """The torch.optim twin of an OptimizerConfig (L2 = torch's weight_decay of SGD/Adam)."""
+    import torch
+
+    if cfg.l1 or cfg.grad_clip or (cfg.weight_decay and cfg.name != "adamw"):
+        raise SystemExit("the benchmark mirrors l2 and AdamW's weight_decay only; set l1/grad_clip/weight_decay to 0")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.l2)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.l2)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay)
+
+
 class TorchRunner:
-    def __init__(self, state: dict, model: str) -> None:
+    def __init__(self, state: dict, model: str, cfg: OptimizerConfig | None = None) -> None:
         import torch
 
         self.torch = torch
         self.net = torch_model(model)
         self.net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.opt = torch_optimizer(self.net.parameters(), cfg or OptimizerConfig())
         self.F = torch.nn.functional
 
     def train_step(self, x, y, lr):
         t = self.torch
         xt, yt = t.from_numpy(x), t.from_numpy(y)
         self.opt.zero_grad(set_to_none=True)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         out = self.net(xt)
         loss = self.F.cross_entropy(out, yt)
         loss.backward()
@@ -109,7 +125,8 @@ class TorchRunner:
 
     def logits(self, x):
         with self.torch.inference_mode():
-            return np.concatenate([self.net(self.torch.from_numpy(x[i:i + 1000])).numpy() for i in range(0, len(x), 1000)])
+            chunks = [self.net(self.torch.from_numpy(x[i:i + 1000])).numpy() for i in range(0, len(x), 1000)]
+            return np.concatenate(chunks)
 
 
 # --- timing -----------------------------------------------------------------------------------------------
@@ -148,7 +165,7 @@ def compare_training(mnist, model, batch_sizes, thread_counts, rounds, seconds) 
         torch.set_num_threads(threads)
         for bs in batch_sizes:
             batches = [(pool_x[i:i + bs], pool_y[i:i + bs]) for i in range(0, len(pool_x) - bs + 1, bs)]
-            npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(name="adam"), seed=0, threads=threads)
+            npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0, threads=threads)
             tor = TorchRunner(npe.state_dict(), model)
             for x, y in batches[:5]:  # warm-up: allocate buffers, start threads
                 npe.train_step(x, y, 1e-3)
@@ -169,8 +186,8 @@ def compare_inference(mnist, model, thread_counts, rounds) -> None:
     import torch
 
     x = normalize(mnist.test_images)
-    print(f"\n## Inference on the {len(x):,} test images, images/s (median of {rounds}; numpy chunks of "
-          "256 images, torch chunks of 1000, no gradient)")
+    print(f"\n## Inference on the {len(x):,} test images, images/s (median of {rounds}; numpy engine.logits(x) "
+          "(pieces of 32-64 images per thread), torch chunks of 1000 under inference_mode)")
     for threads in thread_counts:
         torch.set_num_threads(threads)
         npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0, threads=threads)
@@ -251,8 +268,10 @@ def main() -> None:
     import torch
 
     print("command: " + shlex.join([os.path.basename(sys.executable)] + sys.argv))
-    print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, model {args.model}, Adam, "
-          "real MNIST batches (same for both)")
+    cfg = OptimizerConfig()
+    print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, model {args.model}, "
+          f"the default optimizer ({cfg.name}, momentum {cfg.momentum}, nesterov {cfg.nesterov}, l2 {cfg.l2}), "
+          "real MNIST batches (the same for both)")
     mnist = load_mnist()
     compare_training(mnist, args.model, batch_sizes, args.threads, rounds, seconds)
     compare_inference(mnist, args.model, args.threads, rounds=3)

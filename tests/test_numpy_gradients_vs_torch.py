@@ -89,10 +89,13 @@ def test_loss_logits_and_gradients_match_torch_on_ties(model, dtype, threads):
 
 @pytest.mark.parametrize("model", ["modern", "classic"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_gradients_match_torch_on_real_digits(mnist, model, dtype):
-    x = normalize(mnist.test_images[:64]).astype(dtype)
-    y = mnist.test_labels[:64].astype(np.int64)
-    engine = NumpyEngine(ModelConfig(name=model, init="torch_default"), opt(), seed=2, dtype=dtype)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gradients_match_torch_on_real_digits(mnist, model, dtype, threads):
+    # 160 images: the engine runs them in several pieces (5 x 32 on one thread; 64 + 32 and 64 on two)
+    x = normalize(mnist.test_images[:160]).astype(dtype)
+    y = mnist.test_labels[:160].astype(np.int64)
+    engine = NumpyEngine(ModelConfig(name=model, init="torch_default"), opt(), seed=2, dtype=dtype, threads=threads)
+    assert len(engine._plan(len(x))[0]) > 1
     check_against_torch(engine, x, y, 0.0, dtype)
 
 
@@ -201,7 +204,8 @@ def test_one_adam_step_matches_torch_in_float32():
     batch = tie_batch(rng, 32)
     engine = NumpyEngine(ModelConfig(), cfg, seed=0, dtype="float32")
     x32 = batch[0].astype(np.float32)
-    expected, _ = torch_steps(engine.state_dict(), cfg, OPTIMIZERS[4][2], False, [(x32, batch[1])], [1e-3], "modern", 0.0)
+    adam_l2 = OPTIMIZERS[4][2]
+    expected, _ = torch_steps(engine.state_dict(), cfg, adam_l2, False, [(x32, batch[1])], [1e-3], "modern", 0.0)
     engine.train_step(x32, batch[1], 1e-3)
     for name, value in engine.state_dict().items():
         assert value.dtype == np.float32

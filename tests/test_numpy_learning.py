@@ -41,7 +41,8 @@ def train(engine, x, y, epochs: int, batch_size: int, lr: float, seed: int = 0) 
     ("modern", opt(name="adam"), 2e-3, 0.93),
     ("classic", opt(name="sgd", momentum=0.9, nesterov=True), 0.05, 0.90),
 ])
-def test_short_training_on_real_digits_reaches_accuracy_only_a_working_network_can(digits, model, optimizer, lr, target):
+def test_short_training_on_real_digits_reaches_accuracy_only_a_working_network_can(digits, model, optimizer, lr,
+                                                                                   target):
     x, y, x_test, y_test = digits
     engine = NumpyEngine(ModelConfig(name=model), optimizer, seed=0)
     losses = train(engine, x, y, epochs=3, batch_size=64, lr=lr)
@@ -119,7 +120,8 @@ def test_classic_keeps_c3_table_weights_at_zero_through_training(digits):
     w = engine.state_dict()["conv2.weight"]
     assert np.all(w[~C3_TABLE] == 0) and np.all(w[C3_TABLE] != 0)
     engine.load_state_dict({**engine.state_dict(), "conv2.weight": np.ones((16, 6, 5, 5))})
-    assert np.array_equal(engine.state_dict()["conv2.weight"] != 0, np.broadcast_to(C3_TABLE[:, :, None, None], w.shape))
+    kept = np.broadcast_to(C3_TABLE[:, :, None, None], w.shape)
+    assert np.array_equal(engine.state_dict()["conv2.weight"] != 0, kept)  # loaded ones at masked places: zeroed
 
 
 def test_logits_of_many_images_are_computed_in_chunks_and_agree_with_small_batches(digits):

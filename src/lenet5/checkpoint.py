@@ -9,6 +9,7 @@ Loading never runs code (safetensors has no code path; ``.pth`` files go through
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +135,19 @@ def _load_safetensors(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_short(exc)})") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads ({FORMAT_VERSION}); upgrade lenet5")
+    _check_normalization(meta["normalization"], path)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return Checkpoint(weights, meta, optimizer, path)
+
+
+def _check_normalization(norm: Any, path: Path) -> None:
+    """The (mean, std) inputs are normalized with: finite numbers, std > 0 (else every prediction is NaN)."""
+    values = [norm.get(k) for k in ("mean", "std")] if isinstance(norm, dict) else [None]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) \
+            or values[1] <= 0:
+        raise CheckpointError(f"{path}: checkpoint normalization {str(norm)[:80]} is damaged "
+                              "(it needs a finite mean and a std > 0)")
 
 
 def _infer_model(weights: dict[str, np.ndarray], path: Path) -> str:

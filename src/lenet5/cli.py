@@ -318,8 +318,10 @@ def cmd_serve(args) -> int:
 
     from lenet5.predict import Predictor
 
+    if not args.body_timeout > 0:
+        raise Lenet5Error(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}")
     predictor = Predictor.from_checkpoint(args.model, engine=args.engine)
-    app = create_app(predictor)
+    app = create_app(predictor, body_timeout=args.body_timeout)
     try:  # uvicorn only logs a failed bind and exits 1: check first for a one-line error
         socket.create_server((args.host, args.port)).close()
     except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
@@ -347,7 +349,83 @@ def _add_predict_serve_parsers(sub) -> None:
     p.add_argument("--engine", choices=("numpy", "torch"), default="numpy", help="engine to run the model (default numpy)")
     p.add_argument("--log-level", "--log_level", dest="log_level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"), help="server log level (default info)")
+    p.add_argument("--body-timeout", "--body_timeout", dest="body_timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="a request body must arrive within this many seconds, else 408 (default 20)")
     p.set_defaults(func=cmd_serve)
+
+
+# ----------------------------------------------------------------------------------------------- tune
+def _tune_base_config(args):
+    """defaults <- ./config.yaml (or --config) <- --engine/--seed/--threads/data flags <- --set."""
+    from lenet5.config import build_config
+
+    files = [Path(args.config)] if args.config else ([Path("config.yaml")] if Path("config.yaml").is_file() else [])
+    flags: dict = {}
+    for section, key, value in (("train", "engine", args.engine), ("train", "seed", args.seed),
+                                ("train", "threads", args.threads), ("data", "data_dir", args.data_dir),
+                                ("data", "dataset", args.dataset)):
+        if value is not None:
+            flags.setdefault(section, {})[key] = value
+    return build_config(files, flags, args.set or [])
+
+
+def cmd_tune(args) -> int:
+    from lenet5.data.datasets import load_mnist
+    from lenet5.training.trainer import TrainingInterrupted
+    from lenet5.tune import TuneSettings, run_study
+
+    if args.trials < 1 or args.epochs < 1:
+        raise Lenet5Error("--trials and --epochs must be at least 1")
+    base = _tune_base_config(args)
+    settings = TuneSettings(storage=args.storage, study_name=args.study_name, trials=args.trials, timeout=args.timeout,
+                            epochs=args.epochs, train_size=args.train_size, heartbeat=args.heartbeat,
+                            sampler_seed=args.sampler_seed, out=args.out)
+    data = load_mnist(base.data.data_dir, base.data.dataset)
+    try:
+        summary = run_study(base, data, settings, log=_err)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        _err(f"interrupted; the running trial is marked failed. Continue the study with the same command "
+             f"(--storage {args.storage} --study-name {args.study_name})")
+        return EXIT_INTERRUPTED
+    if args.json:
+        _print_json(summary)
+        return 0
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["trials"].items()))
+    print(f"study {summary['study']} ({summary['storage']}): {counts}")
+    best = summary["best"]
+    if best is None:
+        print("no trial has completed yet")
+        return 0
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    print(f"best trial {best['number']}: validation accuracy {100 * best['val_accuracy']:.2f}%  ({params})")
+    print(f"its config: {summary['config']}  -> lenet5 train --config {summary['config']} --epochs 10")
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna (scored on validation, never on test)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="finished trials the study should hold, shared by all workers on it (default 20)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
+    p.add_argument("--train-size", "--train_size", dest="train_size", type=int, default=None,
+                   help="use this many training images (a seeded subset; validation takes min(data.val_size, N/6))")
+    p.add_argument("--storage", default="sqlite:///runs/tune/study.db",
+                   help="study database URL: SQLite (default sqlite:///runs/tune/study.db) or e.g. postgresql://...")
+    p.add_argument("--study-name", "--study_name", dest="study_name", default="lenet5", help="default lenet5")
+    p.add_argument("--out", default="runs/tune", help="writes OUT/<study-name>/config.yaml (best) and trials.csv")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a running trial's heartbeats; a worker silent 3x as long is marked failed")
+    p.add_argument("--sampler-seed", "--sampler_seed", dest="sampler_seed", type=int, default=None,
+                   help="seed the sampler (one worker only: parallel workers need different draws)")
+    p.add_argument("--config", default=None, help="base YAML config (default ./config.yaml when present)")
+    p.add_argument("--engine", choices=("numpy", "torch"), default=None)
+    p.add_argument("--seed", type=int, default=None, help="training seed of every trial")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (0 = its default)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any base config key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the study summary as one JSON document")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_tune)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -399,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     _add_predict_serve_parsers(sub)
+    _add_tune_parser(sub)
     return parser
 
 

@@ -20,9 +20,13 @@ GLOB_CHARS = set("*?[")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for any finite logits: exp(z - max z) / sum."""
+    """Row-wise softmax, stable for any logits without NaN: exp(z - max z) / sum. A row with +inf logits
+    shares all probability among them; a row of only -inf is uniform."""
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
+    top = z.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # -1e308 - 1e308 is -inf: its probability is 0
+        z = np.where(np.isposinf(top), np.where(np.isposinf(z), 0.0, -np.inf), z - top)
+    z = np.where(np.isneginf(top), 0.0, z)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
@@ -77,7 +81,12 @@ class Predictor:
             images = images[None]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise ValueError(f"expected uint8 (N, 28, 28), got shape {images.shape}")
-        return softmax(np.asarray(self.model.logits(self.normalize(images))))
+        with np.errstate(over="ignore", invalid="ignore"):  # judged below, not warned about
+            logits = np.asarray(self.model.logits(self.normalize(images)), dtype=np.float64)
+        if np.isnan(logits).any():
+            raise CheckpointError(f"{self.path.name}: the model's outputs are NaN for this input: its weights are "
+                                  "out of range (a damaged or diverged checkpoint)")
+        return softmax(logits)
 
     def classify_files(self, inputs: list[str], top_k: int = 3, save_prepared: str | Path | None = None) -> list[dict]:
         """Files, folders and globs -> one result dict per digit: {file, digit, probability, top_k}

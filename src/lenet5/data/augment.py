@@ -8,7 +8,12 @@ that come from outside the image are background (0). uint8 in, uint8 out, vector
 
 Coordinates: x is the column, y the row, both in pixels, with the centre of a 28x28 image at 13.5.
 The output pixel p shows the input at ``A^-1 (p - c - t) + c + d(p)``, where ``A = R(rotation) Sh(shear)
-S(zoom)``, ``t`` the shift and ``d`` the elastic displacement: a positive shift moves the digit right/down.
+S(zoom)``, ``t`` the shift and ``d`` the elastic displacement: a positive shift moves the digit right/down,
+a positive angle turns it clockwise on screen. The Gaussian smoothing is separable and written as two small
+matrix products (``G_y @ field @ G_x^T``, mirror boundary), batched over all fields at once.
+
+Cost (benchmarks/augment_speed.py): ~0.4 s per 60,000 images for the affine part, ~0.8 s with elastic
+distortions, next to ~5 s for a NumPy-engine training epoch.
 """
 
 from __future__ import annotations

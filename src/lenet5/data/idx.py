@@ -7,7 +7,9 @@ big-endian uint32 sizes, then the data in row-major order, big-endian. Every che
 from __future__ import annotations
 
 import gzip
+import io
 import math
+import struct
 import zlib
 from pathlib import Path
 
@@ -41,10 +43,31 @@ def read_bytes(path: str | Path) -> bytes:
         raise IDXError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if path.suffix == ".gz":
         try:
-            return gzip.decompress(raw)
+            return _gunzip_idx(raw, path)
         except (OSError, EOFError, zlib.error) as exc:
             raise IDXError(f"{path}: not a valid gzip file ({exc})") from None
     return raw
+
+
+def _gunzip_idx(raw: bytes, path: Path) -> bytes:
+    """Inflate no more than the IDX header inside declares (plus one byte, to notice extra data), so a small
+    file that would inflate to gigabytes (a gzip bomb) is refused without inflating it. Content that is not
+    a valid IDX header comes back as its first bytes, for parse_idx to say what is wrong."""
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES or not 1 <= head[3] <= MAX_DIMS:
+            return head
+        head += f.read(4 * head[3])
+        if len(head) < 4 + 4 * head[3]:
+            return head
+        shape = struct.unpack(f">{head[3]}I", head[4:])
+        if math.prod(shape) > MAX_ELEMENTS:
+            return head
+        expected = math.prod(shape) * IDX_TYPES[head[2]].itemsize
+        body = f.read(expected + 1)
+        if len(body) > expected:
+            raise IDXError(f"{path}: inflates to more data than its IDX header declares {shape} (a gzip bomb?)")
+        return head + body
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:

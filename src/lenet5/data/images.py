@@ -124,7 +124,10 @@ def prepare_image(img: Image.Image, name: str = "image") -> np.ndarray:
 
 def prepare_gray(g: np.ndarray, name: str = "image") -> np.ndarray:
     """float (H, W) in 0..1, any polarity -> uint8 (28, 28) MNIST-style."""
-    g = _shrink(np.asarray(g, dtype=np.float32))
+    g = np.asarray(g, dtype=np.float32)
+    if not np.all(np.isfinite(g)):  # a floating-point TIFF can hold NaN pixels
+        raise ImageError(f"{name}: holds NaN or infinite pixel values")
+    g = _shrink(g)
     if _border_median(g) > 0.5:  # light background: a dark digit on paper
         g = 1.0 - g
     lo, hi = _border_median(g), float(g.max())
@@ -147,7 +150,7 @@ def prepare_gray(g: np.ndarray, name: str = "image") -> np.ndarray:
 
 def _shrink(g: np.ndarray) -> np.ndarray:
     """Box-average very large images down by a whole factor: the digit ends at 20 px anyway."""
-    factor = max(g.shape) // WORK_SIDE
+    factor = min(max(g.shape) // WORK_SIDE, min(g.shape))  # a 28 x 32028 strip must keep one pixel across
     if factor < 2:
         return g
     h, w = (g.shape[0] // factor) * factor, (g.shape[1] // factor) * factor

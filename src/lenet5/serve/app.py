@@ -16,6 +16,7 @@ Limits and status codes (the body of every error is ``{"detail": "<one line>"}``
 never gets a 5xx):
 - a request body over MAX_BODY_BYTES (2 MiB) -> 413, judged from Content-Length before reading and by
   counting bytes while reading (chunked uploads);
+- a body that has not fully arrived BODY_TIMEOUT_S (20 s) after the headers -> 408 (slow-loris clients);
 - another Content-Type -> 415;
 - malformed JSON or multipart, an undecodable or blank image -> 400;
 - a missing ``file`` field or ``pixels`` of the wrong shape, type or range -> 422.
@@ -23,6 +24,7 @@ never gets a 5xx):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -33,23 +35,25 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lenet5.data.images import MIN_SIDE, prepare_bytes, prepare_gray
-from lenet5.errors import ImageError
+from lenet5.errors import ImageError, Lenet5Error
 from lenet5.predict import Predictor
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris
 MAX_PIXELS_SIDE = 1024  # JSON pixels with "prepare": true
 STATIC = Path(__file__).parent / "static"
 ACCEPTED = "multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or image/*"
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before and while reading.
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before and while reading, and
+    bodies that take longer than ``timeout`` seconds to arrive with 408 (a slow-loris client).
 
     The body (at most ``limit`` bytes) is read here and replayed to the app.
     """
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_S) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -66,8 +70,14 @@ class BodyLimit:
                 await _send_error(send, 413, self._too_large(f"{size} bytes"))
                 return
         chunks, total = [], 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                await _send_error(send, 408, f"request body did not arrive within {self.timeout:g} s")
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -101,19 +111,23 @@ async def _send_error(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYTES,
+               body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
     """The app for one model (a Predictor, or a checkpoint path loaded here, once)."""
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     lock = threading.Lock()  # one inference at a time: the engine is not meant to be shared by threads
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
 
     def prepare_and_infer(prepare, *args) -> tuple[np.ndarray, np.ndarray]:
         """Runs in a worker thread: decoding and the forward pass stay off the event loop."""
         digit = prepare(*args)
         with lock:
-            return digit, predictor.probabilities(digit[None])[0]
+            try:
+                return digit, predictor.probabilities(digit[None])[0]
+            except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
+                raise HTTPException(500, str(exc)) from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -1,0 +1,254 @@
+"""`lenet5 serve` under abuse: a burst of good and bad requests from a second process, slow-loris clients,
+and bodies over the limit. The server is the real one (`python -m lenet5 serve`) on 127.0.0.1.
+
+Budgets: LENET5_BURST_REQUESTS (default 5,000; the README's figure is from 20,000) requests, 64 concurrent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BURST = int(os.environ.get("LENET5_BURST_REQUESTS", "5000"))
+CONCURRENCY = 64
+BODY_TIMEOUT = 1.0  # --body-timeout for the server under test (the default is 20 s)
+RSS_GROWTH_LIMIT_MIB = 48  # peak VmRSS during the burst over VmRSS after a 1,000-request warm-up
+RSS_AFTER_LIMIT_MIB = 24  # VmRSS when the burst is over, same reference
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@contextlib.contextmanager
+def serve(checkpoint: Path, *extra: str, timeout: float = 60.0):
+    """`python -m lenet5 serve` on a free port; yields (base URL, server pid)."""
+    port = free_port()
+    log = open(checkpoint.parent / f"serve-{port}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "lenet5", "serve", "--model", str(checkpoint), "--port", str(port),
+                             "--log-level", "warning", *extra], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {Path(log.name).read_text()}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not answer /healthz in time")
+            time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained modern LeNet-5: the server's work per request does not depend on the weights' values."""
+    from lenet5.checkpoint import save_checkpoint
+    from lenet5.config import ModelConfig, OptimizerConfig
+    from lenet5.engines import create_engine
+
+    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0)
+    path = tmp_path_factory.mktemp("serve-model") / "model.safetensors"
+    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    with serve(checkpoint, "--body-timeout", str(BODY_TIMEOUT)) as (url, pid):
+        yield url, pid
+
+
+def run_burst(url: str, n: int, pid: int) -> dict:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "service_burst.py"), "--url", url, "--requests", str(n),
+           "--concurrency", str(CONCURRENCY), "--pid", str(pid)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def healthy(url: str) -> bool:
+    return httpx.get(url + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.timeout(600)
+def test_a_burst_of_good_and_bad_requests_gets_no_5xx_and_no_memory_growth(server):
+    url, pid = server
+    run_burst(url, 1000, pid)  # warm-up: thread pool, allocator arenas, lazily imported code
+    before = rss_kib(pid)
+    report = run_burst(url, BURST, pid)
+    after = rss_kib(pid)
+    print(f"\nburst of {report['requests']} requests, {CONCURRENCY} concurrent: {report['requests_per_second']} req/s, "
+          f"latency p50 {report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms, "
+          f"max {report['latency_ms']['max']} ms; statuses {report['statuses']}; VmRSS after warm-up "
+          f"{before / 1024:.1f} MiB, peak {report['rss_kib']['peak'] / 1024:.1f} MiB, after {after / 1024:.1f} MiB")
+    assert report["requests"] == BURST
+    assert report["server_errors"] == 0 and report["no_answer"] == 0
+    assert report["mismatches"] == {}, report["mismatches"]
+    assert set(report["statuses"]) == {"200", "400", "404", "413", "415", "422"}
+    assert report["rss_kib"]["peak"] - before < RSS_GROWTH_LIMIT_MIB * 1024
+    assert after - before < RSS_AFTER_LIMIT_MIB * 1024
+    assert healthy(url)
+
+
+def slow_body(port: int, result: dict, key: int, interval: float = 0.25) -> None:
+    """Headers with Content-Length 5000, then one byte every ``interval`` s: record what the server answers."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n")
+        s.settimeout(interval)
+        answer = b""
+        for _ in range(200):
+            try:
+                s.send(b" ")
+            except OSError:
+                break
+            try:
+                data = s.recv(4096)
+            except (socket.timeout, ConnectionError):
+                continue
+            if not data:
+                break
+            answer += data
+        result[key] = (answer, time.monotonic() - start)
+
+
+def slow_headers(port: int, stop: threading.Event, interval: float = 0.25) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        while not stop.wait(interval):
+            try:
+                s.sendall(b"X-Slow: y\r\n")
+            except OSError:
+                return
+
+
+def timed_requests(url: str, n: int) -> list[float]:
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[6:22, 12:16] = 255
+    seconds = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(n):
+            start = time.monotonic()
+            r = client.post("/predict", json={"pixels": pixels.tolist()})
+            seconds.append(time.monotonic() - start)
+            assert r.status_code == 200, r.text
+    return seconds
+
+
+def test_slow_loris_bodies_time_out_and_do_not_block_other_clients(server):
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    results: dict = {}
+    threads = [threading.Thread(target=slow_body, args=(port, results, i)) for i in range(32)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # the slow clients hold their connections now
+    seconds = timed_requests(url, 30)
+    for t in threads:
+        t.join(timeout=30)
+    assert max(seconds) < 2.0, f"a normal client waited {max(seconds):.2f} s behind the slow ones"
+    assert len(results) == 32
+    for answer, took in results.values():
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"did not arrive within" in answer
+        assert took < BODY_TIMEOUT + 3.0
+    assert healthy(url)
+
+
+def test_slow_headers_do_not_block_other_clients(server):
+    """uvicorn puts no deadline on headers (nor on a connection that sends nothing): such clients hold a
+    connection each, but the event loop serves everyone else. A public deployment belongs behind a proxy
+    with a header timeout (the server binds 127.0.0.1 by default)."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    threads = [threading.Thread(target=slow_headers, args=(port, stop)) for _ in range(32)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        seconds = timed_requests(url, 30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert max(seconds) < 2.0, f"a normal client waited {max(seconds):.2f} s behind the slow ones"
+
+
+def test_an_oversized_body_is_refused_before_it_is_sent(server):
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 104857600\r\n\r\n")
+        s.sendall(b"\x00" * 1024)  # 1 KiB of the 100 MiB announced, then nothing
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = s.recv(4096)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"connection: close" in answer.lower() and b"the limit is 2097152 bytes" in answer
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_while_arriving(server):
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    chunk = b"\x00" * 65536
+    sent, answer = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.settimeout(0.002)  # a fast client: the body timeout must not be what stops it
+        while sent < 64 * 1024 * 1024:  # would be 64 MiB; the server must stop us long before
+            try:
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                sent += len(chunk)
+            except OSError:
+                break
+            try:
+                data = s.recv(4096)
+                if data:
+                    answer += data
+                    break
+            except socket.timeout:
+                continue
+            except ConnectionError:
+                break
+    assert sent < 8 * 1024 * 1024, f"the client sent {sent} bytes before the server stopped it"
+    if answer:  # when the reset beats the answer to the client, the early stop above is the proof
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert healthy(url)
