@@ -50,7 +50,7 @@ class OptimizerConfig:
     l2: float = field(default=0.0005, metadata=_range(0.0))
     # L1 penalty l1*|w| added to the loss: its gradient l1*sign(w) pushes small weights to exactly 0.
     l1: float = field(default=0.0, metadata=_range(0.0))
-    # Decoupled weight decay: w <- w - lr*weight_decay*w after the gradient step, never rescaled
+    # Decoupled weight decay: w <- w - lr*weight_decay*w just before each update, never rescaled
     # (Loshchilov & Hutter; what AdamW means by weight decay).
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
     # Clip the global gradient norm to this value before the update; 0 turns clipping off.
