@@ -480,3 +480,19 @@ def test_long_thin_images_are_read_or_refused_cleanly(size):
         assert str(exc).startswith("strip.png: ")
         return
     assert digit.shape == (28, 28) and digit.dtype == np.uint8
+
+
+REGRESSIONS = sorted((Path(__file__).parent / "fuzz" / "regressions").glob("images-*"))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.name for p in REGRESSIONS])
+def test_inputs_the_fuzzers_found_stay_fixed(path):
+    """Crashes found by tests/fuzz/fuzz_images.py (a TypeError inside Pillow's TIFF reader; a strip shrunk
+    to nothing): now a digit or one ImageError line."""
+    try:
+        digit = prepare_bytes(path.read_bytes(), path.name)
+    except ImageError as exc:
+        assert str(exc).startswith(path.name + ": ") and "\n" not in str(exc)
+        return
+    assert digit.shape == (28, 28)

@@ -43,6 +43,8 @@ def seeds(kind: str, folder: Path) -> None:
             buf = io.BytesIO()
             Image.fromarray(digit).save(buf, format=fmt)
             (folder / fmt.lower()).write_bytes(buf.getvalue())
+    for found in (HERE / "regressions").glob(f"{kind}-*"):  # inputs that once crashed the code
+        (folder / found.name).write_bytes(found.read_bytes())
 
 
 @pytest.mark.timeout(300)

@@ -63,7 +63,7 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
             raise ImageError(
                 f"{name}: not an image this tool reads (supported: {', '.join(FORMATS)})"
             ) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - damaged files make Pillow raise TypeError, struct.error, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise ImageError(f"{name}: truncated or corrupt image ({first})") from None
     try:
