@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,23 @@ from lenet5.data.datasets import MNIST, load_mnist
 def mnist() -> MNIST:
     """The real MNIST (uint8), from the cache or fetched and verified by lenet5.data.sources."""
     return load_mnist()
+
+
+def write_mnist_subset(mnist: MNIST, folder: Path, n_train: int, n_test: int) -> Path:
+    """The first n_train / n_test real digits as the four IDX files, for `--dataset idx --data-dir folder`."""
+    from lenet5.data.idx import write_idx
+    from lenet5.data.sources import FILES
+
+    arrays = (mnist.train_images[:n_train], mnist.train_labels[:n_train], mnist.test_images[:n_test], mnist.test_labels[:n_test])
+    for name, array in zip(FILES, arrays):
+        write_idx(folder / name, array)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist, tmp_path_factory) -> Path:
+    """6,000 real training digits and 1,000 real test digits as IDX files (--dataset idx)."""
+    return write_mnist_subset(mnist, tmp_path_factory.mktemp("small-mnist"), 6000, 1000)
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from PIL import Image
 from lenet5.config import AugmentConfig
 from lenet5.data.augment import AffineParams, Augmenter, bilinear, gaussian_matrix, make_augmenter
 from lenet5.data.datasets import iterate_batches
-from lenet5.data.idx import write_idx
-from lenet5.data.sources import FILES
 
 OFF = dict(rotation=0.0, scale=0.0, shear=0.0, translate=0.0, elastic_alpha=0.0)
 
@@ -141,15 +138,6 @@ def lenet5(*args, cwd):
     assert result.returncode == 0, result.stderr
     return result
 
-
-@pytest.fixture(scope="module")
-def small_mnist(mnist, tmp_path_factory) -> Path:
-    """6,000 real training digits and 1,000 real test digits as IDX files (--dataset idx)."""
-    folder = tmp_path_factory.mktemp("small-mnist")
-    for name, array in zip(FILES, (mnist.train_images[:6000], mnist.train_labels[:6000],
-                                   mnist.test_images[:1000], mnist.test_labels[:1000])):
-        write_idx(folder / name, array)
-    return folder
 
 
 def test_training_with_augmentation_through_the_cli(small_mnist, tmp_path):

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_mnist_subset
 
 from lenet5.checkpoint import load_checkpoint
-from lenet5.data.idx import write_idx
 from lenet5.data.sources import FILES, MNIST_SHA256
 
 EPOCHS = 6
@@ -36,11 +36,8 @@ EPOCHS = 6
 
 @pytest.fixture(scope="module")
 def tiny_idx(mnist, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-mnist")
-    for name, array in zip(FILES, (mnist.train_images[:2000], mnist.train_labels[:2000],
-                                   mnist.test_images[:200], mnist.test_labels[:200])):
-        write_idx(folder / name, array)
-    return folder
+    """2,000 real training digits and 200 test digits as IDX files."""
+    return write_mnist_subset(mnist, tmp_path_factory.mktemp("tiny-mnist"), 2000, 200)
 
 
 def train_args(data_dir: Path, out: Path, *extra: str) -> list[str]:

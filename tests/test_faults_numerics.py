@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lenet5.checkpoint import save_checkpoint
-from lenet5.errors import CheckpointError, ImageError
+from lenet5.errors import CheckpointError
 from lenet5.predict import Predictor, softmax
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -8,16 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from lenet5.checkpoint import load_checkpoint
-from lenet5.data.idx import write_idx
-from lenet5.data.sources import FILES
 
 RUN_FILES = {"config.yaml", "history.csv", "metrics.json", "model.safetensors", "last.safetensors",
              "training_history.png", "confusion_matrix.png", "predictions.png", "misclassified.png"}
@@ -30,15 +26,6 @@ def lenet5(*args, cwd, check=True):
         assert result.returncode == 0, result.stderr
     return result
 
-
-@pytest.fixture(scope="module")
-def small_mnist(mnist, tmp_path_factory) -> Path:
-    """6,000 real training digits and 1,000 real test digits as IDX files (--dataset idx)."""
-    folder = tmp_path_factory.mktemp("small-mnist")
-    for name, array in zip(FILES, (mnist.train_images[:6000], mnist.train_labels[:6000],
-                                   mnist.test_images[:1000], mnist.test_labels[:1000])):
-        write_idx(folder / name, array)
-    return folder
 
 
 def train_args(data_dir, *extra):
