@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shlex
 import statistics
 import sys
@@ -33,28 +32,11 @@ from lenet5.config import AugmentConfig, ModelConfig, OptimizerConfig
 from lenet5.data.augment import make_augmenter
 from lenet5.data.datasets import iterate_batches, load_mnist
 from lenet5.engines import create_engine
+from machine import NOISY, cpu_snapshot, others_share
 
 EPOCH = 60_000
-NOISY = 0.15
 AFFINE = AugmentConfig(enabled=True)
 ELASTIC = AugmentConfig(enabled=True, elastic_alpha=34.0, elastic_sigma=4.0)
-
-
-def cpu_snapshot() -> tuple[float, float, float]:
-    """(all CPUs' total seconds, all CPUs' busy seconds, this process's CPU seconds)."""
-    with open("/proc/stat") as f:
-        jiffies = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    hz = os.sysconf("SC_CLK_TCK")
-    total = sum(jiffies) / hz
-    idle = (jiffies[3] + jiffies[4]) / hz
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return total, total - idle, ru.ru_utime + ru.ru_stime
-
-
-def others_share(before, after) -> float:
-    total = after[0] - before[0]
-    other = (after[1] - before[1]) - (after[2] - before[2])
-    return max(0.0, other / total) if total > 0 else 0.0
 
 
 def window(kind: str, engine, images, labels, batch_size: int, seed: int, transforms: dict) -> tuple[float, float]:

@@ -27,29 +27,9 @@ import numpy as np
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import load_mnist, normalize
 from lenet5.engines.numpy.engine import NumpyEngine
+from machine import NOISY, cpu_snapshot, others_share
 
 EPOCH = 60_000
-NOISY = 0.15
-
-
-# --- how busy the machine is ------------------------------------------------------------------------------
-
-def cpu_snapshot() -> tuple[float, float, float]:
-    """(all CPUs' total seconds, all CPUs' busy seconds, this process's CPU seconds) since boot / start."""
-    with open("/proc/stat") as f:
-        jiffies = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    hz = os.sysconf("SC_CLK_TCK")
-    total = sum(jiffies) / hz
-    idle = (jiffies[3] + jiffies[4]) / hz
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return total, total - idle, ru.ru_utime + ru.ru_stime
-
-
-def others_share(before, after) -> float:
-    """Share of all CPU time, during a window, used by processes other than this one."""
-    total = after[0] - before[0]
-    other = (after[1] - before[1]) - (after[2] - before[2])
-    return max(0.0, other / total) if total > 0 else 0.0
 
 
 # --- the PyTorch twin -------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ ARGS = parse_args()
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -44,24 +43,7 @@ import numpy as np  # noqa: E402
 from lenet5.config import ModelConfig, OptimizerConfig  # noqa: E402
 from lenet5.data.datasets import load_mnist, normalize  # noqa: E402
 from lenet5.engines.numpy.engine import NumpyEngine  # noqa: E402
-
-NOISY = 0.15
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs from the first line of /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return total - idle, total
-
-
-def own_jiffies() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
-
+from machine import NOISY, cpu_jiffies, own_jiffies  # noqa: E402
 
 def timed_window(fn, x: np.ndarray, batch: int, min_seconds: float) -> tuple[float, float]:
     """Full passes over x until min_seconds have gone by -> (images/s, share of CPU others took)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -26,22 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-NOISY = 0.15
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_jiffies() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    total = sum(fields[:8])
-    return total - fields[3] - fields[4], total
-
-
-def children_jiffies() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
-
+from machine import CLK_TCK, NOISY, children_jiffies, cpu_jiffies
 
 def timed(cmd: list[str]) -> tuple[float, int, float, float]:
     """Run cmd once -> (seconds, return code, busy jiffies of all, jiffies of the child)."""

@@ -27,23 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-NOISY = 0.15
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_jiffies() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    total = sum(fields[:8])
-    return total - fields[3] - fields[4], total
-
-
-def process_jiffies(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
+from machine import NOISY, cpu_jiffies, process_jiffies
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -13,8 +13,6 @@ how busy the machine was (other processes' share of CPU time, see shared/MEASURI
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import statistics
 import sys
 import time
@@ -26,16 +24,7 @@ from lenet5.data.datasets import iterate_batches, load_mnist, num_batches
 from lenet5.engines import create_engine
 from lenet5.training.schedules import Schedule
 from lenet5.training.trainer import evaluate_engine
-
-
-def cpu_times() -> tuple[float, float]:
-    """(total busy seconds of the machine, this process's CPU seconds)."""
-    with open("/proc/stat") as f:
-        fields = [float(v) for v in f.readline().split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    busy = (sum(fields) - fields[3] - fields[4]) / tick  # minus idle and iowait
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return busy, usage.ru_utime + usage.ru_stime
+from machine import cpu_snapshot, others_share
 
 
 def run_once(engine_name: str, data, args) -> dict:
@@ -45,8 +34,7 @@ def run_once(engine_name: str, data, args) -> dict:
     schedule = Schedule(ScheduleConfig(name="onecycle", pct_start=0.25), args.lr, steps_per_epoch, steps_per_epoch * args.epochs)
     check_every = max(1, steps_per_epoch // args.checks_per_epoch)
     trained, step, reached, accuracy = 0.0, 0, None, 0.0
-    busy0, own0 = cpu_times()
-    wall0 = time.perf_counter()
+    before = cpu_snapshot()
     for epoch in range(1, args.epochs + 1):
         rng = np.random.default_rng([args.seed, epoch])
         start = time.perf_counter()
@@ -63,9 +51,7 @@ def run_once(engine_name: str, data, args) -> dict:
                 break
         if reached is not None:
             break
-    busy1, own1 = cpu_times()
-    wall = time.perf_counter() - wall0
-    others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+    others = others_share(before, cpu_snapshot())
     return {"engine": engine_name, "seconds": reached, "final_accuracy": accuracy, "steps": step, "others": others}
 
 

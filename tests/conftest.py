@@ -34,6 +34,16 @@ def small_mnist(mnist, tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
+def one_torch_thread():
+    """One intra-op torch thread: on a small shared machine torch with 2 threads slows down many times under load."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

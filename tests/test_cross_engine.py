@@ -15,13 +15,7 @@ from lenet5.engines.torch.model import build_model  # noqa: E402
 MODELS = ("modern", "classic")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared machine torch with 2 threads slows down many times under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def engines(model="modern", dtype="float64", seed=0, label_smoothing=0.0, init="kaiming_uniform", **opt):

@@ -4,7 +4,6 @@ weights so large that the forward pass overflows. Through lenet5.predict.Predict
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,9 +14,8 @@ from PIL import Image
 from lenet5.checkpoint import save_checkpoint
 from lenet5.errors import CheckpointError
 from lenet5.predict import Predictor, softmax
+from serving import running_server
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_faults_service import serve  # noqa: E402  (the real server, started the same way)
 
 INF = np.inf
 
@@ -139,7 +137,7 @@ def test_blank_image_files_are_refused_clearly(model_paths, tmp_path, fill):
 
 
 def test_extremes_through_the_http_api(model_paths):
-    with serve(model_paths["normal"]) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+    with running_server(model_paths["normal"]) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
         for name, digit in EXTREME_DIGITS.items():
             r = client.post("/predict", json={"pixels": digit.tolist()})
             assert r.status_code == 200, (name, r.text)
@@ -158,7 +156,7 @@ def test_extremes_through_the_http_api(model_paths):
 
 
 def test_an_overflowing_model_answers_a_clear_500_over_http(model_paths):
-    with serve(model_paths["overflowing"]) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+    with running_server(model_paths["overflowing"]) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
         r = client.post("/predict", json={"pixels": EXTREME_DIGITS["all_255"].tolist()})
         assert r.status_code == 500
         assert "outputs are NaN" in r.json()["detail"] and "NaN" not in str(r.json().get("probabilities", ""))

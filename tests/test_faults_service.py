@@ -6,7 +6,6 @@ Budgets: LENET5_BURST_REQUESTS (default 5,000; the README's figure is from 20,00
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from serving import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BURST = int(os.environ.get("LENET5_BURST_REQUESTS", "5000"))
@@ -28,49 +28,11 @@ RSS_GROWTH_LIMIT_MIB = 48  # peak VmRSS during the burst over VmRSS after a 1,00
 RSS_AFTER_LIMIT_MIB = 24  # VmRSS when the burst is over, same reference
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-@contextlib.contextmanager
-def serve(checkpoint: Path, *extra: str, timeout: float = 60.0):
-    """`python -m lenet5 serve` on a free port; yields (base URL, server pid)."""
-    port = free_port()
-    log = open(checkpoint.parent / f"serve-{port}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "lenet5", "serve", "--model", str(checkpoint), "--port", str(port),
-                             "--log-level", "warning", *extra], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {Path(log.name).read_text()}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not answer /healthz in time")
-            time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +50,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    with serve(checkpoint, "--body-timeout", str(BODY_TIMEOUT)) as (url, pid):
+    with running_server(checkpoint, "--body-timeout", str(BODY_TIMEOUT)) as (url, pid):
         yield url, pid
 
 

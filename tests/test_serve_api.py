@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -16,53 +14,14 @@ import pytest
 from PIL import Image
 
 from lenet5.predict import Predictor
+from serving import free_port, running_server
 
 MAX_BODY = 2 * 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(checkpoint, timeout: float = 30.0):
-    """Start `python -m lenet5 serve` on a free port; yield its base URL; stop it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lenet5", "serve", "--model", str(checkpoint), "--port", str(port), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not answer /healthz in time")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-
-
 @pytest.fixture(scope="module")
 def server(trained_checkpoint):
-    with running_server(trained_checkpoint) as url:
+    with running_server(trained_checkpoint) as (url, _pid):
         yield url
 
 

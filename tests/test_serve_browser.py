@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_serve_api import running_server
+from serving import running_server
 
 pytestmark = pytest.mark.browser
 
@@ -25,7 +25,7 @@ def page(trained_checkpoint):
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
-    with running_server(trained_checkpoint) as url, sync_api.sync_playwright() as p:
+    with running_server(trained_checkpoint) as (url, _pid), sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 520})

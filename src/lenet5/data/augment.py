@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lenet5.blas import single_threaded_blas
 from lenet5.config import AugmentConfig
 
 
@@ -135,7 +136,7 @@ class Augmenter:
         noise -= np.float32(self.cfg.elastic_alpha)
         along_x = self.work("along_x", (2 * n * self.h, self.w))
         smooth = self.work("smooth", (2 * n, self.h, self.w))
-        with _single_threaded_blas():  # tiny matrices: a second BLAS thread only costs (10x here)
+        with single_threaded_blas():  # tiny matrices: a second BLAS thread only costs (10x here)
             np.matmul(noise.reshape(-1, self.w), self.gx_t, out=along_x)
             np.matmul(self.gy, along_x.reshape(2 * n, self.h, self.w), out=smooth)
         return smooth[:n], smooth[n:]
@@ -180,18 +181,6 @@ def bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray, work: Wor
     v00 += v10
     v00 += 0.5  # round half up; the values are a convex mix of 0..255
     return v00.astype(np.uint8)
-
-
-_blas_controller = None
-
-
-def _single_threaded_blas():
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 def make_augmenter(cfg: AugmentConfig):

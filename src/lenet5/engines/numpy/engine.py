@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from lenet5.blas import single_threaded_blas
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines.numpy.init import init_parameters
 from lenet5.engines.numpy.model import Network
@@ -31,19 +32,6 @@ from lenet5.engines.numpy.optim import create_optimizer
 PIECE_ONE_THREAD = 32
 PIECE_THREADS = 64
 MIN_PIECE = 8  # a batch is shared among the workers only in pieces of at least this many images
-
-_blas_controller = None
-
-
-def _single_threaded_blas():
-    """Context manager limiting BLAS (OpenBLAS/MKL behind NumPy) to one thread; cheap after the first call."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
-
 
 def default_threads() -> int:
     """Worker threads for threads=0: 2 when at least 2 cores are available to this process, else 1."""
@@ -105,7 +93,7 @@ class NumpyEngine:
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         x = np.asarray(x, dtype=self.dtype)
         y = np.asarray(y, dtype=np.int64)
-        with _single_threaded_blas():
+        with single_threaded_blas():
             loss, n_correct = self._loss_and_grad(x, y)
             self.optimizer.step(self.net.params, self._grads[0], float(lr))
         return loss, n_correct
@@ -145,7 +133,7 @@ class NumpyEngine:
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
         """(loss, n_correct, {name: gradient}) of one batch without updating anything (for checks, not
         part of the Engine protocol). The gradients are of the data loss only, before penalties."""
-        with _single_threaded_blas():
+        with single_threaded_blas():
             loss, n_correct = self._loss_and_grad(np.asarray(x, dtype=self.dtype), np.asarray(y, dtype=np.int64))
         grads = {key: g.copy() for key, g in self.net.named_views(self._grads[0]).items()}
         return loss, n_correct, grads
@@ -159,7 +147,7 @@ class NumpyEngine:
                 out[a:b] = self.net.forward(x[a:b], keep_caches=False, ws=self._workspaces[w])[0]
 
         if len(x):
-            with _single_threaded_blas():
+            with single_threaded_blas():
                 self._run(self._plan(len(x)), work)
         return out
 
