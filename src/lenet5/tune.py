@@ -119,9 +119,8 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
         trainer = Trainer(run_cfg, data, Path(settings.out) / "trials", log=lambda msg: None, is_writer=False)
         start, best = time.perf_counter(), -math.inf
         try:
-            for epoch in range(1, settings.epochs + 1):
-                stop = trainer._epoch_and_callbacks(settings.epochs)  # noqa: SLF001 (fit() would test at the end)
-                acc = trainer.history[-1]["val_accuracy"]
+            for row in trainer.epochs():  # not fit(): that would also score the test set
+                epoch, acc = trainer.epoch, row["val_accuracy"]
                 best = max(best, acc)
                 trial.report(acc, epoch)
                 log(f"trial {trial.number} epoch {epoch}/{settings.epochs}: val acc {100 * acc:.2f}%  ({describe(trial.params)})")
@@ -129,8 +128,6 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
                     log(f"trial {trial.number} pruned after epoch {epoch}: below the median of earlier trials")
                     trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
                     raise optuna.TrialPruned(f"val acc {acc:.4f} below the median at epoch {epoch}")
-                if stop:
-                    break
         except TrainingError as exc:  # the loss diverged: a bad point, not a broken study
             raise optuna.TrialPruned(str(exc)) from None
         finally:

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,18 +107,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- loop
     def fit(self) -> TrainResult:
-        t = self.cfg.train
         if self.is_writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
-        stopped = self.stopper.should_stop
         with stop_on_sigint(self):
-            while self.epoch < t.epochs and not stopped:
-                stopped = self._epoch_and_callbacks(t.epochs)
-        return self._finish(stopped)
+            for _ in self.epochs():
+                pass
+        return self._finish(self.stopper.should_stop)
 
-    def _epoch_and_callbacks(self, epochs: int) -> bool:
-        """One epoch, then early stopping, schedule, checkpoints and the history file; True to stop."""
+    def epochs(self) -> Iterator[dict]:
+        """Train the remaining epochs one by one, yielding each epoch's history row once its checkpoints are
+        written; ends at train.epochs or when early stopping says so. fit() = this + the final test."""
+        while self.epoch < self.cfg.train.epochs and not self.stopper.should_stop:
+            self._epoch_and_callbacks(self.cfg.train.epochs)
+            yield self.history[-1]
+
+    def _epoch_and_callbacks(self, epochs: int) -> None:
+        """One epoch, then early stopping, schedule, checkpoints and the history file."""
         row = self._run_epoch(self.epoch + 1)
         self.history.append(row)
         self.epoch, self.batch = self.epoch + 1, 0
@@ -133,7 +139,6 @@ class Trainer:
         if self.stopper.should_stop:
             self.log(f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
                      f"{self.stopper.bad_epochs} epochs (best at epoch {self.stopper.best_epoch})")
-        return self.stopper.should_stop
 
     def _run_epoch(self, epoch: int) -> dict:
         t = self.cfg.train
