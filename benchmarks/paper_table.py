@@ -3,7 +3,7 @@
 Each row is a recipe run over seeds 0, 1, 2 by `accuracy.run_recipe` (a normal `lenet5 train --json
 --seed N ...` per seed); the row's own command is printed with it, so any row can be re-run alone:
 
-    python benchmarks/paper_table.py                 # every row, about N minutes on 2 cores
+    python benchmarks/paper_table.py                 # every row, about 22 minutes on 2 cores
     python benchmarks/paper_table.py --rows classic  # rows whose name contains 'classic'
 """
 
@@ -23,6 +23,7 @@ ROWS = [
     ("classic LeNet-5, distortions", 0.80, ["--set", "model.name=classic", *DISTORT]),
     ("modern LeNet-5", None, []),
     ("modern LeNet-5, distortions", None, DISTORT),
+    ("modern LeNet-5, distortions, 30 epochs", None, ["--set", "augment.enabled=true", "--epochs", "30"]),
 ]
 
 
