@@ -90,7 +90,8 @@ def main() -> None:
     times = {k: [] for k in kinds}
     shares = {k: [] for k in kinds}
     for r in range(rounds):
-        for kind in training[r % 3:] + training[: r % 3] + kinds[3:]:
+        alone = kinds[len(training):]
+        for kind in training[r % len(training):] + training[: r % len(training)] + alone:
             seconds, share = window(kind, engine, images, labels, args.batch_size, r, transforms)
             times[kind].append(seconds)
             shares[kind].append(share)

@@ -116,29 +116,27 @@ class Trainer:
         return self._finish(self.stopper.should_stop)
 
     def epochs(self) -> Iterator[dict]:
-        """Train the remaining epochs one by one, yielding each epoch's history row once its checkpoints are
-        written; ends at train.epochs or when early stopping says so. fit() = this + the final test."""
-        while self.epoch < self.cfg.train.epochs and not self.stopper.should_stop:
-            self._epoch_and_callbacks(self.cfg.train.epochs)
-            yield self.history[-1]
-
-    def _epoch_and_callbacks(self, epochs: int) -> None:
-        """One epoch, then early stopping, schedule, checkpoints and the history file."""
-        row = self._run_epoch(self.epoch + 1)
-        self.history.append(row)
-        self.epoch, self.batch = self.epoch + 1, 0
-        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
-        improved = self.stopper.update(self.epoch, row)
-        self.schedule.end_epoch(row["val_loss"])
-        if improved:
-            self.best_weights = self.engine.state_dict()
-            self.writer.save_best(self.best_weights, self.epoch, row)
-        self.writer.save_last(self.epoch, row, self.trainer_state())
-        self._write_history()
-        self.log(self._epoch_line(row, epochs, improved))
-        if self.stopper.should_stop:
-            self.log(f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
-                     f"{self.stopper.bad_epochs} epochs (best at epoch {self.stopper.best_epoch})")
+        """Train the remaining epochs one by one, yielding each epoch's history row once early stopping,
+        the schedule, checkpoints and the history file have seen it; ends at train.epochs or when early
+        stopping says so. fit() = this + the final test."""
+        epochs = self.cfg.train.epochs
+        while self.epoch < epochs and not self.stopper.should_stop:
+            row = self._run_epoch(self.epoch + 1)
+            self.history.append(row)
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+            improved = self.stopper.update(self.epoch, row)
+            self.schedule.end_epoch(row["val_loss"])
+            if improved:
+                self.best_weights = self.engine.state_dict()
+                self.writer.save_best(self.best_weights, self.epoch, row)
+            self.writer.save_last(self.epoch, row, self.trainer_state())
+            self._write_history()
+            self.log(self._epoch_line(row, epochs, improved))
+            if self.stopper.should_stop:
+                self.log(f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
+                         f"{self.stopper.bad_epochs} epochs (best at epoch {self.stopper.best_epoch})")
+            yield row
 
     def _run_epoch(self, epoch: int) -> dict:
         t = self.cfg.train
