@@ -129,6 +129,7 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
                     trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
                     raise optuna.TrialPruned(f"val acc {acc:.4f} below the median at epoch {epoch}")
         except TrainingError as exc:  # the loss diverged: a bad point, not a broken study
+            log(f"trial {trial.number} pruned: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
         finally:
             close = getattr(trainer.engine, "close", None)
