@@ -129,11 +129,11 @@ def test_npy_extremes_through_the_predictor(model_paths, tmp_path, array, ok):
 
 
 @pytest.mark.parametrize("fill", [0, 255])
-def test_blank_image_files_are_refused_clearly(model_paths, tmp_path, fill):
+def test_blank_image_files_are_read_as_no_digit_and_unsure(model_paths, tmp_path, fill):
     path = tmp_path / "blank.png"
     Image.new("L", (64, 64), fill).save(path)
     [result] = Predictor.from_checkpoint(model_paths["normal"]).classify_files([str(path)])
-    assert result["error"].startswith(f"{path}: no digit found")
+    assert result["digit"] is None and result["unsure"] is True and result["reason"].startswith("no digit found")
 
 
 def test_extremes_through_the_http_api(model_paths):

@@ -61,7 +61,8 @@ def test_upload_of_real_mnist_digits(client, mnist):
         r = client.post("/predict", files={"file": ("digit.jpg", buf.getvalue(), "image/jpeg")})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert set(body) == {"digit", "probabilities", "model"} and body["model"] == "modern"
+        assert {"digit", "probabilities", "model", "number", "digits", "unsure"} <= set(body) and body["model"] == "modern"
+        assert body["number"] == str(body["digit"]) and len(body["digits"]) == 1
         assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-4
         assert body["digit"] == int(np.argmax(body["probabilities"]))
         answers.append(body["digit"])
@@ -136,9 +137,12 @@ def test_undecodable_upload_is_400(client, payload, message):
     assert message in r.json()["detail"]
 
 
-def test_blank_drawing_is_400(client):
+def test_blank_drawing_is_an_unsure_reading_with_no_digit(client):
     r = client.post("/predict", files={"file": ("blank.png", png(np.zeros((280, 280), np.uint8)), "image/png")})
-    assert r.status_code == 400 and "no digit found" in r.json()["detail"]
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["digit"] is None and body["number"] is None and body["digits"] == []
+    assert body["unsure"] is True and "no digit found" in body["reason"]
 
 
 def test_bad_json_is_400(client):

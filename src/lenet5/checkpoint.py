@@ -2,7 +2,8 @@
 
 Tensors: the weights under PyTorch's names (``conv1.weight`` ...); in ``last.safetensors`` also the
 optimizer state under ``optimizer.<key>``. Metadata (strings, JSON where structured): format and
-format_version, engine, model, config, epoch, metrics, normalization, and the trainer's state for resume.
+format_version, engine, model, config, epoch, metrics, normalization, calibration (the temperature fitted on
+the validation split, see calibration.py) and the trainer's state for resume.
 Loading never runs code (safetensors has no code path; ``.pth`` files go through ``weights_only=True``).
 """
 
@@ -50,6 +51,7 @@ def save_checkpoint(
     metrics: dict | None = None,
     optimizer: dict[str, np.ndarray] | None = None,
     trainer_state: dict | None = None,
+    calibration: dict | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temporary file + rename)."""
     from safetensors.numpy import save
@@ -69,6 +71,8 @@ def save_checkpoint(
     }
     if trainer_state is not None:
         metadata["trainer_state"] = json.dumps(trainer_state)
+    if calibration is not None:
+        metadata["calibration"] = json.dumps(calibration)
     path = Path(path)
     data = save(tensors, metadata=metadata)  # bytes, written by Python: a full disk is an OSError with its errno
     with atomic_path(path) as tmp:
@@ -130,15 +134,29 @@ def _load_safetensors(path: Path) -> Checkpoint:
             "metrics": json.loads(raw_meta.get("metrics", "{}")),
             "normalization": json.loads(raw_meta.get("normalization", "null")) or {"mean": MNIST_MEAN, "std": MNIST_STD},
             "trainer_state": json.loads(raw_meta["trainer_state"]) if "trainer_state" in raw_meta else None,
+            "calibration": json.loads(raw_meta["calibration"]) if "calibration" in raw_meta else None,
         }
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_short(exc)})") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads ({FORMAT_VERSION}); upgrade lenet5")
     _check_normalization(meta["normalization"], path)
+    _check_calibration(meta["calibration"], path)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return Checkpoint(weights, meta, optimizer, path)
+
+
+def _check_calibration(calibration: Any, path: Path) -> None:
+    """Absent, or what calibration.check_calibration accepts."""
+    if calibration is None:
+        return
+    from lenet5.calibration import check_calibration
+
+    try:
+        check_calibration(calibration)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _check_normalization(norm: Any, path: Path) -> None:

@@ -273,7 +273,7 @@ def cmd_export(args) -> int:
 
     ckpt = load_checkpoint(args.model)
     output = Path(args.output) if args.output else Path(args.model).with_suffix(".onnx")
-    export_onnx(ckpt.weights, ckpt.model, output)
+    export_onnx(ckpt.weights, ckpt.model, output, calibration=ckpt.meta.get("calibration"))
     if args.json:
         _print_json({"model": args.model, "format": args.format, "output": str(output)})
     else:
@@ -282,7 +282,6 @@ def cmd_export(args) -> int:
 
 
 # ------------------------------------------------------------------------------------ predict, serve
-# (section owned by the predict/serve work: cmd_predict, cmd_serve and their parsers)
 def cmd_predict(args) -> int:
     from lenet5.predict import Predictor
 
@@ -295,16 +294,26 @@ def cmd_predict(args) -> int:
         _print_json(results)
     else:
         for r in results:
-            if "error" in r:
-                print(f"error: {r['error']}")  # the message names the file
-                continue
-            others = ", ".join(f"{d} {p:.1%}" for d, p in r["top_k"])
-            print(f"{r['file']}: {r['digit']}  ({r['probability']:.1%})   top-{len(r['top_k'])}: {others}")
+            print(_reading_line(r))
         if args.save_prepared and len(results) > failed:
             _err(f"prepared 28x28 images written to {args.save_prepared}")
     if failed:
         _err(f"{failed} of {len(results)} file(s) could not be classified")
     return 1 if failed else 0
+
+
+def _reading_line(r: dict) -> str:
+    """One result of `predict` for humans: the file, the digit or number, how sure, and why not."""
+    if "error" in r:
+        return f"error: {r['error']}"  # the message names the file
+    doubt = f"   NOT SURE: {r['reason']}" if r.get("unsure") and r.get("reason") else ("   NOT SURE" if r.get("unsure") else "")
+    if r.get("digit") is not None:
+        others = ", ".join(f"{d} {p:.1%}" for d, p in r["top_k"])
+        return f"{r['file']}: {r['digit']}  ({r['probability']:.1%})   top-{len(r['top_k'])}: {others}{doubt}"
+    if r.get("number"):
+        each = ", ".join(f"{d['digit']} {d['probability']:.1%}" for d in r["digits"])
+        return f"{r['file']}: number {r['number']}  ({r['probability']:.1%})   digits: {each}{doubt}"
+    return f"{r['file']}: no digit{doubt}"
 
 
 def cmd_serve(args) -> int:

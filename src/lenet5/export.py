@@ -3,6 +3,9 @@
 The graph is written with onnx.helper straight from the weights, so a NumPy checkpoint exports without
 PyTorch installed. Input ``image``: float32 (batch, 1, 28, 28), normalized like training
 ((x/255 - 0.1307) / 0.3081); output ``logits``: (batch, 10). ``batch`` is a dynamic dimension.
+The logits are the network's own; the checkpoint's calibration temperature travels in the model's metadata
+(``temperature``, and ``energy_floor``, see calibration.py): calibrated probabilities are
+softmax(logits / temperature), as ``lenet5 predict`` computes.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class _Graph:
         return self.op("Mul", [self.op("Tanh", [self.op("Mul", [x, "tanh_in_scale"])]), "tanh_out_scale"])
 
 
-def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int = 17):
+def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int = 17, calibration: dict | None = None):
     """The checked onnx.ModelProto of the 'modern' or 'classic' LeNet-5 with these weights (as float32)."""
     onnx, TensorProto, helper, numpy_helper = _import_onnx()
     w = _check_state(state, model_name)
@@ -116,15 +119,18 @@ def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int =
     except (AttributeError, ValueError):
         pass
     helper.set_model_props(
-        model, {"model": model_name, "normalize_mean": str(MNIST_MEAN), "normalize_std": str(MNIST_STD)}
+        model, {"model": model_name, "normalize_mean": str(MNIST_MEAN), "normalize_std": str(MNIST_STD),
+                **{k: repr(float(v)) for k, v in (calibration or {}).items() if k in ("temperature", "energy_floor")
+                   and v is not None}}
     )
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def export_onnx(state: dict[str, np.ndarray], model_name: str, output: str | Path, opset: int = 17) -> Path:
+def export_onnx(state: dict[str, np.ndarray], model_name: str, output: str | Path, opset: int = 17,
+                calibration: dict | None = None) -> Path:
     """Write the ONNX model for these weights to output atomically (temp file + rename); returns the path."""
-    model = build_onnx_model(state, model_name, opset)
+    model = build_onnx_model(state, model_name, opset, calibration)
     output = Path(output)
     atomic_write_bytes(output, model.SerializeToString())
     return output
@@ -158,6 +164,14 @@ class OnnxModel:
         self.input_name = inputs[0].name
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.model_name = self.meta.get("model", "unknown")
+        from lenet5.calibration import check_temperature
+
+        try:
+            self.temperature = check_temperature(float(self.meta.get("temperature", "1.0")))
+            floor = float(self.meta["energy_floor"]) if "energy_floor" in self.meta else None
+        except ValueError as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
+        self.energy_floor = floor if floor is not None and np.isfinite(floor) else None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x: normalized float (N,1,28,28) or (N,28,28) -> float32 logits (N, 10)."""

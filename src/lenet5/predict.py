@@ -1,4 +1,9 @@
-"""Load a trained LeNet-5 once and classify digits: uint8 arrays, image files, folders, globs, .npy stacks.
+"""Load a trained LeNet-5 once and read digits: uint8 arrays, image files, folders, globs, .npy stacks.
+
+An image is read as a number: its digits left to right (one digit is the one-element case), each with its
+box in the image, its calibrated probabilities and whether the answer is sure. An answer is ``unsure``
+(with a ``reason``) when a digit's calibrated probability is below UNSURE_BELOW, or when the image holds
+no digit-like ink (a blank page, a photo of something else).
 
 The NumPy engine is the default, so predicting never imports torch. A ``.onnx`` model (from
 ``lenet5 export``) runs through onnxruntime instead.
@@ -7,6 +12,8 @@ The NumPy engine is the default, so predicting never imports torch. A ``.onnx`` 
 from __future__ import annotations
 
 import glob
+import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +24,7 @@ from lenet5.errors import CheckpointError, ImageError, Lenet5Error
 PREDICT_ENGINES = ("numpy", "torch")
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 GLOB_CHARS = set("*?[")
+UNSURE_BELOW = 0.8  # a digit whose calibrated probability is lower is marked unsure (README: accuracy vs coverage)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -34,11 +42,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """A model loaded once: ``probabilities(uint8 (N, 28, 28)) -> (N, 10)``."""
 
-    def __init__(self, model, model_name: str, path: Path, mean: float = MNIST_MEAN, std: float = MNIST_STD):
+    def __init__(self, model, model_name: str, path: Path, mean: float = MNIST_MEAN, std: float = MNIST_STD,
+                 temperature: float = 1.0, energy_floor: float | None = None):
         self.model = model  # anything with logits(x float32 (N,1,28,28)) -> (N, 10)
         self.model_name = model_name
         self.path = Path(path)
         self.mean, self.std = float(mean), float(std)
+        self.temperature = float(temperature)  # logits are divided by it (calibration.py); 1.0 = uncalibrated
+        self.energy_floor = energy_floor  # less evidence than this: not like a training digit (None: not known)
+        self._lock = threading.Lock()  # one forward pass at a time: engines keep scratch buffers
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, engine: str = "numpy", threads: int = 1) -> "Predictor":
@@ -49,7 +61,7 @@ class Predictor:
             except ImportError:
                 raise CheckpointError(f"{path}: .onnx models need lenet5.export, which this install lacks") from None
             model = OnnxModel(path, threads=1)
-            return cls(model, model.model_name, path)
+            return cls(model, model.model_name, path, temperature=model.temperature, energy_floor=model.energy_floor)
         if engine not in PREDICT_ENGINES:
             raise Lenet5Error(f"unknown engine {engine!r}; engines are: {', '.join(PREDICT_ENGINES)}")
         from lenet5.checkpoint import load_checkpoint
@@ -63,7 +75,9 @@ class Predictor:
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         norm = ckpt.meta.get("normalization") or {}
-        return cls(net, ckpt.model, path, norm.get("mean", MNIST_MEAN), norm.get("std", MNIST_STD))
+        calibration = ckpt.meta.get("calibration") or {}
+        return cls(net, ckpt.model, path, norm.get("mean", MNIST_MEAN), norm.get("std", MNIST_STD),
+                   calibration.get("temperature", 1.0), calibration.get("energy_floor"))
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), the way the model was trained."""
@@ -75,47 +89,100 @@ class Predictor:
         return ((x - np.float32(self.mean)) / np.float32(self.std))[:, None, :, :]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, 28, 28) MNIST-style digits -> float64 (N, 10) class probabilities."""
+        """uint8 (N, 28, 28) MNIST-style digits -> float64 (N, 10) calibrated class probabilities."""
+        return softmax(self.logits(images) / self.temperature)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, 28, 28) MNIST-style digits -> float64 (N, 10) raw logits (CheckpointError when NaN)."""
         images = np.asarray(images)
         if images.ndim == 2:
             images = images[None]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise ValueError(f"expected uint8 (N, 28, 28), got shape {images.shape}")
-        with np.errstate(over="ignore", invalid="ignore"):  # judged below, not warned about
+        with self._lock, np.errstate(over="ignore", invalid="ignore"):  # judged below, not warned about
             logits = np.asarray(self.model.logits(self.normalize(images)), dtype=np.float64)
         if np.isnan(logits).any():
             raise CheckpointError(f"{self.path.name}: the model's outputs are NaN for this input: its weights are "
                                   "out of range (a damaged or diverged checkpoint)")
-        return softmax(logits)
+        return logits
+
+    def doubts(self, logits: np.ndarray, probs: np.ndarray) -> list[str | None]:
+        """Why each reading is unsure (None: sure): low calibrated probability, or too little evidence."""
+        from lenet5.calibration import energy
+
+        evidence = energy(logits)
+        out = []
+        for p, e in zip(probs.max(axis=1), evidence):
+            if self.energy_floor is not None and e < self.energy_floor:
+                out.append("it does not look like the digits the model knows (a letter, a sign, a scribble?)")
+            elif p < UNSURE_BELOW:
+                out.append(f"low confidence ({p:.0%} < {UNSURE_BELOW:.0%})")
+            else:
+                out.append(None)
+        return out
+
+    def read(self, digits: list, problem: str | None, top_k: int = 3) -> tuple[dict, list[np.ndarray]]:
+        """Found digits (data.digits.Digit, left to right) -> the reading and the fields the network saw.
+
+        The reading: ``number`` (str or None), ``digits`` [{digit, probability, box, top_k, unsure}],
+        ``unsure`` and ``reason``; one digit also gives today's ``digit``, ``probability``, ``top_k``.
+        """
+        if not digits:
+            return {"number": None, "digit": None, "probability": None, "digits": [], "unsure": True,
+                    "reason": problem or "no digit found"}, []
+        fields = [d.field for d in digits]
+        logits = self.logits(np.stack(fields))
+        probs = softmax(logits / self.temperature)
+        doubts = self.doubts(logits, probs)
+        described = [{**describe(p, top_k), "box": list(d.box), "unsure": why is not None}
+                     for d, p, why in zip(digits, probs, doubts)]
+        reading: dict = {"number": "".join(str(d["digit"]) for d in described)}
+        if len(described) == 1:
+            reading.update({k: described[0][k] for k in ("digit", "probability", "top_k", "box")})
+        else:
+            reading["probability"] = round(math.prod(d["probability"] for d in described), 6)
+        reading["digits"] = described
+        doubtful = [(i, why) for i, why in enumerate(doubts) if why]
+        reading["unsure"] = bool(doubtful)
+        if doubtful:
+            i, why = doubtful[0]
+            reading["reason"] = why if len(described) == 1 else f"digit {i + 1} of {len(described)}: {why}"
+        return reading, fields
+
+    def read_image_bytes(self, data: bytes, name: str, top_k: int = 3) -> tuple[dict, list[np.ndarray]]:
+        """An image file's bytes -> its reading (see ``read``); ImageError when it cannot be decoded."""
+        from lenet5.data.images import read_bytes
+
+        return self.read(*read_bytes(data, name, score=self.probabilities), top_k=top_k)
 
     def classify_files(self, inputs: list[str], top_k: int = 3, save_prepared: str | Path | None = None) -> list[dict]:
-        """Files, folders and globs -> one result dict per digit: {file, digit, probability, top_k}
-        or {file, error}. A failed file never stops the others."""
-        results: list[dict] = []
-        prepared: list[tuple[str, np.ndarray]] = []
-        from lenet5.data.images import prepare_file
+        """Files, folders and globs -> one result per image (its reading, see ``read``) or per digit of a
+        .npy stack, or {file, error}. A failed file never stops the others."""
+        from lenet5.data.images import load_npy, read_file_bytes
 
+        results: list[dict] = []
+        prepared: list[tuple[str, np.ndarray]] = []  # (file name stem for --save-prepared, uint8 (28, 28))
         for name, problem in expand_inputs(inputs):
             if problem:
                 results.append({"file": name, "error": problem})
                 continue
             try:
-                digits = prepare_file(name)
+                if name.lower().endswith(".npy"):  # a stack of MNIST-style digits: one result per digit, file[i]
+                    stack = load_npy(Path(name))
+                    logits = self.logits(stack)
+                    probs = softmax(logits / self.temperature)
+                    for i, (digit, p, why) in enumerate(zip(stack, probs, self.doubts(logits, probs))):
+                        row = {"file": f"{name}[{i}]", **describe(p, top_k), "unsure": why is not None}
+                        results.append({**row, "reason": why} if why else row)
+                        prepared.append((f"{Path(name).stem}_{i}", digit))
+                    continue
+                reading, fields = self.read_image_bytes(read_file_bytes(Path(name)), name, top_k)
             except ImageError as exc:
                 results.append({"file": name, "error": str(exc)})
                 continue
-            if name.lower().endswith(".npy"):  # a stack: one result per digit, file[i]
-                labels = [f"{name}[{i}]" for i in range(len(digits))]
-            else:
-                labels = [name]
-            results.extend({"file": label} for label in labels)
-            prepared.extend(zip(labels, digits))
-        if prepared:
-            probs = self.probabilities(np.stack([d for _, d in prepared]))
-            by_label = {label: p for (label, _), p in zip(prepared, probs)}
-            for r in results:
-                if r["file"] in by_label and "error" not in r:
-                    r.update(describe(by_label[r["file"]], top_k))
+            results.append({"file": name, **reading})
+            stem = Path(name).stem
+            prepared.extend((stem if len(fields) == 1 else f"{stem}_{i + 1}", f) for i, f in enumerate(fields))
         if save_prepared is not None and prepared:
             write_prepared(prepared, Path(save_prepared))
         return results
@@ -155,7 +222,7 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
 
 
 def write_prepared(prepared: list[tuple[str, np.ndarray]], folder: Path) -> list[Path]:
-    """Write each prepared 28x28 digit as <name>.png in folder (numbered when names repeat)."""
+    """Write each prepared 28x28 digit as <stem>.png in folder (numbered when names repeat)."""
     from lenet5.data.images import save_png
 
     try:
@@ -163,12 +230,7 @@ def write_prepared(prepared: list[tuple[str, np.ndarray]], folder: Path) -> list
     except OSError as exc:
         raise Lenet5Error(f"--save-prepared {folder}: cannot create the folder ({exc.strerror or exc})") from None
     written, used = [], set()
-    for label, digit in prepared:
-        if label.endswith("]"):  # digit i of a .npy stack: <stem>_<i>
-            file, index = label[:-1].rsplit("[", 1)
-            base = f"{Path(file).stem}_{index}"
-        else:
-            base = Path(label).stem
+    for base, digit in prepared:
         name, n = f"{base}.png", 1
         while name in used:
             n += 1

@@ -1,16 +1,16 @@
-"""Turn a person's image of a digit into an MNIST-style 28x28 uint8 array.
+"""Read a person's image of digits: decode it safely, then find the digits as MNIST-style 28x28 fields.
 
-MNIST was made like this, and so is every image here:
-grayscale (alpha composited onto the background) -> white digit on black (inverted when the border is
-light) -> cropped to the digit's bounding box -> longer side scaled to 20 px with anti-aliasing, keeping
-the aspect ratio -> pasted into 28x28 -> shifted by whole pixels so the centre of mass sits at (14, 14).
+MNIST was made like this, and so is every digit here: grayscale (alpha composited onto the background) ->
+the ink found on the page (``page.py``: polarity, the sheet, uneven light, ruled lines) -> the digits found
+in the ink (``digits.py``: components, left to right, touching digits cut) -> each cropped to its box, the
+longer side scaled to 20 px with anti-aliasing, pasted into 28x28, shifted so its centre of mass sits at (14, 14).
 
 Limits (each breach is an ImageError with one line saying what is wrong):
 - formats: PNG, JPEG (also MPO from phone cameras), BMP, GIF, TIFF, WebP; the first frame of an animation.
   Any mode: 1, L, P, RGB, RGBA, LA, PA, CMYK, I, I;16, F.
 - at most MAX_PIXELS = 40 megapixels (Pillow's decompression-bomb guard is set to the same limit),
   at least MIN_SIDE = 4 pixels on each side; an empty, truncated or unreadable file, and an image with
-  no ink (uniform, or contrast below MIN_CONTRAST) are refused.
+  no ink (uniform, or contrast below MIN_CONTRAST) holds no digit: ``prepare_*`` refuse it, ``read_*`` say why.
 - ``.npy`` arrays hold digits that are already MNIST-style: one (28, 28) or a stack (N, 28, 28), uint8 or
   integers in 0..255, or floats in 0..1; NaN/inf are refused; at most MAX_NPY_DIGITS digits per file.
 """
@@ -24,19 +24,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from lenet5.data.digits import SIZE, Digit, Score, find_digits
+from lenet5.data.page import WORK_SIDE, find_ink
 from lenet5.errors import ImageError
 
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 4
 MAX_NPY_DIGITS = 100_000
-BOX = 20  # the longer side of the digit inside the 28x28 field
-SIZE = 28
-CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (measured: 13.99, 14.01)
-INK_THRESHOLD = 0.2  # share of full contrast a pixel needs to count for the bounding box
-MIN_CONTRAST = 0.08  # ink must differ from the background by 8% of full range
-WORK_SIDE = 1024  # larger images are box-averaged down to about this before anything else
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # JPEG includes MPO (phone cameras)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SCALE = "lenet5.scale"  # img.info key: original pixels per decoded pixel (JPEG decoded at reduced size)
+REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")  # modes Pillow's reduce() box-averages
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -52,9 +49,11 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
             img = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_size(img, name)
             img.seek(0)
+            width = img.size[0]
             if img.format == "JPEG" and max(img.size) > 2 * WORK_SIDE:
                 img.draft(None, (WORK_SIDE, WORK_SIDE))  # decode a phone photo at 1/2..1/8 scale: much faster
             img.load()
+            img.info[SCALE] = width / img.size[0]
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(
                 f"{name}: image is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit (a decompression bomb?)"
@@ -116,67 +115,41 @@ def _alpha_background(lum: np.ndarray, alpha: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ preparation
+def read_image(img: Image.Image, name: str = "image", score: Score | None = None) -> tuple[list[Digit], str | None]:
+    """A decoded image -> its digits left to right (fields and boxes in the original's pixels), and why
+    there are none. ``score`` (uint8 (N, 28, 28) -> probabilities) lets touching digits be cut."""
+    _check_size(img, name)
+    scale = float(img.info.get(SCALE, 1.0))
+    factor = max(img.size) // (2 * WORK_SIDE)
+    if factor >= 2 and img.mode in REDUCIBLE:  # box-average a huge image before making floats of it
+        img, scale = img.reduce(factor), scale * factor
+    return find_digits(find_ink(_finite(to_gray(img), name), scale), score)
+
+
+def read_gray(g: np.ndarray, name: str = "pixels", score: Score | None = None) -> tuple[list[Digit], str | None]:
+    """float (H, W) in 0..1, any polarity -> its digits left to right, and why there are none."""
+    return find_digits(find_ink(_finite(g, name)), score)
+
+
 def prepare_image(img: Image.Image, name: str = "image") -> np.ndarray:
-    """A decoded image -> uint8 (28, 28), white digit on black, centred like MNIST."""
+    """A decoded image of one digit -> uint8 (28, 28), white digit on black, centred like MNIST."""
     _check_size(img, name)
     return prepare_gray(to_gray(img), name)
 
 
 def prepare_gray(g: np.ndarray, name: str = "image") -> np.ndarray:
-    """float (H, W) in 0..1, any polarity -> uint8 (28, 28) MNIST-style."""
+    """float (H, W) in 0..1, any polarity, holding one digit -> uint8 (28, 28) MNIST-style."""
+    digits, problem = find_digits(find_ink(_finite(g, name)), one=True)
+    if problem:
+        raise ImageError(f"{name}: {problem}")
+    return digits[0].field
+
+
+def _finite(g: np.ndarray, name: str) -> np.ndarray:
     g = np.asarray(g, dtype=np.float32)
     if not np.all(np.isfinite(g)):  # a floating-point TIFF can hold NaN pixels
         raise ImageError(f"{name}: holds NaN or infinite pixel values")
-    g = _shrink(g)
-    if _border_median(g) > 0.5:  # light background: a dark digit on paper
-        g = 1.0 - g
-    lo, hi = _border_median(g), float(g.max())
-    if hi - lo < MIN_CONTRAST:
-        raise ImageError(f"{name}: no digit found (the image is blank: one colour, no ink)")
-    g = np.clip((g - lo) / (hi - lo), 0.0, 1.0)
-    ys, xs = np.nonzero(g > INK_THRESHOLD)
-    crop = g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    h, w = crop.shape
-    scale = BOX / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = Image.fromarray(crop, mode="F").resize((nw, nh), Image.Resampling.LANCZOS)
-    small = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
-    field = np.zeros((SIZE, SIZE), dtype=np.float32)
-    top, left = (SIZE - nh) // 2, (SIZE - nw) // 2
-    field[top : top + nh, left : left + nw] = small
-    field = _centre_of_mass_shift(field, (top, left, nh, nw))
-    return np.round(field * 255.0).astype(np.uint8)
-
-
-def _shrink(g: np.ndarray) -> np.ndarray:
-    """Box-average very large images down by a whole factor: the digit ends at 20 px anyway."""
-    factor = min(max(g.shape) // WORK_SIDE, min(g.shape))  # a 28 x 32028 strip must keep one pixel across
-    if factor < 2:
-        return g
-    h, w = (g.shape[0] // factor) * factor, (g.shape[1] // factor) * factor
-    return g[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
-
-
-def _border_median(g: np.ndarray) -> float:
-    k = max(1, round(0.02 * min(g.shape)))
-    ring = np.concatenate([g[:k].ravel(), g[-k:].ravel(), g[:, :k].ravel(), g[:, -k:].ravel()])
-    return float(np.median(ring))
-
-
-def _centre_of_mass_shift(field: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Shift by whole pixels so the centre of mass is at (14, 14), never pushing ink out of the field."""
-    top, left, nh, nw = box
-    total = float(field.sum())
-    if total <= 0:
-        return field
-    idx = np.arange(SIZE, dtype=np.float64)
-    cy = float(field.sum(axis=1) @ idx) / total
-    cx = float(field.sum(axis=0) @ idx) / total
-    dy = int(np.clip(round(CENTRE - cy), -top, SIZE - top - nh))
-    dx = int(np.clip(round(CENTRE - cx), -left, SIZE - left - nw))
-    out = np.zeros_like(field)
-    out[top + dy : top + dy + nh, left + dx : left + dx + nw] = field[top : top + nh, left : left + nw]
-    return out
+    return g
 
 
 # -------------------------------------------------------------------------------------- arrays
@@ -217,27 +190,40 @@ def load_npy(path: Path) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- files
 def prepare_bytes(data: bytes, name: str = "image") -> np.ndarray:
-    """Image file contents -> uint8 (28, 28)."""
+    """Image file contents holding one digit -> uint8 (28, 28)."""
     return prepare_image(open_image(data, name), name)
 
 
+def read_bytes(data: bytes, name: str = "image", score: Score | None = None) -> tuple[list[Digit], str | None]:
+    """Image file contents -> its digits left to right, and why there are none."""
+    return read_image(open_image(data, name), name, score)
+
+
 def prepare_file(path: str | Path) -> np.ndarray:
-    """An image file -> uint8 (1, 28, 28), or a .npy file -> uint8 (N, 28, 28)."""
+    """An image file of one digit -> uint8 (1, 28, 28), or a .npy file -> uint8 (N, 28, 28)."""
     path = Path(path)
+    if path.suffix.lower() == ".npy":
+        _check_file(path)
+        return load_npy(path)
+    return prepare_bytes(read_file_bytes(path), str(path))[None]
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """A file's bytes, or an ImageError saying in one line why it cannot be read."""
+    _check_file(path)
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if not path.is_file():
         raise ImageError(f"{path}: not a file")
-    if path.suffix.lower() == ".npy":
-        return load_npy(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return prepare_bytes(data, str(path))[None]
 
 
 def save_png(digit: np.ndarray, path: str | Path) -> None:

@@ -3,14 +3,19 @@
 Routes
 - ``GET /``          the page to draw a digit on (static/index.html, self-contained)
 - ``GET /healthz``   ``{"status": "ok", "model": "modern", "checkpoint": "model.safetensors"}``
-- ``POST /predict``  one digit -> ``{"digit": 7, "probabilities": [10 floats], "model": "modern"}``, from
+- ``POST /predict``  an image -> its reading, as ``lenet5 predict --json`` gives it, plus the probabilities:
+  ``{"model", "number": "42" or null, "digits": [{"digit", "probability", "probabilities", "box", "top_k",
+  "unsure"}], "unsure": bool, "reason" (when unsure)}``, and for one digit also ``"digit"``, ``"probability"``,
+  ``"probabilities"`` (10 floats) at the top; a blank page is ``{"number": null, "digit": null, "unsure": true,
+  "reason": ...}``. From
     * ``multipart/form-data`` with the image file in field ``file`` (any format ``lenet5 predict`` reads;
-      it is prepared like MNIST: grayscale, inverted if light, cropped, scaled to 20 px, centred);
+      the page is cleaned and each digit prepared like MNIST: cropped, scaled to 20 px, centred);
     * ``application/json`` ``{"pixels": 28x28 numbers 0..255}``: a digit already MNIST-style (white on
       black, centred), used as is; with ``"prepare": true`` the pixels (any HxW, 4..1024 per side, any
       polarity) go through the same preparation as an uploaded image;
     * ``image/png``, ``image/jpeg``, ... : the raw image file as the body.
-  ``?prepared=true`` adds ``"prepared"``: the 28x28 uint8 image the network saw.
+  ``?prepared=true`` adds ``"prepared"`` to each digit (and at the top for one digit): the 28x28 uint8
+  image the network saw.
 
 Limits and status codes (the body of every error is ``{"detail": "<one line>"}``; a client mistake
 never gets a 5xx):
@@ -18,7 +23,7 @@ never gets a 5xx):
   counting bytes while reading (chunked uploads);
 - a body that has not fully arrived BODY_TIMEOUT_S (20 s) after the headers -> 408 (slow-loris clients);
 - another Content-Type -> 415;
-- malformed JSON or multipart, an undecodable or blank image -> 400;
+- malformed JSON or multipart, an undecodable image -> 400 (a blank one is a reading: unsure, no digit);
 - a missing ``file`` field or ``pixels`` of the wrong shape, type or range -> 422.
 """
 
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +38,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from lenet5.data.images import MIN_SIDE, prepare_bytes, prepare_gray
+from lenet5.data.digits import Digit
+from lenet5.data.images import MIN_SIDE, open_image, read_gray, read_image
 from lenet5.errors import ImageError, Lenet5Error
 from lenet5.predict import Predictor
 
@@ -116,18 +121,17 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     """The app for one model (a Predictor, or a checkpoint path loaded here, once)."""
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
-    lock = threading.Lock()  # one inference at a time: the engine is not meant to be shared by threads
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
 
-    def prepare_and_infer(prepare, *args) -> tuple[np.ndarray, np.ndarray]:
-        """Runs in a worker thread: decoding and the forward pass stay off the event loop."""
-        digit = prepare(*args)
-        with lock:
-            try:
-                return digit, predictor.probabilities(digit[None])[0]
-            except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
-                raise HTTPException(500, str(exc)) from None
+    def read_and_describe(find, *args) -> tuple[dict, list[np.ndarray], np.ndarray]:
+        """Runs in a worker thread: decoding, cleaning and the forward passes stay off the event loop."""
+        try:
+            reading, fields = predictor.read(*find(predictor.probabilities, *args))
+            probs = predictor.probabilities(np.stack(fields)) if fields else np.zeros((0, 10))
+            return reading, fields, probs
+        except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
+            raise HTTPException(500, str(exc)) from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -141,19 +145,24 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     async def predict(request: Request, prepared: bool = False) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if kind == "multipart/form-data":
-            work = (_prepare_bytes, *await _read_upload(request))
+            work = (_find_in_bytes, *await _read_upload(request))
         elif kind == "application/json":
-            work = (_pixels_digit, _parse_json(await request.body()))
+            work = (_find_in_pixels, _parse_json(await request.body()))
         elif kind.startswith("image/"):
-            work = (_prepare_bytes, await request.body(), "image")
+            work = (_find_in_bytes, await request.body(), "image")
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
-        digit, probs = await run_in_threadpool(prepare_and_infer, *work)
-        result = {"digit": int(np.argmax(probs)), "probabilities": [round(float(p), 6) for p in probs],
-                  "model": predictor.model_name}
-        if prepared:
-            result["prepared"] = digit.tolist()
-        return JSONResponse(result)
+        reading, fields, probs = await run_in_threadpool(read_and_describe, *work)
+        if fields:
+            for d, p, field in zip(reading["digits"], probs, fields):
+                d["probabilities"] = [round(float(v), 6) for v in p]
+                if prepared:
+                    d["prepared"] = field.tolist()
+            if len(fields) == 1:
+                reading["probabilities"] = reading["digits"][0]["probabilities"]
+                if prepared:
+                    reading["prepared"] = fields[0].tolist()
+        return JSONResponse({**reading, "model": predictor.model_name})
 
     return app
 
@@ -174,9 +183,9 @@ async def _read_upload(request: Request) -> tuple[bytes, str]:
         await form.close()
 
 
-def _prepare_bytes(data: bytes, name: str) -> np.ndarray:
+def _find_in_bytes(score, data: bytes, name: str) -> tuple[list[Digit], str | None]:
     try:
-        return prepare_bytes(data, Path(name).name)
+        return read_image(open_image(data, Path(name).name), Path(name).name, score)
     except ImageError as exc:
         raise HTTPException(400, str(exc)) from None
 
@@ -191,8 +200,9 @@ def _parse_json(body: bytes) -> dict:
     return doc
 
 
-def _pixels_digit(doc: dict) -> np.ndarray:
-    """{"pixels": ..., "prepare": bool} -> uint8 (28, 28)."""
+def _find_in_pixels(score, doc: dict) -> tuple[list[Digit], str | None]:
+    """{"pixels": ..., "prepare": bool} -> the digits: 28x28 pixels used as they are, or any HxW cleaned and
+    read like an uploaded image."""
     prepare = doc.get("prepare", False)
     if not isinstance(prepare, bool):
         raise HTTPException(422, "'prepare' must be true or false")
@@ -210,9 +220,9 @@ def _pixels_digit(doc: dict) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
         raise HTTPException(422, "'pixels' must be finite numbers in 0..255")
     if not prepare:
-        return np.round(arr).astype(np.uint8)
+        return [Digit(np.round(arr).astype(np.uint8), (0, 0, 28, 28))], None
     try:
-        return prepare_gray((arr / 255.0).astype(np.float32), "pixels")
+        return read_gray((arr / 255.0).astype(np.float32), "pixels", score)
     except ImageError as exc:
         raise HTTPException(400, str(exc)) from None
 

@@ -77,9 +77,9 @@ class CheckpointWriter:
         return {"engine": self.engine.name, "model": self.engine.model_name, "config": self.config, "epoch": epoch,
                 "metrics": metrics}
 
-    def save_best(self, weights: dict[str, np.ndarray], epoch: int, metrics: dict) -> None:
+    def save_best(self, weights: dict[str, np.ndarray], epoch: int, metrics: dict, calibration: dict | None = None) -> None:
         if self.enabled:
-            save_checkpoint(self.run_dir / BEST_FILE, weights, **self._meta(epoch, metrics))
+            save_checkpoint(self.run_dir / BEST_FILE, weights, calibration=calibration, **self._meta(epoch, metrics))
 
     def save_last(self, epoch: int, metrics: dict, trainer_state: dict) -> None:
         if self.enabled:

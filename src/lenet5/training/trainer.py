@@ -24,7 +24,7 @@ from lenet5.atomic import atomic_write_text
 from lenet5.config import Config, dump_yaml
 from lenet5.data.datasets import MNIST, iterate_batches, normalize, num_batches, split_train_val
 from lenet5.engines import create_engine
-from lenet5.metrics import Evaluation, evaluate_logits
+from lenet5.metrics import Evaluation, evaluate_logits, softmax
 from lenet5.data.augment import make_augmenter
 from lenet5.training.callbacks import CheckpointWriter, EarlyStopping, check_finite
 from lenet5.training.progress import EpochProgress
@@ -55,10 +55,14 @@ class TrainResult:
 
 def evaluate_engine(engine, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> Evaluation:
     """Logits of uint8 images (N,28,28) in batches, then loss/accuracy."""
+    return evaluate_logits(engine_logits(engine, images, batch_size), labels)
+
+
+def engine_logits(engine, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """(N, 10) logits of uint8 images (N, 28, 28), in batches."""
     dtype = np.float64 if getattr(engine, "dtype", np.float32) == np.float64 else np.float32
     chunks = [engine.logits(normalize(images[i : i + batch_size], dtype)) for i in range(0, len(images), batch_size)]
-    logits = np.concatenate(chunks) if chunks else np.zeros((0, 10), np.float32)
-    return evaluate_logits(logits, labels)
+    return np.concatenate(chunks) if chunks else np.zeros((0, 10), np.float32)
 
 
 class Trainer:
@@ -202,6 +206,9 @@ class Trainer:
         test = evaluate_engine(self.engine, self.data.test_images, self.data.test_labels, self.cfg.train.eval_batch_size)
         best_epoch = self.stopper.best_epoch
         best_row = self.history[best_epoch - 1] if 0 < best_epoch <= len(self.history) else {}
+        calibration = self._calibrate(test)
+        if calibration is not None and (self.cfg.early_stopping.restore_best or not stopped):  # T fits these weights
+            self.writer.save_best(self.best_weights, best_epoch, best_row, calibration=calibration)
         metrics = {
             "test_accuracy": test.accuracy,
             "test_loss": test.loss,
@@ -215,6 +222,7 @@ class Trainer:
             "model": self.engine.model_name,
             "seed": self.cfg.train.seed,
             "run_dir": str(self.run_dir),
+            "calibration": calibration,
             **{k: v for k, v in test.summary().items() if k in ("per_class", "confusion_matrix")},
         }
         if self.is_writer:
@@ -223,6 +231,22 @@ class Trainer:
 
             write_reports(self.run_dir, self.history, self.data.test_images, test.labels, test.probabilities, test.confusion)
         return TrainResult(self.run_dir, self.history, test, best_epoch, len(self.history), self.seconds, stopped, metrics)
+
+    def _calibrate(self, test: Evaluation) -> dict | None:
+        """Fit the temperature on the validation split (never the test set); ECE before/after on both."""
+        if not len(self.val_x):
+            return None
+        from lenet5.calibration import calibrate, expected_calibration_error
+
+        val_logits = engine_logits(self.engine, self.val_x, self.cfg.train.eval_batch_size)
+        calibration = calibrate(val_logits, self.val_y)
+        t = calibration["temperature"]
+        calibration["test_ece_before"] = round(expected_calibration_error(test.probabilities, test.labels), 6)
+        calibrated = softmax(np.asarray(test.logits, np.float64) / t)
+        calibration["test_ece_after"] = round(expected_calibration_error(calibrated, test.labels), 6)
+        self.log(f"calibration: temperature {t:.3f} (fitted on validation); expected calibration error on the test "
+                 f"set {100 * calibration['test_ece_before']:.2f}% -> {100 * calibration['test_ece_after']:.2f}%")
+        return calibration
 
 
 @contextlib.contextmanager

@@ -1,0 +1,305 @@
+"""Find the digits in a page's ink and make each an MNIST-style 28x28 field: the second half of reading.
+
+1. connected components of the ink (a small closing first joins broken strokes);
+2. what is not a digit is dropped: specks, components that run along the picture's border (page
+   edges, the table) when something else is there, long thin leftovers of lines, solid blobs (shadows);
+3. the digits are the components in the row of the largest one, read left to right; parts of one
+   digit that lie above each other (a 5's bar, a broken 4) are merged;
+4. a component too wide for one digit (digits that touch) is cut where the network reads the pieces
+   best, as LeCun's cheque readers did; ``score`` is that network (this module knows no engine);
+5. each digit keeps its grey levels, its strokes are brought to MNIST's thickness when much thinner,
+   then MNIST's recipe: the longer side scaled to 20 px, pasted into 28x28, centre of mass at (14, 14).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from lenet5.data.page import Ink
+
+BOX = 20  # the longer side of the digit inside the 28x28 field
+SIZE = 28
+CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (measured: 13.99, 14.01)
+MNIST_STROKE = 2.2  # MNIST's median stroke width in the field, 2*area/perimeter of pixels > 100
+MAX_DIGITS = 12  # more "digits" than this in one row is text or scribble, not a number
+SPECK = 0.04  # a component under this share of the largest one's area is a speck
+ROW_HEIGHT = 0.4  # a digit is at least this share of the row's height
+WIDE = 1.1  # a part this many times wider than tall may be digits that touch
+WHOLE_BONUS = 0.5  # log-probability a cut must gain over reading the part whole
+
+Score = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 28, 28) -> probabilities (N, 10)
+
+
+@dataclass
+class Digit:
+    field: np.ndarray  # uint8 (28, 28): white digit on black, centred like MNIST
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the original picture's pixels (x1, y1 exclusive)
+
+
+@dataclass
+class Part:
+    """A group of ink pixels at work scale: its mask (cropped to its box) and the box."""
+
+    mask: np.ndarray  # uint8 (h, w)
+    x0: int
+    y0: int
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.mask.shape[1]
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.mask.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tuple[list[Digit], str | None]:
+    """The digits of a page, left to right, and why there are none (or None).
+
+    ``one=True`` treats all the digit-like ink as a single digit (no row, no cuts).
+    """
+    if ink.problem:
+        return [], ink.problem
+    found = _components(ink.mask)
+    parts = _drop_non_digits(found, ink.mask.shape)
+    if one and found and not parts:  # told there is one digit: a blob or a bar is that digit
+        parts = [max(found, key=lambda p: p.area)]
+    if not parts:
+        return [], "no digit-like ink found (only specks, lines or edges)"
+    if one:
+        groups = [_merge(parts)]
+    else:
+        groups = _merge_stacked(_row(parts))
+        if len(groups) > MAX_DIGITS:
+            return [], f"no number found ({len(groups)} marks in a row: text or a scribble?)"
+        if score is not None:
+            groups = [piece for g in groups for piece in _split_touching(g, ink, score)]
+    return [_digit(g, ink) for g in groups], None
+
+
+# ---------------------------------------------------------------------------------------------- parts
+def _components(mask: np.ndarray) -> list[Part]:
+    joined = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))  # bridge one-pixel breaks
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    parts = []
+    for i in range(1, n):
+        x, y, w, h, _area = stats[i]
+        crop = (labels[y : y + h, x : x + w] == i) & (mask[y : y + h, x : x + w] > 0)
+        if crop.any():
+            parts.append(Part(crop.astype(np.uint8), int(x), int(y)))
+    return parts
+
+
+def _drop_non_digits(parts: list[Part], shape: tuple[int, int]) -> list[Part]:
+    """Drop specks, border-running edges, thin line leftovers and solid blobs."""
+    if not parts:
+        return parts
+    h, w = shape
+
+    def on_border(p: Part) -> bool:
+        return p.x0 == 0 or p.y0 == 0 or p.x1 >= w or p.y1 >= h
+
+    def line_like(p: Part) -> bool:
+        long, short = max(p.width, p.height), min(p.width, p.height)
+        return long > 12 * max(short, 1) and long > 0.3 * max(h, w)
+
+    def blob_like(p: Part) -> bool:  # a shadow or a smudge: solid, large and not elongated, never a stroke
+        long, short = max(p.width, p.height), min(p.width, p.height)
+        return p.area > 0.7 * p.width * p.height and short > 0.15 * min(h, w) and long < 2.5 * short
+
+    kept = [p for p in parts if not line_like(p) and not blob_like(p)]
+    inside = [p for p in kept if not on_border(p)]
+    if inside and max(p.area for p in inside) >= 0.05 * max(p.area for p in kept):
+        kept = inside  # edges and the table along the border go when a real mark lies inside
+    if not kept:
+        return []
+    biggest = max(p.area for p in kept)
+    return [p for p in kept if p.area >= SPECK * biggest]
+
+
+def _row(parts: list[Part]) -> list[Part]:
+    """The parts in the row of the largest part: overlapping its height band, tall enough to be digits."""
+    anchor = max(parts, key=lambda p: p.area)
+    top, bottom = anchor.y0, anchor.y1
+    for _ in range(2):  # grow the band by what is in it (digits of a number differ in height)
+        row = [p for p in parts if _overlap(p.y0, p.y1, top, bottom) >= 0.5 * min(p.height, bottom - top)]
+        top, bottom = min(p.y0 for p in row), max(p.y1 for p in row)
+    tall = max(p.height for p in row)
+    digits = [p for p in row if p.height >= ROW_HEIGHT * tall]
+    # another part counts only when it sits right above or below a digit (a 5's detached bar, a broken 4)
+    others = [p for p in parts if not any(p is d for d in digits)]
+    digits += [s for s in others if any(_overlap(s.x0, s.x1, d.x0, d.x1) >= 0.5 * min(s.width, d.width)
+                                         and _gap(s.y0, s.y1, d.y0, d.y1) <= 0.25 * tall for d in digits)]
+    return sorted(digits, key=lambda p: p.x0)
+
+
+def _merge_stacked(parts: list[Part]) -> list[Part]:
+    """Merge parts that overlap horizontally by half the narrower one: pieces of one digit."""
+    groups: list[Part] = []
+    for p in sorted(parts, key=lambda q: q.x0):
+        if groups and _overlap(p.x0, p.x1, groups[-1].x0, groups[-1].x1) >= 0.5 * min(p.width, groups[-1].width):
+            groups[-1] = _merge([groups[-1], p])
+        else:
+            groups.append(p)
+    return groups
+
+
+def _merge(parts: list[Part]) -> Part:
+    x0, y0 = min(p.x0 for p in parts), min(p.y0 for p in parts)
+    x1, y1 = max(p.x1 for p in parts), max(p.y1 for p in parts)
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    for p in parts:
+        mask[p.y0 - y0 : p.y1 - y0, p.x0 - x0 : p.x1 - x0] |= p.mask
+    return Part(mask, x0, y0)
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
+    return max(0, min(a1, b1) - max(a0, b0))
+
+
+def _gap(a0: int, a1: int, b0: int, b1: int) -> int:
+    return max(0, max(a0, b0) - min(a1, b1))
+
+
+# ---------------------------------------------------------------------------------------- touching digits
+def _split_touching(part: Part, ink: Ink, score: Score) -> list[Part]:
+    """Cut a part that is too wide for one digit where the network reads the pieces best.
+
+    Every candidate (no cut, and cuts into 2..5 pieces at low points of the ink's column profile) is read
+    by the network in one batch; the one whose pieces read with the highest mean log-probability wins,
+    and a cut must beat reading the part whole by a margin.
+    """
+    if part.width < WIDE * part.height:
+        return [part]
+    candidates = [[part]]
+    max_pieces = min(5, max(2, round(part.width / (0.5 * part.height))))
+    for pieces in range(2, max_pieces + 1):
+        for cuts in itertools.product(*_cut_options(part, pieces)):
+            split = _cut(part, list(cuts))
+            if len(split) == pieces:
+                candidates.append(split)
+    fields = np.stack([_field(p, ink) for c in candidates for p in c])
+    best = np.log(np.max(score(fields), axis=1) + 1e-9)  # (pieces in all candidates,)
+    at, scores = 0, []
+    for c in candidates:
+        scores.append(float(best[at : at + len(c)].mean()))
+        at += len(c)
+    scores[0] += WHOLE_BONUS  # reading it whole wins unless a cut reads clearly better
+    return candidates[int(np.argmax(scores))]
+
+
+def _cut_options(part: Part, pieces: int) -> list[list[int]]:
+    """For each of the pieces-1 cuts: up to 3 columns near the even split point where the ink is lowest."""
+    profile = part.mask.sum(axis=0)
+    w, options = part.width, []
+    for i in range(1, pieces):
+        centre = i * w / pieces
+        lo = int(max(1, centre - 0.35 * w / pieces))
+        hi = int(min(w - 1, centre + 0.35 * w / pieces))
+        if hi <= lo:
+            return [[]]
+        window = np.arange(lo, hi)
+        lowest = window[np.argsort(profile[lo:hi], kind="stable")[:2]]
+        options.append(sorted({*map(int, lowest), int(round(centre))}))
+    return options
+
+
+def _cut(part: Part, cuts: list[int]) -> list[Part]:
+    edges = [0, *sorted(cuts), part.width]
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        piece = part.mask[:, a:b]
+        rows = np.flatnonzero(piece.any(axis=1))
+        cols = np.flatnonzero(piece.any(axis=0))
+        if rows.size == 0 or piece.sum() < 0.05 * part.area:
+            continue
+        out.append(Part(piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy(), part.x0 + a + int(cols[0]),
+                        part.y0 + int(rows[0])))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ fields
+def _digit(part: Part, ink: Ink) -> Digit:
+    s = ink.scale
+    box = (int(part.x0 * s), int(part.y0 * s), int(np.ceil(part.x1 * s)), int(np.ceil(part.y1 * s)))
+    return Digit(_field(part, ink), box)
+
+
+def _field(part: Part, ink: Ink) -> np.ndarray:
+    """A part's grey levels -> uint8 (28, 28) MNIST-style."""
+    pad = 2
+    y0, x0 = max(0, part.y0 - pad), max(0, part.x0 - pad)
+    y1, x1 = min(ink.mask.shape[0], part.y1 + pad), min(ink.mask.shape[1], part.x1 + pad)
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    mask[part.y0 - y0 : part.y1 - y0, part.x0 - x0 : part.x1 - x0] = part.mask
+    near = cv2.dilate(mask, np.ones((3, 3), np.uint8))  # keep the anti-aliased rim of the strokes
+    grey = np.clip(ink.strength[y0:y1, x0:x1] / ink.level, 0.0, 1.0) * near
+    grey = _thicken(grey, mask, max(part.height, part.width))
+    return mnist_field(grey)
+
+
+def _thicken(grey: np.ndarray, mask: np.ndarray, longer: int) -> np.ndarray:
+    """Strokes much thinner than MNIST's (a fine pen, a large digit) are widened by a grey dilation."""
+    area = float(mask.sum())
+    rim = float((mask & (1 - cv2.erode(mask, np.ones((3, 3), np.uint8)))).sum())
+    if area == 0 or rim == 0:
+        return grey
+    width = 2.0 * area / rim  # stroke width in working pixels
+    wanted = MNIST_STROKE * longer / BOX
+    if width >= 0.7 * wanted:
+        return grey
+    k = int(round(wanted - width)) | 1
+    grey = np.pad(grey, k)  # room for the wider strokes
+    return cv2.dilate(grey, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+
+
+def mnist_field(grey: np.ndarray) -> np.ndarray:
+    """float (h, w) ink in 0..1 (0 = background) -> uint8 (28, 28): cropped to the ink, longer side scaled to
+    20 px with anti-aliasing, pasted into 28x28, shifted by whole pixels so the centre of mass is at (14, 14)."""
+    ys, xs = np.nonzero(grey > 0.2)
+    if ys.size == 0:
+        ys, xs = np.nonzero(grey > 0)
+    crop = np.ascontiguousarray(grey[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], dtype=np.float32)
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    small = np.clip(cv2.resize(crop, (nw, nh), interpolation=interpolation), 0.0, 1.0)
+    field = np.zeros((SIZE, SIZE), np.float32)
+    top, left = (SIZE - nh) // 2, (SIZE - nw) // 2
+    field[top : top + nh, left : left + nw] = small
+    field = _centre_of_mass_shift(field, (top, left, nh, nw))
+    return np.round(field * 255.0).astype(np.uint8)
+
+
+def _centre_of_mass_shift(field: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Shift by whole pixels so the centre of mass is at (14, 14), never pushing ink out of the field."""
+    top, left, nh, nw = box
+    total = float(field.sum())
+    if total <= 0:
+        return field
+    idx = np.arange(SIZE, dtype=np.float64)
+    cy = float(field.sum(axis=1) @ idx) / total
+    cx = float(field.sum(axis=0) @ idx) / total
+    dy = int(np.clip(round(CENTRE - cy), -top, SIZE - top - nh))
+    dx = int(np.clip(round(CENTRE - cx), -left, SIZE - left - nw))
+    out = np.zeros_like(field)
+    out[top + dy : top + dy + nh, left + dx : left + dx + nw] = field[top : top + nh, left : left + nw]
+    return out

@@ -1,0 +1,252 @@
+"""Clean a photo or scan of a page until only the ink is left: the first half of reading a person's digits.
+
+A phone photo is not MNIST: the light falls unevenly, the paper may be ruled or squared, the sheet may lie on a
+table, and the border of the picture says little about the background. The steps (OpenCV, see README):
+
+1. polarity: is the ink darker than its background (paper) or lighter (a drawing on black, chalk)?
+   Light ink is inverted, so that everything below sees dark ink on a light background;
+2. the sheet: when the picture shows a light sheet on a darker table (a sharp two-level split of a
+   blurred thumbnail, the dark level reaching the picture's border), only the sheet is kept;
+3. illumination: the paper's local brightness is estimated (a grey closing wider than the strokes, on a
+   reduced copy, lightly smoothed) and divided out, so ink strength = 1 - pixel / paper in 0..1, the same in shade and light;
+4. a threshold that adapts to the image: ink is what stands out from the paper's own noise (robust
+   spread), with hysteresis so that faint anti-aliased edges stay attached to strong strokes;
+5. ruled and squared lines: long thin runs along the rows or the columns (a morphological opening with a
+   long kernel), removed where the ink is no thicker than a line (strokes that cross a line stay whole).
+
+The result keeps grey levels (``strength``) next to the binary ``mask``: MNIST digits are anti-aliased.
+All work happens on a copy at most WORK_SIDE pixels long; ``scale`` maps back to the original pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+WORK_SIDE = 1024  # the longer side of the working copy (a 12 MP photo is reduced about 4x)
+THUMB_SIDE = 256  # the longer side of the thumbnail used for polarity, the sheet and the paper's brightness
+MIN_CONTRAST = 0.08  # the strongest ink must be 8% darker than its paper, else the page is blank
+NOISE_SIGMAS = 4.0  # ink must stand this many robust standard deviations above the paper's noise
+PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel: even a small thin digit has that many
+LINE_MIN_COUNT = 3
+LINE_WIDTH = 7  # ruled lines are thinner than this (working pixels); strokes that cross them are longer across  # ruled / squared paper shows at least this many long parallel lines
+
+cv2.setNumThreads(1)  # one image is small work; the service prepares several images in parallel threads
+
+
+@dataclass
+class Ink:
+    """What is left of a page: ink strength and mask at work scale."""
+
+    strength: np.ndarray  # float32 (H, W) in 0..1: 0 = paper, 1 = ink as dark as can be
+    mask: np.ndarray  # uint8 (H, W) 0/1: pixels judged to be ink, lines removed
+    level: float  # the strength of a typical stroke's core (the field's white)
+    scale: float  # original pixels per working pixel
+    problem: str | None = None  # why there is no ink (a blank page), else None
+
+
+def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
+    """float32 (H, W) in 0..1, any polarity and lighting -> the ink, lines and table removed."""
+    g, factor = _work_copy(gray)
+    scale *= factor
+    if _light_ink(g):
+        g = 1.0 - g
+    sheet = _sheet(g)
+    paper = _paper_brightness(g)
+    strength = np.clip(1.0 - g / np.maximum(paper, 1e-3), 0.0, 1.0)
+    if sheet is not None:
+        strength[~sheet] = 0.0
+    mask, faint, level, problem = _threshold(strength)
+    if problem is None:
+        mask = _remove_lines(mask, faint)
+        if not mask.any():
+            problem = "no digit found (only ruled lines)"
+    return Ink(strength=strength, mask=mask, level=level, scale=scale, problem=problem)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def _work_copy(g: np.ndarray) -> tuple[np.ndarray, float]:
+    """Shrink (area average) so that the longer side is at most WORK_SIDE; returns the copy and the factor."""
+    g = np.ascontiguousarray(g, dtype=np.float32)
+    h, w = g.shape
+    factor = max(h, w) / WORK_SIDE
+    if factor <= 1.0:
+        return g, 1.0
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = cv2.resize(g, size, interpolation=cv2.INTER_AREA)
+    return small, w / small.shape[1]
+
+
+def _thumb(g: np.ndarray) -> np.ndarray:
+    h, w = g.shape
+    factor = max(h, w) / THUMB_SIDE
+    if factor <= 1.0:
+        return g
+    return cv2.resize(g, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+
+
+def _light_ink(g: np.ndarray) -> bool:
+    """Ink is the minority: light ink when the light class is small and not one solid region (a sheet)."""
+    t = _thumb(g)
+    if float(t.max() - t.min()) < MIN_CONTRAST:
+        return False
+    level = _otsu(t)
+    light = t > level
+    if light.mean() >= 0.5:
+        return False
+    if min(t.shape) < 32:  # too small to hold a sheet: a digit
+        return True
+    sheet = _largest_region(light)
+    return not (sheet is not None and sheet.sum() >= 0.2 * t.size and _fill_ratio(sheet) > 0.85)
+
+
+def _sheet(g: np.ndarray) -> np.ndarray | None:
+    """bool (H, W) of a light sheet on a darker table, or None when the picture shows only paper."""
+    t = _thumb(g)
+    if min(t.shape) < 32:
+        return None
+    sigma = 0.012 * max(t.shape)
+    blurred = cv2.GaussianBlur(t, (0, 0), sigma)
+    level = _otsu(blurred)
+    dark, light = blurred[blurred <= level], blurred[blurred > level]
+    if dark.size == 0 or light.size == 0:
+        return None
+    lo, hi = float(dark.mean()), float(light.mean())
+    gap = hi - lo
+    if gap < 0.12:
+        return None
+    between = np.mean((blurred > lo + 0.25 * gap) & (blurred < hi - 0.25 * gap))
+    if between > 0.12:  # a gradual change of light, not the sharp edge of a sheet
+        return None
+    region = _largest_region(blurred > level)
+    if region is None or region.mean() < 0.15:
+        return None
+    ring = np.concatenate([blurred[0], blurred[-1], blurred[:, 0], blurred[:, -1]])
+    if np.mean(ring <= level) < 0.3:  # the table must show along the picture's border
+        return None
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    filled = np.zeros(t.shape, np.uint8)
+    cv2.fillPoly(filled, [hull], 1)
+    margin = max(1, round(2 * sigma))  # stay off the sheet's edge and its shading
+    filled = cv2.erode(filled, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
+    full = cv2.resize(filled, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return full.astype(bool)
+
+
+def _paper_brightness(g: np.ndarray) -> np.ndarray:
+    """float32 (H, W): the paper's local brightness, a grey closing wider than any stroke, then smoothed."""
+    h, w = g.shape
+    if min(h, w) < 48:  # a small clean image: one paper level
+        return np.full_like(g, max(float(np.percentile(g, 95)), 1e-3))
+    t = _thumb(g)
+    k = round(float(np.clip(3.0 * _stroke_width(t), 0.05 * min(t.shape), 0.2 * min(t.shape))))
+    k = max(3, k | 1)  # an odd size, wider than the strokes, as narrow as they allow (shadows stay out)
+    paper = cv2.morphologyEx(t, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)),
+                             borderType=cv2.BORDER_REFLECT)  # the picture's edge is no brighter than inside
+    paper = cv2.GaussianBlur(paper, (0, 0), k / 4)
+    return cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _stroke_width(t: np.ndarray) -> float:
+    """A rough stroke width (thumbnail pixels): 2 * area / rim of what a black-hat (a grey closing minus the
+    image, wide enough for bold strokes, too narrow for shadows and light gradients) shows as dark marks."""
+    kb = max(3, round(0.15 * min(t.shape)) | 1)
+    marks = cv2.morphologyEx(t, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kb, kb)),
+                             borderType=cv2.BORDER_REFLECT)
+    top = float(marks.max())
+    if top < MIN_CONTRAST:
+        return 1.0
+    dark = (marks > _otsu(marks / top) * top).astype(np.uint8)
+    if dark.mean() > 0.5:
+        return 1.0
+    rim = float((dark & (1 - cv2.erode(dark, np.ones((3, 3), np.uint8)))).sum())
+    return 2.0 * float(dark.sum()) / max(rim, 1.0)
+
+
+def _threshold(strength: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, str | None]:
+    """Hysteresis threshold from the paper's noise and the strongest ink: (mask, every faint mark, the
+    level of a stroke's core, problem)."""
+    t = _thumb(strength)
+    median = float(np.median(t))
+    noise = 1.4826 * float(np.median(np.abs(t - median))) + 1e-3  # robust standard deviation of the paper
+    flat = strength.ravel()
+    peak = float(np.partition(flat, -PEAK_PIXELS)[-PEAK_PIXELS]) if flat.size > 20 * PEAK_PIXELS else float(flat.max())
+    if peak < MIN_CONTRAST or peak < median + NOISE_SIGMAS * noise:
+        blank = np.zeros(strength.shape, np.uint8)
+        return blank, blank, 1.0, "no digit found (the image is blank: one colour, no ink)"
+    high = max(median + 2 * NOISE_SIGMAS * noise, 0.45 * peak)
+    low = max(median + NOISE_SIGMAS * noise, 0.2 * peak)
+    strong = (strength > high).astype(np.uint8)
+    weak = (strength > low).astype(np.uint8)
+    n, labels = cv2.connectedComponents(weak, connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[np.unique(labels[strong > 0])] = True
+    keep[0] = False
+    mask = keep[labels].astype(np.uint8)
+    level = float(np.percentile(strength[mask > 0], 75)) if mask.any() else 1.0
+    return mask, weak, max(level, MIN_CONTRAST), None
+
+
+def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
+    """Remove ruled / squared lines from mask, where no stroke crosses them.
+
+    Lines are found among all faint marks (whole, not only where they touch a digit), thickened a little
+    across so that a slightly tilted or bent line stays in one piece, then opened with a long kernel along
+    the line. A page is ruled when it shows at
+    least LINE_MIN_COUNT long lines; otherwise only marks running across nearly the whole picture count.
+    Only the pixels that are as thin across as a line go: where a stroke crosses or follows a line, the ink
+    is thicker than LINE_WIDTH across and stays.
+    """
+    h, w = mask.shape
+    if min(h, w) < 64:
+        return mask
+    band = _lines_along(faint, horizontal=True) | _lines_along(faint, horizontal=False)
+    if not band.any():
+        return mask
+    return mask & (1 - cv2.dilate(band, np.ones((3, 3), np.uint8)))
+
+
+def _lines_along(marks: np.ndarray, horizontal: bool) -> np.ndarray:
+    """uint8 (H, W): the long lines running one way, as pixels of ``marks`` (thickened across by 2 px)."""
+    h, w = marks.shape
+    extent = w if horizontal else h
+    run = max(40, round(0.12 * extent))
+    across = (1, 5) if horizontal else (5, 1)  # (width, height) of OpenCV kernels
+    along = (run, 1) if horizontal else (1, run)
+    joined = cv2.dilate(marks, cv2.getStructuringElement(cv2.MORPH_RECT, across))
+    runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
+    length = stats[1:, cv2.CC_STAT_WIDTH if horizontal else cv2.CC_STAT_HEIGHT]
+    long = length >= 0.35 * extent
+    ruled = int(long.sum()) >= LINE_MIN_COUNT
+    keep = np.concatenate([[False], long if ruled else length >= 0.85 * extent])
+    # only what is as thin as a line across it: a stroke that crosses or follows a line is thicker than that
+    across_line = (1, LINE_WIDTH) if horizontal else (LINE_WIDTH, 1)
+    crossing = cv2.morphologyEx(marks, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, across_line))
+    return (keep[labels] & (marks > 0) & (crossing == 0)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of float values in 0..1."""
+    u8 = np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    level, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(level) / 255.0
+
+
+def _largest_region(binary: np.ndarray) -> np.ndarray | None:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == biggest
+
+
+def _fill_ratio(region: np.ndarray) -> float:
+    """Pixels of a region / pixels of its convex hull: near 1 for a sheet, low for strokes."""
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
+    return float(region.sum()) / max(1.0, cv2.contourArea(hull))
