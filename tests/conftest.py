@@ -50,17 +50,22 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(mnist, tmp_path_factory):
-    """A modern LeNet-5 trained for one epoch on real MNIST by the NumPy engine (~98% test accuracy)."""
+    """A modern LeNet-5 trained for one epoch on 55,000 real MNIST digits by the NumPy engine (~98% test
+    accuracy), calibrated like `lenet5 train` does on the 5,000 held-out training digits."""
+    from lenet5.calibration import calibrate
     from lenet5.checkpoint import save_checkpoint
     from lenet5.config import Config, OptimizerConfig
     from lenet5.data.datasets import iterate_batches
     from lenet5.engines import create_engine
+    from lenet5.training.trainer import engine_logits
 
     cfg = Config(optimizer=OptimizerConfig(name="adam", lr=1e-3, l2=0.0))
     engine = create_engine("numpy", cfg.model, cfg.optimizer, seed=0)
-    batches = iterate_batches(mnist.train_images, mnist.train_labels, 64, np.random.default_rng(0))
-    for x, y in batches:
+    train_x, train_y = mnist.train_images[:55000], mnist.train_labels[:55000]
+    for x, y in iterate_batches(train_x, train_y, 64, np.random.default_rng(0)):
         engine.train_step(x, y, 1e-3)
+    calibration = calibrate(engine_logits(engine, mnist.train_images[55000:]), mnist.train_labels[55000:])
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern", config=cfg.to_dict(), epoch=1)
+    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern", config=cfg.to_dict(), epoch=1,
+                    calibration=calibration)
     return path

@@ -37,9 +37,9 @@ def page(trained_checkpoint):
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
-    """Draw strokes given in canvas pixels (0..280) with the mouse: down, move through points, up."""
+    """Draw strokes given in canvas pixels (560 x 280) with the mouse: down, move through points, up."""
     box = page.locator("#canvas").bounding_box()
-    sx, sy = box["width"] / 280, box["height"] / 280
+    sx, sy = box["width"] / 560, box["height"] / 280
     for stroke in strokes:
         x, y = stroke[0]
         page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
@@ -91,8 +91,27 @@ def test_draw_a_seven_then_clear(page):
     clear(page)
 
 
+def ring(cx: float, cy: float = 140, rx: float = 60, ry: float = 90) -> list[tuple[float, float]]:
+    return [(cx + rx * math.sin(t / 24 * 2 * math.pi), cy - ry * math.cos(t / 24 * 2 * math.pi)) for t in range(26)]
+
+
 def test_draw_a_zero(page):
-    ring = [(140 + 60 * math.sin(t / 24 * 2 * math.pi), 140 - 90 * math.cos(t / 24 * 2 * math.pi)) for t in range(26)]
-    draw(page, [ring])
+    draw(page, [ring(140)])
     assert shown_digit(page, "0") == "0"
     clear(page)
+
+
+def test_write_a_three_digit_number_and_see_each_digit_under_it(page):
+    one = [(95, 50), (96, 140), (97, 230)]
+    seven = [(180, 60), (240, 58), (300, 60), (272, 130), (250, 190), (235, 235)]
+    draw(page, [one, seven, ring(420, rx=45, ry=85)])
+    assert shown_digit(page, "170") == "170"
+    readings = page.eval_on_selector_all("#readings .reading b", "els => els.map(e => e.textContent)")
+    assert readings == ["1", "7", "0"]
+    lefts = page.eval_on_selector_all("#readings .reading", "els => els.map(e => parseFloat(e.style.left))")
+    assert lefts == sorted(lefts) and lefts[0] < 25 < lefts[1] < 60 < lefts[2]  # under each digit, in %
+    page.wait_for_timeout(300)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "draw_number.png"), full_page=True)
+    clear(page)
+    assert page.eval_on_selector_all("#readings .reading", "els => els.length") == 0

@@ -30,7 +30,9 @@ MAX_DIGITS = 12  # more "digits" than this in one row is text or scribble, not a
 SPECK = 0.04  # a component under this share of the largest one's area is a speck
 ROW_HEIGHT = 0.4  # a digit is at least this share of the row's height
 WIDE = 1.1  # a part this many times wider than tall may be digits that touch
-WHOLE_BONUS = 0.5  # log-probability a cut must gain over reading the part whole
+CUT_COST = 0.7  # log-probability each cut must gain over reading the part in fewer pieces
+DIGIT_ASPECT = 0.8  # a handwritten digit is rarely wider than this share of its height
+WIDE_PENALTY = 1.0  # log-probability a piece pays per unit of width/height beyond DIGIT_ASPECT
 
 Score = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 28, 28) -> probabilities (N, 10)
 
@@ -184,7 +186,7 @@ def _split_touching(part: Part, ink: Ink, score: Score) -> list[Part]:
 
     Every candidate (no cut, and cuts into 2..5 pieces at low points of the ink's column profile) is read
     by the network in one batch; the one whose pieces read with the highest mean log-probability wins,
-    and a cut must beat reading the part whole by a margin.
+    a piece wider than a digit is (DIGIT_ASPECT) pays for it, and so does every cut (CUT_COST).
     """
     if part.width < WIDE * part.height:
         return [part]
@@ -195,13 +197,14 @@ def _split_touching(part: Part, ink: Ink, score: Score) -> list[Part]:
             split = _cut(part, list(cuts))
             if len(split) == pieces:
                 candidates.append(split)
-    fields = np.stack([_field(p, ink) for c in candidates for p in c])
-    best = np.log(np.max(score(fields), axis=1) + 1e-9)  # (pieces in all candidates,)
+    pieces = [p for c in candidates for p in c]
+    fields = np.stack([_field(p, ink) for p in pieces])
+    fit = np.log(np.max(score(fields), axis=1) + 1e-9)  # (pieces in all candidates,)
+    fit -= WIDE_PENALTY * np.maximum(0.0, np.array([p.width / p.height for p in pieces]) - DIGIT_ASPECT)
     at, scores = 0, []
     for c in candidates:
-        scores.append(float(best[at : at + len(c)].mean()))
+        scores.append(float(fit[at : at + len(c)].mean()) - CUT_COST * (len(c) - 1))  # each cut must pay
         at += len(c)
-    scores[0] += WHOLE_BONUS  # reading it whole wins unless a cut reads clearly better
     return candidates[int(np.argmax(scores))]
 
 

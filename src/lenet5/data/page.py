@@ -14,7 +14,8 @@ table, and the border of the picture says little about the background. The steps
 5. ruled and squared lines: long thin runs along the rows or the columns (a morphological opening with a
    long kernel), removed where the ink is no thicker than a line (strokes that cross a line stay whole).
 
-The result keeps grey levels (``strength``) next to the binary ``mask``: MNIST digits are anti-aliased.
+Large dark objects on the page (far darker than the paper, wider than any stroke) are no ink: their
+outline is ignored. The result keeps grey levels (``strength``) next to the binary ``mask``: MNIST digits are anti-aliased.
 All work happens on a copy at most WORK_SIDE pixels long; ``scale`` maps back to the original pixels.
 """
 
@@ -30,6 +31,7 @@ THUMB_SIDE = 256  # the longer side of the thumbnail used for polarity, the shee
 MIN_CONTRAST = 0.08  # the strongest ink must be 8% darker than its paper, else the page is blank
 NOISE_SIGMAS = 4.0  # ink must stand this many robust standard deviations above the paper's noise
 PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel: even a small thin digit has that many
+OBJECT_SIDE = 0.2  # a dark thing at least this share of the picture's shorter side wide is an object, not ink
 LINE_MIN_COUNT = 3
 LINE_WIDTH = 7  # ruled lines are thinner than this (working pixels); strokes that cross them are longer across  # ruled / squared paper shows at least this many long parallel lines
 
@@ -54,10 +56,11 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     if _light_ink(g):
         g = 1.0 - g
     sheet = _sheet(g)
-    paper = _paper_brightness(g)
+    paper, k = _paper_brightness(g)
     strength = np.clip(1.0 - g / np.maximum(paper, 1e-3), 0.0, 1.0)
     if sheet is not None:
         strength[~sheet] = 0.0
+    strength[_solid_objects(g, k)] = 0.0
     mask, faint, level, problem = _threshold(strength)
     if problem is None:
         mask = _remove_lines(mask, faint)
@@ -136,18 +139,35 @@ def _sheet(g: np.ndarray) -> np.ndarray | None:
     return full.astype(bool)
 
 
-def _paper_brightness(g: np.ndarray) -> np.ndarray:
-    """float32 (H, W): the paper's local brightness, a grey closing wider than any stroke, then smoothed."""
+def _paper_brightness(g: np.ndarray) -> tuple[np.ndarray, int]:
+    """float32 (H, W): the paper's local brightness, a grey closing wider than any stroke, then smoothed;
+    and the closing's size (thumbnail pixels, 0 for a small image)."""
     h, w = g.shape
     if min(h, w) < 48:  # a small clean image: one paper level
-        return np.full_like(g, max(float(np.percentile(g, 95)), 1e-3))
+        return np.full_like(g, max(float(np.percentile(g, 95)), 1e-3)), 0
     t = _thumb(g)
     k = round(float(np.clip(3.0 * _stroke_width(t), 0.05 * min(t.shape), 0.2 * min(t.shape))))
     k = max(3, k | 1)  # an odd size, wider than the strokes, as narrow as they allow (shadows stay out)
     paper = cv2.morphologyEx(t, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)),
                              borderType=cv2.BORDER_REFLECT)  # the picture's edge is no brighter than inside
     paper = cv2.GaussianBlur(paper, (0, 0), k / 4)
-    return cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR), k
+
+
+def _solid_objects(g: np.ndarray, k: int) -> np.ndarray:
+    """bool (H, W): large dark things that are not strokes (a cup, a phone, a pen lying on the page), with a
+    margin: far darker than the paper and still there after an opening wider than any stroke. The closing
+    that estimates the paper follows their inside, so only their outline would look like ink."""
+    t = _thumb(g)
+    if k == 0 or min(t.shape) < 100:
+        return np.zeros(g.shape, bool)
+    dark = (t < 0.5 * float(np.percentile(t, 90))).astype(np.uint8)
+    wide = max(2 * k, round(OBJECT_SIDE * min(t.shape))) | 1
+    solid = cv2.morphologyEx(dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (wide, wide)))
+    if not solid.any():
+        return np.zeros(g.shape, bool)
+    solid = cv2.dilate(solid, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))  # the outline, a handle
+    return cv2.resize(solid, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def _stroke_width(t: np.ndarray) -> float:

@@ -1,0 +1,170 @@
+"""Reading photos of handwriting: real MNIST *test* digits drawn into photo-like scenes (tests/photo_scenes.py),
+read through the same code path as `lenet5 predict` and `lenet5 serve`.
+
+The floors here are lower than what benchmarks/photo_accuracy.py measures with the README's model: this
+checkpoint is the one-epoch test model, and the sets are small; they catch a regression, not a record.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from lenet5.predict import Predictor
+from photo_scenes import KINDS, digit_scenes, number_scenes
+
+SEED = 7  # other scenes than the benchmark's (seed 0)
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(trained_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def singles(mnist, predictor):
+    scenes = digit_scenes(mnist.test_images, mnist.test_labels, per_kind=8, seed=SEED)
+    return [(s, predictor.read_image_bytes(s.data, s.kind + s.suffix)[0]) for s in scenes]
+
+
+@pytest.fixture(scope="module")
+def numbers(mnist, predictor):
+    scenes = number_scenes(mnist.test_images, mnist.test_labels, n=32, seed=SEED)
+    return [(s, predictor.read_image_bytes(s.data, s.kind + s.suffix)[0]) for s in scenes]
+
+
+def test_single_digit_photos_are_read(singles):
+    right = defaultdict(list)
+    for scene, reading in singles:
+        right[scene.kind].append(reading["number"] == scene.label)
+    overall = np.mean([r for rs in right.values() for r in rs])
+    assert overall >= 0.85, {k: np.mean(v) for k, v in right.items()}
+    assert min(np.mean(v) for v in right.values()) >= 0.5, {k: np.mean(v) for k, v in right.items()}
+    assert set(right) == set(KINDS)
+
+
+def test_sure_answers_are_right_more_often_than_all_answers(singles, numbers):
+    for readings in (singles, numbers):
+        sure = [r["number"] == s.label for s, r in readings if not r["unsure"]]
+        every = [r["number"] == s.label for s, r in readings]
+        assert len(sure) >= 0.5 * len(every) and np.mean(sure) >= np.mean(every)
+
+
+def test_numbers_are_read_left_to_right(numbers):
+    exact = np.mean([r["number"] == s.label for s, r in numbers])
+    assert exact >= 0.5
+    assert np.mean([len(r["number"] or "") == len(s.label) for s, r in numbers]) >= 0.6
+
+
+def test_digit_boxes_are_in_the_original_pictures_pixels(numbers):
+    checked = 0
+    for scene, reading in numbers:
+        if reading["number"] != scene.label:
+            continue
+        for found, true in zip(reading["digits"], scene.boxes):
+            assert iou(found["box"], true) > 0.4, (scene.label, found["box"], true)
+            checked += 1
+    assert checked >= 40
+
+
+def iou(a, b) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_touching_digits_are_cut_apart(mnist, predictor):
+    """Two real test digits pushed together until their strokes touch are read as two digits."""
+    x, y = mnist.test_images, mnist.test_labels
+    right, touching = 0, 0
+    for i in range(0, 40, 2):
+        a, b = x[i], x[i + 1]
+        cols_a, cols_b = np.flatnonzero(a.max(0) > 60), np.flatnonzero(b.max(0) > 60)
+        a, b = a[:, cols_a[0] : cols_a[-1] + 1], b[:, cols_b[0] : cols_b[-1] + 1]
+        page = np.zeros((28, a.shape[1] + b.shape[1] + 8), np.uint8)
+        page[:, 4 : 4 + a.shape[1]] = a
+        at = 4 + a.shape[1] - 2  # two columns of overlap
+        page[:, at : at + b.shape[1]] = np.maximum(page[:, at : at + b.shape[1]], b)
+        big = Image.fromarray(255 - page).resize((page.shape[1] * 6, 28 * 6), Image.Resampling.LANCZOS)
+        canvas = Image.new("L", (big.width + 120, big.height + 120), 255)
+        canvas.paste(big, (60, 60))
+        reading, _ = predictor.read_image_bytes(png(canvas), "pair.png")
+        right += reading["number"] == f"{y[i]}{y[i + 1]}"
+        touching += 1
+    assert right >= 0.6 * touching
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def paper(size=(800, 600), seed=0) -> np.ndarray:
+    """A photo of an empty sheet: light gradient, grain (float32 RGB 0..255)."""
+    rng = np.random.default_rng(seed)
+    h, w = size[1], size[0]
+    light = np.linspace(0.75, 1.0, w)[None, :] * np.linspace(0.9, 1.0, h)[:, None]
+    page = 235 * light[..., None] * np.array([1.0, 0.98, 0.93]) + rng.normal(0, 3, (h, w, 3))
+    return page.astype(np.float32)
+
+
+def jpeg(page: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def with_drawing(draw_on) -> bytes:
+    img = Image.fromarray(np.clip(paper(), 0, 255).astype(np.uint8))
+    draw_on(ImageDraw.Draw(img))
+    return jpeg(np.asarray(img, np.float32))
+
+
+NOT_DIGITS = {
+    "blank page": lambda d: None,
+    "letter A": lambda d: d.text((300, 150), "A", fill=(30, 30, 40), font=ImageFont.load_default(size=260)),
+    "a cup": lambda d: (d.ellipse((250, 150, 520, 470), fill=(90, 60, 50)), d.ellipse((500, 240, 600, 380), outline=(90, 60, 50), width=22)),
+    "scribble": lambda d: d.line(tangle(), fill=(20, 20, 60), width=5),
+}
+
+
+def tangle(n: int = 60, seed: int = 3) -> list[tuple[float, float]]:
+    """A pen scribbling over and over itself: a smooth random walk around one spot."""
+    rng = np.random.default_rng(seed)
+    angle = np.cumsum(rng.normal(0, 0.6, n))
+    xy = np.cumsum(np.stack([np.cos(angle), np.sin(angle)], 1) * 25, axis=0)
+    xy = 400 + 110 * (xy - xy.mean(0)) / np.abs(xy - xy.mean(0)).max()
+    return [(float(x), float(y) - 100) for x, y in xy]
+
+
+@pytest.mark.parametrize("what", sorted(NOT_DIGITS))
+def test_what_is_not_a_digit_comes_back_unsure(predictor, what):
+    reading, _ = predictor.read_image_bytes(with_drawing(NOT_DIGITS[what]), what)
+    assert reading["unsure"] is True and reading["reason"], reading
+
+
+def test_predict_cli_prints_the_number_and_json_has_digits_and_boxes(trained_checkpoint, mnist, tmp_path):
+    scene = next(s for s in number_scenes(mnist.test_images, mnist.test_labels, n=8, seed=SEED)
+                 if s.kind == "clean_scan")
+    path = tmp_path / f"number{scene.suffix}"
+    path.write_bytes(scene.data)
+    cmd = [sys.executable, "-m", "lenet5", "predict", "--model", str(trained_checkpoint), str(path)]
+    human = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert human.returncode == 0, human.stderr
+    [result] = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=120).stdout)
+    assert f"number {result['number']}" in human.stdout
+    assert len(result["digits"]) == len(result["number"]) >= 2
+    for d in result["digits"]:
+        assert {"digit", "probability", "box", "top_k", "unsure"} <= set(d)
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 < x1 <= Image.open(path).width and 0 <= y0 < y1 <= Image.open(path).height
+    xs = [d["box"][0] for d in result["digits"]]
+    assert xs == sorted(xs)
