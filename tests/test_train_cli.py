@@ -58,7 +58,7 @@ def test_train_writes_a_consistent_run_folder(small_mnist, tmp_path):
     assert meta["config"]["train"]["batch_size"] == 32 and meta["normalization"]["mean"] == 0.1307
     calibration = metrics["calibration"]  # fitted on the validation split at the end, stored with the best weights
     assert 0.3 < calibration["temperature"] < 5 and calibration["fitted_on"] == "validation split (1000 images)"
-    assert calibration["val_ece_after"] <= calibration["val_ece_before"] + 1e-9
+    assert calibration["val_ece_after"] <= calibration["val_ece_before"] + 0.005  # NLL is fitted, not ECE: equal within noise
     assert {"test_ece_before", "test_ece_after", "energy_floor"} <= set(calibration)
     assert load_checkpoint(run / "model.safetensors").meta["calibration"] == calibration
 

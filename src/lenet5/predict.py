@@ -2,8 +2,9 @@
 
 An image is read as a number: its digits left to right (one digit is the one-element case), each with its
 box in the image, its calibrated probabilities and whether the answer is sure. An answer is ``unsure``
-(with a ``reason``) when a digit's calibrated probability is below UNSURE_BELOW, or when the image holds
-no digit-like ink (a blank page, a photo of something else).
+(with a ``reason``) when the image holds no digit-like ink (a blank page, a photo of something else), when
+a digit has less evidence (energy) than 98% of the validation digits, when its answer changes as it is
+nudged a little (rotated, zoomed, shifted), or when its calibrated probability is below UNSURE_BELOW.
 
 The NumPy engine is the default, so predicting never imports torch. A ``.onnx`` model (from
 ``lenet5 export``) runs through onnxruntime instead.
@@ -25,6 +26,9 @@ PREDICT_ENGINES = ("numpy", "torch")
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 GLOB_CHARS = set("*?[")
 UNSURE_BELOW = 0.8  # a digit whose calibrated probability is lower is marked unsure (README: accuracy vs coverage)
+STEADY_BELOW = 0.9  # mean probability of the answer over nudged copies (data.digits.nudged) under this: unsure
+EVIDENCE_WEIGHT = 0.15  # log units per unit of energy above the floor, when cutting touching digits
+EVIDENCE_CAP = 8.0  # more evidence than floor + this counts no more
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -106,15 +110,38 @@ class Predictor:
                                   "out of range (a damaged or diverged checkpoint)")
         return logits
 
-    def doubts(self, logits: np.ndarray, probs: np.ndarray) -> list[str | None]:
-        """Why each reading is unsure (None: sure): low calibrated probability, or too little evidence."""
+    def fit(self, images: np.ndarray) -> np.ndarray:
+        """(N,) how well each uint8 (28, 28) field reads as a digit, in log units: the log of its calibrated
+        top probability, plus EVIDENCE_WEIGHT per unit of evidence (energy) above the floor, up to a cap.
+        Cutting touching digits compares these: a squashed pair can read as one digit with a high probability,
+        but with far less evidence than each digit alone."""
         from lenet5.calibration import energy
 
+        logits = self.logits(images)
+        fit = np.log(softmax(logits / self.temperature).max(axis=1) + 1e-12)
+        if self.energy_floor is not None:
+            fit += EVIDENCE_WEIGHT * np.minimum(energy(logits) - self.energy_floor, EVIDENCE_CAP)
+        return fit
+
+    def doubts(self, images: np.ndarray, logits: np.ndarray, probs: np.ndarray) -> list[str | None]:
+        """Why each reading of uint8 (N, 28, 28) is unsure (None: sure): too little evidence for any digit,
+        an answer that changes when the digit is nudged a little, or a low calibrated probability."""
+        from lenet5.calibration import energy
+        from lenet5.data.digits import nudged
+
         evidence = energy(logits)
+        answers = probs.argmax(axis=1)
+        steady = np.empty(len(images))  # mean probability of each answer over the nudged copies
+        for at in range(0, len(images), 1000):  # (1000 * 9) copies at a time: bounded memory for big .npy stacks
+            copies = np.stack([nudged(image) for image in images[at : at + 1000]])  # (n, 9, 28, 28)
+            p = self.probabilities(copies.reshape(-1, 28, 28)).reshape(len(copies), -1, 10)
+            steady[at : at + len(copies)] = p[np.arange(len(copies)), :, answers[at : at + len(copies)]].mean(axis=1)
         out = []
-        for p, e in zip(probs.max(axis=1), evidence):
+        for p, e, s in zip(probs.max(axis=1), evidence, steady):
             if self.energy_floor is not None and e < self.energy_floor:
                 out.append("it does not look like the digits the model knows (a letter, a sign, a scribble?)")
+            elif s < STEADY_BELOW:
+                out.append(f"the answer changes when the digit is nudged a little ({s:.0%} on average)")
             elif p < UNSURE_BELOW:
                 out.append(f"low confidence ({p:.0%} < {UNSURE_BELOW:.0%})")
             else:
@@ -133,7 +160,7 @@ class Predictor:
         fields = [d.field for d in digits]
         logits = self.logits(np.stack(fields))
         probs = softmax(logits / self.temperature)
-        doubts = self.doubts(logits, probs)
+        doubts = self.doubts(np.stack(fields), logits, probs)
         described = [{**describe(p, top_k), "box": list(d.box), "unsure": why is not None}
                      for d, p, why in zip(digits, probs, doubts)]
         reading: dict = {"number": "".join(str(d["digit"]) for d in described)}
@@ -153,7 +180,7 @@ class Predictor:
         """An image file's bytes -> its reading (see ``read``); ImageError when it cannot be decoded."""
         from lenet5.data.images import read_bytes
 
-        return self.read(*read_bytes(data, name, score=self.probabilities), top_k=top_k)
+        return self.read(*read_bytes(data, name, score=self.fit), top_k=top_k)
 
     def classify_files(self, inputs: list[str], top_k: int = 3, save_prepared: str | Path | None = None) -> list[dict]:
         """Files, folders and globs -> one result per image (its reading, see ``read``) or per digit of a
@@ -171,7 +198,7 @@ class Predictor:
                     stack = load_npy(Path(name))
                     logits = self.logits(stack)
                     probs = softmax(logits / self.temperature)
-                    for i, (digit, p, why) in enumerate(zip(stack, probs, self.doubts(logits, probs))):
+                    for i, (digit, p, why) in enumerate(zip(stack, probs, self.doubts(stack, logits, probs))):
                         row = {"file": f"{name}[{i}]", **describe(p, top_k), "unsure": why is not None}
                         results.append({**row, "reason": why} if why else row)
                         prepared.append((f"{Path(name).stem}_{i}", digit))

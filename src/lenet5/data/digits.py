@@ -27,14 +27,15 @@ SIZE = 28
 CENTRE = 14.0  # MNIST's mean centre of mass, in pixel-index coordinates (measured: 13.99, 14.01)
 MNIST_STROKE = 2.2  # MNIST's median stroke width in the field, 2*area/perimeter of pixels > 100
 MAX_DIGITS = 12  # more "digits" than this in one row is text or scribble, not a number
-SPECK = 0.04  # a component under this share of the largest one's area is a speck
+SPECK = 0.04  # a component under this share of the heaviest one's ink (mass) is a speck
+FAINT = 0.3  # a component whose mean strength is under this share of a stroke's is a leftover (lines, shade)
 ROW_HEIGHT = 0.4  # a digit is at least this share of the row's height
-WIDE = 1.1  # a part this many times wider than tall may be digits that touch
+WIDE = 0.8  # a part this many times wider than tall may be digits that touch
 CUT_COST = 0.7  # log-probability each cut must gain over reading the part in fewer pieces
 DIGIT_ASPECT = 0.8  # a handwritten digit is rarely wider than this share of its height
 WIDE_PENALTY = 1.0  # log-probability a piece pays per unit of width/height beyond DIGIT_ASPECT
 
-Score = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 28, 28) -> probabilities (N, 10)
+Score = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 28, 28) -> (N,) how well each reads as a digit, log units
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Part:
     mask: np.ndarray  # uint8 (h, w)
     x0: int
     y0: int
+    mass: float = 0.0  # its ink: pixels weighted by strength (a faint leftover of a line weighs little)
 
     @property
     def x1(self) -> int:
@@ -79,10 +81,10 @@ def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tupl
     """
     if ink.problem:
         return [], ink.problem
-    found = _components(ink.mask)
+    found = _components(ink)
     parts = _drop_non_digits(found, ink.mask.shape)
     if one and found and not parts:  # told there is one digit: a blob or a bar is that digit
-        parts = [max(found, key=lambda p: p.area)]
+        parts = [max(found, key=lambda p: p.mass)]
     if not parts:
         return [], "no digit-like ink found (only specks, lines or edges)"
     if one:
@@ -97,7 +99,8 @@ def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tupl
 
 
 # ---------------------------------------------------------------------------------------------- parts
-def _components(mask: np.ndarray) -> list[Part]:
+def _components(ink: Ink) -> list[Part]:
+    mask = ink.mask
     joined = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))  # bridge one-pixel breaks
     n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     parts = []
@@ -105,7 +108,8 @@ def _components(mask: np.ndarray) -> list[Part]:
         x, y, w, h, _area = stats[i]
         crop = (labels[y : y + h, x : x + w] == i) & (mask[y : y + h, x : x + w] > 0)
         if crop.any():
-            parts.append(Part(crop.astype(np.uint8), int(x), int(y)))
+            mass = float(ink.strength[y : y + h, x : x + w][crop].sum()) / ink.level
+            parts.append(Part(crop.astype(np.uint8), int(x), int(y), mass))
     return parts
 
 
@@ -118,9 +122,9 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int]) -> list[Part]:
     def on_border(p: Part) -> bool:
         return p.x0 == 0 or p.y0 == 0 or p.x1 >= w or p.y1 >= h
 
-    def line_like(p: Part) -> bool:
-        long, short = max(p.width, p.height), min(p.width, p.height)
-        return long > 12 * max(short, 1) and long > 0.3 * max(h, w)
+    def line_like(p: Part) -> bool:  # a leftover of a ruled line or an edge; a "1" may be long and thin, upright
+        flat = p.width > 6 * max(p.height, 1)
+        return flat or (p.height > 12 * max(p.width, 1) and p.height > 0.3 * max(h, w))
 
     def blob_like(p: Part) -> bool:  # a shadow or a smudge: solid, large and not elongated, never a stroke
         long, short = max(p.width, p.height), min(p.width, p.height)
@@ -128,17 +132,17 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int]) -> list[Part]:
 
     kept = [p for p in parts if not line_like(p) and not blob_like(p)]
     inside = [p for p in kept if not on_border(p)]
-    if inside and max(p.area for p in inside) >= 0.05 * max(p.area for p in kept):
+    if inside and max(p.mass for p in inside) >= 0.05 * max(p.mass for p in kept):
         kept = inside  # edges and the table along the border go when a real mark lies inside
     if not kept:
         return []
-    biggest = max(p.area for p in kept)
-    return [p for p in kept if p.area >= SPECK * biggest]
+    heaviest = max(p.mass for p in kept)
+    return [p for p in kept if p.mass >= SPECK * heaviest and p.mass >= FAINT * p.area]
 
 
 def _row(parts: list[Part]) -> list[Part]:
     """The parts in the row of the largest part: overlapping its height band, tall enough to be digits."""
-    anchor = max(parts, key=lambda p: p.area)
+    anchor = max(parts, key=lambda p: p.mass)
     top, bottom = anchor.y0, anchor.y1
     for _ in range(2):  # grow the band by what is in it (digits of a number differ in height)
         row = [p for p in parts if _overlap(p.y0, p.y1, top, bottom) >= 0.5 * min(p.height, bottom - top)]
@@ -169,7 +173,7 @@ def _merge(parts: list[Part]) -> Part:
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     for p in parts:
         mask[p.y0 - y0 : p.y1 - y0, p.x0 - x0 : p.x1 - x0] |= p.mask
-    return Part(mask, x0, y0)
+    return Part(mask, x0, y0, sum(p.mass for p in parts))
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
@@ -185,7 +189,7 @@ def _split_touching(part: Part, ink: Ink, score: Score) -> list[Part]:
     """Cut a part that is too wide for one digit where the network reads the pieces best.
 
     Every candidate (no cut, and cuts into 2..5 pieces at low points of the ink's column profile) is read
-    by the network in one batch; the one whose pieces read with the highest mean log-probability wins,
+    by the network in one batch; the one whose pieces read best on average (``score``) wins,
     a piece wider than a digit is (DIGIT_ASPECT) pays for it, and so does every cut (CUT_COST).
     """
     if part.width < WIDE * part.height:
@@ -199,7 +203,7 @@ def _split_touching(part: Part, ink: Ink, score: Score) -> list[Part]:
                 candidates.append(split)
     pieces = [p for c in candidates for p in c]
     fields = np.stack([_field(p, ink) for p in pieces])
-    fit = np.log(np.max(score(fields), axis=1) + 1e-9)  # (pieces in all candidates,)
+    fit = np.asarray(score(fields), np.float64)  # (pieces in all candidates,)
     fit -= WIDE_PENALTY * np.maximum(0.0, np.array([p.width / p.height for p in pieces]) - DIGIT_ASPECT)
     at, scores = 0, []
     for c in candidates:
@@ -271,6 +275,21 @@ def _thicken(grey: np.ndarray, mask: np.ndarray, longer: int) -> np.ndarray:
     k = int(round(wanted - width)) | 1
     grey = np.pad(grey, k)  # room for the wider strokes
     return cv2.dilate(grey, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+
+
+NUDGES = ((-12, 1.0, 0, 0), (12, 1.0, 0, 0), (0, 0.85, 0, 0), (0, 1.1, 0, 0),
+          (0, 1.0, 2, 0), (0, 1.0, -2, 0), (0, 1.0, 0, 2), (0, 1.0, 0, -2))  # degrees, zoom, dx, dy
+
+
+def nudged(field: np.ndarray) -> np.ndarray:
+    """uint8 (28, 28) -> uint8 (1 + len(NUDGES), 28, 28): the field and small rotations, zooms and shifts of it.
+    A digit reads the same in all of them; a letter or a scribble that happened to read as a digit often not."""
+    out = [field]
+    for degrees, zoom, dx, dy in NUDGES:
+        m = cv2.getRotationMatrix2D((CENTRE, CENTRE), degrees, zoom)
+        m[:, 2] += (dx, dy)
+        out.append(cv2.warpAffine(field, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR))
+    return np.stack(out)
 
 
 def mnist_field(grey: np.ndarray) -> np.ndarray:

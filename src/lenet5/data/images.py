@@ -117,7 +117,7 @@ def _alpha_background(lum: np.ndarray, alpha: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------ preparation
 def read_image(img: Image.Image, name: str = "image", score: Score | None = None) -> tuple[list[Digit], str | None]:
     """A decoded image -> its digits left to right (fields and boxes in the original's pixels), and why
-    there are none. ``score`` (uint8 (N, 28, 28) -> probabilities) lets touching digits be cut."""
+    there are none. ``score`` (uint8 (N, 28, 28) -> how well each reads as a digit) lets touching digits be cut."""
     _check_size(img, name)
     scale = float(img.info.get(SCALE, 1.0))
     factor = max(img.size) // (2 * WORK_SIDE)

@@ -8,7 +8,7 @@ table, and the border of the picture says little about the background. The steps
 2. the sheet: when the picture shows a light sheet on a darker table (a sharp two-level split of a
    blurred thumbnail, the dark level reaching the picture's border), only the sheet is kept;
 3. illumination: the paper's local brightness is estimated (a grey closing wider than the strokes, on a
-   reduced copy, lightly smoothed) and divided out, so ink strength = 1 - pixel / paper in 0..1, the same in shade and light;
+   reduced copy, lightly smoothed; one level for a clean two-level image) and divided out, so ink strength = 1 - pixel / paper in 0..1, the same in shade and light;
 4. a threshold that adapts to the image: ink is what stands out from the paper's own noise (robust
    spread), with hysteresis so that faint anti-aliased edges stay attached to strong strokes;
 5. ruled and squared lines: long thin runs along the rows or the columns (a morphological opening with a
@@ -30,10 +30,12 @@ WORK_SIDE = 1024  # the longer side of the working copy (a 12 MP photo is reduce
 THUMB_SIDE = 256  # the longer side of the thumbnail used for polarity, the sheet and the paper's brightness
 MIN_CONTRAST = 0.08  # the strongest ink must be 8% darker than its paper, else the page is blank
 NOISE_SIGMAS = 4.0  # ink must stand this many robust standard deviations above the paper's noise
-PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel: even a small thin digit has that many
+PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel (fewer in small images): a digit has that many
+CLEAN_BETWEEN = 0.03  # a clean image has fewer pixels than this between its paper and ink levels
 OBJECT_SIDE = 0.2  # a dark thing at least this share of the picture's shorter side wide is an object, not ink
-LINE_MIN_COUNT = 3
-LINE_WIDTH = 7  # ruled lines are thinner than this (working pixels); strokes that cross them are longer across  # ruled / squared paper shows at least this many long parallel lines
+LINE_MIN_COUNT = 3  # ruled / squared paper shows at least this many long parallel lines
+MAX_LINES = 200  # at most this many lines each way are drawn (squared paper at 5 mm has about 40)
+LINE_WIDTH = 7  # ruled lines are thinner than this (working pixels); strokes that cross them are longer across
 
 cv2.setNumThreads(1)  # one image is small work; the service prepares several images in parallel threads
 
@@ -143,7 +145,7 @@ def _paper_brightness(g: np.ndarray) -> tuple[np.ndarray, int]:
     """float32 (H, W): the paper's local brightness, a grey closing wider than any stroke, then smoothed;
     and the closing's size (thumbnail pixels, 0 for a small image)."""
     h, w = g.shape
-    if min(h, w) < 48:  # a small clean image: one paper level
+    if min(h, w) < 48 or _two_levels(g):  # a small or clean image (a drawing, a scan): one paper level
         return np.full_like(g, max(float(np.percentile(g, 95)), 1e-3)), 0
     t = _thumb(g)
     k = round(float(np.clip(3.0 * _stroke_width(t), 0.05 * min(t.shape), 0.2 * min(t.shape))))
@@ -152,6 +154,14 @@ def _paper_brightness(g: np.ndarray) -> tuple[np.ndarray, int]:
                              borderType=cv2.BORDER_REFLECT)  # the picture's edge is no brighter than inside
     paper = cv2.GaussianBlur(paper, (0, 0), k / 4)
     return cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR), k
+
+
+def _two_levels(g: np.ndarray) -> bool:
+    """A clean image: paper and ink far apart, and almost nothing in between (anti-aliased edges only)."""
+    t = _thumb(g)
+    lo, hi = np.percentile(t, [1, 99])
+    gap = hi - lo
+    return bool(gap > 0.5 and np.mean((t > lo + 0.2 * gap) & (t < hi - 0.2 * gap)) < CLEAN_BETWEEN)
 
 
 def _solid_objects(g: np.ndarray, k: int) -> np.ndarray:
@@ -193,7 +203,8 @@ def _threshold(strength: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, str
     median = float(np.median(t))
     noise = 1.4826 * float(np.median(np.abs(t - median))) + 1e-3  # robust standard deviation of the paper
     flat = strength.ravel()
-    peak = float(np.partition(flat, -PEAK_PIXELS)[-PEAK_PIXELS]) if flat.size > 20 * PEAK_PIXELS else float(flat.max())
+    top = max(1, min(PEAK_PIXELS, flat.size // 1000))
+    peak = float(np.partition(flat, -top)[-top])
     if peak < MIN_CONTRAST or peak < median + NOISE_SIGMAS * noise:
         blank = np.zeros(strength.shape, np.uint8)
         return blank, blank, 1.0, "no digit found (the image is blank: one colour, no ink)"
@@ -223,14 +234,19 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     h, w = mask.shape
     if min(h, w) < 64:
         return mask
-    band = _lines_along(faint, horizontal=True) | _lines_along(faint, horizontal=False)
-    if not band.any():
+    rows, cols = _lines_along(faint, horizontal=True), _lines_along(faint, horizontal=False)
+    if not rows.any() and not cols.any():
         return mask
-    return mask & (1 - cv2.dilate(band, np.ones((3, 3), np.uint8)))
+    # a stroke that crosses or follows a line is thicker across it than a line (the other way's lines aside)
+    tall = cv2.morphologyEx(faint & (1 - cols), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, LINE_WIDTH)))
+    wide = cv2.morphologyEx(faint & (1 - rows), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (LINE_WIDTH, 1)))
+    lines = (rows & (1 - tall)) | (cols & (1 - wide))
+    return mask & (1 - lines)
 
 
 def _lines_along(marks: np.ndarray, horizontal: bool) -> np.ndarray:
-    """uint8 (H, W): the long lines running one way, as pixels of ``marks`` (thickened across by 2 px)."""
+    """uint8 (H, W): the pixels of ``marks`` on the long lines running one way (each line fitted and drawn
+    across the whole picture, 7 px wide, so that its faint gaps go too)."""
     h, w = marks.shape
     extent = w if horizontal else h
     run = max(40, round(0.12 * extent))
@@ -240,13 +256,22 @@ def _lines_along(marks: np.ndarray, horizontal: bool) -> np.ndarray:
     runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
     length = stats[1:, cv2.CC_STAT_WIDTH if horizontal else cv2.CC_STAT_HEIGHT]
-    long = length >= 0.35 * extent
-    ruled = int(long.sum()) >= LINE_MIN_COUNT
-    keep = np.concatenate([[False], long if ruled else length >= 0.85 * extent])
-    # only what is as thin as a line across it: a stroke that crosses or follows a line is thicker than that
+    ruled = int((length >= 0.25 * extent).sum()) >= LINE_MIN_COUNT
+    chosen = 1 + np.flatnonzero(length > 0 if ruled else length >= 0.85 * extent)  # ruled: every piece of a line
     across_line = (1, LINE_WIDTH) if horizontal else (LINE_WIDTH, 1)
-    crossing = cv2.morphologyEx(marks, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, across_line))
-    return (keep[labels] & (marks > 0) & (crossing == 0)).astype(np.uint8)
+    thin = marks & (1 - cv2.morphologyEx(marks, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, across_line)))
+    band = np.zeros_like(marks)
+    for label in chosen[:MAX_LINES]:  # a ruled line crosses the whole page: draw it across, gaps included
+        ys, xs = np.nonzero((labels == label) & (thin > 0))  # fitted to its thin pixels: never to a bold stroke
+        if len(xs) < 20:
+            continue
+        along_px, across_px = (xs, ys) if horizontal else (ys, xs)
+        slope, offset = np.polyfit(along_px.astype(np.float64), across_px.astype(np.float64), 1)
+        ends = [(0, offset), (extent - 1, offset + slope * (extent - 1))]
+        (a0, c0), (a1, c1) = ends
+        p0, p1 = ((a0, c0), (a1, c1)) if horizontal else ((c0, a0), (c1, a1))
+        cv2.line(band, (int(round(p0[0])), int(round(p0[1]))), (int(round(p1[0])), int(round(p1[1]))), 1, 7)
+    return band & marks
 
 
 # ---------------------------------------------------------------------------------------------- helpers

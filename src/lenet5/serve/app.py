@@ -127,7 +127,7 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     def read_and_describe(find, *args) -> tuple[dict, list[np.ndarray], np.ndarray]:
         """Runs in a worker thread: decoding, cleaning and the forward passes stay off the event loop."""
         try:
-            reading, fields = predictor.read(*find(predictor.probabilities, *args))
+            reading, fields = predictor.read(*find(predictor.fit, *args))
             probs = predictor.probabilities(np.stack(fields)) if fields else np.zeros((0, 10))
             return reading, fields, probs
         except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
