@@ -35,8 +35,10 @@ def test_two_process_training_matches_one_process(tmp_path):
     for key in ref.files:
         if key.endswith("/correct"):
             np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
-        elif key != "world_size":
-            np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-5, err_msg=key)
+        elif key.startswith("modern/"):  # float32 sums in another order, 20 Adam steps: float32's noise, amplified
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-3, atol=2e-4, err_msg=key)
+        elif key != "world_size":  # float64: the same to 1e-10
+            np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-10, err_msg=key)
     # both replicas hold the same weights, bit for bit
     r0, r1 = np.load(tmp_path / "ddp.rank0.npz"), np.load(tmp_path / "ddp.rank1.npz")
     for key in r0.files:
