@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from machine import cpu_snapshot, others_share  # noqa: E402
 from photo_scenes import KINDS, digit_scenes, number_scenes, phone_photo  # noqa: E402
+from test_photos import NOT_DIGITS, jpeg, paper, png, touching_pair, with_drawing  # noqa: E402
 
 from lenet5.data.datasets import load_mnist  # noqa: E402
 from lenet5.data.images import open_image, read_image, to_gray  # noqa: E402
@@ -101,6 +102,32 @@ def coverage(rows: list[dict], what: str) -> None:
     print(f"| the 'unsure' rule | {100 * len(kept) / len(rows):.1f}% | {100 * np.mean(kept) if kept else 0:.1f}% |")
 
 
+def not_digits(predictor: Predictor) -> None:
+    """How often what is not a digit comes back unsure: the test's blank page, cup and scribble, and 26
+    letters in Pillow's own font and every DejaVu / Liberation font on this machine."""
+    from PIL import ImageDraw, ImageFont
+
+    for what, draw in NOT_DIGITS.items():
+        reading, _ = predictor.read_image_bytes(with_drawing(draw), what)
+        print(f"{what}: {'unsure' if reading['unsure'] else 'SURE'} ({reading.get('reason') or reading['number']})")
+    fonts = [None] + sorted(str(p) for p in Path("/usr/share/fonts/truetype").glob("*/*.ttf"))[::3]
+    unsure = []
+    for i, font in enumerate(fonts):
+        face = ImageFont.load_default(size=220) if font is None else ImageFont.truetype(font, 220)
+        for letter in "AEFHKMNPRUVWXYaehkmnrtuvwy":
+            img = Image.fromarray(np.clip(paper(seed=i), 0, 255).astype(np.uint8))
+            ImageDraw.Draw(img).text((300, 120), letter, fill=(25, 25, 35), font=face)
+            unsure.append(predictor.read_image_bytes(jpeg(np.asarray(img, np.float32)), letter)[0]["unsure"])
+    print(f"letters: {100 * np.mean(unsure):.0f}% of {len(unsure)} unsure (26 letters x {len(fonts)} fonts)")
+
+
+def touching(predictor: Predictor, images, labels, n: int = 40) -> None:
+    """Two real test digits overlapping by 2 pixels (at 28 px): how often both are read, in order."""
+    right = [predictor.read_image_bytes(png(touching_pair(images[i], images[i + 1])), "pair.png")[0]["number"]
+             == f"{labels[i]}{labels[i + 1]}" for i in range(100, 100 + 2 * n, 2)]
+    print(f"touching pairs: {100 * np.mean(right):.0f}% of {n} read right")
+
+
 def phone_speed(predictor: Predictor, images, labels, runs: int) -> None:
     """Median time to decode + prepare one 12 MP phone JPEG (and with the network reading it), one core."""
     from threadpoolctl import threadpool_limits
@@ -149,6 +176,9 @@ def main() -> None:
     table(numbers, "Numbers of 2-5 digits")
     coverage(singles, "Single digits")
     coverage(numbers, "Numbers")
+    print()
+    touching(predictor, x, y)
+    not_digits(predictor)
     phone_speed(predictor, x, y, args.runs)
 
 

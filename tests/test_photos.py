@@ -80,25 +80,26 @@ def iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def touching_pair(a: np.ndarray, b: np.ndarray) -> Image.Image:
+    """Two MNIST digits side by side, pushed together until two columns overlap, black on white, 6x size."""
+    cols_a, cols_b = np.flatnonzero(a.max(0) > 60), np.flatnonzero(b.max(0) > 60)
+    a, b = a[:, cols_a[0] : cols_a[-1] + 1], b[:, cols_b[0] : cols_b[-1] + 1]
+    page = np.zeros((28, a.shape[1] + b.shape[1] + 8), np.uint8)
+    page[:, 4 : 4 + a.shape[1]] = a
+    at = 4 + a.shape[1] - 2  # two columns of overlap
+    page[:, at : at + b.shape[1]] = np.maximum(page[:, at : at + b.shape[1]], b)
+    big = Image.fromarray(255 - page).resize((page.shape[1] * 6, 28 * 6), Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (big.width + 120, big.height + 120), 255)
+    canvas.paste(big, (60, 60))
+    return canvas
+
+
 def test_touching_digits_are_cut_apart(mnist, predictor):
     """Two real test digits pushed together until their strokes touch are read as two digits."""
     x, y = mnist.test_images, mnist.test_labels
-    right, touching = 0, 0
-    for i in range(0, 40, 2):
-        a, b = x[i], x[i + 1]
-        cols_a, cols_b = np.flatnonzero(a.max(0) > 60), np.flatnonzero(b.max(0) > 60)
-        a, b = a[:, cols_a[0] : cols_a[-1] + 1], b[:, cols_b[0] : cols_b[-1] + 1]
-        page = np.zeros((28, a.shape[1] + b.shape[1] + 8), np.uint8)
-        page[:, 4 : 4 + a.shape[1]] = a
-        at = 4 + a.shape[1] - 2  # two columns of overlap
-        page[:, at : at + b.shape[1]] = np.maximum(page[:, at : at + b.shape[1]], b)
-        big = Image.fromarray(255 - page).resize((page.shape[1] * 6, 28 * 6), Image.Resampling.LANCZOS)
-        canvas = Image.new("L", (big.width + 120, big.height + 120), 255)
-        canvas.paste(big, (60, 60))
-        reading, _ = predictor.read_image_bytes(png(canvas), "pair.png")
-        right += reading["number"] == f"{y[i]}{y[i + 1]}"
-        touching += 1
-    assert right >= 0.35 * touching  # the README model cuts about 55% of such heavily overlapping pairs right
+    right = [predictor.read_image_bytes(png(touching_pair(x[i], x[i + 1])), "pair.png")[0]["number"]
+             == f"{y[i]}{y[i + 1]}" for i in range(0, 40, 2)]
+    assert np.mean(right) >= 0.35  # the README's model: 70% (benchmarks/photo_accuracy.py)
 
 
 def png(img: Image.Image) -> bytes:
