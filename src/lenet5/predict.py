@@ -123,6 +123,8 @@ class Predictor:
             fit += EVIDENCE_WEIGHT * np.minimum(energy(logits) - self.energy_floor, EVIDENCE_CAP)
         return fit
 
+    fit.ceiling = EVIDENCE_WEIGHT * EVIDENCE_CAP  # the most fit() gives: log(1) + the capped evidence
+
     def doubts(self, images: np.ndarray, logits: np.ndarray, probs: np.ndarray) -> list[str | None]:
         """Why each reading of uint8 (N, 28, 28) is unsure (None: sure): too little evidence for any digit,
         an answer that changes when the digit is nudged a little, or a low calibrated probability."""

@@ -38,7 +38,9 @@ MIN_PIECE = 0.15  # a piece cut off is at least this share of the height wide (a
 JOIN_GAP = 0.1  # marks closer than this share of the row's height may be pieces of one digit
 WIDE_PENALTY = 1.0  # log-probability a piece pays per unit of width/height beyond DIGIT_ASPECT
 
-Score = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 28, 28) -> (N,) how well each reads as a digit, log units
+# uint8 (N, 28, 28) -> (N,) how well each reads as a digit, in log units; an optional attribute ``ceiling``
+# (the most a field can score) lets a digit that already reads as well as a cut could skip the cuts
+Score = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -197,6 +199,9 @@ def _split_touching(part: Part, ink: Ink, score: Score) -> list[Part]:
     a piece wider than a digit is (DIGIT_ASPECT) pays for it, and so does every cut (CUT_COST).
     """
     if part.width < WIDE * part.height:
+        return [part]
+    whole = float(np.asarray(score(_field(part, ink)[None]), np.float64)[0]) - _wide(part)
+    if whole >= getattr(score, "ceiling", np.inf) - CUT_COST:  # no cut can read better than this: skip them all
         return [part]
     candidates = [[part]]
     max_pieces = min(5, max(2, round(part.width / (0.5 * part.height))))

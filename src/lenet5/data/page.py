@@ -32,6 +32,7 @@ MIN_CONTRAST = 0.08  # the strongest ink must be 8% darker than its paper, else 
 NOISE_SIGMAS = 4.0  # ink must stand this many robust standard deviations above the paper's noise
 PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel (fewer in small images): a digit has that many
 CLEAN_BETWEEN = 0.03  # a clean image has fewer pixels than this between its paper and ink levels
+OBJECT_DARK = 0.35  # an object is darker than this share of the paper (a hand's shadow is not that dark)
 OBJECT_SIDE = 0.2  # a dark thing at least this share of the picture's shorter side wide is an object, not ink
 LINE_MIN_COUNT = 3  # ruled / squared paper shows at least this many long parallel lines
 MAX_LINES = 200  # at most this many lines each way are drawn (squared paper at 5 mm has about 40)
@@ -171,7 +172,7 @@ def _solid_objects(g: np.ndarray, k: int) -> np.ndarray:
     t = _thumb(g)
     if k == 0 or min(t.shape) < 100:
         return np.zeros(g.shape, bool)
-    dark = (t < 0.5 * float(np.percentile(t, 90))).astype(np.uint8)
+    dark = (t < OBJECT_DARK * float(np.percentile(t, 90))).astype(np.uint8)
     wide = max(2 * k, round(OBJECT_SIDE * min(t.shape))) | 1
     solid = cv2.morphologyEx(dark, cv2.MORPH_OPEN, _square(wide))
     if not solid.any():
@@ -183,7 +184,7 @@ def _solid_objects(g: np.ndarray, k: int) -> np.ndarray:
 def _stroke_width(t: np.ndarray) -> float:
     """A rough stroke width (thumbnail pixels): 2 * area / rim of what a black-hat (a grey closing minus the
     image, wide enough for bold strokes, too narrow for shadows and light gradients) shows as dark marks."""
-    kb = max(3, round(0.15 * min(t.shape)) | 1)
+    kb = max(3, round(0.08 * min(t.shape)) | 1)
     marks = cv2.morphologyEx(t, cv2.MORPH_BLACKHAT, _square(kb),
                              borderType=cv2.BORDER_REFLECT)
     top = float(marks.max())
