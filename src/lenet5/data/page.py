@@ -32,8 +32,9 @@ MIN_CONTRAST = 0.08  # the strongest ink must be 8% darker than its paper, else 
 NOISE_SIGMAS = 4.0  # ink must stand this many robust standard deviations above the paper's noise
 PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel (fewer in small images): a digit has that many
 CLEAN_BETWEEN = 0.03  # a clean image has fewer pixels than this between its paper and ink levels
-OBJECT_DARK = 0.35  # an object is darker than this share of the paper (a hand's shadow is not that dark)
-OBJECT_SIDE = 0.2  # a dark thing at least this share of the picture's shorter side wide is an object, not ink
+OBJECT_DARK = 0.45  # an object is darker than this share of the paper (a hand's shadow is not that dark)
+OBJECT_AREA = 0.05  # ... and covers at least this share of the picture
+OBJECT_SIDE = 0.3  # a dark thing at least this share of the picture's shorter side wide is an object, not ink
 LINE_MIN_COUNT = 3  # ruled / squared paper shows at least this many long parallel lines
 MAX_LINES = 200  # at most this many lines each way are drawn (squared paper at 5 mm has about 40)
 LINE_WIDTH = 7  # ruled lines are thinner than this (working pixels); strokes that cross them are longer across
@@ -63,12 +64,14 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     strength = np.clip(1.0 - g / np.maximum(paper, 1e-3), 0.0, 1.0)
     if sheet is not None:
         strength[~sheet] = 0.0
-    strength[_solid_objects(g, k)] = 0.0
+    objects = _solid_objects(g, k)
+    strength[objects] = 0.0
     mask, faint, level, problem = _threshold(strength)
     if problem is None:
         mask = _remove_lines(mask, faint)
+        mask = _apart_from(mask, objects)
         if not mask.any():
-            problem = "no digit found (only ruled lines)"
+            problem = "no digit found (only ruled lines, edges or objects)"
     return Ink(strength=strength, mask=mask, level=level, scale=scale, problem=problem)
 
 
@@ -173,12 +176,28 @@ def _solid_objects(g: np.ndarray, k: int) -> np.ndarray:
     if k == 0 or min(t.shape) < 100:
         return np.zeros(g.shape, bool)
     dark = (t < OBJECT_DARK * float(np.percentile(t, 90))).astype(np.uint8)
-    wide = max(2 * k, round(OBJECT_SIDE * min(t.shape))) | 1
+    wide = max(4 * k, round(OBJECT_SIDE * min(t.shape))) | 1
     solid = cv2.morphologyEx(dark, cv2.MORPH_OPEN, _square(wide))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=8)
+    large = np.concatenate([[False], stats[1:, cv2.CC_STAT_AREA] >= OBJECT_AREA * t.size])
+    solid = large[labels].astype(np.uint8)  # a filled loop of a bold digit is dark and solid, but small
     if not solid.any():
         return np.zeros(g.shape, bool)
     solid = cv2.dilate(solid, _square(k))  # the outline, a handle
     return cv2.resize(solid, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _apart_from(mask: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """The mask without the marks that touch an object (its outline, a cup's handle)."""
+    if not objects.any():
+        return mask
+    near = cv2.dilate(objects.astype(np.uint8), _square(5))
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    touching = np.unique(labels[(near > 0) & (mask > 0)])
+    keep = np.ones(n, bool)
+    keep[touching] = False
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
 
 
 def _stroke_width(t: np.ndarray) -> float:
