@@ -38,6 +38,13 @@ def test_layers_apply_in_order(tmp_path):
         (["train.batch_size=abc"], "'train.batch_size' must be an integer"),
         (["optimizer.name=rmsprop"], "must be one of sgd, adam, adamw"),
         (["optimizer.nesterov=3"], "must be true or false"),
+        (["optimizer.beta1=1"], "'optimizer.beta1' must be >= 0 and < 1"),  # Adam's bias correction divides by 1 - beta
+        (["optimizer.beta2=1.0"], "'optimizer.beta2' must be >= 0 and < 1"),
+        (["train.seed=18446744073709551616"], "'train.seed' must be >= 0 and <= 4294967295"),  # torch overflows
+        (["train.threads=5000"], "'train.threads' must be >= 0 and <= 64"),  # 5000 OS threads
+        (["train.name=../../x"], "'train.name' must be a plain folder name"),  # a run outside --out
+        (["train.name=/tmp/x"], "'train.name' must be a plain folder name"),
+        (["train.name=."], "'train.name' must be a plain folder name"),  # into --out itself
         (["schedule.gamma=2"], "'schedule.gamma' must be > 0 and <= 1"),
         (["epochs=3"], "--set expects section.key=value"),
     ],

@@ -107,3 +107,18 @@ def test_export_does_not_need_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
+
+
+def test_export_refuses_to_overwrite_the_checkpoint_it_reads(tmp_path):
+    from lenet5.checkpoint import save_checkpoint
+    from lenet5.engines.numpy.engine import NumpyEngine
+
+    ckpt = tmp_path / "model.safetensors"
+    save_checkpoint(ckpt, NumpyEngine(seed=0).state_dict(), engine="numpy", model="modern")
+    before = ckpt.read_bytes()
+    (tmp_path / "link.safetensors").symlink_to(ckpt)
+    for output in (ckpt, tmp_path / "." / "model.safetensors", tmp_path / "link.safetensors"):
+        proc = subprocess.run([sys.executable, "-m", "lenet5", "export", "--model", str(ckpt), "--format", "onnx",
+                               "--output", str(output)], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: --output") and len(proc.stderr.splitlines()) == 1
+    assert ckpt.read_bytes() == before

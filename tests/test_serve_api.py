@@ -117,7 +117,8 @@ def test_body_just_under_the_limit_is_read(client):
     assert r.status_code == 400  # read in full, then refused as not an image
 
 
-@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {"content-type": "application/xml"}, {}])
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {"content-type": "application/xml"}, {},
+                                     {"content-type": "image/svg+xml"}, {"content-type": "image/heic"}])
 def test_wrong_content_type_is_415(client, headers):
     r = client.post("/predict", content=b"7", headers=headers)
     assert r.status_code == 415

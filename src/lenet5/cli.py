@@ -273,6 +273,9 @@ def cmd_export(args) -> int:
 
     ckpt = load_checkpoint(args.model)
     output = Path(args.output) if args.output else Path(args.model).with_suffix(".onnx")
+    if output.resolve() == Path(args.model).resolve() or (output.exists() and output.samefile(args.model)):
+        raise Lenet5Error(f"--output {output} is the checkpoint being exported; choose another file (for example "
+                          f"{Path(args.model).with_suffix('.onnx')})")
     export_onnx(ckpt.weights, ckpt.model, output, calibration=ckpt.meta.get("calibration"))
     if args.json:
         _print_json({"model": args.model, "format": args.format, "output": str(output)})

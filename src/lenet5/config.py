@@ -20,8 +20,12 @@ def _choice(*allowed: str) -> dict:
     return {"choices": allowed}
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
-    return {"range": (lo, hi, lo_open)}
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> dict:
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+MAX_SEED = 2**32 - 1  # numpy and torch both take it; torch overflows past 2**63
+MAX_THREADS = 64  # far more than these machines have; thousands of threads only exhaust the system
 
 
 @dataclass
@@ -42,8 +46,8 @@ class OptimizerConfig:
     lr: float = field(default=0.05, metadata=_range(0.0, None, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))  # SGD only
     nesterov: bool = True  # SGD only
-    beta1: float = field(default=0.9, metadata=_range(0.0, 1.0))  # Adam/AdamW
-    beta2: float = field(default=0.999, metadata=_range(0.0, 1.0))  # Adam/AdamW
+    beta1: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))  # Adam/AdamW: 1 divides by zero
+    beta2: float = field(default=0.999, metadata=_range(0.0, 1.0, hi_open=True))  # Adam/AdamW
     eps: float = field(default=1e-8, metadata=_range(0.0, None, lo_open=True))
     # L2 penalty 0.5*l2*||w||^2 added to the loss: its gradient l2*w goes through the optimizer
     # (for Adam it is rescaled by the adaptive step, like torch's Adam(weight_decay=...)).
@@ -105,13 +109,13 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=_range(1))
     batch_size: int = field(default=64, metadata=_range(1))
     eval_batch_size: int = field(default=1000, metadata=_range(1))
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0, MAX_SEED))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
     dtype: str = field(default="float32", metadata=_choice("float32", "float64"))
-    threads: int = field(default=0, metadata=_range(0))  # 0: the engine's default
+    threads: int = field(default=0, metadata=_range(0, MAX_THREADS))  # 0: the engine's default
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda", "mps"))  # torch engine
     out: str = "runs"  # parent folder of run folders
-    name: str | None = None  # run folder name; None: <engine>-<model>-<timestamp>
+    name: str | None = field(default=None, metadata={"plain_name": True})  # run folder; None: <engine>-<model>-<time>
 
 
 @dataclass
@@ -162,12 +166,15 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     elif base == "str":
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    if f.metadata.get("plain_name") and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
+        raise ConfigError(f"config key '{key}' must be a plain folder name (no '/', not '.' or '..'), got {value!r}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
     if "range" in f.metadata:
-        lo, hi, lo_open = f.metadata["range"]
-        bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
+        lo, hi, lo_open, hi_open = f.metadata["range"]
+        bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
+            (hi is not None and (value >= hi if hi_open else value > hi))
         if bad:
             raise ConfigError(f"config key '{key}' {_allowed(f, kind)}; got {value!r}")
     return value
@@ -177,12 +184,12 @@ def _allowed(f: dataclasses.Field, kind: str) -> str:
     if "choices" in f.metadata:
         return "must be one of " + ", ".join(f.metadata["choices"])
     if "range" in f.metadata:
-        lo, hi, lo_open = f.metadata["range"]
+        lo, hi, lo_open, hi_open = f.metadata["range"]
         parts = []
         if lo is not None:
             parts.append(f"{'>' if lo_open else '>='} {lo:g}")
         if hi is not None:
-            parts.append(f"<= {hi:g}")
+            parts.append(f"{'<' if hi_open else '<='} {hi if isinstance(hi, int) else format(hi, 'g')}")
         return "must be " + " and ".join(parts)
     return f"must be of type {kind}"
 

@@ -13,7 +13,7 @@ Routes
     * ``application/json`` ``{"pixels": 28x28 numbers 0..255}``: a digit already MNIST-style (white on
       black, centred), used as is; with ``"prepare": true`` the pixels (any HxW, 4..1024 per side, any
       polarity) go through the same preparation as an uploaded image;
-    * ``image/png``, ``image/jpeg``, ... : the raw image file as the body.
+    * ``image/png``, ``image/jpeg``, ... (IMAGE_TYPES): the raw image file as the body.
   ``?prepared=true`` adds ``"prepared"`` to each digit (and at the top for one digit): the 28x28 uint8
   image the network saw.
 
@@ -47,7 +47,10 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris
 MAX_PIXELS_SIDE = 1024  # JSON pixels with "prepare": true
 STATIC = Path(__file__).parent / "static"
-ACCEPTED = "multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or image/*"
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/bmp", "image/x-ms-bmp", "image/gif",
+               "image/tiff", "image/webp")  # what open_image decodes; image/svg+xml and the like are 415
+ACCEPTED = ("multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or "
+            "a PNG, JPEG, BMP, GIF, TIFF or WebP body")
 
 
 class BodyLimit:
@@ -148,7 +151,7 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
             work = (_find_in_bytes, *await _read_upload(request))
         elif kind == "application/json":
             work = (_find_in_pixels, _parse_json(await request.body()))
-        elif kind.startswith("image/"):
+        elif kind in IMAGE_TYPES:
             work = (_find_in_bytes, await request.body(), "image")
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
