@@ -78,3 +78,31 @@ def test_cli_rejects_bad_config_in_one_line(tmp_path, args, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """A 1 KB "billion laughs" file (nested aliases) would expand to gigabytes when used or printed."""
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]"
+                                                      for i in range(1, 10)] + ["train:", "  epochs: *a9"]
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="YAML alias"):
+        build_config([bomb])
+    with pytest.raises(ConfigError, match="YAML alias"):
+        build_config(sets=["train.epochs=[&x [1, 1], *x, *x]"])
+
+
+def test_a_huge_or_deep_wrong_value_is_shown_short():
+    with pytest.raises(ConfigError) as err:
+        build_config(sets=["train.epochs=" + "[" * 50 + "1" + "]" * 50])
+    assert len(str(err.value)) < 200
+    with pytest.raises(ConfigError) as err:
+        build_config(sets=["train.epochs=" + "x" * 100_000])
+    assert len(str(err.value)) < 200
+
+
+def test_an_oversized_config_file_is_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 2_000_000 + "\n")
+    with pytest.raises(ConfigError, match="a config is a few KB"):
+        build_config([big])

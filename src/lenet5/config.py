@@ -7,6 +7,7 @@ An unknown key, a wrong type or an impossible value raises ConfigError naming th
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 import yaml
 
 from lenet5.errors import ConfigError
+
+_SHORT = reprlib.Repr()  # error messages show a value cut short (Python 3.10/3.11 take no arguments here)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 4, 4, 60, 60, 40
 
 
 def _choice(*allowed: str) -> dict:
@@ -24,6 +28,7 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return {"range": (lo, hi, lo_open, hi_open)}
 
 
+MAX_CONFIG_BYTES = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; torch overflows past 2**63
 MAX_THREADS = 64  # far more than these machines have; thousands of threads only exhaust the system
 
@@ -150,33 +155,33 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     base = kind.replace("| None", "").strip()
     if base == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be true or false, got {_show(value)}")
     elif base == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+                raise ConfigError(f"config key '{key}' must be an integer, got {_show(value)}")
     elif base == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a number, got {_show(value)}")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a finite number, got {_show(value)}")
     elif base == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a string, got {_show(value)}")
     if f.metadata.get("plain_name") and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
-        raise ConfigError(f"config key '{key}' must be a plain folder name (no '/', not '.' or '..'), got {value!r}")
+        raise ConfigError(f"config key '{key}' must be a plain folder name (no '/', not '.' or '..'), got {_show(value)}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {_show(value)}")
     if "range" in f.metadata:
         lo, hi, lo_open, hi_open = f.metadata["range"]
         bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
             (hi is not None and (value >= hi if hi_open else value > hi))
         if bad:
-            raise ConfigError(f"config key '{key}' {_allowed(f, kind)}; got {value!r}")
+            raise ConfigError(f"config key '{key}' {_allowed(f, kind)}; got {_show(value)}")
     return value
 
 
@@ -224,13 +229,16 @@ def apply_dict(cfg: Config, overrides: dict, source: str = "config") -> Config:
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {path.stat().st_size} bytes; a config is a few KB "
+                              f"(at most {MAX_CONFIG_BYTES})")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _safe_yaml(text, f"config file {path}")
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -245,10 +253,22 @@ def parse_assignment(text: str) -> tuple[str, str, Any]:
     dotted, raw = text.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _safe_yaml(raw, f"--set {dotted}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return section, key, value
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load without aliases: a 1 KB file of nested aliases ("billion laughs") expands to gigabytes."""
+    if any(isinstance(token, yaml.AliasToken) for token in yaml.scan(text)):
+        raise ConfigError(f"{where} uses a YAML alias (*name); write the value out instead")
+    return yaml.safe_load(text)
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short however large or deep it is."""
+    return _SHORT.repr(value)
 
 
 def build_config(files: list[str | Path] = (), overrides: dict | None = None, sets: list[str] = ()) -> Config:

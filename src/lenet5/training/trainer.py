@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ from lenet5.atomic import atomic_write_text
 from lenet5.config import Config, dump_yaml
 from lenet5.data.datasets import MNIST, iterate_batches, normalize, num_batches, split_train_val
 from lenet5.engines import create_engine
+from lenet5.jsonout import dumps
 from lenet5.metrics import Evaluation, evaluate_logits, softmax
 from lenet5.data.augment import make_augmenter
 from lenet5.training.callbacks import CheckpointWriter, EarlyStopping, check_finite
@@ -226,7 +226,7 @@ class Trainer:
             **{k: v for k, v in test.summary().items() if k in ("per_class", "confusion_matrix")},
         }
         if self.is_writer:
-            atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            atomic_write_text(self.run_dir / "metrics.json", dumps(metrics) + "\n")
             from lenet5.reports import write_reports
 
             write_reports(self.run_dir, self.history, self.data.test_images, test.labels, test.probabilities, test.confusion)
