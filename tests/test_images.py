@@ -208,3 +208,16 @@ def test_npy_that_is_not_an_array_is_refused(tmp_path):
     (tmp_path / "x.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(ImageError, match="not a readable .npy"):
         prepare_file(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("descr, shape, message", [
+    ("|u1", (30_000_000, 28, 28), "more than 100000 digits"),  # 23 GB claimed by a tiny file
+    ("<f8", (100, 28, 28), "but the file holds"),  # a header that lies about how much data follows
+])
+def test_npy_whose_header_lies_is_refused_before_allocating(tmp_path, descr, shape, message):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    buf.write(bytes(2 * 784))
+    (tmp_path / "lie.npy").write_bytes(buf.getvalue())
+    with pytest.raises(ImageError, match=message):
+        prepare_file(tmp_path / "lie.npy")

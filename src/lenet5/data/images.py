@@ -179,13 +179,30 @@ def digits_from_array(arr: np.ndarray, name: str = "array") -> np.ndarray:
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """A .npy file of MNIST-style digits -> uint8 (N, 28, 28)."""
+    """A .npy file of MNIST-style digits -> uint8 (N, 28, 28). The header's shape is checked against the file's
+    size and the limits before anything is allocated (a 250 KB file may claim to hold 73 GiB)."""
     try:
+        _check_npy_header(path)
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ImageError(f"{path}: not a readable .npy array ({first})") from None
     return digits_from_array(arr, str(path))
+
+
+def _check_npy_header(path: Path) -> None:
+    """ValueError unless the header describes an array that fits the file and MAX_NPY_DIGITS digits."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        data_bytes = path.stat().st_size - f.tell()
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    if count > MAX_NPY_DIGITS * SIZE * SIZE:
+        raise ValueError(f"its header claims shape {shape}, more than {MAX_NPY_DIGITS} digits")
+    if dtype.hasobject or count * dtype.itemsize > data_bytes:
+        raise ValueError(f"its header claims shape {shape} of {dtype}, {count * dtype.itemsize} bytes, "
+                         f"but the file holds {data_bytes}")
 
 
 # -------------------------------------------------------------------------------------- files
