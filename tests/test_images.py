@@ -221,3 +221,13 @@ def test_npy_whose_header_lies_is_refused_before_allocating(tmp_path, descr, sha
     (tmp_path / "lie.npy").write_bytes(buf.getvalue())
     with pytest.raises(ImageError, match=message):
         prepare_file(tmp_path / "lie.npy")
+
+
+def test_an_image_mode_pillow_cannot_convert_is_one_error_for_that_file(tmp_path, trained_checkpoint):
+    buf = io.BytesIO()
+    Image.new("LAB", (60, 60)).save(buf, format="TIFF")  # Pillow opens it, but cannot turn LAB into grey
+    (tmp_path / "lab.tif").write_bytes(buf.getvalue())
+    Image.new("L", (60, 60), 255).save(tmp_path / "white.png")
+    results = Predictor.from_checkpoint(trained_checkpoint).classify_files([str(tmp_path)])
+    assert [r["file"].rsplit("/", 1)[-1] for r in results] == ["lab.tif", "white.png"]  # the other file still read
+    assert "cannot read a LAB image" in results[0]["error"] and results[1]["unsure"] is True

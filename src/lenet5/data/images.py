@@ -81,8 +81,17 @@ def _check_size(img: Image.Image, name: str) -> None:
         raise ImageError(f"{name}: image is only {w}x{h} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
 
 
-def to_gray(img: Image.Image) -> np.ndarray:
-    """Any mode -> float32 (H, W) in 0..1, transparency composited onto the background."""
+def to_gray(img: Image.Image, name: str = "image") -> np.ndarray:
+    """Any mode Pillow can convert -> float32 (H, W) in 0..1, transparency composited onto the background;
+    ImageError for a mode it cannot (LAB, premultiplied La, ...)."""
+    try:
+        return _to_gray(img)
+    except (ValueError, OSError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ImageError(f"{name}: cannot read a {img.mode} image as grey levels ({first}); save it as RGB") from None
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         g = np.asarray(img, dtype=np.float64)
@@ -123,7 +132,7 @@ def read_image(img: Image.Image, name: str = "image", score: Score | None = None
     factor = max(img.size) // (2 * WORK_SIDE)
     if factor >= 2 and img.mode in REDUCIBLE:  # box-average a huge image before making floats of it
         img, scale = img.reduce(factor), scale * factor
-    return find_digits(find_ink(_finite(to_gray(img), name), scale), score)
+    return find_digits(find_ink(_finite(to_gray(img, name), name), scale), score)
 
 
 def read_gray(g: np.ndarray, name: str = "pixels", score: Score | None = None) -> tuple[list[Digit], str | None]:
@@ -134,7 +143,7 @@ def read_gray(g: np.ndarray, name: str = "pixels", score: Score | None = None) -
 def prepare_image(img: Image.Image, name: str = "image") -> np.ndarray:
     """A decoded image of one digit -> uint8 (28, 28), white digit on black, centred like MNIST."""
     _check_size(img, name)
-    return prepare_gray(to_gray(img), name)
+    return prepare_gray(to_gray(img, name), name)
 
 
 def prepare_gray(g: np.ndarray, name: str = "image") -> np.ndarray:
