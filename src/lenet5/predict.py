@@ -150,24 +150,33 @@ class Predictor:
                 out.append(None)
         return out
 
-    def read(self, digits: list, problem: str | None, top_k: int = 3) -> tuple[dict, list[np.ndarray]]:
+    def judge(self, fields: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """uint8 (N, 28, 28) -> calibrated probabilities (N, 10) and why each reading is unsure (None: sure)."""
+        logits = self.logits(fields)
+        probs = softmax(logits / self.temperature)
+        return probs, self.doubts(fields, logits, probs)
+
+    def read(self, digits: list, problem: str | None, top_k: int = 3,
+             probabilities: bool = False) -> tuple[dict, list[np.ndarray]]:
         """Found digits (data.digits.Digit, left to right) -> the reading and the fields the network saw.
 
-        The reading: ``number`` (str or None), ``digits`` [{digit, probability, box, top_k, unsure}],
-        ``unsure`` and ``reason``; one digit also gives today's ``digit``, ``probability``, ``top_k``.
+        The reading: ``number`` (str or None), ``digits`` [{digit, probability, box, top_k, unsure}, plus
+        ``probabilities`` (10 floats) when asked], ``unsure`` and ``reason``; one digit also gives today's
+        ``digit``, ``probability``, ``top_k`` (and ``probabilities``).
         """
         if not digits:
             return {"number": None, "digit": None, "probability": None, "digits": [], "unsure": True,
                     "reason": problem or "no digit found"}, []
         fields = [d.field for d in digits]
-        logits = self.logits(np.stack(fields))
-        probs = softmax(logits / self.temperature)
-        doubts = self.doubts(np.stack(fields), logits, probs)
+        probs, doubts = self.judge(np.stack(fields))
         described = [{**describe(p, top_k), "box": list(d.box), "unsure": why is not None}
                      for d, p, why in zip(digits, probs, doubts)]
+        if probabilities:
+            for d, p in zip(described, probs):
+                d["probabilities"] = [round(float(v), 6) for v in p]
         reading: dict = {"number": "".join(str(d["digit"]) for d in described)}
         if len(described) == 1:
-            reading.update({k: described[0][k] for k in ("digit", "probability", "top_k", "box")})
+            reading.update({k: v for k, v in described[0].items() if k != "unsure"})
         else:
             reading["probability"] = round(math.prod(d["probability"] for d in described), 6)
         reading["digits"] = described
@@ -198,9 +207,8 @@ class Predictor:
             try:
                 if name.lower().endswith(".npy"):  # a stack of MNIST-style digits: one result per digit, file[i]
                     stack = load_npy(Path(name))
-                    logits = self.logits(stack)
-                    probs = softmax(logits / self.temperature)
-                    for i, (digit, p, why) in enumerate(zip(stack, probs, self.doubts(stack, logits, probs))):
+                    probs, doubts = self.judge(stack)
+                    for i, (digit, p, why) in enumerate(zip(stack, probs, doubts)):
                         row = {"file": f"{name}[{i}]", **describe(p, top_k), "unsure": why is not None}
                         results.append({**row, "reason": why} if why else row)
                         prepared.append((f"{Path(name).stem}_{i}", digit))

@@ -127,12 +127,10 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
 
-    def read_and_describe(find, *args) -> tuple[dict, list[np.ndarray], np.ndarray]:
+    def read_and_describe(find, *args) -> tuple[dict, list[np.ndarray]]:
         """Runs in a worker thread: decoding, cleaning and the forward passes stay off the event loop."""
         try:
-            reading, fields = predictor.read(*find(predictor.fit, *args))
-            probs = predictor.probabilities(np.stack(fields)) if fields else np.zeros((0, 10))
-            return reading, fields, probs
+            return predictor.read(*find(predictor.fit, *args), probabilities=True)
         except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
             raise HTTPException(500, str(exc)) from None
 
@@ -155,16 +153,12 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
             work = (_find_in_bytes, await request.body(), "image")
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
-        reading, fields, probs = await run_in_threadpool(read_and_describe, *work)
-        if fields:
-            for d, p, field in zip(reading["digits"], probs, fields):
-                d["probabilities"] = [round(float(v), 6) for v in p]
-                if prepared:
-                    d["prepared"] = field.tolist()
+        reading, fields = await run_in_threadpool(read_and_describe, *work)
+        if prepared:
+            for d, field in zip(reading["digits"], fields):
+                d["prepared"] = field.tolist()
             if len(fields) == 1:
-                reading["probabilities"] = reading["digits"][0]["probabilities"]
-                if prepared:
-                    reading["prepared"] = fields[0].tolist()
+                reading["prepared"] = fields[0].tolist()
         return JSONResponse({**reading, "model": predictor.model_name})
 
     return app
