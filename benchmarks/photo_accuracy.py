@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from machine import cpu_snapshot, others_share  # noqa: E402
-from photo_scenes import KINDS, digit_scenes, number_scenes, phone_photo  # noqa: E402
-from test_photos import NOT_DIGITS, jpeg, paper, png, touching_pair, with_drawing  # noqa: E402
+from photo_scenes import (KINDS, NOT_DIGITS, digit_scenes, jpeg, number_scenes, paper, phone_photo,  # noqa: E402
+                          png, touching_pair, with_drawing)
 
 from lenet5.data.datasets import load_mnist  # noqa: E402
 from lenet5.data.images import open_image, read_image, to_gray  # noqa: E402
@@ -111,14 +111,17 @@ def not_digits(predictor: Predictor) -> None:
         reading, _ = predictor.read_image_bytes(with_drawing(draw), what)
         print(f"{what}: {'unsure' if reading['unsure'] else 'SURE'} ({reading.get('reason') or reading['number']})")
     fonts = [None] + sorted(str(p) for p in Path("/usr/share/fonts/truetype").glob("*/*.ttf"))[::3]
-    unsure = []
+    unsure, a_unsure = [], []
     for i, font in enumerate(fonts):
         face = ImageFont.load_default(size=220) if font is None else ImageFont.truetype(font, 220)
         for letter in "AEFHKMNPRUVWXYaehkmnrtuvwy":
             img = Image.fromarray(np.clip(paper(seed=i), 0, 255).astype(np.uint8))
             ImageDraw.Draw(img).text((300, 120), letter, fill=(25, 25, 35), font=face)
             unsure.append(predictor.read_image_bytes(jpeg(np.asarray(img, np.float32)), letter)[0]["unsure"])
-    print(f"letters: {100 * np.mean(unsure):.0f}% of {len(unsure)} unsure (26 letters x {len(fonts)} fonts)")
+            if letter == "A":
+                a_unsure.append(unsure[-1])
+    print(f"letters: {100 * np.mean(unsure):.0f}% of {len(unsure)} unsure (26 letters x {len(fonts)} fonts); "
+          f"the letter A: {100 * np.mean(a_unsure):.0f}% of {len(a_unsure)}")
 
 
 def touching(predictor: Predictor, images, labels, n: int = 40) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 KINDS: tuple[str, ...] = (
     "clean_scan",  # flatbed scan of pen or marker on white paper: white background, PNG (RGB or greyscale)
@@ -709,3 +709,63 @@ def _encode(image: np.ndarray, look: _Look, rng: np.random.Generator) -> tuple[b
         return buffer.getvalue(), ".png"
     picture.save(buffer, format="JPEG", quality=int(rng.integers(look.quality[0], look.quality[1] + 1)))
     return buffer.getvalue(), ".jpg"
+
+
+# ------------------------------------------------------------------ what is not a digit, and digits that touch
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def paper(size=(800, 600), seed=0) -> np.ndarray:
+    """A photo of an empty sheet: light gradient, grain (float32 RGB 0..255)."""
+    rng = np.random.default_rng(seed)
+    h, w = size[1], size[0]
+    light = np.linspace(0.75, 1.0, w)[None, :] * np.linspace(0.9, 1.0, h)[:, None]
+    page = 235 * light[..., None] * np.array([1.0, 0.98, 0.93]) + rng.normal(0, 3, (h, w, 3))
+    return page.astype(np.float32)
+
+
+def jpeg(page: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def with_drawing(draw_on) -> bytes:
+    img = Image.fromarray(np.clip(paper(), 0, 255).astype(np.uint8))
+    draw_on(ImageDraw.Draw(img))
+    return jpeg(np.asarray(img, np.float32))
+
+
+NOT_DIGITS = {
+    "blank page": lambda d: None,
+    "a cup": lambda d: (d.ellipse((250, 150, 520, 470), fill=(90, 60, 50)), d.ellipse((500, 240, 600, 380), outline=(90, 60, 50), width=22)),
+    "scribble": lambda d: d.line(tangle(), fill=(20, 20, 60), width=5),
+}
+
+
+def tangle(n: int = 60, seed: int = 3) -> list[tuple[float, float]]:
+    """A pen scribbling over and over itself: a smooth random walk around one spot."""
+    rng = np.random.default_rng(seed)
+    angle = np.cumsum(rng.normal(0, 0.6, n))
+    xy = np.cumsum(np.stack([np.cos(angle), np.sin(angle)], 1) * 25, axis=0)
+    xy = 400 + 110 * (xy - xy.mean(0)) / np.abs(xy - xy.mean(0)).max()
+    return [(float(x), float(y) - 100) for x, y in xy]
+
+
+def touching_pair(a: np.ndarray, b: np.ndarray) -> Image.Image:
+    """Two MNIST digits side by side, pushed together until two columns overlap, black on white, 6x size."""
+    cols_a, cols_b = np.flatnonzero(a.max(0) > 60), np.flatnonzero(b.max(0) > 60)
+    a, b = a[:, cols_a[0] : cols_a[-1] + 1], b[:, cols_b[0] : cols_b[-1] + 1]
+    page = np.zeros((28, a.shape[1] + b.shape[1] + 8), np.uint8)
+    page[:, 4 : 4 + a.shape[1]] = a
+    at = 4 + a.shape[1] - 2  # two columns of overlap
+    page[:, at : at + b.shape[1]] = np.maximum(page[:, at : at + b.shape[1]], b)
+    big = Image.fromarray(255 - page).resize((page.shape[1] * 6, 28 * 6), Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (big.width + 120, big.height + 120), 255)
+    canvas.paste(big, (60, 60))
+    return canvas
+
+

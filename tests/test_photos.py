@@ -7,7 +7,6 @@ checkpoint is trained for 3 epochs only, and the sets are small; they catch a re
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -15,10 +14,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
 from lenet5.predict import Predictor
-from photo_scenes import KINDS, digit_scenes, number_scenes
+from photo_scenes import KINDS, NOT_DIGITS, digit_scenes, number_scenes, png, touching_pair, with_drawing
 
 SEED = 7  # other scenes than the benchmark's (seed 0)
 
@@ -80,69 +79,12 @@ def iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def touching_pair(a: np.ndarray, b: np.ndarray) -> Image.Image:
-    """Two MNIST digits side by side, pushed together until two columns overlap, black on white, 6x size."""
-    cols_a, cols_b = np.flatnonzero(a.max(0) > 60), np.flatnonzero(b.max(0) > 60)
-    a, b = a[:, cols_a[0] : cols_a[-1] + 1], b[:, cols_b[0] : cols_b[-1] + 1]
-    page = np.zeros((28, a.shape[1] + b.shape[1] + 8), np.uint8)
-    page[:, 4 : 4 + a.shape[1]] = a
-    at = 4 + a.shape[1] - 2  # two columns of overlap
-    page[:, at : at + b.shape[1]] = np.maximum(page[:, at : at + b.shape[1]], b)
-    big = Image.fromarray(255 - page).resize((page.shape[1] * 6, 28 * 6), Image.Resampling.LANCZOS)
-    canvas = Image.new("L", (big.width + 120, big.height + 120), 255)
-    canvas.paste(big, (60, 60))
-    return canvas
-
-
 def test_touching_digits_are_cut_apart(mnist, predictor):
     """Two real test digits pushed together until their strokes touch are read as two digits."""
     x, y = mnist.test_images, mnist.test_labels
     right = [predictor.read_image_bytes(png(touching_pair(x[i], x[i + 1])), "pair.png")[0]["number"]
              == f"{y[i]}{y[i + 1]}" for i in range(0, 40, 2)]
     assert np.mean(right) >= 0.35  # the README's model: 70% (benchmarks/photo_accuracy.py)
-
-
-def png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def paper(size=(800, 600), seed=0) -> np.ndarray:
-    """A photo of an empty sheet: light gradient, grain (float32 RGB 0..255)."""
-    rng = np.random.default_rng(seed)
-    h, w = size[1], size[0]
-    light = np.linspace(0.75, 1.0, w)[None, :] * np.linspace(0.9, 1.0, h)[:, None]
-    page = 235 * light[..., None] * np.array([1.0, 0.98, 0.93]) + rng.normal(0, 3, (h, w, 3))
-    return page.astype(np.float32)
-
-
-def jpeg(page: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-def with_drawing(draw_on) -> bytes:
-    img = Image.fromarray(np.clip(paper(), 0, 255).astype(np.uint8))
-    draw_on(ImageDraw.Draw(img))
-    return jpeg(np.asarray(img, np.float32))
-
-
-NOT_DIGITS = {
-    "blank page": lambda d: None,
-    "a cup": lambda d: (d.ellipse((250, 150, 520, 470), fill=(90, 60, 50)), d.ellipse((500, 240, 600, 380), outline=(90, 60, 50), width=22)),
-    "scribble": lambda d: d.line(tangle(), fill=(20, 20, 60), width=5),
-}
-
-
-def tangle(n: int = 60, seed: int = 3) -> list[tuple[float, float]]:
-    """A pen scribbling over and over itself: a smooth random walk around one spot."""
-    rng = np.random.default_rng(seed)
-    angle = np.cumsum(rng.normal(0, 0.6, n))
-    xy = np.cumsum(np.stack([np.cos(angle), np.sin(angle)], 1) * 25, axis=0)
-    xy = 400 + 110 * (xy - xy.mean(0)) / np.abs(xy - xy.mean(0)).max()
-    return [(float(x), float(y) - 100) for x, y in xy]
 
 
 @pytest.mark.parametrize("what", sorted(NOT_DIGITS))
