@@ -231,3 +231,18 @@ def test_an_image_mode_pillow_cannot_convert_is_one_error_for_that_file(tmp_path
     results = Predictor.from_checkpoint(trained_checkpoint).classify_files([str(tmp_path)])
     assert [r["file"].rsplit("/", 1)[-1] for r in results] == ["lab.tif", "white.png"]  # the other file still read
     assert "cannot read a LAB image" in results[0]["error"] and results[1]["unsure"] is True
+
+
+def test_a_fifo_named_npy_is_refused_without_waiting(tmp_path, trained_checkpoint):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.npy")  # opening it for reading would block until a writer comes
+    [result] = Predictor.from_checkpoint(trained_checkpoint).classify_files([str(tmp_path / "pipe.npy")])
+    assert result["error"].endswith("not a file")
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
+    with open(tmp_path / "huge.png", "wb") as f:  # sparse: 300 MB on paper, nothing on disk
+        f.truncate(300_000_000)
+    with pytest.raises(ImageError, match="limit 256 MB"):
+        prepare_file(tmp_path / "huge.png")

@@ -8,7 +8,8 @@ longer side scaled to 20 px with anti-aliasing, pasted into 28x28, shifted so it
 Limits (each breach is an ImageError with one line saying what is wrong):
 - formats: PNG, JPEG (also MPO from phone cameras), BMP, GIF, TIFF, WebP; the first frame of an animation.
   Any mode: 1, L, P, RGB, RGBA, LA, PA, CMYK, I, I;16, F.
-- at most MAX_PIXELS = 40 megapixels (Pillow's decompression-bomb guard is set to the same limit),
+- at most MAX_PIXELS = 40 megapixels (Pillow's decompression-bomb guard is set to the same limit) and
+  MAX_FILE_BYTES = 256 MB per file,
   at least MIN_SIDE = 4 pixels on each side; an empty, truncated or unreadable file, and an image with
   no ink (uniform, or contrast below MIN_CONTRAST) holds no digit: ``prepare_*`` refuse it, ``read_*`` say why.
 - ``.npy`` arrays hold digits that are already MNIST-style: one (28, 28) or a stack (N, 28, 28), uint8 or
@@ -31,6 +32,7 @@ from lenet5.errors import ImageError
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 4
 MAX_NPY_DIGITS = 100_000
+MAX_FILE_BYTES = 256_000_000  # an uncompressed 40-megapixel 16-bit RGB TIFF is 240 MB; read no file larger
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # JPEG includes MPO (phone cameras)
 SCALE = "lenet5.scale"  # img.info key: original pixels per decoded pixel (JPEG decoded at reduced size)
 REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")  # modes Pillow's reduce() box-averages
@@ -190,6 +192,7 @@ def digits_from_array(arr: np.ndarray, name: str = "array") -> np.ndarray:
 def load_npy(path: Path) -> np.ndarray:
     """A .npy file of MNIST-style digits -> uint8 (N, 28, 28). The header's shape is checked against the file's
     size and the limits before anything is allocated (a 250 KB file may claim to hold 73 GiB)."""
+    _check_file(path)  # a FIFO or a device named *.npy would hang or never end
     try:
         _check_npy_header(path)
         arr = np.load(path, allow_pickle=False)
@@ -229,7 +232,6 @@ def prepare_file(path: str | Path) -> np.ndarray:
     """An image file of one digit -> uint8 (1, 28, 28), or a .npy file -> uint8 (N, 28, 28)."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        _check_file(path)
         return load_npy(path)
     return prepare_bytes(read_file_bytes(path), str(path))[None]
 
@@ -237,8 +239,12 @@ def prepare_file(path: str | Path) -> np.ndarray:
 def read_file_bytes(path: Path) -> bytes:
     """A file's bytes, or an ImageError saying in one line why it cannot be read."""
     _check_file(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: {size / 1e6:.0f} MB is more than an image of at most "
+                         f"{MAX_PIXELS // 1_000_000} megapixels needs (limit {MAX_FILE_BYTES // 1_000_000} MB)")
     try:
         return path.read_bytes()
     except OSError as exc:
