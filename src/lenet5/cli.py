@@ -116,10 +116,8 @@ def _flag_overrides(args) -> dict:
 def _resolve_config(args):
     from lenet5.config import build_config
 
-    files = []
-    if Path("config.yaml").is_file() and not args.config:
-        files.append(Path("config.yaml"))  # the repo's commented defaults, when run from its root
-    if args.config:
+    files = [Path("config.yaml")] if Path("config.yaml").is_file() else []  # the repo's defaults, from its root
+    if args.config and not (files and Path(args.config).resolve() == files[0].resolve()):
         files.append(Path(args.config))
     return build_config(files, _flag_overrides(args), args.set or [])
 
@@ -372,7 +370,9 @@ def _tune_base_config(args):
     """defaults <- ./config.yaml (or --config) <- --engine/--seed/--threads/data flags <- --set."""
     from lenet5.config import build_config
 
-    files = [Path(args.config)] if args.config else ([Path("config.yaml")] if Path("config.yaml").is_file() else [])
+    files = [Path("config.yaml")] if Path("config.yaml").is_file() else []
+    if args.config and not (files and Path(args.config).resolve() == files[0].resolve()):
+        files.append(Path(args.config))
     flags: dict = {}
     for section, key, value in (("train", "engine", args.engine), ("train", "seed", args.seed),
                                 ("train", "threads", args.threads), ("data", "data_dir", args.data_dir),
