@@ -47,7 +47,7 @@ def torch_model(model: str):
             if model == "modern":
                 self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
             else:
-                from lenet5.engines.numpy.model import C3_TABLE
+                from lenet5.models import C3_TABLE
 
                 self.conv3 = nn.Conv2d(16, 120, 5)
                 self.fc1, self.fc2 = nn.Linear(120, 84), nn.Linear(84, 10)

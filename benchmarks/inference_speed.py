@@ -66,11 +66,11 @@ def timed_window(fn, x: np.ndarray, batch: int, min_seconds: float) -> tuple[flo
 def contenders(state: dict, model_name: str, threads: int, onnx_path: Path) -> dict:
     import torch
 
-    from lenet5.engines.torch.model import build_model
+    from lenet5.engines.torch.model import LeNet5
     from lenet5.export import OnnxModel
 
     torch.set_num_threads(threads)
-    module = build_model(model_name).eval()
+    module = LeNet5(model_name).eval()
     module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
 
     def torch_eager(xb: np.ndarray) -> np.ndarray:

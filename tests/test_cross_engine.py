@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from lenet5.config import ModelConfig, OptimizerConfig  # noqa: E402
 from lenet5.engines.numpy.engine import NumpyEngine  # noqa: E402
 from lenet5.engines.torch.engine import TorchEngine  # noqa: E402
-from lenet5.engines.torch.model import build_model  # noqa: E402
+from lenet5.engines.torch.model import LeNet5  # noqa: E402
 
 MODELS = ("modern", "classic")
 
@@ -63,7 +63,7 @@ def test_same_weights_give_the_same_logits(model):
 @pytest.mark.parametrize("model", MODELS)
 def test_weights_of_a_plain_torch_module_give_the_same_logits_in_numpy(model):
     torch.manual_seed(0)
-    module = build_model(model)  # torch's own init: classic conv2 weights outside C3 are not zero here
+    module = LeNet5(model)  # torch's own init: classic conv2 weights outside C3 are not zero here
     np_engine, _ = engines(model, "float32")
     np_engine.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
     x, _ = digits(16)

@@ -9,7 +9,7 @@ from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import normalize
 from lenet5.engines.numpy.engine import NumpyEngine
 from lenet5.engines.numpy.layers import AvgPool2D, Conv2D, MaxPool2D
-from lenet5.engines.numpy.model import C3_TABLE
+from lenet5.models import C3_TABLE
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lenet5.engines.numpy.init import SCHEMES, fans, init_parameters
 from lenet5.engines.numpy.layers import (
     AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, ScaledTanh, Tanh,
 )
 from lenet5.engines.numpy.losses import softmax_cross_entropy
-from lenet5.engines.numpy.model import C3_TABLE, Network, parameter_shapes
+from lenet5.engines.numpy.model import Network
+from lenet5.models import C3_TABLE, INITIALIZERS, fans, init_parameters, parameter_shapes
 from reference_conv import conv2d_naive, maxpool_naive
 
 FAST = settings(max_examples=20, deadline=None)
@@ -229,11 +229,12 @@ def test_c3_table_is_lecuns_table_one():
 
 
 def test_model_module_imports_without_torch():
-    code = "import sys, lenet5.engines.numpy.engine, lenet5.engines.numpy.model; assert 'torch' not in sys.modules"
+    code = ("import sys, lenet5.engines.numpy.engine, lenet5.models, lenet5.checkpoint, lenet5.export; "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", INITIALIZERS)
 def test_initializers_draw_the_documented_spread(scheme):
     shapes = parameter_shapes("modern")
     params = init_parameters(scheme, shapes, np.random.default_rng(0))

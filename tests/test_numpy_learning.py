@@ -112,7 +112,7 @@ def test_load_state_dict_names_the_key_that_does_not_fit():
 
 
 def test_classic_keeps_c3_table_weights_at_zero_through_training(digits):
-    from lenet5.engines.numpy.model import C3_TABLE
+    from lenet5.models import C3_TABLE
 
     engine = NumpyEngine(ModelConfig(name="classic"), opt(name="adamw", weight_decay=0.1, l1=1e-4))
     assert np.all(engine.state_dict()["conv2.weight"][~C3_TABLE] == 0)

@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 
 from lenet5.config import ModelConfig, OptimizerConfig  # noqa: E402
 from lenet5.engines.base import Engine  # noqa: E402
-from lenet5.engines.numpy.model import C3_TABLE  # noqa: E402
+from lenet5.models import C3_TABLE  # noqa: E402
 from lenet5.engines.torch.engine import TorchEngine  # noqa: E402
-from lenet5.engines.torch.model import ClassicLeNet5, LeNet5, build_model  # noqa: E402
-from lenet5.engines.torch.pth import load_pth_state_dict  # noqa: E402
+from lenet5.engines.torch.model import LeNet5  # noqa: E402
+from lenet5.pth import load_pth_state_dict  # noqa: E402
 from lenet5.errors import CheckpointError, Lenet5Error  # noqa: E402
 
 MODELS = ("modern", "classic")
@@ -54,10 +54,9 @@ def test_state_dict_uses_pytorch_names_and_shapes():
 
 
 def test_classic_c3_mask_is_a_buffer_outside_the_state_dict():
-    model = build_model("classic")
-    assert isinstance(model, ClassicLeNet5)
-    assert "c3_mask" not in model.state_dict()
-    assert model.c3_mask.shape == (16, 6, 1, 1)
+    model = LeNet5("classic")
+    assert not any("mask" in key for key in model.state_dict())
+    assert model.masks()["conv2"].shape == (16, 6, 1, 1)
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 

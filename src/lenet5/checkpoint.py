@@ -21,6 +21,7 @@ import numpy as np
 from lenet5 import MNIST_MEAN, MNIST_STD
 from lenet5.atomic import atomic_path
 from lenet5.errors import CheckpointError
+from lenet5.models import MODELS, model_for_weights, parameter_shapes
 
 FORMAT = "lenet5-checkpoint"
 FORMAT_VERSION = 1
@@ -88,7 +89,7 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None) -> Checkp
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file; pass the .safetensors file inside the run folder")
     if path.suffix in (".pth", ".pt"):
-        from lenet5.engines.torch.pth import load_pth_state_dict
+        from lenet5.pth import load_pth_state_dict
 
         weights = load_pth_state_dict(path)
         meta = {"format_version": FORMAT_VERSION, "engine": "torch", "model": None, "config": {}, "epoch": 0,
@@ -169,19 +170,14 @@ def _check_normalization(norm: Any, path: Path) -> None:
 
 
 def _infer_model(weights: dict[str, np.ndarray], path: Path) -> str:
-    from lenet5.engines.numpy.model import parameter_shapes
-
-    for model in ("modern", "classic"):
-        if set(weights) == set(parameter_shapes(model)):
-            return model
-    raise CheckpointError(
-        f"{path}: not a LeNet-5 checkpoint (its tensors {sorted(weights)[:4]}... match neither the modern nor the classic model)"
-    )
+    model = model_for_weights(weights)
+    if model is None:
+        raise CheckpointError(f"{path}: not a LeNet-5 checkpoint (its tensors {sorted(weights)[:4]}... match none of "
+                              f"the models: {', '.join(MODELS)})")
+    return model
 
 
 def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> None:
-    from lenet5.engines.numpy.model import parameter_shapes
-
     try:
         expected = parameter_shapes(model)
     except (KeyError, ValueError):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet5 import MNIST_MEAN, MNIST_STD
+from lenet5 import MNIST_MEAN, MNIST_STD, models
 from lenet5.atomic import atomic_write_bytes
 from lenet5.errors import CheckpointError, Lenet5Error
 
@@ -31,9 +31,7 @@ def _import_onnx():
 
 
 def _check_state(state: dict[str, np.ndarray], model_name: str) -> dict[str, np.ndarray]:
-    from lenet5.engines.numpy.model import parameter_shapes
-
-    shapes = parameter_shapes(model_name)
+    shapes = models.parameter_shapes(model_name)
     for key in state:
         if key not in shapes:
             raise ValueError(f"unexpected key {key!r} for the {model_name} model; keys are: {', '.join(shapes)}")
@@ -65,9 +63,9 @@ class _Graph:
         self.nodes.append(self.h.make_node(op_type, inputs, [output], name=f"{op_type}_{self._n}", **attrs))
         return output
 
-    def conv(self, x: str, w: np.ndarray, b: np.ndarray, name: str, pad: int = 0) -> str:
+    def conv(self, x: str, w: np.ndarray, b: np.ndarray, name: str, pad: int = 0, output: str | None = None) -> str:
         ins = [x, self.const(f"{name}.weight", w), self.const(f"{name}.bias", b)]
-        return self.op("Conv", ins, kernel_shape=list(w.shape[2:]), pads=[pad] * 4, strides=[1, 1])
+        return self.op("Conv", ins, output, kernel_shape=list(w.shape[2:]), pads=[pad] * 4, strides=[1, 1])
 
     def linear(self, x: str, w: np.ndarray, b: np.ndarray, name: str, output: str | None = None) -> str:
         ins = [x, self.const(f"{name}.weight", w), self.const(f"{name}.bias", b)]
@@ -77,37 +75,36 @@ class _Graph:
         """1.7159 * tanh(2x/3) as Mul -> Tanh -> Mul."""
         if not self._tanh_consts:
             self._tanh_consts = True
-            self.const("tanh_in_scale", np.array(2.0 / 3.0))
-            self.const("tanh_out_scale", np.array(1.7159))
+            self.const("tanh_in_scale", np.array(models.SCALED_TANH_S))
+            self.const("tanh_out_scale", np.array(models.SCALED_TANH_A))
         return self.op("Mul", [self.op("Tanh", [self.op("Mul", [x, "tanh_in_scale"])]), "tanh_out_scale"])
+
+    def layer(self, x: str, spec, w: dict[str, np.ndarray], output: str | None) -> str:
+        """The node(s) of one layer of a models.Architecture; ``output`` names the last layer's result."""
+        if isinstance(spec, models.Conv):
+            weight = w[f"{spec.name}.weight"]
+            if spec.table is not None:  # bake the connection table into the weights
+                weight = weight * np.asarray(spec.table, dtype=np.float32)[:, :, None, None]
+            return self.conv(x, weight, w[f"{spec.name}.bias"], spec.name, spec.padding, output)
+        if isinstance(spec, models.Dense):
+            return self.linear(x, w[f"{spec.name}.weight"], w[f"{spec.name}.bias"], spec.name, output)
+        if isinstance(spec, models.Pool):
+            pool = "MaxPool" if spec.kind == "max" else "AveragePool"
+            return self.op(pool, [x], output, kernel_shape=[spec.size] * 2, strides=[spec.size] * 2)
+        if isinstance(spec, models.Act):
+            return self.op("Relu", [x], output) if spec.kind == "relu" else self.scaled_tanh(x)
+        return self.op("Flatten", [x], output, axis=1)
 
 
 def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int = 17, calibration: dict | None = None):
-    """The checked onnx.ModelProto of the 'modern' or 'classic' LeNet-5 with these weights (as float32)."""
+    """The checked onnx.ModelProto of a LeNet-5 of lenet5.models with these weights (as float32)."""
     onnx, TensorProto, helper, numpy_helper = _import_onnx()
     w = _check_state(state, model_name)
     g = _Graph(helper, numpy_helper)
-    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
-    if model_name == "modern":
-        x = g.op("MaxPool", [g.op("Relu", [g.conv("image", w["conv1.weight"], w["conv1.bias"], "conv1", 2)])], **pool)
-        x = g.op("MaxPool", [g.op("Relu", [g.conv(x, w["conv2.weight"], w["conv2.bias"], "conv2")])], **pool)
-        x = g.op("Flatten", [x], axis=1)
-        x = g.op("Relu", [g.linear(x, w["fc1.weight"], w["fc1.bias"], "fc1")])
-        x = g.op("Relu", [g.linear(x, w["fc2.weight"], w["fc2.bias"], "fc2")])
-        g.linear(x, w["fc3.weight"], w["fc3.bias"], "fc3", output="logits")
-    elif model_name == "classic":
-        from lenet5.engines.numpy.model import C3_TABLE
-
-        c3 = w["conv2.weight"] * np.asarray(C3_TABLE, dtype=np.float32)[:, :, None, None]  # bake the mask in
-        x = g.scaled_tanh(g.conv("image", w["conv1.weight"], w["conv1.bias"], "conv1", 2))
-        x = g.op("AveragePool", [x], **pool)
-        x = g.op("AveragePool", [g.scaled_tanh(g.conv(x, c3, w["conv2.bias"], "conv2"))], **pool)
-        x = g.scaled_tanh(g.conv(x, w["conv3.weight"], w["conv3.bias"], "conv3"))
-        x = g.op("Flatten", [x], axis=1)
-        x = g.scaled_tanh(g.linear(x, w["fc1.weight"], w["fc1.bias"], "fc1"))
-        g.linear(x, w["fc2.weight"], w["fc2.bias"], "fc2", output="logits")
-    else:
-        raise ValueError(f"unknown model {model_name!r}; models are: modern, classic")
+    specs = models.architecture(model_name).layers
+    x = "image"
+    for k, spec in enumerate(specs):
+        x = g.layer(x, spec, w, "logits" if k == len(specs) - 1 else None)
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])
     image.doc_string = f"grayscale digits, white on black, normalized as (x/255 - {MNIST_MEAN}) / {MNIST_STD}"
     logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])

@@ -27,6 +27,7 @@ import numpy as np
 
 from lenet5.blas import single_threaded_blas
 from lenet5.config import AugmentConfig
+from lenet5.workspace import Workspace
 
 
 @dataclass
@@ -63,23 +64,6 @@ def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
     g = np.zeros((n, n))
     np.add.at(g, (np.repeat(np.arange(n), len(offsets)), src.ravel()), np.tile(weights, n))
     return g
-
-
-class Workspace:
-    """Named scratch arrays reused from batch to batch.
-
-    A fresh 200 KB array per operation costs more in page faults than in arithmetic (~500 faults a batch
-    measured here), so the hot path writes into these with ``out=``. Not thread-safe: one per thread.
-    """
-
-    def __init__(self):
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def __call__(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        a = self.arrays.get(name)
-        if a is None or a.shape != shape or a.dtype != dtype:
-            a = self.arrays[name] = np.zeros(shape, dtype)
-        return a
 
 
 class Augmenter:

@@ -23,8 +23,8 @@ import numpy as np
 
 from lenet5.blas import single_threaded_blas
 from lenet5.config import ModelConfig, OptimizerConfig
-from lenet5.engines.numpy.init import init_parameters
 from lenet5.engines.numpy.model import Network
+from lenet5.models import initial_weights
 from lenet5.engines.numpy.optim import create_optimizer
 
 # Images per forward/backward pass; larger batches run in several passes. Measured here: one thread is ~10%
@@ -75,9 +75,8 @@ class NumpyEngine:
 
         self.net = Network(model.name, self.dtype)
         weights = self.net.named_views(self.net.params)
-        for key, value in init_parameters(model.init, self.net.shapes, np.random.default_rng(seed)).items():
+        for key, value in initial_weights(model.name, model.init, seed, dtype).items():
             weights[key][...] = value
-        self.net.apply_masks()
         self.optimizer = create_optimizer(optimizer, self.net.size, self.dtype)
 
         # One flat gradient buffer per worker; worker 0's receives the sum.

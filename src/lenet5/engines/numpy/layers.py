@@ -9,8 +9,8 @@ Every layer is a small class with two methods:
 The cache is returned instead of being kept on the layer, so two threads can run the same layer on two halves
 of a batch at once. Parameters live in ``self.params`` (views into the network's one flat buffer).
 
-``ws`` is an optional workspace: a dict, one per layer and per thread, in which the layer keeps its output and
-scratch arrays from one call to the next. Fresh arrays of a few MB each step cost page faults that took half
+``ws`` is an optional workspace (lenet5.workspace.Workspace), one per layer and per thread, in which the
+layer keeps its output and scratch arrays from one call to the next. Fresh arrays of a few MB each step cost page faults that took half
 of the training time; reused ones are already mapped. Without ``ws`` every call allocates (simple, for tests).
 
 Images are NCHW as in PyTorch. Inside the network the arrays *look* NCHW but are *stored* batch-last
@@ -26,28 +26,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-
-def _buffer(ws: dict | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A C-ordered array for ``key``: with ``ws``, the same one on every call of this shape; zero-filled when made."""
-    if ws is None:
-        return np.zeros(shape, dtype)
-    return _reuse(ws, (key, shape, np.dtype(dtype).str), lambda: np.zeros(shape, dtype))
+from lenet5.models import SCALED_TANH_A, SCALED_TANH_S
+from lenet5.workspace import Workspace
 
 
-def _buffer_like(ws: dict | None, key: str, x: np.ndarray) -> np.ndarray:
-    """An array shaped like x and laid out in memory in the same order (as np.empty_like), reused with ``ws``."""
-    if ws is None:
-        return np.empty_like(x)
-    return _reuse(ws, (key, x.shape, x.strides, x.dtype.str), lambda: np.empty_like(x))
+def _buffer(ws: Workspace | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A C-ordered array for ``key``: from the workspace (zero-filled when made), else a fresh zeroed one."""
+    return np.zeros(shape, dtype) if ws is None else ws(key, shape, dtype)
 
 
-def _reuse(ws: dict, key: tuple, make) -> np.ndarray:
-    buf = ws.get(key)
-    if buf is None:
-        if len(ws) >= 64:  # many different batch sizes went through: start afresh rather than hoard memory
-            ws.clear()
-        buf = ws[key] = make()
-    return buf
+def _buffer_like(ws: Workspace | None, key: str, x: np.ndarray) -> np.ndarray:
+    """An array shaped and laid out like x (as np.empty_like), from the workspace when there is one."""
+    return np.empty_like(x) if ws is None else ws.like(key, x)
 
 
 class Layer:
@@ -59,10 +49,10 @@ class Layer:
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
-    def forward(self, x: np.ndarray, ws: dict | None = None) -> tuple[np.ndarray, object]:
+    def forward(self, x: np.ndarray, ws: Workspace | None = None) -> tuple[np.ndarray, object]:
         raise NotImplementedError
 
-    def backward(self, dy: np.ndarray, cache, grads: dict[str, np.ndarray], ws: dict | None = None):
+    def backward(self, dy: np.ndarray, cache, grads: dict[str, np.ndarray], ws: Workspace | None = None):
         raise NotImplementedError
 
 
@@ -90,6 +80,7 @@ class Conv2D(Layer):
         return w.reshape(self.F, -1)  # (F, C*k*k)
 
     def forward(self, x, ws=None):
+        # x (N, C, H, W) -> out (N, F, Ho, Wo); cache: x's shape and the columns cols (C*k*k, Ho*Wo*N)
         N, C, H, W = x.shape
         F, k, s, p = self.F, self.k, self.stride, self.padding
         Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
@@ -107,6 +98,7 @@ class Conv2D(Layer):
         return out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2), (x.shape, cols)
 
     def backward(self, dy, cache, grads, ws=None):
+        # dy (N, F, Ho, Wo) -> dx (N, C, H, W) (None without needs_input_grad); grads weight (F, C, k, k), bias (F,)
         (N, C, H, W), cols = cache
         _, F, Ho, Wo = dy.shape
         k, s, p = self.k, self.stride, self.padding
@@ -136,7 +128,7 @@ def _pool_views(x: np.ndarray, k: int) -> list[np.ndarray]:
     return [x[:, :, i:i + k * Ho:k, j:j + k * Wo:k] for i in range(k) for j in range(k)]
 
 
-def _pool_grad_buffer(ws: dict | None, x: np.ndarray, k: int) -> np.ndarray:
+def _pool_grad_buffer(ws: Workspace | None, x: np.ndarray, k: int) -> np.ndarray:
     """Gradient buffer laid out like x; rows/columns that no window covers (odd sizes) are zero."""
     dx = _buffer_like(ws, "dx", x)
     H, W = x.shape[2:]
@@ -284,7 +276,7 @@ class ScaledTanh(Tanh):
     """LeCun et al. 1998, Appendix A: f(a) = A tanh(S a) with A = 1.7159 and S = 2/3."""
 
     def __init__(self) -> None:
-        super().__init__(scale=1.7159, slope=2.0 / 3.0)
+        super().__init__(scale=SCALED_TANH_A, slope=SCALED_TANH_S)
 
 
 class Flatten(Layer):

@@ -1,9 +1,9 @@
 """TorchEngine: the PyTorch twin of the NumPy engine, behind the same Engine protocol and the same config.
 
-Initial weights come from the NumPy engine's initialiser (lenet5.engines.numpy.init with
-numpy.random.default_rng(seed), the same ModelConfig.init scheme), so ``TorchEngine(..., seed=s)`` and
-``NumpyEngine(..., seed=s)`` start from identical weights and a cross-engine comparison needs no copying.
-optimizer_state() uses the NumPy engine's format too (flat buffers), so a run can resume in either engine.
+Initial weights come from lenet5.models.initial_weights (numpy.random.default_rng(seed), the same
+ModelConfig.init scheme) as in the NumPy engine, so ``TorchEngine(..., seed=s)`` and ``NumpyEngine(..., seed=s)``
+start from identical weights and a cross-engine comparison needs no copying. optimizer_state() uses the
+same format as the NumPy engine (flat buffers), so a run can resume in either engine.
 
 Optimizer keys mean exactly what config.py says, in both engines:
 - ``l2``: coupled L2, grad += l2*w (what torch's SGD/Adam ``weight_decay=`` argument does);
@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines.torch import distributed as ddp
-from lenet5.engines.torch.model import build_model
+from lenet5.engines.torch.model import LeNet5
 from lenet5.errors import Lenet5Error
+from lenet5.models import initial_weights
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_CHUNK = 2000
@@ -46,15 +47,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cpu":
         return torch.device("cpu")
     raise ValueError(f"unknown device {device!r}; devices are: auto, cpu, cuda, mps")
-
-
-def initial_weights(model: ModelConfig, seed: int, dtype: str) -> dict[str, np.ndarray]:
-    """The NumPy engine's seeded initial weights: the same draws, in the same order, cast the same way."""
-    from lenet5.engines.numpy.init import init_parameters
-    from lenet5.engines.numpy.model import parameter_shapes
-
-    drawn = init_parameters(model.init, parameter_shapes(model.name), np.random.default_rng(seed))
-    return {key: value.astype(dtype) for key, value in drawn.items()}
 
 
 class TorchEngine:
@@ -87,10 +79,10 @@ class TorchEngine:
             torch.backends.cudnn.benchmark = False
         self.dtype = DTYPES[dtype]
         self.np_dtype = np.dtype(dtype)
-        self.model = build_model(model.name).to(device=self.device, dtype=self.dtype)
+        self.model = LeNet5(model.name).to(device=self.device, dtype=self.dtype)
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
-        self.load_state_dict(initial_weights(model, seed, dtype))  # also zeroes weights outside C3
+        self.load_state_dict(initial_weights(model.name, model.init, seed, dtype))
         self.optimizer = self._make_optimizer()
         self._step = 0
 
@@ -208,9 +200,8 @@ class TorchEngine:
         with torch.no_grad():
             for key, target in expected.items():
                 target.copy_(torch.from_numpy(np.ascontiguousarray(arrays[key])).to(target.dtype))
-            mask = getattr(self.model, "c3_mask", None)
-            if mask is not None:  # as the NumPy engine: weights outside the C3 table read as 0
-                self.model.conv2.weight.mul_(mask.to(self.dtype))
+            for name, mask in self.model.masks().items():  # as the NumPy engine: weights outside a table read 0
+                getattr(self.model, name).weight.mul_(mask.to(self.dtype))
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """{'step': int64 scalar, slot: flat buffer}, the NumPy engine's format, so either engine can resume.

@@ -1,12 +1,8 @@
-"""The two LeNet-5 networks as torch.nn.Modules, with the NumPy engine's parameter names and layouts.
+"""A LeNet-5 of lenet5.models as a torch.nn.Module, with the same parameter names and layouts.
 
-Shapes for a batch x (N, 1, 28, 28):
-
-modern   conv1 (6,1,5,5) pad 2 -> ReLU -> maxpool 2 -> (N,6,14,14) -> conv2 (16,6,5,5) -> ReLU -> maxpool 2
-         -> (N,16,5,5) -> flatten (N,400) -> fc1 (120,400) -> ReLU -> fc2 (84,120) -> ReLU -> fc3 (10,84)
-classic  conv1 (6,1,5,5) pad 2 (28x28 padded like LeCun's 32x32 input) -> 1.7159*tanh(2x/3) -> avgpool 2
-         -> conv2 (16,6,5,5) masked by the C3 table -> scaled tanh -> avgpool 2 -> conv3 (120,16,5,5)
-         -> scaled tanh -> (N,120) -> fc1 (84,120) -> scaled tanh -> fc2 (10,84)
+The architecture comes from lenet5.models; this module maps each layer kind to torch's functional ops.
+For a batch x (N, 1, 28, 28) the modern model's activations are (N,6,28,28) -> pool (N,6,14,14) ->
+(N,16,10,10) -> pool (N,16,5,5) -> (N,400) -> (N,120) -> (N,84) -> logits (N,10).
 """
 
 from __future__ import annotations
@@ -16,67 +12,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet5.engines.numpy.model import C3_TABLE
-
-MODELS = ("modern", "classic")
-
-
-def scaled_tanh(x: torch.Tensor) -> torch.Tensor:
-    """LeCun's squashing function f(a) = 1.7159 * tanh(2a/3)."""
-    return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+from lenet5 import models
 
 
 class LeNet5(nn.Module):
-    """Modern LeNet-5: ReLU, max pooling, full connections."""
+    """``LeNet5('modern')`` or ``LeNet5('classic')`` with torch's default initialisation.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(400, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-class ClassicLeNet5(nn.Module):
-    """LeNet-5 after LeCun et al. 1998: scaled tanh, average pooling, C3 partial connections.
-
-    The C3 table is a fixed (16,6,1,1) 0/1 buffer multiplied into conv2.weight in every forward pass, so
-    unconnected weights get zero gradient; it is not persistent and never appears in state_dict().
+    A Conv's connection table (classic conv2, the C3 table) is a fixed (out, in, 1, 1) 0/1 buffer multiplied
+    into the weight in every forward pass, so unconnected weights get zero gradient; it is not persistent
+    and never appears in state_dict().
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str = "modern") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.conv3 = nn.Conv2d(16, 120, 5)
-        self.fc1 = nn.Linear(120, 84)
-        self.fc2 = nn.Linear(84, 10)
-        mask = torch.tensor(np.asarray(C3_TABLE, dtype=np.float32)).reshape(16, 6, 1, 1)
-        self.register_buffer("c3_mask", mask, persistent=False)
+        self.model_name = model_name
+        self.specs = models.architecture(model_name).layers
+        for spec in self.specs:
+            if isinstance(spec, models.Conv):
+                self.add_module(spec.name, nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel,
+                                                     padding=spec.padding))
+                if spec.table is not None:
+                    mask = torch.tensor(np.asarray(spec.table, dtype=np.float32))[:, :, None, None]
+                    self.register_buffer(f"{spec.name}_mask", mask, persistent=False)
+            elif isinstance(spec, models.Dense):
+                self.add_module(spec.name, nn.Linear(spec.n_in, spec.n_out))
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """{conv name: its (out, in, 1, 1) connection mask} for the convolutions that have a table."""
+        return {s.name: getattr(self, f"{s.name}_mask") for s in self.specs
+                if isinstance(s, models.Conv) and s.table is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(scaled_tanh(self.conv1(x)), 2)
-        x = F.conv2d(x, self.conv2.weight * self.c3_mask, self.conv2.bias)
-        x = F.avg_pool2d(scaled_tanh(x), 2)
-        x = scaled_tanh(self.conv3(x))
-        x = torch.flatten(x, 1)
-        x = scaled_tanh(self.fc1(x))
-        return self.fc2(x)
+        for spec in self.specs:
+            if isinstance(spec, models.Conv):
+                conv = getattr(self, spec.name)
+                weight = conv.weight if spec.table is None else conv.weight * getattr(self, f"{spec.name}_mask")
+                x = F.conv2d(x, weight, conv.bias, padding=spec.padding)
+            elif isinstance(spec, models.Dense):
+                x = getattr(self, spec.name)(x)
+            elif isinstance(spec, models.Pool):
+                x = (F.max_pool2d if spec.kind == "max" else F.avg_pool2d)(x, spec.size)
+            elif isinstance(spec, models.Act):
+                x = F.relu(x) if spec.kind == "relu" else models.SCALED_TANH_A * torch.tanh(x * models.SCALED_TANH_S)
+            else:
+                x = torch.flatten(x, 1)
+        return x
 
-
-def build_model(name: str) -> nn.Module:
-    """'modern' -> LeNet5, 'classic' -> ClassicLeNet5 (torch's default initialisation)."""
-    if name == "modern":
-        return LeNet5()
-    if name == "classic":
-        return ClassicLeNet5()
-    raise ValueError(f"unknown model {name!r}; models are: {', '.join(MODELS)}")

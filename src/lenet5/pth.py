@@ -1,4 +1,4 @@
-"""Read weights from a PyTorch .pth/.pt file safely: torch.load(weights_only=True) and nothing else.
+"""Read LeNet-5 weights from a PyTorch .pth/.pt file safely: torch.load(weights_only=True) and nothing else.
 
 weights_only=True unpickles only tensors, plain containers and numbers; a file whose pickle would call
 any other function (code execution) is refused before anything in it runs.
