@@ -77,10 +77,10 @@ def photo_checkpoint(mnist, tmp_path_factory):
     calibrated on the validation split), for the photo tests: they ask the model about inputs far from MNIST,
     where a one-epoch model is too unsteady to say anything reliable."""
     from lenet5.config import build_config
-    from lenet5.training.callbacks import BEST_FILE
+    from lenet5.training.callbacks import BEST_FILE, run_folder_callbacks
     from lenet5.training.trainer import Trainer
 
     cfg = build_config(sets=["train.epochs=3", "augment.enabled=true", "train.seed=0"])
     run_dir = tmp_path_factory.mktemp("photo-model")
-    Trainer(cfg, mnist, run_dir, log=lambda msg: None).fit()
+    Trainer(cfg, mnist, callbacks=run_folder_callbacks(run_dir), log=lambda msg: None).fit()
     return run_dir / BEST_FILE

@@ -13,7 +13,8 @@ from PIL import Image
 
 from lenet5.checkpoint import save_checkpoint
 from lenet5.errors import CheckpointError
-from lenet5.predict import Predictor, softmax
+from lenet5.metrics import softmax
+from lenet5.predict import Predictor
 from serving import running_server
 
 

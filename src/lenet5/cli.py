@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 
 from lenet5 import __version__
-from lenet5.errors import Lenet5Error
+from lenet5.errors import WRITE_ERRNOS, Lenet5Error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-# errors of the machine, not bugs: a full disk, a file over the size limit, a read-only place, no permission
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _print_json(obj) -> None:
@@ -31,11 +29,47 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+FLAG_KEYS = {  # flag (argparse dest) -> the config key it sets; the one flag-to-override mapping
+    "engine": "train.engine", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr",
+    "optimizer": "optimizer.name", "seed": "train.seed", "out": "train.out", "name": "train.name",
+    "threads": "train.threads", "device": "train.device", "data_dir": "data.data_dir", "dataset": "data.dataset",
+}
+
+
+def _flag_overrides(args) -> dict:
+    """The config flags that were given, as a {section: {key: value}} dict."""
+    out: dict = {}
+    for dest, dotted in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            section, key = dotted.split(".")
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _config_flag(p: argparse.ArgumentParser, flag: str, dest: str, help: str, aliases: tuple = (), **kwargs) -> None:
+    """A flag that sets a config key: its choices and default come from config.py (and its registries)."""
+    from lenet5 import config
+
+    dotted = FLAG_KEYS[dest]
+    default = config.default(dotted)
+    p.add_argument(flag, *aliases, dest=dest, default=None, choices=config.choices(dotted),
+                   help=f"{help} (sets {dotted}; default {'none' if default is None else default}, or the config's)",
+                   **kwargs)
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
-                   help="folder with (or for) the dataset files; default $LENET5_DATA or ~/.cache/lenet5")
-    p.add_argument("--dataset", choices=("mnist", "idx"), default=None,
-                   help="mnist: verified by SHA-256 (default); idx: any four IDX files under MNIST's names in --data-dir")
+    _config_flag(p, "--data-dir", "data_dir", "folder with (or for) the dataset files; none: $LENET5_DATA or "
+                 "~/.cache/lenet5", aliases=("--data_dir",))
+    _config_flag(p, "--dataset", "dataset", "mnist: verified by SHA-256; idx: any four IDX files under MNIST's names "
+                 "in --data-dir")
+
+
+def _engine_flag(p: argparse.ArgumentParser) -> None:
+    from lenet5.engines import ENGINES
+
+    p.add_argument("--engine", choices=tuple(ENGINES), default="numpy",
+                   help="engine that runs the model (default numpy; an .onnx model runs in onnxruntime)")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -58,7 +92,12 @@ def cmd_data(args) -> int:
         },
     }
     if args.preview_augment:
-        report["preview_augment"] = _write_augment_preview(data, Path(args.preview_augment))
+        from lenet5.config import apply_dict, resolve_config
+        from lenet5.data.augment import write_preview
+
+        cfg = apply_dict(resolve_config(), {"augment": {"enabled": True}}, source="--preview-augment")
+        write_preview(data.train_images, data.train_labels, cfg.augment, Path(args.preview_augment))
+        report["preview_augment"] = {"path": args.preview_augment, "augment": dict(vars(cfg.augment))}
     if args.json:
         _print_json(report)
         return 0
@@ -74,133 +113,31 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _write_augment_preview(data, path: Path, copies: int = 8, zoom: int = 4) -> dict:
-    """A PNG grid: the first training digit of each class (left column), then ``copies`` distortions of it.
-
-    Uses the augment settings of ./config.yaml (when present) with augmentation forced on.
-    """
-    import numpy as np
-    from PIL import Image
-
-    from lenet5.atomic import atomic_path
-    from lenet5.config import apply_dict, build_config
-    from lenet5.data.augment import make_augmenter, preview_grid
-
-    cfg = build_config([Path("config.yaml")] if Path("config.yaml").is_file() else [])
-    cfg = apply_dict(cfg, {"augment": {"enabled": True}}, source="--preview-augment")
-    first = [np.flatnonzero(data.train_labels == c)[:1] for c in range(10)]
-    images = data.train_images[np.concatenate(first)]
-    grid = preview_grid(images, make_augmenter(cfg.augment), np.random.default_rng(0), copies=copies)
-    picture = Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST)
-    with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
-    return {"path": str(path), "augment": dict(vars(cfg.augment))}
-
-
 # ---------------------------------------------------------------------------------------------- train
-def _flag_overrides(args) -> dict:
-    """The familiar flags, as a {section: {key: value}} dict (only those given)."""
-    pairs = {
-        ("train", "engine"): args.engine, ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size,
-        ("optimizer", "lr"): args.lr, ("optimizer", "name"): args.optimizer, ("train", "seed"): args.seed,
-        ("train", "out"): args.out, ("train", "name"): args.name, ("train", "threads"): args.threads,
-        ("train", "device"): args.device, ("data", "data_dir"): args.data_dir, ("data", "dataset"): args.dataset,
-    }
-    out: dict = {}
-    for (section, key), value in pairs.items():
-        if value is not None:
-            out.setdefault(section, {})[key] = value
-    return out
-
-
-def _resolve_config(args):
-    from lenet5.config import build_config
-
-    files = [Path("config.yaml")] if Path("config.yaml").is_file() else []  # the repo's defaults, from its root
-    if args.config and not (files and Path(args.config).resolve() == files[0].resolve()):
-        files.append(Path(args.config))
-    return build_config(files, _flag_overrides(args), args.set or [])
-
-
-def _resume_config(args):
-    """The run's own config; only --epochs (to extend) and data location flags may change on resume."""
-    from lenet5.checkpoint import load_checkpoint
-    from lenet5.config import apply_dict, config_from_dict
-    from lenet5.errors import ConfigError
-    from lenet5.training.callbacks import BEST_FILE, LAST_FILE
-
-    run_dir = Path(args.resume)
-    last_path = run_dir / LAST_FILE if run_dir.is_dir() else run_dir
-    last = load_checkpoint(last_path)
-    if not last.meta.get("trainer_state"):
-        raise ConfigError(f"{last_path} has no training state to resume from (pass a run folder with last.safetensors)")
-    cfg = config_from_dict(last.meta["config"])
-    changes = {k: v for k, v in _flag_overrides(args).items() if k == "data"}
-    if args.epochs is not None:
-        changes["train"] = {"epochs": args.epochs}
-    cfg = apply_dict(cfg, changes, source="command-line flags")
-    best_path = last_path.parent / BEST_FILE
-    best = load_checkpoint(best_path).weights if best_path.exists() else None
-    return cfg, last_path.parent, last, best
-
-
-def _world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def cmd_train(args) -> int:
     import time
 
-    from lenet5.data.datasets import load_mnist
-    from lenet5.training.trainer import Trainer, TrainingInterrupted, new_run_dir
+    from lenet5.config import resolve_config
+    from lenet5.training.run import resume_from, train_run
+    from lenet5.training.callbacks import LAST_FILE
+    from lenet5.training.trainer import TrainingInterrupted
 
     started = time.perf_counter()
     if args.resume:
-        cfg, run_dir, last, best = _resume_config(args)
+        resume, cfg = resume_from(args.resume, _flag_overrides(args), args.set or [], args.config), None
     else:
-        cfg, last, best = _resolve_config(args), None, None
-        run_dir = new_run_dir(cfg)
-        if (run_dir / "last.safetensors").exists():
-            from lenet5.errors import ConfigError
-
-            raise ConfigError(f"run folder {run_dir} already holds a run; continue it with --resume {run_dir} or choose another --name")
-    rank, is_writer = 0, True
-    if cfg.train.engine == "torch" and _world_size() > 1:
-        from lenet5.engines.torch.distributed import init_from_env
-
-        rank, _world = init_from_env()
-        is_writer = rank == 0
-    log = (lambda msg: _err(msg)) if is_writer else (lambda msg: None)
-    data = load_mnist(cfg.data.data_dir, cfg.data.dataset)
-    trainer = Trainer(cfg, data, run_dir, log=log, is_writer=is_writer)
-    if last is not None:
-        trainer.restore(last, best)
-        log(f"resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
-    else:
-        log(f"training a {cfg.model.name} LeNet-5 with the {cfg.train.engine} engine for {cfg.train.epochs} epochs "
-            f"(batch {cfg.train.batch_size}, {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.schedule.name} schedule, "
-            f"seed {cfg.train.seed}) -> {run_dir}")
+        resume, cfg = None, resolve_config(args.config, _flag_overrides(args), args.set or [])
     try:
-        result = trainer.fit()
-        if cfg.train.engine == "torch" and _world_size() > 1:
-            from lenet5.engines.torch.distributed import cleanup
-
-            cleanup()
-    except OSError as exc:  # a full disk, a read-only run folder: one line, and say what is safe
-        if exc.errno not in _WRITE_ERRNOS or not is_writer:
-            raise
-        last_file = run_dir / "last.safetensors"
-        kept = (f"the last good checkpoint is kept: {last_file}; continue with: lenet5 train --resume {run_dir}"
-                if last_file.exists() else "no checkpoint had been written yet")
-        raise Lenet5Error(f"cannot write {exc.filename or run_dir}: {exc.strerror}; {kept}") from None
+        run_dir, result = train_run(cfg, resume, log=_err)
     except TrainingInterrupted as stop:
-        if is_writer:
-            _err(f"interrupted at epoch {stop.epoch}, batch {stop.batch}; saved {stop.run_dir / 'last.safetensors'}. "
+        if stop.saved:
+            _err(f"interrupted at epoch {stop.epoch}, batch {stop.batch}; saved {stop.run_dir / LAST_FILE}. "
                  f"Resume with: lenet5 train --resume {stop.run_dir}")
+        else:
+            _err(f"stopped in the middle of a step at epoch {stop.epoch}; the checkpoint of the last completed epoch "
+                 f"(if any) is kept in {stop.run_dir}. Resume with: lenet5 train --resume {stop.run_dir}")
         return EXIT_INTERRUPTED
-    if not is_writer:
+    if result is None:  # a torchrun rank that does not write
         return 0
     total = time.perf_counter() - started
     m = result.metrics
@@ -209,36 +146,21 @@ def cmd_train(args) -> int:
                      "total_seconds": round(total, 3)})
     else:
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
-              f"(best epoch {m['best_epoch']} of {m['epochs']})")
+              f"(model from epoch {m['model_epoch']} of {m['epochs']})")
         print(f"trained in {m['train_seconds']:.1f}s ({total:.1f}s in all); run folder: {run_dir}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------- evaluate
-def _load_model_for_eval(path: str, engine_name: str):
-    """An object with .logits(x) and a description, from a checkpoint (.safetensors/.pth) or an .onnx file."""
-    from lenet5.checkpoint import load_checkpoint
-    from lenet5.config import ModelConfig, OptimizerConfig
-    from lenet5.engines import create_engine
-
-    if path.endswith(".onnx"):
-        from lenet5.export import OnnxModel
-
-        return OnnxModel(path), "onnxruntime", None
-    ckpt = load_checkpoint(path)
-    engine = create_engine(engine_name, ModelConfig(name=ckpt.model), OptimizerConfig(), seed=0)
-    engine.load_state_dict(ckpt.weights)
-    return engine, engine_name, ckpt
-
-
 def cmd_evaluate(args) -> int:
     from lenet5.data.datasets import load_mnist
-    from lenet5.metrics import per_class_scores
-    from lenet5.training.trainer import evaluate_engine
+    from lenet5.metrics import evaluate_logits, per_class_scores
+    from lenet5.predict import Predictor
 
-    model, runner, _ckpt = _load_model_for_eval(args.model, args.engine)
+    predictor = Predictor.from_checkpoint(args.model, engine=args.engine, threads=0)
+    runner = "onnxruntime" if predictor.path.suffix.lower() == ".onnx" else args.engine
     data = load_mnist(args.data_dir, args.dataset or "mnist")
-    result = evaluate_engine(model, data.test_images, data.test_labels)
+    result = evaluate_logits(predictor.logits(data.test_images), data.test_labels)
     summary = result.summary()
     if args.out:
         from lenet5.reports import write_reports
@@ -349,7 +271,7 @@ def _add_predict_serve_parsers(sub) -> None:
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="how many classes to list (default 3)")
     p.add_argument("--save-prepared", "--save_prepared", dest="save_prepared", metavar="DIR", default=None,
                    help="write the 28x28 image the network saw for each input into DIR")
-    p.add_argument("--engine", choices=("numpy", "torch"), default="numpy", help="engine to run the model (default numpy)")
+    _engine_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_predict)
 
@@ -357,7 +279,7 @@ def _add_predict_serve_parsers(sub) -> None:
     p.add_argument("--model", required=True, help="a checkpoint (.safetensors, .pth) or an exported .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--engine", choices=("numpy", "torch"), default="numpy", help="engine to run the model (default numpy)")
+    _engine_flag(p)
     p.add_argument("--log-level", "--log_level", dest="log_level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"), help="server log level (default info)")
     p.add_argument("--body-timeout", "--body_timeout", dest="body_timeout", type=float, default=20.0, metavar="SECONDS",
@@ -366,22 +288,6 @@ def _add_predict_serve_parsers(sub) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- tune
-def _tune_base_config(args):
-    """defaults <- ./config.yaml (or --config) <- --engine/--seed/--threads/data flags <- --set."""
-    from lenet5.config import build_config
-
-    files = [Path("config.yaml")] if Path("config.yaml").is_file() else []
-    if args.config and not (files and Path(args.config).resolve() == files[0].resolve()):
-        files.append(Path(args.config))
-    flags: dict = {}
-    for section, key, value in (("train", "engine", args.engine), ("train", "seed", args.seed),
-                                ("train", "threads", args.threads), ("data", "data_dir", args.data_dir),
-                                ("data", "dataset", args.dataset)):
-        if value is not None:
-            flags.setdefault(section, {})[key] = value
-    return build_config(files, flags, args.set or [])
-
-
 def cmd_tune(args) -> int:
     from lenet5.data.datasets import load_mnist
     from lenet5.training.trainer import TrainingInterrupted
@@ -389,7 +295,9 @@ def cmd_tune(args) -> int:
 
     if args.trials < 1 or args.epochs < 1:
         raise Lenet5Error("--trials and --epochs must be at least 1")
-    base = _tune_base_config(args)
+    from lenet5.config import resolve_config
+
+    base = resolve_config(args.config, _flag_overrides(args), args.set or [])
     settings = TuneSettings(storage=args.storage, study_name=args.study_name, trials=args.trials, timeout=args.timeout,
                             epochs=args.epochs, train_size=args.train_size, heartbeat=args.heartbeat,
                             sampler_seed=args.sampler_seed, out=args.out)
@@ -431,10 +339,10 @@ def _add_tune_parser(sub) -> None:
                    help="seconds between a running trial's heartbeats; a worker silent 3x as long is marked failed")
     p.add_argument("--sampler-seed", "--sampler_seed", dest="sampler_seed", type=int, default=None,
                    help="seed the sampler (one worker only: parallel workers need different draws)")
-    p.add_argument("--config", default=None, help="base YAML config (default ./config.yaml when present)")
-    p.add_argument("--engine", choices=("numpy", "torch"), default=None)
-    p.add_argument("--seed", type=int, default=None, help="training seed of every trial")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (0 = its default)")
+    p.add_argument("--config", default=None, help="base YAML config, layered over the defaults and ./config.yaml")
+    _config_flag(p, "--engine", "engine", "which engine trains the trials")
+    _config_flag(p, "--seed", "seed", "training seed of every trial", type=int)
+    _config_flag(p, "--threads", "threads", "CPU threads for the engine, 0: its default", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any base config key (repeatable)")
     p.add_argument("--json", action="store_true", help="print the study summary as one JSON document")
     _add_data_options(p)
@@ -456,18 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train a LeNet-5 and write a run folder (model, history, metrics, plots)")
-    p.add_argument("--config", default=None, help="YAML file layered over the defaults (and ./config.yaml)")
-    p.add_argument("--engine", choices=("numpy", "torch"), default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="parent folder of run folders (default runs/)")
-    p.add_argument("--name", default=None, help="run folder name (default <engine>-<model>-<date>-<time>)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (0 = its default)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None, help="torch engine device")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--config", default=None, help="YAML file layered over the defaults and ./config.yaml")
+    _config_flag(p, "--engine", "engine", "which engine trains")
+    _config_flag(p, "--epochs", "epochs", "passes over the training split", type=int)
+    _config_flag(p, "--batch-size", "batch_size", "images per step", aliases=("--batch_size",), type=int)
+    _config_flag(p, "--lr", "lr", "peak learning rate", type=float)
+    _config_flag(p, "--optimizer", "optimizer", "optimizer")
+    _config_flag(p, "--seed", "seed", "seed of the weights, the shuffling and the split", type=int)
+    _config_flag(p, "--out", "out", "parent folder of run folders")
+    _config_flag(p, "--name", "name", "run folder name; none: <engine>-<model>-<date>-<time>")
+    _config_flag(p, "--threads", "threads", "CPU threads for the engine, 0: its default", type=int)
+    _config_flag(p, "--device", "device", "where the torch engine computes")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run exactly, with its own config (only --epochs, --data-dir and "
+                        "--dataset may change)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any config key (repeatable)")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
     _add_data_options(p)
@@ -476,9 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test loss/accuracy, per-class scores and confusion matrix of a model")
     p.add_argument("--model", "--model_path", "--model-path", dest="model", required=True,
                    help="checkpoint (.safetensors, .pth) or exported .onnx file")
-    p.add_argument("--engine", choices=("numpy", "torch"), default="numpy")
+    _engine_flag(p)
     p.add_argument("--out", default=None, help="folder for confusion_matrix.png, predictions.png, misclassified.png")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_data_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -508,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in WRITE_ERRNOS:
             raise
         verb = "cannot write " if exc.errno not in (errno.EACCES, errno.EPERM) else ""  # those may be reads
         _err(f"error: {verb}{exc.filename or 'a file'}: {exc.strerror}")

@@ -14,7 +14,11 @@ from typing import Any
 
 import yaml
 
+from lenet5.data.sources import DATASETS
+from lenet5.engines import DEVICES, DTYPES, ENGINES
 from lenet5.errors import ConfigError
+from lenet5.models import INITIALIZERS, MODELS
+from lenet5.training.schedules import SCHEDULES
 
 _SHORT = reprlib.Repr()  # error messages show a value cut short (Python 3.10/3.11 take no arguments here)
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 4, 4, 60, 60, 40
@@ -28,6 +32,9 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return {"range": (lo, hi, lo_open, hi_open)}
 
 
+# The optimizers, by name; each engine implements every one (engines/numpy/optim.py OPTIMIZERS, the torch
+# engine's TORCH_OPTIMIZERS). Adding one: its name (and new settings) here, and its update in both engines.
+OPTIMIZERS = ("sgd", "adam", "adamw")
 MAX_CONFIG_BYTES = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; torch overflows past 2**63
 MAX_THREADS = 64  # far more than these machines have; thousands of threads only exhaust the system
@@ -35,19 +42,13 @@ MAX_THREADS = 64  # far more than these machines have; thousands of threads only
 
 @dataclass
 class ModelConfig:
-    name: str = field(default="modern", metadata=_choice("modern", "classic"))
-    init: str = field(
-        default="kaiming_uniform",
-        metadata=_choice(
-            "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
-            "lecun_normal", "lecun_uniform", "torch_default",
-        ),
-    )
+    name: str = field(default="modern", metadata=_choice(*MODELS))
+    init: str = field(default="kaiming_uniform", metadata=_choice(*INITIALIZERS))
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = field(default="sgd", metadata=_choice("sgd", "adam", "adamw"))
+    name: str = field(default="sgd", metadata=_choice(*OPTIMIZERS))
     lr: float = field(default=0.05, metadata=_range(0.0, None, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))  # SGD only
     nesterov: bool = True  # SGD only
@@ -68,7 +69,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = field(default="onecycle", metadata=_choice("constant", "step", "cosine", "onecycle", "plateau"))
+    name: str = field(default="onecycle", metadata=_choice(*SCHEDULES))
     warmup_epochs: float = field(default=0.0, metadata=_range(0.0))  # linear warm-up (constant/step/cosine)
     min_lr: float = field(default=0.0, metadata=_range(0.0))  # floor for cosine/onecycle/plateau
     step_size: int = field(default=3, metadata=_range(1))  # step: epochs between decays
@@ -90,7 +91,7 @@ class EarlyStoppingConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="mnist", metadata=_choice("mnist", "idx"))
+    dataset: str = field(default="mnist", metadata=_choice(*DATASETS))
     data_dir: str | None = None  # None: $LENET5_DATA, else the per-user cache
     val_size: int = field(default=5000, metadata=_range(0))
 
@@ -110,15 +111,15 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    engine: str = field(default="numpy", metadata=_choice("numpy", "torch"))
+    engine: str = field(default="numpy", metadata=_choice(*ENGINES))
     epochs: int = field(default=10, metadata=_range(1))
     batch_size: int = field(default=64, metadata=_range(1))
     eval_batch_size: int = field(default=1000, metadata=_range(1))
     seed: int = field(default=0, metadata=_range(0, MAX_SEED))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    dtype: str = field(default="float32", metadata=_choice("float32", "float64"))
+    dtype: str = field(default="float32", metadata=_choice(*DTYPES))
     threads: int = field(default=0, metadata=_range(0, MAX_THREADS))  # 0: the engine's default
-    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda", "mps"))  # torch engine
+    device: str = field(default="auto", metadata=_choice(*DEVICES))  # torch engine
     out: str = "runs"  # parent folder of run folders
     name: str | None = field(default=None, metadata={"plain_name": True})  # run folder; None: <engine>-<model>-<time>
 
@@ -140,8 +141,20 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def _section_class(name: str):
-    return {f.name: type(f.default_factory()) for f in dataclasses.fields(Config)}[name]
+def config_field(dotted: str) -> dataclasses.Field:
+    """The field of 'section.key' (for the CLI: its choices, its default, its range)."""
+    section, key = dotted.split(".")
+    return {f.name: f for f in dataclasses.fields(getattr(Config(), section))}[key]
+
+
+def choices(dotted: str) -> tuple[str, ...] | None:
+    """The allowed values of 'section.key', from the registry it was declared with (None: any value)."""
+    return config_field(dotted).metadata.get("choices")
+
+
+def default(dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(Config(), section), key)
 
 
 def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
@@ -282,6 +295,15 @@ def build_config(files: list[str | Path] = (), overrides: dict | None = None, se
         section, key, value = parse_assignment(text)
         cfg = apply_dict(cfg, {section: {key: value}}, source=f"--set {text}")
     return cfg
+
+
+def resolve_config(config_file: str | Path | None = None, flags: dict | None = None, sets: list[str] = ()) -> Config:
+    """What `train`, `tune` and `data --preview-augment` run with: defaults <- ./config.yaml (when the current
+    folder has one) <- config_file <- flags {section: {key: value}} <- --set assignments."""
+    files = [Path("config.yaml")] if Path("config.yaml").is_file() else []
+    if config_file and not (files and Path(config_file).resolve() == files[0].resolve()):
+        files.append(Path(config_file))
+    return build_config(files, flags, list(sets))
 
 
 def config_from_dict(data: dict) -> Config:

@@ -3,6 +3,12 @@
 The CLI prints ``error: <message>`` for any ``Lenet5Error`` and exits non-zero, without a traceback.
 """
 
+import errno
+
+# OSErrors of the machine, not bugs: a full disk, a file over the size limit, a read-only place, no permission.
+# The CLI prints them as one line too.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
 
 class Lenet5Error(Exception):
     """Base class for every error caused by the user's input or environment (not by a bug)."""

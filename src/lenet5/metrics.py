@@ -9,21 +9,34 @@ import numpy as np
 NUM_CLASSES = 10
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits, computed stably in float64."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities of (N, C) logits, in their float dtype: the one softmax of the project.
+
+    log p = z - max(z) - log(sum(exp(z - max(z)))) never overflows. Logits without NaN always give a
+    distribution: a row with +inf logits shares all probability among them, a row of only -inf is uniform.
+    """
+    top = logits.max(axis=1, keepdims=True)
+    if not np.isfinite(top).all():  # rare (a diverged model): give inf its limit instead of NaN
+        with np.errstate(invalid="ignore"):
+            z = np.where(np.isposinf(top), np.where(np.isposinf(logits), 0.0, -np.inf), logits - top)
+        z = np.where(np.isneginf(top), 0.0, z).astype(logits.dtype)
+    else:
+        with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: its probability is 0
+            z = logits - top
+    with np.errstate(divide="ignore"):
+        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
     return z
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities (N, C) of logits, in float64 (see log_softmax)."""
+    return np.exp(log_softmax(np.asarray(logits, dtype=np.float64)))
+
+
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean softmax cross-entropy of (N, C) logits against int labels (N,)."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+    """Mean softmax cross-entropy of (N, C) logits against int labels (N,), in float64."""
+    logp = log_softmax(np.asarray(logits, dtype=np.float64))
+    return float(-np.mean(logp[np.arange(len(labels)), labels]))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -21,26 +21,14 @@ import numpy as np
 
 from lenet5 import MNIST_MEAN, MNIST_STD
 from lenet5.errors import CheckpointError, ImageError, Lenet5Error
+from lenet5.metrics import softmax
 
-PREDICT_ENGINES = ("numpy", "torch")
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 GLOB_CHARS = set("*?[")
 UNSURE_BELOW = 0.8  # a digit whose calibrated probability is lower is marked unsure (README: accuracy vs coverage)
 STEADY_BELOW = 0.9  # mean probability of the answer over nudged copies (data.digits.nudged) under this: unsure
 EVIDENCE_WEIGHT = 0.15  # log units per unit of energy above the floor, when cutting touching digits
 EVIDENCE_CAP = 8.0  # more evidence than floor + this counts no more
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for any logits without NaN: exp(z - max z) / sum. A row with +inf logits
-    shares all probability among them; a row of only -inf is uniform."""
-    z = np.asarray(logits, dtype=np.float64)
-    top = z.max(axis=1, keepdims=True)
-    with np.errstate(over="ignore", invalid="ignore"):  # -1e308 - 1e308 is -inf: its probability is 0
-        z = np.where(np.isposinf(top), np.where(np.isposinf(z), 0.0, -np.inf), z - top)
-    z = np.where(np.isneginf(top), 0.0, z)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:
@@ -66,11 +54,12 @@ class Predictor:
                 raise CheckpointError(f"{path}: .onnx models need lenet5.export, which this install lacks") from None
             model = OnnxModel(path, threads=1)
             return cls(model, model.model_name, path, temperature=model.temperature, energy_floor=model.energy_floor)
-        if engine not in PREDICT_ENGINES:
-            raise Lenet5Error(f"unknown engine {engine!r}; engines are: {', '.join(PREDICT_ENGINES)}")
         from lenet5.checkpoint import load_checkpoint
         from lenet5.config import ModelConfig, OptimizerConfig
-        from lenet5.engines import create_engine
+        from lenet5.engines import ENGINES, create_engine
+
+        if engine not in ENGINES:
+            raise Lenet5Error(f"unknown engine {engine!r}; engines are: {', '.join(ENGINES)}")
 
         ckpt = load_checkpoint(path)
         net = create_engine(engine, ModelConfig(name=ckpt.model), OptimizerConfig(), threads=threads)

@@ -116,7 +116,7 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
         cfg = trial_config(base, suggest(trial, base), settings.epochs)
         trial.set_user_attr("config", cfg.to_dict())  # the full-data config, written for the best trial
         run_cfg = replace(cfg, data=replace(cfg.data, val_size=val_size))
-        trainer = Trainer(run_cfg, data, Path(settings.out) / "trials", log=lambda msg: None, is_writer=False)
+        trainer = Trainer(run_cfg, data, log=lambda msg: None)  # no callbacks: a trial writes no run folder
         start, best = time.perf_counter(), -math.inf
         try:
             for row in trainer.epochs():  # not fit(): that would also score the test set

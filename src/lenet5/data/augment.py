@@ -22,6 +22,7 @@ time: the training step after them finds colder caches).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -208,3 +209,19 @@ def preview_grid(images: np.ndarray, transform, rng: np.random.Generator, copies
     mosaic = tiles.transpose(0, 2, 1, 3).reshape(n * (h + gap), cols * (w + gap))
     mosaic = np.insert(mosaic, [w + gap] * (2 * gap), 128, axis=1)  # a wider gap after the originals
     return np.pad(mosaic, ((0, gap), (0, gap)), constant_values=128)
+
+
+def write_preview(images: np.ndarray, labels: np.ndarray, cfg: AugmentConfig, path: Path, copies: int = 8,
+                  zoom: int = 4) -> Path:
+    """A PNG grid: the first digit of each class in images (N, 28, 28) (left column), then ``copies``
+    distortions of it under the settings ``cfg`` (seeded: the same picture every time)."""
+    from PIL import Image
+
+    from lenet5.atomic import atomic_path
+
+    first = [np.flatnonzero(labels == c)[:1] for c in range(10)]
+    grid = preview_grid(images[np.concatenate(first)], Augmenter(cfg), np.random.default_rng(0), copies=copies)
+    picture = Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
+    return Path(path)

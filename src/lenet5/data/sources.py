@@ -270,9 +270,14 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
     return files
 
 
+# The one list of datasets (config validation and the CLI derive from it): name -> how its files are found.
+DATASETS = {
+    "mnist": ensure_mnist,  # MNIST, verified by SHA-256, fetched when missing
+    "idx": find_idx_dataset,  # any four IDX files under MNIST's names in the data folder
+}
+
+
 def locate(dataset: str = "mnist", data_dir: str | Path | None = None) -> DatasetFiles:
-    if dataset == "mnist":
-        return ensure_mnist(data_dir)
-    if dataset == "idx":
-        return find_idx_dataset(data_dir)
-    raise DataError(f"unknown dataset {dataset!r}; use mnist or idx")
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; datasets are: {', '.join(DATASETS)}")
+    return DATASETS[dataset](data_dir)

@@ -1,11 +1,27 @@
-"""Engines: the NumPy network written by hand, and its PyTorch twin. Both implement engines.base.Engine."""
+"""Engines: the NumPy network written by hand, and its PyTorch twin. Both implement engines.base.Engine.
+
+ENGINES is the one list of engines: config validation, the CLI's choices and ``predict --engine`` derive
+from it. Adding an engine = its own folder implementing engines.base.Engine + one line here.
+"""
 
 from __future__ import annotations
 
-from lenet5.config import ModelConfig, OptimizerConfig
-from lenet5.engines.base import Engine
+import importlib
+from typing import TYPE_CHECKING
 
-ENGINES = ("numpy", "torch")
+from lenet5.errors import Lenet5Error
+
+if TYPE_CHECKING:
+    from lenet5.config import ModelConfig, OptimizerConfig
+    from lenet5.engines.base import Engine
+
+# name -> (module, class, what to install when the module's imports fail). Modules load only when chosen.
+ENGINES = {
+    "numpy": ("lenet5.engines.numpy.engine", "NumpyEngine", None),
+    "torch": ("lenet5.engines.torch.engine", "TorchEngine", 'the torch engine needs PyTorch: pip install -e ".[torch]"'),
+}
+DTYPES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: the best available; only the torch engine leaves the CPU
 
 
 def create_engine(
@@ -19,23 +35,16 @@ def create_engine(
     threads: int = 0,
     device: str = "auto",
 ) -> Engine:
-    """Build an engine with freshly initialised weights (seeded). torch is imported only for engine='torch'."""
-    if engine == "numpy":
-        from lenet5.engines.numpy.engine import NumpyEngine
-
-        return NumpyEngine(model, optimizer, seed=seed, dtype=dtype, label_smoothing=label_smoothing, threads=threads)
-    if engine == "torch":
-        from lenet5.errors import Lenet5Error
-
-        try:
-            from lenet5.engines.torch.engine import TorchEngine
-        except ImportError as exc:
-            if "torch" in str(exc):
-                raise Lenet5Error(
-                    'the torch engine needs PyTorch: pip install -e ".[torch]" (or use --engine numpy)'
-                ) from None
+    """Build an engine with freshly initialised weights (seeded). An engine's module is imported only when
+    it is chosen (so torch only for engine='torch')."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; engines are: {', '.join(ENGINES)}")
+    module_name, class_name, install_hint = ENGINES[engine]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if install_hint is None or module_name.startswith(str(exc.name)):
             raise
-        return TorchEngine(
-            model, optimizer, seed=seed, dtype=dtype, label_smoothing=label_smoothing, threads=threads, device=device
-        )
-    raise ValueError(f"unknown engine {engine!r}; engines are: {', '.join(ENGINES)}")
+        raise Lenet5Error(f"{install_hint} (or use --engine numpy)") from None
+    return getattr(module, class_name)(model, optimizer, seed=seed, dtype=dtype, label_smoothing=label_smoothing,
+                                       threads=threads, device=device)

@@ -16,7 +16,8 @@ import numpy as np
 @runtime_checkable
 class Engine(Protocol):
     name: str  # "numpy" or "torch"
-    model_name: str  # "modern" or "classic"
+    model_name: str  # a name of lenet5.models.MODELS
+    input_dtype: np.dtype  # float32 or float64: what train_step and logits want their x in
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         """Forward, backward and one optimizer update on the batch x (N,1,28,28), y (N,).

@@ -1,19 +1,26 @@
-"""What the trainer does around epochs: early stopping, best/last checkpoints, and the NaN guard."""
+"""What happens around the trainer's epochs: early stopping, the NaN guard, and the callbacks that write a run
+folder (config.yaml, history.csv, metrics.json, report pictures, model.safetensors, last.safetensors)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from lenet5.atomic import atomic_write_text
 from lenet5.checkpoint import save_checkpoint
-from lenet5.config import EarlyStoppingConfig
+from lenet5.config import EarlyStoppingConfig, dump_yaml
 from lenet5.errors import TrainingError
+from lenet5.jsonout import dumps
 
 BEST_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
+CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
 @dataclass
@@ -56,34 +63,84 @@ class EarlyStopping:
         self.best, self.best_epoch, self.bad_epochs = state["best"], int(state["best_epoch"]), int(state["bad_epochs"])
 
 
-def check_finite(loss: float, epoch: int, step: int, run_dir: Path | None) -> None:
-    """Stop the run with a clear message when the loss is NaN or infinite (the last good checkpoint stays)."""
-    if math.isfinite(loss):
-        return
-    kept = f"; the last good checkpoint is kept in {run_dir / LAST_FILE}" if run_dir and (run_dir / LAST_FILE).exists() else ""
-    raise TrainingError(
-        f"the training loss became {loss} at epoch {epoch}, step {step}{kept}. "
-        "Lower the learning rate (--lr), or set optimizer.grad_clip"
-    )
+def check_finite(loss: float, epoch: int, step: int) -> None:
+    """Stop the run with a clear message when the loss is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise TrainingError(f"the training loss became {loss} at epoch {epoch}, step {step}. "
+                            "Lower the learning rate (--lr), or set optimizer.grad_clip")
 
 
-class CheckpointWriter:
-    """Writes model.safetensors (best on validation) and last.safetensors (everything to resume), atomically."""
+class Callback:
+    """What a trainer tells the outside world; every method does nothing unless overridden."""
 
-    def __init__(self, run_dir: Path, engine, config: dict, enabled: bool = True):
-        self.run_dir, self.engine, self.config, self.enabled = run_dir, engine, config, enabled
+    def on_start(self, trainer) -> None:
+        """Before the first epoch (also when resuming)."""
 
-    def _meta(self, epoch: int, metrics: dict) -> dict:
-        return {"engine": self.engine.name, "model": self.engine.model_name, "config": self.config, "epoch": epoch,
-                "metrics": metrics}
+    def on_epoch_end(self, trainer, row: dict, improved: bool) -> None:
+        """After each epoch; ``row`` is its history row, ``improved`` whether it is the best on validation."""
 
-    def save_best(self, weights: dict[str, np.ndarray], epoch: int, metrics: dict, calibration: dict | None = None) -> None:
-        if self.enabled:
-            save_checkpoint(self.run_dir / BEST_FILE, weights, calibration=calibration, **self._meta(epoch, metrics))
+    def on_interrupt(self, trainer) -> None:
+        """Ctrl-C stopped the run between two steps: trainer.trainer_state() resumes it exactly."""
 
-    def save_last(self, epoch: int, metrics: dict, trainer_state: dict) -> None:
-        if self.enabled:
-            save_checkpoint(
-                self.run_dir / LAST_FILE, self.engine.state_dict(), optimizer=self.engine.optimizer_state(),
-                trainer_state=trainer_state, **self._meta(epoch, metrics),
-            )
+    def on_end(self, trainer, result) -> None:
+        """After the test set was scored; ``result`` is the TrainResult (its weights are the model's)."""
+
+
+class CheckpointWriter(Callback):
+    """model.safetensors (best on validation while training; at the end the weights that were tested, with
+    their calibration) and last.safetensors (everything to resume), written atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def _meta(self, trainer, epoch: int, metrics: dict) -> dict:
+        return {"engine": trainer.engine.name, "model": trainer.engine.model_name, "config": trainer.cfg.to_dict(),
+                "epoch": epoch, "metrics": metrics}
+
+    def on_epoch_end(self, trainer, row, improved):
+        if improved:
+            save_checkpoint(self.run_dir / BEST_FILE, trainer.best_weights, **self._meta(trainer, row["epoch"], row))
+        self._save_last(trainer, row)
+
+    def on_interrupt(self, trainer):
+        self._save_last(trainer, {})
+
+    def on_end(self, trainer, result):
+        save_checkpoint(self.run_dir / BEST_FILE, result.weights, calibration=result.calibration,
+                        **self._meta(trainer, result.model_epoch, result.model_row))
+
+    def _save_last(self, trainer, metrics: dict) -> None:
+        save_checkpoint(self.run_dir / LAST_FILE, trainer.engine.state_dict(), optimizer=trainer.engine.optimizer_state(),
+                        trainer_state=trainer.trainer_state(), **self._meta(trainer, trainer.epoch, metrics))
+
+
+class RunFolder(Callback):
+    """config.yaml at the start, history.csv after every epoch, metrics.json and the report pictures at the end."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_start(self, trainer):
+        atomic_write_text(self.run_dir / CONFIG_FILE, dump_yaml(trainer.cfg))
+
+    def on_epoch_end(self, trainer, row, improved):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in trainer.history:
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in HISTORY_FIELDS})
+        atomic_write_text(self.run_dir / HISTORY_FILE, buf.getvalue())
+
+    def on_end(self, trainer, result):
+        from lenet5.reports import write_reports
+
+        result.metrics["run_dir"] = str(self.run_dir)
+        atomic_write_text(self.run_dir / METRICS_FILE, dumps(result.metrics) + "\n")
+        test = result.test
+        write_reports(self.run_dir, trainer.history, trainer.data.test_images, test.labels, test.probabilities,
+                      test.confusion)
+
+
+def run_folder_callbacks(run_dir: Path) -> list[Callback]:
+    """What writes a run folder: its files (config, history, metrics, reports) and its checkpoints."""
+    return [RunFolder(run_dir), CheckpointWriter(run_dir)]

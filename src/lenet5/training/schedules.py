@@ -8,7 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lenet5.config import ScheduleConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lenet5.config import ScheduleConfig
 
 
 def _warmup(lr: float, step: int, warmup_steps: int) -> float:
@@ -46,6 +49,7 @@ def onecycle_lr(cfg: ScheduleConfig, lr: float, step: int, steps_per_epoch: int,
 
 
 STEP_SCHEDULES = {"constant": constant_lr, "step": step_lr, "cosine": cosine_lr, "onecycle": onecycle_lr}
+SCHEDULES = (*STEP_SCHEDULES, "plateau")  # the one list (config validation and the CLI derive from it)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The epoch loop: batches -> engine.train_step -> history -> checkpoints, early stopping, reports.
+"""The epoch loop: batches -> engine.train_step -> history, early stopping, schedule -> callbacks.
 
 Randomness is derived, never carried: epoch e shuffles with ``default_rng([seed, e])``, so a run resumed
 from any step (epoch, batch) sees exactly the batches an uninterrupted run would have seen.
@@ -7,46 +7,45 @@ from any step (epoch, batch) sees exactly the batches an uninterrupted run would
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
+import math
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from lenet5.atomic import atomic_write_text
-from lenet5.config import Config, dump_yaml
+from lenet5.config import Config
+from lenet5.data.augment import make_augmenter
 from lenet5.data.datasets import MNIST, iterate_batches, normalize, num_batches, split_train_val
 from lenet5.engines import create_engine
-from lenet5.jsonout import dumps
+from lenet5.errors import CheckpointError
 from lenet5.metrics import Evaluation, evaluate_logits, softmax
-from lenet5.data.augment import make_augmenter
-from lenet5.training.callbacks import CheckpointWriter, EarlyStopping, check_finite
+from lenet5.training.callbacks import HISTORY_FIELDS, Callback, EarlyStopping, check_finite
 from lenet5.training.progress import EpochProgress
 from lenet5.training.schedules import Schedule
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training; last.safetensors was saved at the step reached."""
+    """Ctrl-C during training. ``saved``: the callbacks saved the step reached (a second Ctrl-C in the middle of
+    a step saves nothing: half an update cannot be resumed exactly, so the last checkpoint stays)."""
 
-    def __init__(self, run_dir: Path, epoch: int, batch: int):
+    def __init__(self, epoch: int, batch: int, saved: bool):
         super().__init__(f"interrupted at epoch {epoch}, batch {batch}")
-        self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
+        self.epoch, self.batch, self.saved = epoch, batch, saved
 
 
 @dataclass
 class TrainResult:
-    run_dir: Path
     history: list[dict]
     test: Evaluation
-    best_epoch: int
+    best_epoch: int  # the best epoch on validation
+    model_epoch: int  # the epoch whose weights were tested (best_epoch unless early_stopping.restore_best is false)
+    model_row: dict  # its history row
+    weights: dict[str, np.ndarray]  # the weights that were tested: the run's model
+    calibration: dict | None
     epochs_run: int
     train_seconds: float
     stopped_early: bool
@@ -60,16 +59,21 @@ def evaluate_engine(engine, images: np.ndarray, labels: np.ndarray, batch_size: 
 
 def engine_logits(engine, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """(N, 10) logits of uint8 images (N, 28, 28), in batches."""
-    dtype = np.float64 if getattr(engine, "dtype", np.float32) == np.float64 else np.float32
-    chunks = [engine.logits(normalize(images[i : i + batch_size], dtype)) for i in range(0, len(images), batch_size)]
+    chunks = [engine.logits(normalize(images[i : i + batch_size], engine.input_dtype))
+              for i in range(0, len(images), batch_size)]
     return np.concatenate(chunks) if chunks else np.zeros((0, 10), np.float32)
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data: MNIST, run_dir: Path, *, log=None, is_writer: bool = True):
-        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+    """Trains the configured engine epoch by epoch and tells its callbacks (see callbacks.py) what happened.
+
+    The trainer writes no file itself: ``run_folder_callbacks(run_dir)`` write a run folder; tune and tests
+    pass none.
+    """
+
+    def __init__(self, cfg: Config, data: MNIST, *, callbacks: list[Callback] | tuple = (), log=None):
+        self.cfg, self.data, self.callbacks = cfg, data, list(callbacks)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.is_writer = is_writer
         t = cfg.train
         self.engine = create_engine(
             t.engine, cfg.model, cfg.optimizer, seed=t.seed, dtype=t.dtype, label_smoothing=t.label_smoothing,
@@ -82,13 +86,17 @@ class Trainer:
         self.schedule = Schedule(cfg.schedule, cfg.optimizer.lr, self.steps_per_epoch, self.steps_per_epoch * t.epochs)
         self.stopper = EarlyStopping(cfg.early_stopping)
         self.augment = make_augmenter(cfg.augment)  # None when augmentation is off
-        self.writer = CheckpointWriter(run_dir, self.engine, cfg.to_dict(), enabled=is_writer)
         self.history: list[dict] = []
         self.best_weights = self.engine.state_dict()
         self.epoch, self.batch, self.step = 0, 0, 0  # completed epochs, batches done in the current one, updates
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0}
         self.seconds = 0.0
         self.stop_requested = False  # set by the first Ctrl-C; the loop stops between two steps
+        self.in_step = False  # True while the engine's weights are between two states
+
+    def _tell(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
 
     # ------------------------------------------------------------------------------------ resume state
     def trainer_state(self) -> dict:
@@ -99,30 +107,35 @@ class Trainer:
         }
 
     def restore(self, last, best_weights: dict | None) -> None:
-        """Continue from a last.safetensors checkpoint (and the run's best weights)."""
-        state = last.meta["trainer_state"]
-        self.engine.load_state_dict(last.weights)
-        self.engine.load_optimizer_state(last.optimizer)
-        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        self.partial, self.seconds, self.history = dict(state["partial"]), float(state["seconds"]), list(state["history"])
-        self.schedule.load_state(state["schedule"])
-        self.stopper.load_state(state["early_stopping"])
+        """Continue from a last.safetensors checkpoint (and the run's best weights, already checked to fit the
+        model). A damaged or foreign state is one CheckpointError line before training, never a late crash."""
+        where = str(last.path or "last.safetensors")
+        state = check_trainer_state(last.meta.get("trainer_state"), self.steps_per_epoch, self.cfg.train.epochs, where)
+        try:
+            self.engine.load_state_dict(last.weights)
+            self.engine.load_optimizer_state(last.optimizer)
+            self.schedule.load_state(state["schedule"])
+            self.stopper.load_state(state["early_stopping"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{where}: cannot resume from it: {exc}") from None
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.partial, self.seconds, self.history = state["partial"], state["seconds"], state["history"]
         self.best_weights = best_weights if best_weights is not None else self.engine.state_dict()
 
     # ------------------------------------------------------------------------------------------- loop
     def fit(self) -> TrainResult:
-        if self.is_writer:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+        self._tell("on_start")
         with stop_on_sigint(self):
             for _ in self.epochs():
                 pass
-        return self._finish(self.stopper.should_stop)
+        result = self._finish(self.stopper.should_stop)
+        self._tell("on_end", result)
+        return result
 
     def epochs(self) -> Iterator[dict]:
         """Train the remaining epochs one by one, yielding each epoch's history row once early stopping,
-        the schedule, checkpoints and the history file have seen it; ends at train.epochs or when early
-        stopping says so. fit() = this + the final test."""
+        the schedule and the callbacks have seen it; ends at train.epochs or when early stopping says so.
+        fit() = this + the final test."""
         epochs = self.cfg.train.epochs
         while self.epoch < epochs and not self.stopper.should_stop:
             row = self._run_epoch(self.epoch + 1)
@@ -133,9 +146,7 @@ class Trainer:
             self.schedule.end_epoch(row["val_loss"])
             if improved:
                 self.best_weights = self.engine.state_dict()
-                self.writer.save_best(self.best_weights, self.epoch, row)
-            self.writer.save_last(self.epoch, row, self.trainer_state())
-            self._write_history()
+            self._tell("on_epoch_end", row, improved)
             self.log(self._epoch_line(row, epochs, improved))
             if self.stopper.should_stop:
                 self.log(f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
@@ -148,26 +159,29 @@ class Trainer:
         start = time.perf_counter()
         progress = EpochProgress(epoch, t.epochs, self.steps_per_epoch, initial=self.batch, log=self.log)
         batches = iterate_batches(self.train_x, self.train_y, t.batch_size, rng, start_batch=self.batch,
-                                  dtype=np.float64 if t.dtype == "float64" else np.float32,
-                                  transform=self.augment)
+                                  dtype=self.engine.input_dtype, transform=self.augment)
         try:
             for x, y in batches:
                 if self.stop_requested:
                     raise KeyboardInterrupt
                 lr = self.schedule.lr(self.step)
+                self.in_step = True
                 loss, correct = self.engine.train_step(x, y, lr)
-                check_finite(loss, epoch, self.step, self.run_dir if self.is_writer else None)
                 self.partial["loss_sum"] += loss * len(y)
                 self.partial["correct"] += int(correct)
                 self.partial["seen"] += len(y)
                 self.batch += 1
                 self.step += 1
+                self.in_step = False
+                check_finite(loss, epoch, self.step)
                 progress.update(self.partial, lr)
         except KeyboardInterrupt:
             progress.close()
             self.seconds += time.perf_counter() - start
-            self.writer.save_last(self.epoch, {}, self.trainer_state())
-            raise TrainingInterrupted(self.run_dir, epoch, self.batch) from None
+            saved = not self.in_step
+            if saved:
+                self._tell("on_interrupt")
+            raise TrainingInterrupted(epoch, self.batch, saved) from None
         progress.close()
         seen = max(1, self.partial["seen"])
         val = evaluate_engine(self.engine, self.val_x, self.val_y, t.eval_batch_size) if len(self.val_x) else None
@@ -190,47 +204,36 @@ class Trainer:
         return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}%"
                 f"  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{mark}")
 
-    def _write_history(self) -> None:
-        if not self.is_writer:
-            return
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-        w.writeheader()
-        for row in self.history:
-            w.writerow({k: ("" if row[k] is None else row[k]) for k in HISTORY_FIELDS})
-        atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
-
     def _finish(self, stopped: bool) -> TrainResult:
-        if self.cfg.early_stopping.restore_best or not stopped:
-            self.engine.load_state_dict(self.best_weights)  # the test set sees the best model on validation
-        test = evaluate_engine(self.engine, self.data.test_images, self.data.test_labels, self.cfg.train.eval_batch_size)
+        """Score the model on the test set: the best epoch's weights, or with early_stopping.restore_best false
+        and an early stop, the last epoch's. Its validation numbers in the metrics are that same epoch's."""
         best_epoch = self.stopper.best_epoch
-        best_row = self.history[best_epoch - 1] if 0 < best_epoch <= len(self.history) else {}
+        if self.cfg.early_stopping.restore_best or not stopped:
+            self.engine.load_state_dict(self.best_weights)
+            model_epoch = best_epoch
+        else:
+            model_epoch = len(self.history)
+        model_row = self.history[model_epoch - 1] if 0 < model_epoch <= len(self.history) else {}
+        test = evaluate_engine(self.engine, self.data.test_images, self.data.test_labels, self.cfg.train.eval_batch_size)
         calibration = self._calibrate(test)
-        if calibration is not None and (self.cfg.early_stopping.restore_best or not stopped):  # T fits these weights
-            self.writer.save_best(self.best_weights, best_epoch, best_row, calibration=calibration)
         metrics = {
             "test_accuracy": test.accuracy,
             "test_loss": test.loss,
             "epochs": len(self.history),
             "best_epoch": best_epoch,
-            "val_accuracy": best_row.get("val_accuracy"),
-            "val_loss": best_row.get("val_loss"),
+            "model_epoch": model_epoch,
+            "val_accuracy": model_row.get("val_accuracy"),
+            "val_loss": model_row.get("val_loss"),
             "train_seconds": round(self.seconds, 3),
             "stopped_early": stopped,
             "engine": self.engine.name,
             "model": self.engine.model_name,
             "seed": self.cfg.train.seed,
-            "run_dir": str(self.run_dir),
             "calibration": calibration,
             **{k: v for k, v in test.summary().items() if k in ("per_class", "confusion_matrix")},
         }
-        if self.is_writer:
-            atomic_write_text(self.run_dir / "metrics.json", dumps(metrics) + "\n")
-            from lenet5.reports import write_reports
-
-            write_reports(self.run_dir, self.history, self.data.test_images, test.labels, test.probabilities, test.confusion)
-        return TrainResult(self.run_dir, self.history, test, best_epoch, len(self.history), self.seconds, stopped, metrics)
+        return TrainResult(self.history, test, best_epoch, model_epoch, model_row, self.engine.state_dict(),
+                           calibration, len(self.history), self.seconds, stopped, metrics)
 
     def _calibrate(self, test: Evaluation) -> dict | None:
         """Fit the temperature on the validation split (never the test set); ECE before/after on both."""
@@ -268,14 +271,61 @@ def stop_on_sigint(trainer: Trainer):
         signal.signal(signal.SIGINT, previous)
 
 
-def new_run_dir(cfg: Config) -> Path:
-    """runs/<name>, or runs/<engine>-<model>-<date>-<time>[-N] when no name is given."""
-    parent = Path(cfg.train.out)
-    if cfg.train.name:
-        return parent / cfg.train.name
-    base = f"{cfg.train.engine}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = parent / base, 1
-    while candidate.exists():
-        n += 1
-        candidate = parent / f"{base}-{n}"
-    return candidate
+def check_trainer_state(state, steps_per_epoch: int, epochs: int, where: str) -> dict:
+    """The trainer_state of a last.safetensors, checked whole (types, ranges, consistency) and normalized.
+
+    Raises CheckpointError naming what is wrong: a resumed run must start exactly where the saved one was.
+    """
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{where}: its training state is damaged ({what}); it cannot be resumed")
+
+    def count(value, name: str, hi: float = math.inf) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+            raise bad(f"{name} is {str(value)[:40]}, expected a whole number from 0 to {hi}")
+        return value
+
+    def number(value, name: str, optional: bool = False) -> float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad(f"{name} is {str(value)[:40]}, expected a finite number")
+        return float(value)
+
+    def section(value, name: str, keys: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict) or any(k not in value for k in keys):
+            raise bad(f"{name} must be a mapping with {', '.join(keys)}")
+        return value
+
+    state = section(state, "trainer_state", ("epoch", "batch", "step", "partial", "seconds", "history", "schedule",
+                                             "early_stopping"))
+    epoch = count(state["epoch"], "epoch", 10**6)
+    batch = count(state["batch"], "batch", steps_per_epoch - 1)
+    step = count(state["step"], "step", 10**12)
+    if step != epoch * steps_per_epoch + batch:
+        raise bad(f"step {step} is not epoch {epoch} x {steps_per_epoch} batches + batch {batch}")
+    if epoch > epochs or (epoch == epochs and batch):
+        raise bad(f"it is past epoch {epochs}, the last one configured")
+    partial = section(state["partial"], "partial", ("loss_sum", "correct", "seen"))
+    partial = {"loss_sum": number(partial["loss_sum"], "partial.loss_sum"),
+               "correct": count(partial["correct"], "partial.correct", 10**12),
+               "seen": count(partial["seen"], "partial.seen", 10**12)}
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != epoch:
+        raise bad(f"history must list the {epoch} epochs done")
+    rows = []
+    for i, row in enumerate(history, start=1):
+        row = section(row, f"history[{i}]", HISTORY_FIELDS)
+        rows.append({k: (count(row[k], f"history[{i}].epoch", 10**6) if k == "epoch"
+                         else number(row[k], f"history[{i}].{k}", optional=k.startswith("val_"))) for k in HISTORY_FIELDS})
+    schedule = section(state["schedule"], "schedule", ("scale", "best", "bad_epochs"))
+    schedule = {"scale": number(schedule["scale"], "schedule.scale"),
+                "best": number(schedule["best"], "schedule.best", optional=True),
+                "bad_epochs": count(schedule["bad_epochs"], "schedule.bad_epochs", 10**6)}
+    stopping = section(state["early_stopping"], "early_stopping", ("best", "best_epoch", "bad_epochs"))
+    stopping = {"best": number(stopping["best"], "early_stopping.best", optional=True),
+                "best_epoch": count(stopping["best_epoch"], "early_stopping.best_epoch", epoch),
+                "bad_epochs": count(stopping["bad_epochs"], "early_stopping.bad_epochs", 10**6)}
+    return {"epoch": epoch, "batch": batch, "step": step, "partial": partial,
+            "seconds": number(state["seconds"], "seconds"), "history": rows, "schedule": schedule,
+            "early_stopping": stopping}

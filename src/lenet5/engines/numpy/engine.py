@@ -23,6 +23,7 @@ import numpy as np
 
 from lenet5.blas import single_threaded_blas
 from lenet5.config import ModelConfig, OptimizerConfig
+from lenet5.errors import Lenet5Error
 from lenet5.engines.numpy.model import Network
 from lenet5.models import initial_weights
 from lenet5.engines.numpy.optim import create_optimizer
@@ -61,7 +62,10 @@ class NumpyEngine:
         dtype: str = "float32",
         label_smoothing: float = 0.0,
         threads: int = 0,
+        device: str = "auto",
     ) -> None:
+        if device not in ("auto", "cpu"):
+            raise Lenet5Error(f"the numpy engine runs on the CPU; --device {device} needs --engine torch")
         model = model or ModelConfig()
         optimizer = optimizer or OptimizerConfig()
         if dtype not in ("float32", "float64"):
@@ -70,6 +74,7 @@ class NumpyEngine:
             raise ValueError(f"threads must be >= 0 (0: default), got {threads}")
         self.model_name = model.name
         self.dtype = np.dtype(dtype)
+        self.input_dtype = self.dtype  # what train_step and logits compute in
         self.label_smoothing = float(label_smoothing)
         self.threads = threads or default_threads()
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log p = z - max(z) - log(sum(exp(z - max(z)))): never overflows, whatever the logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return z
+from lenet5.metrics import log_softmax
 
 
 def softmax_cross_entropy(

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from lenet5.config import OptimizerConfig
+if TYPE_CHECKING:
+    from lenet5.config import OptimizerConfig
 
 
 class Optimizer:
@@ -72,7 +75,10 @@ class Optimizer:
             if value.shape != buf.shape:
                 raise ValueError(f"optimizer state '{name}' has shape {value.shape}, expected {buf.shape}")
             buf[...] = value
-        self.t = int(np.asarray(state["step"]).reshape(-1)[0])  # 0-d, or (1,) after a safetensors round trip
+        step = np.asarray(state["step"])
+        if step.size != 1 or step.dtype.kind not in "iu" or step.reshape(-1)[0] < 0:
+            raise ValueError(f"optimizer state 'step' must be one whole number >= 0, got {step.dtype} {step.shape}")
+        self.t = int(step.reshape(-1)[0])
 
 
 def clip_grad_norm(grad: np.ndarray, max_norm: float) -> float:
@@ -131,9 +137,12 @@ class Adam(Optimizer):
         params -= tmp
 
 
+# Every name of config.OPTIMIZERS. AdamW is Adam's update with the decoupled weight decay that
+# Optimizer.step applies for every optimizer.
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": Adam}
+
+
 def create_optimizer(cfg: OptimizerConfig, size: int, dtype) -> Optimizer:
-    if cfg.name == "sgd":
-        return SGD(cfg, size, dtype)
-    if cfg.name in ("adam", "adamw"):
-        return Adam(cfg, size, dtype)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; optimizers are: sgd, adam, adamw")
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.name!r}; optimizers are: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.name](cfg, size, dtype)

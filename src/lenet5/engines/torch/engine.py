@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from lenet5.config import ModelConfig, OptimizerConfig
+from lenet5.engines import DEVICES
 from lenet5.engines.torch import distributed as ddp
 from lenet5.engines.torch.model import LeNet5
 from lenet5.errors import Lenet5Error
 from lenet5.models import initial_weights
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_CHUNK = 2000
 
 
@@ -46,7 +47,18 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("mps")
     if device == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device {device!r}; devices are: auto, cpu, cuda, mps")
+    raise ValueError(f"unknown device {device!r}; devices are: {', '.join(DEVICES)}")
+
+
+# Each optimizer of config.OPTIMIZERS as torch.optim builds it. The lr is set before every
+# step; l2, l1, grad_clip (and weight_decay except for AdamW's own) are applied by hand in _apply_update.
+TORCH_OPTIMIZERS = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, dampening=0.0,
+                                             nesterov=c.nesterov and c.momentum > 0),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
+                                                 weight_decay=c.weight_decay),
+}
 
 
 class TorchEngine:
@@ -63,8 +75,8 @@ class TorchEngine:
         threads: int = 0,
         device: str = "auto",
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; dtypes are: {', '.join(DTYPES)}")
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; dtypes are: {', '.join(TORCH_DTYPES)}")
         if threads > 0:
             torch.set_num_threads(threads)
         torch.manual_seed(seed)
@@ -77,8 +89,8 @@ class TorchEngine:
         if self.device.type == "cuda":
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
-        self.dtype = DTYPES[dtype]
-        self.np_dtype = np.dtype(dtype)
+        self.dtype = TORCH_DTYPES[dtype]
+        self.np_dtype = self.input_dtype = np.dtype(dtype)
         self.model = LeNet5(model.name).to(device=self.device, dtype=self.dtype)
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
@@ -87,18 +99,9 @@ class TorchEngine:
         self._step = 0
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        c = self.opt_cfg
-        if c.name == "sgd":
-            return torch.optim.SGD(
-                self._params, lr=c.lr, momentum=c.momentum, dampening=0.0, nesterov=c.nesterov and c.momentum > 0
-            )
-        if c.name == "adam":
-            return torch.optim.Adam(self._params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
-        if c.name == "adamw":
-            return torch.optim.AdamW(
-                self._params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay
-            )
-        raise ValueError(f"unknown optimizer {c.name!r}; optimizers are: sgd, adam, adamw")
+        if self.opt_cfg.name not in TORCH_OPTIMIZERS:
+            raise ValueError(f"the torch engine has no optimizer {self.opt_cfg.name!r}; it has: {', '.join(TORCH_OPTIMIZERS)}")
+        return TORCH_OPTIMIZERS[self.opt_cfg.name](self._params, self.opt_cfg)
 
     def _slots(self) -> tuple[str, ...]:
         """Per-parameter optimizer state tensors, under torch's names."""
@@ -232,7 +235,10 @@ class TorchEngine:
             if flat.shape != (size,):
                 raise ValueError(f"optimizer state {slot!r} has shape {flat.shape}, expected ({size},)")
             flats[slot] = flat
-        step = int(np.asarray(state["step"]))
+        step = np.asarray(state["step"])
+        if step.size != 1 or step.dtype.kind not in "iu" or step.reshape(-1)[0] < 0:
+            raise ValueError(f"optimizer state 'step' must be one whole number >= 0, got {step.dtype} {step.shape}")
+        step = int(step.reshape(-1)[0])
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         if step > 0 and flats:
             offset = 0
