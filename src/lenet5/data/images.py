@@ -7,7 +7,13 @@ longer side scaled to 20 px with anti-aliasing, pasted into 28x28, shifted so it
 
 Limits (each breach is an ImageError with one line saying what is wrong):
 - formats: PNG, JPEG (also MPO from phone cameras), BMP, GIF, TIFF, WebP; the first frame of an animation.
-  Any mode: 1, L, P, RGB, RGBA, LA, PA, CMYK, I, I;16, F.
+  Every mode Pillow decodes (PIL.Image.MODES: 1, L, P (with transparency), RGB, RGBA, RGBX, RGBa, LA, La, PA,
+  CMYK, YCbCr, HSV, I, I;16/I;16L/I;16B/I;16N, F) is turned into grey levels; LAB, and any mode Pillow cannot
+  turn into grey, is refused for that file with one line.
+- memory: a 2 MB file may decode to 40 megapixels of 4-byte pixels (160 MB). Nothing bigger than the decoded
+  image is ever made of it: the grey levels are made BAND_PIXELS at a time and box-averaged on the way down to
+  the working size (at most 2 * WORK_SIDE - 1 pixels long: the page needs no more), in float32; the EXIF
+  orientation is applied to that small copy, never to the full image.
 - at most MAX_PIXELS = 40 megapixels (Pillow's decompression-bomb guard is set to the same limit) and
   MAX_FILE_BYTES = 256 MB per file,
   at least MIN_SIDE = 4 pixels on each side; an empty, truncated or unreadable file, and an image with
@@ -23,7 +29,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+import cv2
+from PIL import ExifTags, Image
 
 from lenet5.data.digits import SIZE, Digit, Score, find_digits
 from lenet5.data.page import WORK_SIDE, find_ink
@@ -35,7 +42,12 @@ MAX_NPY_DIGITS = 100_000
 MAX_FILE_BYTES = 256_000_000  # an uncompressed 40-megapixel 16-bit RGB TIFF is 240 MB; read no file larger
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # JPEG includes MPO (phone cameras)
 SCALE = "lenet5.scale"  # img.info key: original pixels per decoded pixel (JPEG decoded at reduced size)
-REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")  # modes Pillow's reduce() box-averages
+ORIENTATION = "lenet5.orientation"  # img.info key: the EXIF orientation (1..8), applied to the grey levels
+BAND_PIXELS = 1 << 20  # grey levels are made this many pixels at a time (a few MB), never the whole image at once
+NUMERIC = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # numbers, not 8-bit levels: scaled by their range
+ALPHA = ("RGBA", "LA", "PA")  # transparency, not premultiplied
+PREMULTIPLIED = ("RGBa", "La")  # colour already multiplied by alpha
+REFUSED = {"LAB": "a CIE L*a*b* image"}  # modes refused for a whole file, with why (tests/test_images.py pins LAB)
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -67,10 +79,11 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
         except Exception as exc:  # noqa: BLE001 - damaged files make Pillow raise TypeError, struct.error, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise ImageError(f"{name}: truncated or corrupt image ({first})") from None
-    try:
-        img = ImageOps.exif_transpose(img)  # phone photos: honour the orientation tag
+    try:  # phone photos: honour the orientation tag, later, on the small grey copy (to_gray)
+        orientation = int(img.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # noqa: BLE001 - a damaged EXIF block must not stop the digit
-        pass
+        orientation = 1
+    img.info[ORIENTATION] = orientation if 1 <= orientation <= 8 else 1
     return img
 
 
@@ -83,40 +96,100 @@ def _check_size(img: Image.Image, name: str) -> None:
         raise ImageError(f"{name}: image is only {w}x{h} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
 
 
-def to_gray(img: Image.Image, name: str = "image") -> np.ndarray:
-    """Any mode Pillow can convert -> float32 (H, W) in 0..1, transparency composited onto the background;
-    ImageError for a mode it cannot (LAB, premultiplied La, ...)."""
+def to_gray(img: Image.Image, name: str = "image", factor: int = 1) -> np.ndarray:
+    """Any mode Pillow decodes -> float32 (H/factor, W/factor) in 0..1 (each pixel the mean of a factor x factor
+    block), transparency composited onto the background, the EXIF orientation (from ``open_image``) applied;
+    ImageError, one line, for a mode it cannot turn into grey or NaN/infinite pixels.
+
+    Made BAND_PIXELS pixels at a time: the memory beyond the decoded image is a few MB plus the result."""
+    factor = max(1, int(factor))
     try:
-        return _to_gray(img)
-    except (ValueError, OSError, TypeError) as exc:
+        g = _to_gray(img, name, factor)
+    except ImageError:
+        raise
+    except (ValueError, OSError, TypeError, KeyError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise ImageError(f"{name}: cannot read a {img.mode} image as grey levels ({first}); save it as RGB") from None
+    return _orient(g, img.info.get(ORIENTATION, 1))
 
 
-def _to_gray(img: Image.Image) -> np.ndarray:
+def _to_gray(img: Image.Image, name: str, factor: int) -> np.ndarray:
     mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        g = np.asarray(img, dtype=np.float64)
-        peak = g.max(initial=0)
+    if mode in REFUSED:
+        raise ImageError(f"{name}: cannot read a {mode} image as grey levels ({REFUSED[mode]}); save it as RGB")
+    w, h = img.size
+    numeric = mode in NUMERIC
+    kind = "numeric" if numeric else "premultiplied" if mode in PREMULTIPLIED else (
+        "alpha" if mode in ALPHA or "transparency" in img.info else "plain")
+    out_shape = (-(-h // factor), -(-w // factor))
+    lum = np.empty(out_shape, np.float32)  # premultiplied by alpha when there is alpha
+    alpha = np.empty(out_shape, np.float32) if kind in ("alpha", "premultiplied") else None
+    rows = factor * max(1, BAND_PIXELS // (w * factor))  # a whole number of blocks per band
+    peak = 0.0
+    for top in range(0, h, rows):
+        band = img if top == 0 and rows >= h else img.crop((0, top, w, min(h, top + rows)))
+        planes = _band_planes(band, kind)
+        if numeric:
+            if not np.all(np.isfinite(planes[0])):  # a floating-point TIFF can hold NaN pixels
+                raise ImageError(f"{name}: holds NaN or infinite pixel values")
+            peak = max(peak, float(planes[0].max(initial=0.0)))
+        at = top // factor
+        for out, plane in zip((lum, alpha), planes):
+            small = _box_mean(plane, factor)
+            out[at : at + small.shape[0]] = small
+        del band, planes
+    if numeric:
         if mode.startswith("I;16") or peak > 255:
-            top = 65535.0  # 16-bit grayscale (Pillow opens some 16-bit PNGs as mode I)
+            scale = 65535.0  # 16-bit grayscale (Pillow opens some 16-bit PNGs as mode I)
         else:
-            top = 1.0 if mode == "F" and peak <= 1 else 255.0
-        return np.clip(g / top, 0.0, 1.0).astype(np.float32)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if not has_alpha:
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32) / 255.0
-    lum, alpha = la[..., 0], la[..., 1]
-    if alpha.min() >= 1.0:
+            scale = 1.0 if mode == "F" and peak <= 1 else 255.0
+        return np.clip(lum / np.float32(scale), 0.0, 1.0, out=lum)
+    if alpha is None or alpha.min() >= 1.0:
         return lum
-    return lum * alpha + _alpha_background(lum, alpha) * (1.0 - alpha)
+    return lum + np.float32(_alpha_background(lum, alpha)) * (1.0 - alpha)
+
+
+def _band_planes(band: Image.Image, kind: str) -> tuple[np.ndarray, ...]:
+    """A few rows of the image -> float32 planes: (raw numbers,) for numeric modes, (grey,) in 0..1, or
+    (grey * alpha, alpha) for a mode with transparency."""
+    if kind == "numeric":
+        return (np.asarray(band, dtype=np.float32),)
+    if kind == "premultiplied":  # La, RGBa: the colour is already grey * alpha; the grey of a sum is the sum of greys
+        a = np.asarray(band, dtype=np.float32) / 255.0
+        if band.mode == "La":
+            return a[..., 0], a[..., 1]
+        return a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114, a[..., 3]
+    if kind == "alpha":
+        la = np.asarray(band.convert("RGBA").convert("LA"), dtype=np.float32) / 255.0
+        return la[..., 0] * la[..., 1], la[..., 1]
+    return (np.asarray(band.convert("L"), dtype=np.float32) / 255.0,)
+
+
+def _box_mean(plane: np.ndarray, factor: int) -> np.ndarray:
+    """float32 (h, w) -> (ceil(h/f), ceil(w/f)), each the mean of an f x f block (edge blocks padded with
+    their edge pixels)."""
+    if factor == 1:
+        return np.ascontiguousarray(plane, dtype=np.float32)
+    h, w = plane.shape
+    oh, ow = -(-h // factor), -(-w // factor)
+    if (oh * factor, ow * factor) != (h, w):
+        plane = np.pad(plane, ((0, oh * factor - h), (0, ow * factor - w)), mode="edge")
+    return cv2.resize(plane, (ow, oh), interpolation=cv2.INTER_AREA)  # an exact block mean for a whole factor
+
+
+def _orient(g: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (what ImageOps.exif_transpose does) to an array."""
+    turn = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T,
+            8: lambda a: np.rot90(a, 1)}.get(orientation)
+    return g if turn is None else np.ascontiguousarray(turn(g))
 
 
 def _alpha_background(lum: np.ndarray, alpha: np.ndarray) -> float:
     """What transparent pixels stand for: the paper colour if the opaque part has paper, else the
-    opposite of the ink (strokes drawn on a transparent layer)."""
-    opaque = lum[alpha > 0.5]
+    opposite of the ink (strokes drawn on a transparent layer). ``lum`` is premultiplied by ``alpha``."""
+    solid = alpha > 0.5
+    opaque = lum[solid] / alpha[solid]
     if opaque.size == 0:
         return 0.0
     lo, mid, hi = np.percentile(opaque, [5, 50, 95])
@@ -125,16 +198,20 @@ def _alpha_background(lum: np.ndarray, alpha: np.ndarray) -> float:
     return 1.0 if mid < 0.5 else 0.0
 
 
+def work_factor(img: Image.Image) -> int:
+    """The whole factor to shrink an image by before anything else: the page works at WORK_SIDE at most
+    (page.find_ink), so a copy at most 2 * WORK_SIDE - 1 pixels long holds everything it needs."""
+    return max(1, max(img.size) // WORK_SIDE)
+
+
 # ------------------------------------------------------------------------------------ preparation
 def read_image(img: Image.Image, name: str = "image", score: Score | None = None) -> tuple[list[Digit], str | None]:
     """A decoded image -> its digits left to right (fields and boxes in the original's pixels), and why
     there are none. ``score`` (uint8 (N, 28, 28) -> how well each reads as a digit) lets touching digits be cut."""
     _check_size(img, name)
-    scale = float(img.info.get(SCALE, 1.0))
-    factor = max(img.size) // (2 * WORK_SIDE)
-    if factor >= 2 and img.mode in REDUCIBLE:  # box-average a huge image before making floats of it
-        img, scale = img.reduce(factor), scale * factor
-    return find_digits(find_ink(_finite(to_gray(img, name), name), scale), score)
+    factor = work_factor(img)  # box-averaged while the grey levels are made: a huge image costs no more
+    return find_digits(find_ink(_finite(to_gray(img, name, factor), name), float(img.info.get(SCALE, 1.0)) * factor),
+                       score)
 
 
 def read_gray(g: np.ndarray, name: str = "pixels", score: Score | None = None) -> tuple[list[Digit], str | None]:
@@ -145,7 +222,7 @@ def read_gray(g: np.ndarray, name: str = "pixels", score: Score | None = None) -
 def prepare_image(img: Image.Image, name: str = "image") -> np.ndarray:
     """A decoded image of one digit -> uint8 (28, 28), white digit on black, centred like MNIST."""
     _check_size(img, name)
-    return prepare_gray(to_gray(img, name), name)
+    return prepare_gray(to_gray(img, name, work_factor(img)), name)
 
 
 def prepare_gray(g: np.ndarray, name: str = "image") -> np.ndarray:
