@@ -244,7 +244,7 @@ def cmd_serve(args) -> int:
     try:
         import uvicorn
 
-        from lenet5.serve.app import create_app
+        from lenet5.serve.app import create_app, uvicorn_options
     except ImportError as exc:
         raise Lenet5Error(f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e ".[serve]"') from None
     import socket
@@ -260,7 +260,8 @@ def cmd_serve(args) -> int:
     except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
     _err(f"serving the {predictor.model_name} LeNet-5 from {args.model} on http://{args.host}:{args.port}/")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
+                **uvicorn_options())
     return 0
 
 

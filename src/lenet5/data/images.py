@@ -107,7 +107,7 @@ def to_gray(img: Image.Image, name: str = "image", factor: int = 1) -> np.ndarra
         g = _to_gray(img, name, factor)
     except ImageError:
         raise
-    except (ValueError, OSError, TypeError, KeyError, MemoryError) as exc:
+    except (ValueError, OSError, TypeError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise ImageError(f"{name}: cannot read a {img.mode} image as grey levels ({first}); save it as RGB") from None
     return _orient(g, img.info.get(ORIENTATION, 1))

@@ -24,13 +24,24 @@ never gets a 5xx):
 - a body that has not fully arrived BODY_TIMEOUT_S (20 s) after the headers -> 408 (slow-loris clients);
 - another Content-Type -> 415;
 - malformed JSON or multipart, an undecodable image -> 400 (a blank one is a reading: unsure, no digit);
-- a missing ``file`` field or ``pixels`` of the wrong shape, type or range -> 422.
+- a missing ``file`` field or ``pixels`` of the wrong shape, type or range -> 422;
+- more images than the service prepares at once (MAX_PREPARING, each costs up to its decoded size: 160 MB for
+  40 megapixels of 4-byte pixels) wait in a queue of MAX_WAITING, at most WAIT_S seconds; a full queue or a
+  longer wait -> 503 with ``Retry-After`` at once (``LENET5_MAX_PREPARING`` / ``LENET5_MAX_WAITING`` set both);
+- more than MAX_CONNECTIONS open connections -> 503 for new requests, before their bodies are read
+  (uvicorn's ``limit_concurrency``, see ``uvicorn_options``); the "socket.accept() out of system resource"
+  line (file descriptors used up by clients that never finish their headers) is logged at most once per
+  LOG_EVERY_S seconds, with the count of the ones held back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +57,12 @@ from lenet5.predict import Predictor
 MAX_BODY_BYTES = 2 * 1024 * 1024
 BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris
 MAX_PIXELS_SIDE = 1024  # JSON pixels with "prepare": true
+MAX_PREPARING = max(1, min(4, os.cpu_count() or 1))  # images decoded and prepared at once (memory: see above)
+MAX_WAITING = 64  # images waiting for a turn; more -> 503 at once
+WAIT_S = 30.0  # the longest an image waits for its turn before a 503
+RETRY_AFTER_S = 1
+MAX_CONNECTIONS = 128  # uvicorn's limit_concurrency: open connections (and tasks) before new requests get 503
+LOG_EVERY_S = 10.0  # a flood of one log line (accept out of resource) gets through once per this many seconds
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/bmp", "image/x-ms-bmp", "image/gif",
                "image/tiff", "image/webp")  # what open_image decodes; image/svg+xml and the like are 415
@@ -119,10 +136,113 @@ async def _send_error(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Busy(HTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class Turns:
+    """At most ``slots`` images prepared at once, at most ``waiting`` more queued for ``wait_s`` seconds each;
+    anything beyond gets a 503 (Busy) at once. Lives on the event loop (no locks needed)."""
+
+    def __init__(self, slots: int, waiting: int, wait_s: float = WAIT_S) -> None:
+        if slots < 1 or waiting < 0:
+            raise ValueError(f"need at least 1 slot and 0 waiting, got {slots} and {waiting}")
+        self.slots, self.waiting, self.wait_s = slots, waiting, wait_s
+        self.admitted = 0  # preparing + waiting
+        self._free = asyncio.Semaphore(slots)
+
+    async def run(self, func, *args):
+        """func(*args) in a worker thread when a slot is free; Busy when there is no room or no turn in time."""
+        if self.admitted >= self.slots + self.waiting:
+            raise Busy(f"busy: {self.slots} images are being prepared and {self.waiting} are waiting; try again shortly")
+        self.admitted += 1
+        try:
+            turn = asyncio.ensure_future(self._free.acquire())
+            await asyncio.wait({turn}, timeout=self.wait_s)  # (wait_for could lose a slot won as time ran out)
+            if not turn.done():
+                turn.cancel()
+                try:
+                    await turn  # the slot may have come after all
+                except asyncio.CancelledError:
+                    raise Busy(f"busy: no turn to prepare this image within {self.wait_s:g} s; "
+                               "try again shortly") from None
+            try:  # the thread is never abandoned: the slot is held until the work is done
+                return await run_in_threadpool(func, *args)
+            finally:
+                self._free.release()
+        finally:
+            self.admitted -= 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return default if value in (None, "") else int(value)
+    except ValueError:
+        raise Lenet5Error(f"{name} must be a whole number, got {value!r}") from None
+
+
+class OncePer(logging.Filter):
+    """Lets a log line that matches ``needle`` through once per ``seconds``, telling how many it held back;
+    other lines pass untouched. A client that uses up the file descriptors makes asyncio log
+    "socket.accept() out of system resource" with a traceback over and over."""
+
+    def __init__(self, needle: str, seconds: float = LOG_EVERY_S) -> None:
+        super().__init__()
+        self.needle, self.seconds = needle, seconds
+        self.last, self.held = -float("inf"), 0
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a badly formatted record is not ours to judge
+            return True
+        if self.needle not in message:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now - self.last < self.seconds:
+                self.held += 1
+                return False
+            self.last, held, self.held = now, self.held, 0
+        record.msg = message.splitlines()[0] + (f" ({held} more like it in the last {self.seconds:g} s not logged)"
+                                                if held else "") + "; too many open connections?"
+        record.args, record.exc_info, record.exc_text = (), None, None  # one line, not a traceback each time
+        return True
+
+
+ACCEPT_FLOOD = "out of system resource"
+LOGGERS = ("asyncio", "uvicorn", "uvicorn.error")  # asyncio logs the failed accept; uvicorn its own errors
+
+
+def limit_log_floods(seconds: float = LOG_EVERY_S) -> None:
+    """Install the OncePer filter for the accept flood on the server's loggers (once per process)."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OncePer) and f.needle == ACCEPT_FLOOD for f in logger.filters):
+            logger.addFilter(OncePer(ACCEPT_FLOOD, seconds))
+
+
+def uvicorn_options() -> dict:
+    """Settings for uvicorn.run beyond host, port and logging: the bound on open connections. (FastAPI
+    cannot set them itself: they belong to the server.)"""
+    return {"limit_concurrency": MAX_CONNECTIONS}
+
+
 def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYTES,
-               body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
-    """The app for one model (a Predictor, or a checkpoint path loaded here, once)."""
+               body_timeout: float = BODY_TIMEOUT_S, max_preparing: int | None = None,
+               max_waiting: int | None = None) -> FastAPI:
+    """The app for one model (a Predictor, or a checkpoint path loaded here, once). ``max_preparing`` and
+    ``max_waiting`` default to $LENET5_MAX_PREPARING / $LENET5_MAX_WAITING, else MAX_PREPARING / MAX_WAITING."""
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
+    slots = max_preparing if max_preparing is not None else _env_int("LENET5_MAX_PREPARING", MAX_PREPARING)
+    waiting = max_waiting if max_waiting is not None else _env_int("LENET5_MAX_WAITING", MAX_WAITING)
+    if slots < 1 or waiting < 0:
+        raise Lenet5Error(f"the service needs at least 1 image at a time and 0 waiting, got {slots} and {waiting}")
+    turns = Turns(slots, waiting)
+    limit_log_floods()
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
@@ -133,6 +253,8 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
             return predictor.read(*find(predictor.fit, *args), probabilities=True)
         except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
             raise HTTPException(500, str(exc)) from None
+        except MemoryError:  # the machine is short of memory now (other processes, a cgroup limit)
+            raise Busy("not enough memory to prepare this image now; try again shortly") from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -153,7 +275,10 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
             work = (_find_in_bytes, await request.body(), "image")
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
-        reading, fields = await run_in_threadpool(read_and_describe, *work)
+        if work[0] is _find_in_bytes:  # decoding may cost up to 160 MB: a few at a time
+            reading, fields = await turns.run(read_and_describe, *work)
+        else:  # at most 1024x1024 pixels, already in memory: no turn needed
+            reading, fields = await run_in_threadpool(read_and_describe, *work)
         if prepared:
             for d, field in zip(reading["digits"], fields):
                 d["prepared"] = field.tolist()
