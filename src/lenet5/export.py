@@ -134,7 +134,11 @@ def export_onnx(state: dict[str, np.ndarray], model_name: str, output: str | Pat
 
 
 class OnnxModel:
-    """An exported .onnx file run by onnxruntime on the CPU: ``OnnxModel(path).logits(x)``."""
+    """An exported .onnx file run by onnxruntime on the CPU: ``OnnxModel(path).logits(x)``.
+
+    Only a LeNet-5 signature is accepted, checked when loading (CheckpointError, one line, otherwise): one
+    input, float32 (N, 1, 28, 28); one output, float32 (N, 10); N a dynamic dimension or a fixed batch size
+    (then the batches are fed N at a time). A trial run on zeros proves the graph gives what it declares."""
 
     name = "onnx"
 
@@ -155,10 +159,7 @@ class OnnxModel:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a bad file
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(f"{self.path}: not a loadable ONNX model: {first[:200]}") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28]:
-            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model (expected one input of shape (N,1,28,28))")
-        self.input_name = inputs[0].name
+        self.input_name, self.batch = self._check_signature()
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.model_name = self.meta.get("model", "unknown")
         from lenet5.calibration import check_temperature
@@ -169,10 +170,55 @@ class OnnxModel:
         except ValueError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
         self.energy_floor = floor if floor is not None and np.isfinite(floor) else None
+        self.logits(np.zeros((1, 1, 28, 28), np.float32))  # the graph must run and give (1, 10)
+
+    def _check_signature(self) -> tuple[str, int | None]:
+        """(the input's name, the fixed batch size or None), or CheckpointError naming what does not fit."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        want = "a LeNet-5 takes one float32 input (N, 1, 28, 28) and gives one float32 output (N, 10)"
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it has {len(inputs)} input(s) and "
+                                  f"{len(outputs)} output(s); {want}")
+        (x,), (y,) = inputs, outputs
+        for what, arg, rank, tail in (("input", x, 4, [1, 28, 28]), ("output", y, 2, [10])):
+            shape = list(arg.shape) if arg.shape is not None else None
+            if arg.type != "tensor(float)" or shape is None or len(shape) != rank or shape[1:] != tail:
+                seen = "unknown" if shape is None else "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+                raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: its {what} {arg.name!r} is "
+                                      f"{arg.type} of shape {seen}; {want}")
+        batch, out_batch = x.shape[0], y.shape[0]
+        fixed = batch if isinstance(batch, int) else None  # None, or a name: dynamic
+        if fixed is not None and fixed < 1:
+            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: its batch dimension is {fixed}; {want}")
+        if isinstance(out_batch, int) and out_batch != fixed:
+            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it takes a batch of {batch} images but "
+                                  f"gives {out_batch} rows; {want}")
+        return x.name, fixed
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x: normalized float (N,1,28,28) or (N,28,28) -> float32 logits (N, 10)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim == 3:
             x = x[:, None]
-        return self.session.run(None, {self.input_name: x})[0]
+        if self.batch is None:
+            return self._run(x)
+        parts = []
+        for at in range(0, len(x), self.batch):  # a fixed batch size: whole batches, the last one padded
+            chunk = x[at : at + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            parts.append(self._run(chunk)[: self.batch - pad])
+        return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            out = self.session.run(None, {self.input_name: x})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a graph that fails
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{self.path}: the ONNX model fails on a batch of {len(x)}: {first[:200]}") from None
+        out = np.asarray(out)
+        if out.shape != (len(x), 10) or out.dtype != np.float32:
+            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it gives {out.dtype} of shape "
+                                  f"{tuple(out.shape)} for {len(x)} images, not float32 ({len(x)}, 10)")
+        return out
