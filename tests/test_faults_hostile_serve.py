@@ -1,0 +1,216 @@
+"""`lenet5 serve` against hostile images and clients, the real server on 127.0.0.1:
+
+- small uploads that decode to nearly 40 megapixels, many at once: at most LENET5_MAX_PREPARING are prepared
+  at a time, the rest wait in a short queue or get 503 with Retry-After at once; the server's peak memory
+  stays bounded (before: 6 GB for 16 such requests), no 5xx, the server lives on;
+- every Pillow mode as an upload: a reading or a 4xx with one line, never a 5xx;
+- content types the service does not read (SVG, HEIC, text) -> 415;
+- clients that hold connections open without a request: beyond the connection limit new requests get a 503,
+  and when the server runs out of file descriptors the "accept out of system resource" line is logged once,
+  not thousands of times a second (before: 20 MB of log in 3 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from serving import free_port, running_server
+from test_faults_hostile_images import MODES, REFUSED, encoded
+
+SLOTS, WAITING = 1, 2  # LENET5_MAX_PREPARING / LENET5_MAX_WAITING for the server under test
+BIG = 6320  # 39.9 megapixels
+
+
+def vm_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key}")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained modern LeNet-5: the server's work per request does not depend on the weights' values."""
+    from lenet5.checkpoint import save_checkpoint
+    from lenet5.config import ModelConfig, OptimizerConfig
+    from lenet5.engines import create_engine
+
+    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0)
+    path = tmp_path_factory.mktemp("serve-model") / "model.safetensors"
+    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    saved = {k: os.environ.get(k) for k in ("LENET5_MAX_PREPARING", "LENET5_MAX_WAITING")}
+    os.environ.update(LENET5_MAX_PREPARING=str(SLOTS), LENET5_MAX_WAITING=str(WAITING))
+    try:
+        with running_server(checkpoint) as (url, pid):
+            yield url, pid
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def big_page(mode: str, fmt: str) -> bytes:
+    img = Image.new("L", (BIG, BIG), 255)
+    ImageDraw.Draw(img).line([(2000, 1500), (4200, 1500), (3000, 4800)], fill=0, width=300)
+    img = Image.fromarray(np.asarray(img, np.uint16) * 257) if mode == "I;16" else img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {}))
+    return buf.getvalue()
+
+
+def post(url: str, body: bytes, content_type: str) -> httpx.Response:
+    return httpx.post(url + "/predict", content=body, headers={"Content-Type": content_type}, timeout=120)
+
+
+def test_many_huge_uploads_at_once_get_200_or_503_and_memory_stays_bounded(server):
+    url, pid = server
+    bodies = [(big_page("F", "TIFF"), "image/tiff"), (big_page("I;16", "PNG"), "image/png"),
+              (big_page("RGBA", "PNG"), "image/png")]
+    assert max(len(b) for b, _ in bodies) < 400_000
+    assert post(url, *bodies[0]).status_code == 200  # warm-up: the first huge image, alone
+    idle = vm_kib(pid, "VmRSS")
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: post(url, *bodies[i % len(bodies)]), range(16)))
+    statuses = [r.status_code for r in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert 1 <= statuses.count(200) <= 16 and statuses.count(503) >= 16 - SLOTS - WAITING - 2, statuses
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1" and r.json()["detail"].startswith("busy: "), r.text
+        else:
+            assert r.json()["number"] is not None
+    peak = vm_kib(pid, "VmHWM")  # the server's own peak resident memory since it started
+    assert (peak - idle) / 1024 < 400, f"16 huge uploads raised the server's peak by {(peak - idle) / 1024:.0f} MiB"
+    assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if encoded(m) is not None])
+def test_every_mode_as_an_upload_is_a_reading_or_one_4xx_line(mode, server):
+    url, _ = server
+    data, opened_as = encoded(mode)
+    kind = "image/tiff" if data[:2] in (b"II", b"MM") else "image/png"
+    r = post(url, data, kind)
+    if opened_as in REFUSED:
+        assert r.status_code == 400 and r.json()["detail"] == (
+            f"image: cannot read a {opened_as} image as grey levels (a CIE L*a*b* image); save it as RGB")
+    else:
+        assert r.status_code == 200, r.text
+        assert r.json()["number"] is not None
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("image/svg+xml", b'<svg xmlns="http://www.w3.org/2000/svg"><text>7</text></svg>'),
+    ("image/heic", b"\x00\x00\x00\x18ftypheic"),
+    ("image/avif", b"\x00\x00\x00\x18ftypavif"),
+    ("text/plain", b"7"),
+    ("application/octet-stream", b"\x89PNG\r\n\x1a\n"),
+    ("", b"7"),
+])
+def test_a_content_type_the_service_does_not_read_is_415(content_type, body, server):
+    url, _ = server
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = httpx.post(url + "/predict", content=body, headers=headers, timeout=10)
+    assert r.status_code == 415, r.text
+    assert r.json()["detail"].startswith("unsupported Content-Type")
+
+
+def test_beyond_the_connection_limit_new_requests_get_503_and_the_server_recovers(server):
+    from lenet5.serve.app import MAX_CONNECTIONS
+
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CONNECTIONS + 2)]
+    try:
+        time.sleep(0.5)  # all accepted
+        r = httpx.get(url + "/healthz", timeout=10)
+        assert r.status_code == 503, r.text
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while httpx.get(url + "/healthz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the server did not recover after the idle clients left"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def server_with_few_files(checkpoint: Path, files: int):
+    """The real server with RLIMIT_NOFILE = files; yields (url, a function returning its log so far)."""
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        def cap() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+        proc = subprocess.Popen([sys.executable, "-m", "lenet5", "serve", "--model", str(checkpoint), "--port",
+                                 str(port), "--log-level", "warning"], stdout=log, stderr=log, preexec_fn=cap)
+
+        def text() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")
+
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, text()
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+            yield url, text
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_running_out_of_file_descriptors_logs_one_line_not_a_flood(checkpoint):
+    with server_with_few_files(checkpoint, 100) as (url, log):
+        port = int(url.rsplit(":", 1)[1])
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]  # never a request
+        try:
+            time.sleep(3.0)
+            text = log()
+        finally:
+            for s in clients:
+                s.close()
+        floods = [line for line in text.splitlines() if "out of system resource" in line]
+        assert 1 <= len(floods) <= 2, text[-2000:]  # once per 10 s (before: about 9,000 a second)
+        assert "Traceback" not in text and len(text) < 4000, text[-2000:]
+        assert floods[0] == "socket.accept() out of system resource; too many open connections?"
+        deadline = time.monotonic() + 15
+        while True:  # the clients left: the server accepts again
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.2)
