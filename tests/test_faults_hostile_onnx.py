@@ -131,7 +131,7 @@ def test_a_graph_that_is_no_lenet5_is_refused_when_loading_with_one_line(case, t
 
 def test_a_fixed_batch_size_is_fed_in_whole_batches(tmp_path, rng):
     """A graph exported for batches of exactly 4 reads any number of images (the last batch padded)."""
-    from lenet5.engines.numpy.model import parameter_shapes
+    from lenet5.models import parameter_shapes
 
     state = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in parameter_shapes("modern").items()}
     model = build_onnx_model(state, "modern")
