@@ -23,12 +23,18 @@ from lenet5 import MNIST_MEAN, MNIST_STD
 from lenet5.errors import CheckpointError, ImageError, Lenet5Error
 from lenet5.metrics import softmax
 
-INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 GLOB_CHARS = set("*?[")
 UNSURE_BELOW = 0.8  # a digit whose calibrated probability is lower is marked unsure (README: accuracy vs coverage)
 STEADY_BELOW = 0.9  # mean probability of the answer over nudged copies (data.digits.nudged) under this: unsure
 EVIDENCE_WEIGHT = 0.15  # log units per unit of energy above the floor, when cutting touching digits
 EVIDENCE_CAP = 8.0  # more evidence than floor + this counts no more
+
+
+def input_suffixes() -> tuple[str, ...]:
+    """File suffixes predict reads from a folder: the image formats of data/images.py, and .npy stacks."""
+    from lenet5.data.images import IMAGE_SUFFIXES
+
+    return (*IMAGE_SUFFIXES, ".npy")
 
 
 class Predictor:
@@ -231,9 +237,9 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            found = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in input_suffixes())
             if not found:
-                out.append((item, f"{item}: folder holds no images ({', '.join(INPUT_SUFFIXES)})"))
+                out.append((item, f"{item}: folder holds no images ({', '.join(input_suffixes())})"))
             out.extend((f, None) for f in found)
         elif path.exists():
             out.append((item, None))

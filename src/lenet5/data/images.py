@@ -40,7 +40,18 @@ MAX_PIXELS = 40_000_000
 MIN_SIDE = 4
 MAX_NPY_DIGITS = 100_000
 MAX_FILE_BYTES = 256_000_000  # an uncompressed 40-megapixel 16-bit RGB TIFF is 240 MB; read no file larger
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # JPEG includes MPO (phone cameras)
+# The one list of image formats read (predict's file suffixes and serve's content types derive from it):
+# Pillow's format name -> (file suffixes, HTTP content types). JPEG includes MPO (phone cameras).
+FORMATS = {
+    "PNG": ((".png",), ("image/png",)),
+    "JPEG": ((".jpg", ".jpeg"), ("image/jpeg", "image/jpg", "image/pjpeg")),
+    "BMP": ((".bmp",), ("image/bmp", "image/x-ms-bmp")),
+    "GIF": ((".gif",), ("image/gif",)),
+    "TIFF": ((".tif", ".tiff"), ("image/tiff",)),
+    "WEBP": ((".webp",), ("image/webp",)),
+}
+IMAGE_SUFFIXES = tuple(suffix for suffixes, _ in FORMATS.values() for suffix in suffixes)
+CONTENT_TYPES = tuple(kind for _, kinds in FORMATS.values() for kind in kinds)
 SCALE = "lenet5.scale"  # img.info key: original pixels per decoded pixel (JPEG decoded at reduced size)
 ORIENTATION = "lenet5.orientation"  # img.info key: the EXIF orientation (1..8), applied to the grey levels
 BAND_PIXELS = 1 << 20  # grey levels are made this many pixels at a time (a few MB), never the whole image at once
@@ -60,7 +71,7 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            img = Image.open(io.BytesIO(data), formats=tuple(FORMATS))
             _check_size(img, name)
             img.seek(0)
             width = img.size[0]

@@ -13,7 +13,7 @@ Routes
     * ``application/json`` ``{"pixels": 28x28 numbers 0..255}``: a digit already MNIST-style (white on
       black, centred), used as is; with ``"prepare": true`` the pixels (any HxW, 4..1024 per side, any
       polarity) go through the same preparation as an uploaded image;
-    * ``image/png``, ``image/jpeg``, ... (IMAGE_TYPES): the raw image file as the body.
+    * ``image/png``, ``image/jpeg``, ... (images.CONTENT_TYPES): the raw image file as the body.
   ``?prepared=true`` adds ``"prepared"`` to each digit (and at the top for one digit): the 28x28 uint8
   image the network saw.
 
@@ -50,7 +50,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lenet5.data.digits import Digit
-from lenet5.data.images import MIN_SIDE, open_image, read_gray, read_image
+from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, open_image, read_gray, read_image
 from lenet5.errors import ImageError, Lenet5Error
 from lenet5.predict import Predictor
 
@@ -64,10 +64,8 @@ RETRY_AFTER_S = 1
 MAX_CONNECTIONS = 128  # uvicorn's limit_concurrency: open connections (and tasks) before new requests get 503
 LOG_EVERY_S = 10.0  # a flood of one log line (accept out of resource) gets through once per this many seconds
 STATIC = Path(__file__).parent / "static"
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/bmp", "image/x-ms-bmp", "image/gif",
-               "image/tiff", "image/webp")  # what open_image decodes; image/svg+xml and the like are 415
 ACCEPTED = ("multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or "
-            "a PNG, JPEG, BMP, GIF, TIFF or WebP body")
+            f"a {', '.join(FORMATS)} body")
 
 
 class BodyLimit:
@@ -271,7 +269,7 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
             work = (_find_in_bytes, *await _read_upload(request))
         elif kind == "application/json":
             work = (_find_in_pixels, _parse_json(await request.body()))
-        elif kind in IMAGE_TYPES:
+        elif kind in CONTENT_TYPES:  # image/svg+xml and the like are 415
             work = (_find_in_bytes, await request.body(), "image")
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
