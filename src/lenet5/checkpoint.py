@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,15 @@ FORMAT = "lenet5-checkpoint"
 FORMAT_VERSION = 1
 OPTIMIZER_PREFIX = "optimizer."
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header is a few KB; refuse giant declared sizes early
+# Bounds on the metadata a checkpoint may carry, checked before parsing: a real trainer_state (the longest
+# value, with one history row per epoch) is a few KB, nesting is 3 deep, integers are counters and seeds.
+MAX_META_JSON_CHARS = 1024 * 1024
+MAX_META_DEPTH = 32
+MAX_META_INT_DIGITS = 40  # 128-bit seeds fit; a 400-digit integer does not become an OverflowError later
+MAX_META_WORD_CHARS = 64  # format, format_version, engine, model, epoch
+# a string, or an unterminated one up to the end: every quote starts a match, so the scan stays linear
+_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 @dataclass
@@ -123,21 +133,24 @@ def _load_safetensors(path: Path) -> Checkpoint:
     except Exception as exc:  # safetensors raises several error types for corrupt files
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_short(exc)})") from None
     if raw_meta and raw_meta.get("format") not in (None, FORMAT):
-        raise CheckpointError(f"{path}: not a lenet5 checkpoint (format {raw_meta.get('format')!r})")
+        raise CheckpointError(f"{path}: not a lenet5 checkpoint (format {_clip(raw_meta.get('format'))})")
     try:
+        for key in ("format_version", "engine", "model", "epoch"):
+            if key in raw_meta and len(raw_meta[key]) > MAX_META_WORD_CHARS:
+                raise ValueError(f"{key} is {len(raw_meta[key]):,} characters long")
         version = int(raw_meta.get("format_version", FORMAT_VERSION))
         meta = {
             "format_version": version,
             "engine": raw_meta.get("engine"),
             "model": raw_meta.get("model"),
-            "config": json.loads(raw_meta.get("config", "{}")),
+            "config": _meta_json(raw_meta, "config", {}),
             "epoch": int(raw_meta.get("epoch", 0)),
-            "metrics": json.loads(raw_meta.get("metrics", "{}")),
-            "normalization": json.loads(raw_meta.get("normalization", "null")) or {"mean": MNIST_MEAN, "std": MNIST_STD},
-            "trainer_state": json.loads(raw_meta["trainer_state"]) if "trainer_state" in raw_meta else None,
-            "calibration": json.loads(raw_meta["calibration"]) if "calibration" in raw_meta else None,
+            "metrics": _meta_json(raw_meta, "metrics", {}),
+            "normalization": _meta_json(raw_meta, "normalization", None) or {"mean": MNIST_MEAN, "std": MNIST_STD},
+            "trainer_state": _meta_json(raw_meta, "trainer_state", None),
+            "calibration": _meta_json(raw_meta, "calibration", None),
         }
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_short(exc)})") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads ({FORMAT_VERSION}); upgrade lenet5")
@@ -146,6 +159,44 @@ def _load_safetensors(path: Path) -> Checkpoint:
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return Checkpoint(weights, meta, optimizer, path)
+
+
+def _meta_json(raw_meta: dict[str, str], key: str, default: Any) -> Any:
+    """One JSON metadata value, bounded before it is parsed: its length, its nesting depth, its integers'
+    digits. Raises ValueError (naming the key) past a bound, so the caller reports one line."""
+    text = raw_meta.get(key)
+    if text is None:
+        return default
+    if len(text) > MAX_META_JSON_CHARS:
+        raise ValueError(f"{key} is {len(text):,} characters long, over {MAX_META_JSON_CHARS:,}")
+    depth = _json_depth(text)
+    if depth > MAX_META_DEPTH:
+        raise ValueError(f"{key} is nested {depth} levels deep, over {MAX_META_DEPTH}")
+
+    def bounded_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_META_INT_DIGITS:
+            raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits")
+        return int(digits)
+
+    try:
+        return json.loads(text, parse_int=bounded_int)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {_short(exc)}") from None
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in a JSON text, outside strings (linear time, no recursion)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_calibration(calibration: Any, path: Path) -> None:

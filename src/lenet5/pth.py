@@ -2,19 +2,37 @@
 
 weights_only=True unpickles only tensors, plain containers and numbers; a file whose pickle would call
 any other function (code execution) is refused before anything in it runs.
+
+A small file must not cost gigabytes: the file and the sizes its zip archive declares are bounded before
+torch.load, and every tensor's kind (dense, on the CPU, real floating point) and element count is checked
+against what a LeNet-5 holds before anything is converted (a 250 KB file can hold a stride-0 view that
+claims 37 GiB).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lenet5.errors import CheckpointError
+from lenet5.models import MODELS, parameter_shapes
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+# What a LeNet-5 holds (48,000 elements in its largest tensor, ~62,000 in all); anything larger is not one.
+_SHAPES = [shape for model in MODELS for shape in parameter_shapes(model).values()]
+MAX_TENSOR_ELEMENTS = max(math.prod(shape) for shape in _SHAPES)
+MAX_TOTAL_ELEMENTS = 2 * max(sum(math.prod(s) for s in parameter_shapes(m).values()) for m in MODELS)
+MAX_DIMS = max(len(shape) for shape in _SHAPES)
+MAX_TENSORS = 64
+# A LeNet-5 .pth is ~250 KB (float32; a training checkpoint with optimizer state a few MB).
+MAX_PTH_BYTES = 16 * 1024 * 1024
+MAX_ZIP_ENTRIES = 1024
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def load_pth_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -26,6 +44,7 @@ def load_pth_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    _check_file_size(path)
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
             warnings.simplefilter("ignore")
@@ -39,17 +58,86 @@ def load_pth_state_dict(path: str | Path) -> dict[str, np.ndarray]:
                 break
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: not a PyTorch state dict (expected a mapping of names to tensors)")
-    out: dict[str, np.ndarray] = {}
+    if len(obj) > MAX_TENSORS:
+        raise CheckpointError(f"{path}: holds {len(obj)} entries; a LeNet-5 state dict has about ten")
+    total = 0
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"{path}: not a PyTorch state dict ({key!r} holds {type(value).__name__}, expected a tensor)"
+                f"{path}: not a PyTorch state dict ({_short_repr(key)} holds {type(value).__name__}, expected a tensor)"
             )
-        if not value.is_floating_point():
-            raise CheckpointError(f"{path}: tensor {key!r} has dtype {value.dtype}, expected floating point")
+        total += _check_tensor(path, key, value)
+        if total > MAX_TOTAL_ELEMENTS:
+            raise CheckpointError(f"{path}: its tensors hold over {MAX_TOTAL_ELEMENTS:,} elements in all, "
+                                  "more than a LeNet-5 has; not a LeNet-5 checkpoint")
+    out: dict[str, np.ndarray] = {}
+    for key, value in obj.items():  # only now, with every size known to be small, is anything converted
         name = key[len("module."):] if key.startswith("module.") else key
-        out[name] = value.detach().to(torch.float64 if value.dtype == torch.float64 else torch.float32).numpy().copy()
+        try:
+            dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+            out[name] = np.array(value.detach().to(dtype).contiguous().numpy(), copy=True)
+        except Exception as exc:  # noqa: BLE001 - an exotic tensor torch cannot convert: one clear line
+            raise CheckpointError(f"{path}: tensor {_short_repr(key)} cannot be read as an array "
+                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
     return out
+
+
+def _check_file_size(path: Path) -> None:
+    """The file, and (for the zip format) the uncompressed sizes of its records, are bounded: torch.load
+    allocates each record's declared size, and a deflated record of zeros is a zip bomb."""
+    size = path.stat().st_size
+    if size > MAX_PTH_BYTES:
+        raise CheckpointError(f"{path}: {size:,} bytes, too large for a LeNet-5 .pth file (at most {MAX_PTH_BYTES:,})")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip (the legacy format) or a damaged one: torch.load says what is wrong
+    declared = sum(info.file_size for info in entries[: MAX_ZIP_ENTRIES + 1])
+    if len(entries) > MAX_ZIP_ENTRIES or declared > MAX_PTH_BYTES:
+        raise CheckpointError(f"{path}: its archive declares {len(entries)} records of {declared:,} bytes in all, "
+                              f"too large for a LeNet-5 .pth file (at most {MAX_PTH_BYTES:,} bytes)")
+
+
+def _check_tensor(path: Path, key: str, value: torch.Tensor) -> int:
+    """Refuse, before any conversion, a tensor that is not a small dense real floating-point CPU tensor;
+    return its element count."""
+    name = _short_repr(key)
+    if value.is_nested:
+        kind = "a nested tensor"
+    elif value.layout != torch.strided:
+        kind = f"a sparse tensor ({str(value.layout).removeprefix('torch.')})"
+    elif value.device.type != "cpu":
+        kind = f"a tensor on the {value.device.type} device" + (" (shapes only, no values)" if value.is_meta else "")
+    elif value.is_quantized:
+        kind = f"a quantized tensor ({value.dtype})"
+    elif value.is_complex():
+        kind = f"a complex tensor ({value.dtype})"
+    elif value.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name} has dtype {value.dtype}, expected floating point")
+    else:
+        kind = None
+    if kind is not None:
+        raise CheckpointError(f"{path}: tensor {name} is {kind}; a LeNet-5 checkpoint holds dense floating-point "
+                              "tensors (save model.state_dict() of a CPU model)")
+    shape = tuple(value.shape)
+    if len(shape) > MAX_DIMS:
+        raise CheckpointError(f"{path}: tensor {name} has {len(shape)} dimensions; no LeNet-5 tensor has more than {MAX_DIMS}")
+    count = math.prod(shape)
+    if count > MAX_TENSOR_ELEMENTS:
+        raise CheckpointError(f"{path}: tensor {name} has shape {shape} ({count:,} elements), more than any LeNet-5 "
+                              f"tensor ({MAX_TENSOR_ELEMENTS:,}); not a LeNet-5 checkpoint")
+    return count
+
+
+def _short_repr(key) -> str:
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _describe_failure(path: Path, exc: Exception) -> str:
