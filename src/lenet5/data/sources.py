@@ -207,8 +207,9 @@ def _cache_lock(folder: Path, *, wait: bool = True):
     path = folder / LOCK_FILE
     try:
         fd = open_regular(path, os.O_RDWR | os.O_CREAT, follow_symlinks=False)
-    except NotARegularFile as exc:
-        raise DataError(f"the lock file {path} {exc.strerror}; delete it (lenet5 makes a new one) and run again") from None
+    except (NotARegularFile, IsADirectoryError) as exc:
+        kind = exc.strerror if isinstance(exc, NotARegularFile) else "is a folder, not a regular file"
+        raise DataError(f"the lock file {path} {kind}; delete it (lenet5 makes a new one) and run again") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
