@@ -72,14 +72,14 @@ def test_a_stride0_pth_tensor_is_refused_before_conversion(tmp_path, make):
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda: torch.zeros(1).expand(48_001), "more than any LeNet-5 tensor"),    # one more than conv3.weight
-    (lambda: torch.zeros(2, 1, 1, 1, 1).expand(2, 3, 4, 5, 6), "dimensions"),  # more than any LeNet-5 tensor
-    (lambda: torch.zeros(0, 2**40), "LeNet-5"),  # empty: cheap, and still not a LeNet-5 tensor
+    (lambda: torch.zeros(1).expand(48_001), ("conv3.weight", "more than any LeNet-5 tensor")),    # one more than conv3.weight
+    (lambda: torch.zeros(2, 1, 1, 1, 1).expand(2, 3, 4, 5, 6), ("conv3.weight", "dimensions")),  # more than any LeNet-5 tensor
+    (lambda: torch.zeros(0, 2**40), ("LeNet-5",)),  # empty: cheap, and still not a LeNet-5 tensor
 ], ids=["just-too-many", "five-dims", "empty"])
 def test_a_pth_tensor_no_lenet5_has_is_refused(tmp_path, make, words):
     path = tmp_path / "odd.pth"
     torch.save(state_dict(**{"conv3.weight": make()}), path)
-    refused(path, "conv3.weight", words)
+    refused(path, *words)
 
 
 def test_a_pth_with_too_much_in_all_is_refused(tmp_path):
