@@ -151,8 +151,9 @@ def _death_signal_setter():
 def _kill_group(proc: subprocess.Popen) -> None:
     """End a child started in a process group of its own, with everything it started."""
     if proc.returncode is None:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if hasattr(os, "killpg"):
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             proc.kill()
         proc.wait()
