@@ -123,7 +123,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
     run = tmp_path / "runs" / "cut"
     kills, hits, epochs_at_kill, last_epoch, finished = 0, 0, [], 0, False
     for how in plan:
-        resume = run if (run / "last.safetensors").exists() else None
+        resume = run if run.exists() else None  # a folder claimed by a killed run is continued, never reused
         proc = start(train_cmd(tiny_idx, "cut", resume), tmp_path)
         if how == "time":
             killed = kill_after(proc, rng.uniform(0.2, 0.6 * run_seconds))  # start-up, epochs, or the end
@@ -144,7 +144,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
         for p in stray:  # what a user may delete; resume does not need them
             p.unlink()
     if not finished:  # the last resume, left to end
-        resume = run if (run / "last.safetensors").exists() else None
+        resume = run if run.exists() else None
         finish(start(train_cmd(tiny_idx, "cut", resume), tmp_path), tmp_path)
 
     print(f"\n{kills} SIGKILLs ({hits} inside a last.safetensors write), last.safetensors epoch at each kill: "

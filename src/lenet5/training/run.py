@@ -5,19 +5,21 @@ failure leaves behind. The CLI's `train` is parse -> train_run -> print.
 - A new run claims its folder with an exclusive create: two runs started together never share one, and an
   existing folder is never reused except by --resume.
 - --resume continues with the run's own config; only --epochs (to extend it: the schedule is re-planned
-  for the new total from the step reached) and where the data is (--data-dir, --dataset) may change.
+  for the new total from the step reached) and where the data is (--data-dir, --dataset) may change. A run
+  stopped before its first checkpoint starts again from step 0 in its folder, from its config.yaml.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lenet5.config import Config, apply_dict, config_from_dict
+from lenet5.config import Config, apply_dict, config_from_dict, dump_yaml
 from lenet5.errors import WRITE_ERRNOS, ConfigError, Lenet5Error, TrainingError
-from lenet5.training.callbacks import BEST_FILE, LAST_FILE, run_folder_callbacks
+from lenet5.training.callbacks import BEST_FILE, CONFIG_FILE, LAST_FILE, run_folder_callbacks
 from lenet5.training.trainer import Trainer, TrainingInterrupted, TrainResult
 
 RESUMABLE = {("train", "epochs"), ("data", "data_dir"), ("data", "dataset")}  # what --resume lets a flag change
@@ -29,7 +31,7 @@ class Resume:
 
     run_dir: Path
     cfg: Config
-    last: object  # checkpoint.Checkpoint of last.safetensors
+    last: object  # checkpoint.Checkpoint of last.safetensors; None: stopped before it, start again from step 0
     best_weights: dict | None
 
 
@@ -43,6 +45,8 @@ def resume_from(run: str | Path, flags: dict, sets: list[str] = (), config_file:
         raise ConfigError(f"--resume continues a run with its own config, so {', '.join(given)} cannot change it; "
                           "only --epochs (to train longer), --data-dir and --dataset can. Start a new run instead")
     run_dir = Path(run)
+    if run_dir.is_dir() and not (run_dir / LAST_FILE).exists():
+        return _restart(run_dir, flags)
     last_path = run_dir / LAST_FILE if run_dir.is_dir() else run_dir
     last = load_checkpoint(last_path)
     state = last.meta.get("trainer_state")
@@ -60,27 +64,56 @@ def resume_from(run: str | Path, flags: dict, sets: list[str] = (), config_file:
     return Resume(last_path.parent, cfg, last, best)
 
 
+def _restart(run_dir: Path, flags: dict) -> Resume:
+    """A run stopped before its first checkpoint: start it again from step 0 in its folder, with its config."""
+    from lenet5.config import load_yaml
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"{run_dir} holds no run to resume (no {LAST_FILE}, no {CONFIG_FILE}); delete it or "
+                          "choose another --name")
+    cfg = apply_dict(config_from_dict(load_yaml(run_dir / CONFIG_FILE)), flags, source="command-line flags")
+    return Resume(run_dir, cfg, None, None)
+
+
 def claim_run_dir(cfg: Config) -> Path:
-    """Create the new run's folder exclusively: train.out/train.name, or <engine>-<model>-<date>-<time>[-N]."""
+    """Claim the new run's folder, train.out/train.name or <engine>-<model>-<date>-<time>[-N]: it must be new or
+    empty, and the claim is the exclusive creation of its config.yaml (complete, by a hard link), so two runs
+    never share a folder and a run killed at any moment leaves a folder --resume can continue."""
     parent = Path(cfg.train.out)
     parent.mkdir(parents=True, exist_ok=True)
+    text = dump_yaml(cfg).encode("utf-8")
     if cfg.train.name:
         run_dir = parent / cfg.train.name
-        try:
-            run_dir.mkdir()
-        except FileExistsError:
+        if not _claim(run_dir, text):
             raise ConfigError(f"run folder {run_dir} already exists; continue that run with --resume {run_dir} "
-                              "or choose another --name") from None
+                              "or choose another --name")
         return run_dir
     base = f"{cfg.train.engine}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 10_000):
         run_dir = parent / (base if n == 1 else f"{base}-{n}")
-        try:
-            run_dir.mkdir()
+        if _claim(run_dir, text):
             return run_dir
-        except FileExistsError:
-            continue
     raise ConfigError(f"{parent} already holds 10000 runs named {base}-N; choose a --name")
+
+
+def _claim(run_dir: Path, config_text: bytes) -> bool:
+    """True when this process now owns run_dir (it was new or empty and its config.yaml is ours)."""
+    run_dir.mkdir(exist_ok=True)
+    if any(not (p.name.startswith(f".{CONFIG_FILE}.") and p.name.endswith(".tmp")) for p in run_dir.iterdir()):
+        return False  # a folder with anything in it but a killed claim's leftover is somebody's
+    tmp = run_dir / f".{CONFIG_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(config_text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, run_dir / CONFIG_FILE)  # fails if the file exists: the exclusive create, complete
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def world_size() -> int:
@@ -109,8 +142,9 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
         data = load_mnist(cfg.data.data_dir, cfg.data.dataset)
         say = log if is_writer else (lambda msg: None)
         trainer = Trainer(cfg, data, log=say)  # before claiming a folder: a bad setting leaves none behind
-        if resume:
+        if resume and resume.last is not None:
             trainer.restore(resume.last, resume.best_weights)
+        if resume:
             run_dir = resume.run_dir
         elif is_writer:
             run_dir = claim_run_dir(cfg)
