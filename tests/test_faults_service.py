@@ -184,7 +184,7 @@ def test_an_oversized_body_is_refused_before_it_is_sent(server):
                 break
             answer += data
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
-    assert b"connection: close" in answer.lower() and b"the limit is 2097152 bytes" in answer
+    assert b"connection: close" in answer.lower() and b"the limit is 10000000 bytes" in answer
 
 
 def test_a_chunked_body_over_the_limit_is_cut_off_while_arriving(server):

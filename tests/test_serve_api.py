@@ -16,7 +16,7 @@ from PIL import Image
 from lenet5.predict import Predictor
 from serving import free_port, running_server
 
-MAX_BODY = 2 * 1024 * 1024
+MAX_BODY = 10_000_000  # lenet5 serve's default --max-body-mb 10
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +99,13 @@ def test_raw_image_body(client, mnist):
 def test_body_over_the_limit_is_413_from_content_length(client):
     r = client.post("/predict", files={"file": ("huge.png", b"\x00" * (MAX_BODY + 1000), "image/png")})
     assert r.status_code == 413
-    assert "limit is 2097152 bytes" in r.json()["detail"]
+    assert "limit is 10000000 bytes" in r.json()["detail"] and "--max-body-mb" in r.json()["detail"]
 
 
 def test_chunked_body_over_the_limit_is_413_while_reading(client):
     def chunks():
-        for _ in range(40):
-            yield b"\x00" * 65536  # 2.5 MiB in all, no Content-Length
+        for _ in range(160):
+            yield b"\x00" * 65536  # 10.5 MB in all, no Content-Length
 
     r = client.post("/predict", content=chunks(), headers={"content-type": "image/png"})
     assert r.status_code == 413
@@ -220,3 +220,28 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(trained_checkpoint):
         )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: cannot serve on 127.0.0.1:{port}") and "Traceback" not in proc.stderr
+
+
+def test_max_body_mb_sets_the_limit(untrained_checkpoint):
+    """`serve --max-body-mb 1`: a 1.5 MB body is 413, and the answer names the flag."""
+    with running_server(untrained_checkpoint, "--max-body-mb", "1") as (url, _pid):
+        r = httpx.post(f"{url}/predict", content=b"\x00" * 1_500_000, headers={"content-type": "image/png"}, timeout=30)
+    assert r.status_code == 413 and "limit is 1000000 bytes" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "1000"])
+def test_max_body_mb_out_of_range_is_one_line(value):
+    result = subprocess.run([sys.executable, "-m", "lenet5", "serve", "--max-body-mb", value], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--max-body-mb must be between 1 and" in result.stderr
+
+
+def test_json_body_with_unknown_keys_is_422(client, mnist):
+    r = client.post("/predict", json={"pixels": mnist.test_images[0].tolist(), "invert": True})
+    assert r.status_code == 422 and "invert" in r.json()["detail"]
+
+
+def test_json_pixels_in_zero_to_one_are_refused_with_the_scale_to_use(client, mnist):
+    r = client.post("/predict", json={"pixels": (mnist.test_images[0] / 255.0).tolist()})
+    assert r.status_code == 422 and "0..255" in r.json()["detail"]

@@ -27,6 +27,8 @@ from lenet5.models import MODELS, model_for_weights, parameter_shapes
 FORMAT = "lenet5-checkpoint"
 FORMAT_VERSION = 1
 OPTIMIZER_PREFIX = "optimizer."
+BEST_FILE = "model.safetensors"  # the model of a run folder (training/callbacks.py writes it)
+BUNDLED = Path(__file__).parent / "bundled" / "lenet5-modern-distortions.safetensors"  # see bundled/MODEL_CARD.md
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header is a few KB; refuse giant declared sizes early
 # Bounds on the metadata a checkpoint may carry, checked before parsing: a real trainer_state (the longest
 # value, with one history row per epoch) is a few KB, nesting is 3 deep, integers are counters and seeds.
@@ -89,6 +91,36 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+def resolve_model(spec: str | Path | None, runs: str | Path = "runs") -> Path:
+    """The model file behind what people type for --model, the same way for every command:
+
+    nothing -> the model bundled with lenet5; ``latest`` -> model.safetensors of the newest run under ``runs``;
+    a run folder -> its model.safetensors; anything else (.safetensors, .pth/.pt, .onnx) -> that file.
+    """
+    if spec is None or str(spec) == "":
+        if not BUNDLED.is_file():
+            raise CheckpointError(f"the bundled model is missing from this install ({BUNDLED}); pass --model")
+        return BUNDLED
+    if str(spec) == "latest":
+        found = [p / BEST_FILE for p in Path(runs).glob("*") if (p / BEST_FILE).is_file()] if Path(runs).is_dir() else []
+        if not found:
+            raise CheckpointError(f"--model latest: no run under {runs}/ has a {BEST_FILE} yet; train one "
+                                  "(lenet5 train) or leave out --model to use the bundled model")
+        return max(found, key=lambda p: p.stat().st_mtime)
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / BEST_FILE).is_file():
+            raise CheckpointError(f"{path} is a folder without {BEST_FILE}; a run folder holds one once its first "
+                                  "epoch is done")
+        return path / BEST_FILE
+    return path
+
+
+def describe_model(path: Path) -> str:
+    """How a model file is named in messages: 'the bundled model' for the bundled one, else its path."""
+    return "the bundled model" if Path(path) == BUNDLED else str(path)
 
 
 def load_checkpoint(path: str | Path, expect_model: str | None = None) -> Checkpoint:

@@ -16,6 +16,7 @@ from lenet5.errors import WRITE_ERRNOS, Lenet5Error
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+MAX_BODY_MB = 100  # serve --max-body-mb: bodies are held in memory while they arrive
 
 
 def _print_json(obj) -> None:
@@ -33,6 +34,7 @@ FLAG_KEYS = {  # flag (argparse dest) -> the config key it sets; the one flag-to
     "engine": "train.engine", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr",
     "optimizer": "optimizer.name", "seed": "train.seed", "out": "train.out", "name": "train.name",
     "threads": "train.threads", "device": "train.device", "data_dir": "data.data_dir", "dataset": "data.dataset",
+    "limit_batches": "train.limit_batches",
 }
 
 
@@ -63,6 +65,27 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                  "~/.cache/lenet5", aliases=("--data_dir",))
     _config_flag(p, "--dataset", "dataset", "mnist: verified by SHA-256; idx: any four IDX files under MNIST's names "
                  "in --data-dir")
+
+
+MODEL_HELP = ("a checkpoint (.safetensors, .pth), a run folder, 'latest' (the newest run under train.out) or an "
+              ".onnx file; default: the model bundled with lenet5 (see its MODEL_CARD.md)")
+
+
+def _model_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "--model_path", "--model-path", dest="model", default=None, metavar="MODEL",
+                   help=MODEL_HELP)
+
+
+def _model_path(args) -> Path:
+    """--model as typed -> the file to load (checkpoint.resolve_model, the same for every command)."""
+    from lenet5.checkpoint import resolve_model
+
+    runs = "runs"
+    if args.model == "latest":
+        from lenet5.config import resolve_config
+
+        runs = resolve_config().train.out
+    return resolve_model(args.model, runs)
 
 
 def _engine_flag(p: argparse.ArgumentParser) -> None:
@@ -148,6 +171,8 @@ def cmd_train(args) -> int:
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
               f"(model from epoch {m['model_epoch']} of {m['epochs']})")
         print(f"trained in {m['train_seconds']:.1f}s ({total:.1f}s in all); run folder: {run_dir}")
+        print(f"next: lenet5 evaluate --model {run_dir}\n      lenet5 predict --model {run_dir} your-digit.png\n"
+              f"      lenet5 serve --model {run_dir}   (then open http://127.0.0.1:8000/)")
     return 0
 
 
@@ -157,7 +182,10 @@ def cmd_evaluate(args) -> int:
     from lenet5.metrics import evaluate_logits, per_class_scores
     from lenet5.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(args.model, engine=args.engine, threads=0)
+    from lenet5.checkpoint import describe_model
+
+    path = _model_path(args)
+    predictor = Predictor.from_checkpoint(path, engine=args.engine, threads=0)
     runner = "onnxruntime" if predictor.path.suffix.lower() == ".onnx" else args.engine
     data = load_mnist(args.data_dir, args.dataset or "mnist")
     result = evaluate_logits(predictor.logits(data.test_images), data.test_labels)
@@ -167,11 +195,11 @@ def cmd_evaluate(args) -> int:
 
         write_reports(Path(args.out), [], data.test_images, result.labels, result.probabilities, result.confusion)
     if args.json:
-        _print_json({"model": args.model, "engine": runner, "test_accuracy": result.accuracy, "test_loss": result.loss,
+        _print_json({"model": str(path), "engine": runner, "test_accuracy": result.accuracy, "test_loss": result.loss,
                      "n": int(len(result.labels)), "per_class": summary["per_class"],
                      "confusion_matrix": summary["confusion_matrix"]})
         return 0
-    print(f"{args.model} ({runner}): test accuracy {100 * result.accuracy:.2f}%  test loss {result.loss:.4f}  "
+    print(f"{describe_model(path)} ({runner}): test accuracy {100 * result.accuracy:.2f}%  test loss {result.loss:.4f}  "
           f"on {len(result.labels)} images")
     scores = per_class_scores(result.confusion)
     print("class  precision  recall     f1  support")
@@ -187,21 +215,45 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- summary
+def cmd_summary(args) -> int:
+    from lenet5.checkpoint import describe_model, load_checkpoint
+    from lenet5.models import summary_lines
+
+    path = _model_path(args)
+    ckpt = load_checkpoint(path)
+    meta, metrics = ckpt.meta, ckpt.meta.get("metrics") or {}
+    calibration = meta.get("calibration") or {}
+    facts = {"model": ckpt.model, "file": str(path), "engine": meta.get("engine"), "epoch": meta.get("epoch"),
+             "val_accuracy": metrics.get("val_accuracy"), "temperature": calibration.get("temperature"),
+             "parameters": sum(int(v.size) for v in ckpt.weights.values())}
+    if args.json:
+        _print_json(facts)
+        return 0
+    print("\n".join(summary_lines(ckpt.model)))
+    print(f"{describe_model(path)}: trained by the {facts['engine']} engine, epoch {facts['epoch']}"
+          + (f", validation accuracy {100 * facts['val_accuracy']:.2f}%" if facts["val_accuracy"] is not None else "")
+          + (f", calibration temperature {facts['temperature']:.3f}" if facts["temperature"] else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
-    from lenet5.checkpoint import load_checkpoint
+    from lenet5.checkpoint import BUNDLED, describe_model, load_checkpoint
     from lenet5.export import export_onnx
 
-    ckpt = load_checkpoint(args.model)
-    output = Path(args.output) if args.output else Path(args.model).with_suffix(".onnx")
-    if output.resolve() == Path(args.model).resolve() or (output.exists() and output.samefile(args.model)):
+    path = _model_path(args)
+    ckpt = load_checkpoint(path)
+    default = Path(path.name).with_suffix(".onnx") if path == BUNDLED else path.with_suffix(".onnx")
+    output = Path(args.output) if args.output else default
+    if output.resolve() == path.resolve() or (output.exists() and output.samefile(path)):
         raise Lenet5Error(f"--output {output} is the checkpoint being exported; choose another file (for example "
-                          f"{Path(args.model).with_suffix('.onnx')})")
+                          f"{path.with_suffix('.onnx').name})")
     export_onnx(ckpt.weights, ckpt.model, output, calibration=ckpt.meta.get("calibration"))
     if args.json:
-        _print_json({"model": args.model, "format": args.format, "output": str(output)})
+        _print_json({"model": str(path), "format": args.format, "output": str(output)})
     else:
-        print(f"exported {args.model} ({ckpt.model} LeNet-5) to {output}")
+        print(f"exported {describe_model(path)} ({ckpt.model} LeNet-5) to {output}")
     return 0
 
 
@@ -211,7 +263,7 @@ def cmd_predict(args) -> int:
 
     if args.top_k < 1 or args.top_k > 10:
         raise Lenet5Error(f"--top-k must be between 1 and 10, got {args.top_k}")
-    predictor = Predictor.from_checkpoint(args.model, engine=args.engine)
+    predictor = Predictor.from_checkpoint(_model_path(args), engine=args.engine)
     results = predictor.classify_files(args.images, top_k=args.top_k, save_prepared=args.save_prepared)
     failed = sum("error" in r for r in results)
     if args.json:
@@ -251,15 +303,20 @@ def cmd_serve(args) -> int:
 
     from lenet5.predict import Predictor
 
+    from lenet5.checkpoint import describe_model
+
     if not args.body_timeout > 0:
         raise Lenet5Error(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}")
-    predictor = Predictor.from_checkpoint(args.model, engine=args.engine)
-    app = create_app(predictor, body_timeout=args.body_timeout)
+    if not 1 <= args.max_body_mb <= MAX_BODY_MB:
+        raise Lenet5Error(f"--max-body-mb must be between 1 and {MAX_BODY_MB}, got {args.max_body_mb:g}")
+    path = _model_path(args)
+    predictor = Predictor.from_checkpoint(path, engine=args.engine)
+    app = create_app(predictor, body_timeout=args.body_timeout, max_body_bytes=int(args.max_body_mb * 1_000_000))
     try:  # uvicorn only logs a failed bind and exits 1: check first for a one-line error
         socket.create_server((args.host, args.port)).close()
     except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
-    _err(f"serving the {predictor.model_name} LeNet-5 from {args.model} on http://{args.host}:{args.port}/")
+    _err(f"serving the {predictor.model_name} LeNet-5 from {describe_model(path)} on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
                 **uvicorn_options())
     return 0
@@ -267,7 +324,7 @@ def cmd_serve(args) -> int:
 
 def _add_predict_serve_parsers(sub) -> None:
     p = sub.add_parser("predict", help="classify your own digit images (PNG, JPEG, BMP, GIF, TIFF, WebP, .npy)")
-    p.add_argument("--model", required=True, help="a checkpoint (.safetensors, .pth) or an exported .onnx file")
+    _model_flag(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders of images, globs, or .npy arrays")
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="how many classes to list (default 3)")
     p.add_argument("--save-prepared", "--save_prepared", dest="save_prepared", metavar="DIR", default=None,
@@ -277,12 +334,14 @@ def _add_predict_serve_parsers(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="HTTP API (POST /predict) and a page to draw a digit on")
-    p.add_argument("--model", required=True, help="a checkpoint (.safetensors, .pth) or an exported .onnx file")
+    _model_flag(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     _engine_flag(p)
     p.add_argument("--log-level", "--log_level", dest="log_level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"), help="server log level (default info)")
+    p.add_argument("--max-body-mb", "--max_body_mb", dest="max_body_mb", type=float, default=10.0, metavar="MB",
+                   help="largest request body in MB, else 413 (default 10: a phone photo is 3-10 MB)")
     p.add_argument("--body-timeout", "--body_timeout", dest="body_timeout", type=float, default=20.0, metavar="SECONDS",
                    help="a request body must arrive within this many seconds, else 408 (default 20)")
     p.set_defaults(func=cmd_serve)
@@ -376,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--name", "name", "run folder name; none: <engine>-<model>-<date>-<time>")
     _config_flag(p, "--threads", "threads", "CPU threads for the engine, 0: its default", type=int)
     _config_flag(p, "--device", "device", "where the torch engine computes")
+    _config_flag(p, "--limit-batches", "limit_batches", "at most this many batches per epoch, 0: all (a quick "
+                 "smoke run)", type=int)
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run exactly, with its own config (only --epochs, --data-dir and "
                         "--dataset may change)")
@@ -385,19 +446,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test loss/accuracy, per-class scores and confusion matrix of a model")
-    p.add_argument("--model", "--model_path", "--model-path", dest="model", required=True,
-                   help="checkpoint (.safetensors, .pth) or exported .onnx file")
+    _model_flag(p)
     _engine_flag(p)
     p.add_argument("--out", default=None, help="folder for confusion_matrix.png, predictions.png, misclassified.png")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_data_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("summary", help="a model's layers, output shapes and parameter count, and how it was trained")
+    _model_flag(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_summary)
+
     p = sub.add_parser("export", help="export a checkpoint to ONNX")
-    p.add_argument("--model", "--model_path", "--model-path", dest="model", required=True)
-    p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--output", default=None, help="output file (default: the checkpoint's name with .onnx)")
-    p.add_argument("--json", action="store_true")
+    _model_flag(p)
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="the export format (default onnx)")
+    p.add_argument("--output", default=None, help="output file (default: the checkpoint's name with .onnx; for the "
+                   "bundled model, that name in the current folder)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_export)
 
     _add_predict_serve_parsers(sub)
@@ -407,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], list(commands), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; commands are: {', '.join(commands)}"
+        _err(f"error: unknown command '{argv[0]}'{hint}")
+        return EXIT_USER_ERROR
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -122,6 +122,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_choice(*DEVICES))  # torch engine
     out: str = "runs"  # parent folder of run folders
     name: str | None = field(default=None, metadata={"plain_name": True})  # run folder; None: <engine>-<model>-<time>
+    limit_batches: int = field(default=0, metadata=_range(0))  # 0: every batch; N: at most N per epoch (smoke run)
 
 
 @dataclass

@@ -190,6 +190,17 @@ def summary_rows(name: str) -> list[tuple[str, tuple[int, ...], int]]:
     return rows
 
 
+def summary_lines(name: str) -> list[str]:
+    """A model summary for people (Keras' model.summary()): each layer, its output shape, its parameters."""
+    rows = summary_rows(name)
+    lines = [f"{name} LeNet-5 ({architecture(name).summary})",
+             f"  {'layer':<22}{'output shape':<16}{'parameters':>10}"]
+    for label, shape, params in rows:
+        lines.append(f"  {label:<22}{'x'.join(map(str, shape)):<16}{params if params else '':>10}")
+    lines.append(f"  {'total':<38}{sum(p for _, _, p in rows):>10}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------- initializers
 INITIALIZERS = (
     "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",

@@ -11,15 +11,17 @@ Routes
     * ``multipart/form-data`` with the image file in field ``file`` (any format ``lenet5 predict`` reads;
       the page is cleaned and each digit prepared like MNIST: cropped, scaled to 20 px, centred);
     * ``application/json`` ``{"pixels": 28x28 numbers 0..255}``: a digit already MNIST-style (white on
-      black, centred), used as is; with ``"prepare": true`` the pixels (any HxW, 4..1024 per side, any
-      polarity) go through the same preparation as an uploaded image;
+      black, centred: 0 is the background, 255 the ink), used as is; with ``"prepare": true`` the pixels
+      (any HxW, 4..1024 per side, either polarity) go through the same preparation as an uploaded image.
+      Grey levels are 0..255: values that all lie in 0..1 with fractions are refused (422) rather than read
+      as a black image; other keys are refused (422);
     * ``image/png``, ``image/jpeg``, ... (images.CONTENT_TYPES): the raw image file as the body.
   ``?prepared=true`` adds ``"prepared"`` to each digit (and at the top for one digit): the 28x28 uint8
   image the network saw.
 
 Limits and status codes (the body of every error is ``{"detail": "<one line>"}``; a client mistake
 never gets a 5xx):
-- a request body over MAX_BODY_BYTES (2 MiB) -> 413, judged from Content-Length before reading and by
+- a request body over the limit (``lenet5 serve --max-body-mb``, default 10 MB) -> 413, judged from Content-Length before reading and by
   counting bytes while reading (chunked uploads);
 - a body that has not fully arrived BODY_TIMEOUT_S (20 s) after the headers -> 408 (slow-loris clients);
 - another Content-Type -> 415;
@@ -54,9 +56,10 @@ from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, open_image, rea
 from lenet5.errors import ImageError, Lenet5Error
 from lenet5.predict import Predictor
 
-MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_BODY_BYTES = 10_000_000  # lenet5 serve --max-body-mb; a phone photo is 3-10 MB
 BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris
 MAX_PIXELS_SIDE = 1024  # JSON pixels with "prepare": true
+JSON_KEYS = ("pixels", "prepare")  # what a JSON body may hold; anything else is 422
 MAX_PREPARING = max(1, min(4, os.cpu_count() or 1))  # images decoded and prepared at once (memory: see above)
 MAX_WAITING = 64  # images waiting for a turn; more -> 503 at once
 WAIT_S = 30.0  # the longest an image waits for its turn before a 503
@@ -123,7 +126,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     def _too_large(self, what: str) -> str:
-        return f"request body is too large ({what}); the limit is {self.limit} bytes ({self.limit // 1024 // 1024} MiB)"
+        return f"request body is too large ({what}); the limit is {self.limit} bytes ({self.limit / 1e6:g} MB; lenet5 serve --max-body-mb sets it)"
 
 
 async def _send_error(send, status: int, detail: str) -> None:
@@ -317,6 +320,9 @@ def _parse_json(body: bytes) -> dict:
         raise HTTPException(400, f"body is not valid JSON ({_first_line(exc)})") from None
     if not isinstance(doc, dict) or "pixels" not in doc:
         raise HTTPException(422, 'JSON body must be an object {"pixels": [[28 numbers] x 28]}')
+    unknown = sorted(str(k)[:40] for k in doc if k not in JSON_KEYS)
+    if unknown:
+        raise HTTPException(422, f"unknown key(s) {', '.join(unknown)} in the JSON body; it takes {', '.join(JSON_KEYS)}")
     return doc
 
 
@@ -339,6 +345,8 @@ def _find_in_pixels(score, doc: dict) -> tuple[list[Digit], str | None]:
         raise HTTPException(422, f"'pixels' with prepare must be {MIN_SIDE}..{MAX_PIXELS_SIDE} per side, got {h}x{w}")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
         raise HTTPException(422, "'pixels' must be finite numbers in 0..255")
+    if arr.max() <= 1.0 and np.any(arr != np.round(arr)):  # 0..1 floats read as 0..255 would be a black image
+        raise HTTPException(422, "'pixels' look like values in 0..1; send grey levels 0..255 (multiply by 255)")
     if not prepare:
         return [Digit(np.round(arr).astype(np.uint8), (0, 0, 28, 28))], None
     try:

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet5.atomic import atomic_write_text
-from lenet5.checkpoint import save_checkpoint
+from lenet5.checkpoint import BEST_FILE, save_checkpoint
 from lenet5.config import EarlyStoppingConfig, dump_yaml
 from lenet5.errors import TrainingError
 from lenet5.jsonout import dumps
 
-BEST_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.csv"

@@ -83,6 +83,11 @@ class Trainer:
             data.train_images, data.train_labels, cfg.data.val_size, seed=t.seed
         )
         self.steps_per_epoch = num_batches(len(self.train_x), t.batch_size)
+        if t.limit_batches:
+            self.steps_per_epoch = min(self.steps_per_epoch, t.limit_batches)
+        if t.batch_size > len(self.train_x):
+            self.log(f"warning: batch_size {t.batch_size} is larger than the training split ({len(self.train_x)} "
+                     f"images): every epoch is one step of {len(self.train_x)} images")
         self.schedule = Schedule(cfg.schedule, cfg.optimizer.lr, self.steps_per_epoch, self.steps_per_epoch * t.epochs)
         self.stopper = EarlyStopping(cfg.early_stopping)
         self.augment = make_augmenter(cfg.augment)  # None when augmentation is off
@@ -162,6 +167,8 @@ class Trainer:
                                   dtype=self.engine.input_dtype, transform=self.augment)
         try:
             for x, y in batches:
+                if self.batch >= self.steps_per_epoch:  # train.limit_batches
+                    break
                 if self.stop_requested:
                     raise KeyboardInterrupt
                 lr = self.schedule.lr(self.step)
