@@ -351,7 +351,7 @@ def _add_predict_serve_parsers(sub) -> None:
 def cmd_tune(args) -> int:
     from lenet5.data.datasets import load_mnist
     from lenet5.training.trainer import TrainingInterrupted
-    from lenet5.tune import TuneSettings, run_study
+    from lenet5.tune import TuneSettings, display_url, run_study
 
     if args.trials < 1 or args.epochs < 1:
         raise Lenet5Error("--trials and --epochs must be at least 1")
@@ -366,7 +366,7 @@ def cmd_tune(args) -> int:
         summary = run_study(base, data, settings, log=_err)
     except (TrainingInterrupted, KeyboardInterrupt):
         _err(f"interrupted; the running trial is marked failed. Continue the study with the same command "
-             f"(--storage {args.storage} --study-name {args.study_name})")
+             f"(--storage {display_url(args.storage)} --study-name {args.study_name})")
         return EXIT_INTERRUPTED
     if args.json:
         _print_json(summary)

@@ -149,19 +149,91 @@ def describe(params: dict) -> str:
     return ", ".join(parts)
 
 
+def display_url(url: str) -> str:
+    """The storage URL as it may be printed: any password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 (not a URL SQLAlchemy can parse: printed as given, minus a password)
+        head, at, tail = url.rpartition("@")
+        scheme, sep, rest = head.partition("://")
+        user = rest.partition(":")[0]
+        return f"{scheme}{sep}{user}:***@{tail}" if at and ":" in rest else url
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def storage_url(url: str) -> str:
+    """The URL SQLAlchemy gets. postgresql:// (and postgres://) use psycopg2 in SQLAlchemy; the project installs
+    psycopg 3, so they are pointed at it (postgresql+psycopg://) unless psycopg2 is installed. Any other URL,
+    including an explicit postgresql+driver://, is passed on as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    if _installed("psycopg2"):
+        return f"postgresql://{rest}"
+    if _installed("psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    raise Lenet5Error('a PostgreSQL study needs a driver: pip install -e ".[tune]" (installs psycopg 3)')
+
+
+def _one_line(exc: BaseException) -> str:
+    """A database error as one line: the driver's own message, without SQLAlchemy's SQL and background links."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).split("\n(Background on this error", 1)[0].split("\n[SQL:", 1)[0]
+    return " ".join(text.split()) or type(orig).__name__
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return {"connect_args": {"timeout": 60}}  # wait for the other workers' writes
+    if url.startswith("postgresql"):
+        # Give up on an unreachable server after 10 s instead of the TCP default (minutes); check pooled
+        # connections before use, so a worker survives a server restart or a dropped idle connection.
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    return {}
+
+
+def _check_reachable(url: str, engine_kwargs: dict, shown: str) -> None:
+    """Connect once, so that a wrong host, port, password or database name is one clear line, at once."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    except ImportError as exc:
+        raise Lenet5Error(f"the study database {shown} needs a driver that is not installed: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (a malformed URL, an unknown dialect)
+        raise Lenet5Error(f"bad --storage URL {shown}: {_one_line(exc)}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 (refused, unknown host, authentication, no such database)
+        raise Lenet5Error(f"cannot reach the study database {shown}: {_one_line(exc)}") from None
+    finally:
+        engine.dispose()
+
+
 def open_study(settings: TuneSettings):
     """Create or load the study; several workers may do this at the same moment."""
     optuna = _optuna()
-    engine_kwargs = {}
-    if settings.storage.startswith("sqlite:///"):
-        path = settings.storage[len("sqlite:///"):]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for the other workers' writes
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    url, shown = storage_url(settings.storage), display_url(settings.storage)
+    engine_kwargs = _engine_kwargs(url)
+    if not url.startswith("sqlite"):
+        _check_reachable(url, engine_kwargs, shown)
     for attempt in range(5):  # two workers creating a fresh database's tables at once: one may lose the race
         try:
             storage = optuna.storages.RDBStorage(
-                settings.storage, engine_kwargs=engine_kwargs, heartbeat_interval=settings.heartbeat,
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=settings.heartbeat,
                 grace_period=3 * settings.heartbeat,
             )
             sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed, n_startup_trials=8)
@@ -169,11 +241,12 @@ def open_study(settings: TuneSettings):
             return optuna.create_study(storage=storage, study_name=settings.study_name, direction="maximize",
                                        sampler=sampler, pruner=pruner, load_if_exists=True)
         except Exception as exc:  # noqa: BLE001 (a bad URL, a missing driver, a database busy or racing)
-            from sqlalchemy.exc import IntegrityError, OperationalError
-
-            if attempt == 4 or not isinstance(exc, (IntegrityError, OperationalError)):
-                hint = " (PostgreSQL needs a driver: pip install psycopg2-binary)" if isinstance(exc, ImportError) else ""
-                raise Lenet5Error(f"cannot open the study {settings.study_name!r} in {settings.storage}: {exc}{hint}") from None
+            # PostgreSQL reports a lost CREATE TABLE race as a duplicate key (IntegrityError) or an existing
+            # relation (ProgrammingError); SQLite as a locked database (OperationalError).
+            if attempt == 4 or not isinstance(exc, (IntegrityError, OperationalError, ProgrammingError)):
+                hint = " (a database driver is missing)" if isinstance(exc, ImportError) else ""
+                raise Lenet5Error(f"cannot open the study {settings.study_name!r} in {shown}: "
+                                  f"{_one_line(exc)}{hint}") from None
             time.sleep(0.5 + attempt)
 
 
@@ -196,8 +269,8 @@ def run_study(base: Config, data: MNIST, settings: TuneSettings, log: Callable[[
     remaining = settings.trials - done
     if remaining > 0:
         data = subset(data, settings.train_size, base.train.seed)
-        log(f"study {settings.study_name!r} in {settings.storage}: {done} trial(s) finished, running up to "
-            f"{remaining} more ({settings.epochs} epoch(s) each, {len(data.train_images)} training+validation images)")
+        log(f"study {settings.study_name!r} in {display_url(settings.storage)}: {done} trial(s) finished, "
+            f"running up to {remaining} more ({settings.epochs} epoch(s) each, {len(data.train_images)} training+validation images)")
         study.optimize(objective_for(base, data, settings, log), n_trials=remaining, timeout=settings.timeout,
                        callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished_states)])
     else:
@@ -209,7 +282,7 @@ def summarize(study, base: Config, settings: TuneSettings) -> dict:
     from optuna.trial import TrialState
 
     folder = Path(settings.out) / settings.study_name
-    summary = {"study": settings.study_name, "storage": settings.storage, "trials": count_states(study),
+    summary = {"study": settings.study_name, "storage": display_url(settings.storage), "trials": count_states(study),
                "best": None, "config": None}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "trials.csv", trials_table(study))
