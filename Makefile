@@ -24,6 +24,8 @@ install: $(VENV)/.all-installed
 
 train: $(VENV)/.core-installed
 	$(BIN)/lenet5 train --config config.yaml
+	@echo "The lenet5 command lives in $(VENV): run '. $(VENV)/bin/activate' first (or call $(BIN)/lenet5)."
+	@echo "'make install' adds the extras: the torch engine, ONNX export, serve, tune, TensorBoard."
 
 test: $(VENV)/.all-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
