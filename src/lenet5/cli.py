@@ -35,6 +35,7 @@ FLAG_KEYS = {  # flag (argparse dest) -> the config key it sets; the one flag-to
     "optimizer": "optimizer.name", "seed": "train.seed", "out": "train.out", "name": "train.name",
     "threads": "train.threads", "device": "train.device", "data_dir": "data.data_dir", "dataset": "data.dataset",
     "limit_batches": "train.limit_batches",
+    "logger": "train.logger",
 }
 
 
@@ -437,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--device", "device", "where the torch engine computes")
     _config_flag(p, "--limit-batches", "limit_batches", "at most this many batches per epoch, 0: all (a quick "
                  "smoke run)", type=int)
+    _config_flag(p, "--logger", "logger", "also log to TensorBoard event files in the run folder")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run exactly, with its own config (only --epochs, --data-dir and "
                         "--dataset may change)")

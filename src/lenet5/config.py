@@ -37,6 +37,9 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MAX_CONFIG_BYTES = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; torch overflows past 2**63
+# What records a run besides its folder's own files (training/tensorboard.py); off by default: see the README's
+# TensorBoard paragraph for its measured cost.
+LOGGERS = ("none", "tensorboard")
 MAX_THREADS = 64  # far more than these machines have; thousands of threads only exhaust the system
 
 
@@ -123,6 +126,7 @@ class TrainConfig:
     out: str = "runs"  # parent folder of run folders
     name: str | None = field(default=None, metadata={"plain_name": True})  # run folder; None: <engine>-<model>-<time>
     limit_batches: int = field(default=0, metadata=_range(0))  # 0: every batch; N: at most N per epoch (smoke run)
+    logger: str = field(default="none", metadata=_choice(*LOGGERS))  # tensorboard: event files in the run folder
 
 
 @dataclass

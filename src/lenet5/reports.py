@@ -6,6 +6,7 @@ and every figure is closed after saving so many calls never pile up open figures
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def _save(fig, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def figure_png(fig) -> bytes:
+    """``fig`` as PNG bytes in memory (for TensorBoard), closed whatever happens."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
 
 
 def _column(history: list[dict], key: str) -> np.ndarray:
@@ -108,6 +119,11 @@ def _accuracy_title(train_acc: np.ndarray, val_acc: np.ndarray) -> str:
 
 def plot_confusion_matrix(cm: np.ndarray, path: str | Path, title: str | None = None) -> Path:
     """Counts in every cell (rows = true, columns = predicted), per-class recall beside each row."""
+    return _save(confusion_matrix_figure(cm, title), path)
+
+
+def confusion_matrix_figure(cm: np.ndarray, title: str | None = None):
+    """The figure of plot_confusion_matrix, not saved (the caller closes it, or passes it to figure_png)."""
     cm = np.asarray(cm, dtype=np.int64)  # (K, K)
     k = cm.shape[0]
     row_totals = cm.sum(axis=1)
@@ -134,7 +150,7 @@ def plot_confusion_matrix(cm: np.ndarray, path: str | Path, title: str | None = 
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
     bar.set_label("count (log scale)")
     bar.set_ticks(np.log1p(_count_ticks(int(cm.max()))), labels=[str(c) for c in _count_ticks(int(cm.max()))])
-    return _save(fig, path)
+    return fig
 
 
 def _annotate_cells(ax, cm: np.ndarray, shade: np.ndarray) -> None:
@@ -163,6 +179,11 @@ def _count_ticks(top: int) -> list[int]:
 def plot_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, path: str | Path,
                      n: int = 36, seed: int = 0) -> Path:
     """A seeded random sample of ``n`` digits titled with the prediction; mistakes in red with the truth."""
+    return _save(predictions_figure(images, labels, probabilities, n, seed), path)
+
+
+def predictions_figure(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, n: int = 36, seed: int = 0):
+    """The figure of plot_predictions, not saved (the caller closes it, or passes it to figure_png)."""
     images, labels, probabilities = _as_arrays(images, labels, probabilities)  # (N, 28, 28), (N,), (N, 10)
     n = min(n, len(images))
     index = np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))
@@ -176,7 +197,7 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np.n
         else:
             _show_digit(ax, images[i], f"{title}\ntrue {labels[i]}", wrong=True)
     fig.suptitle(f"Random test digits: {n - n_wrong} of {n} correct (mistakes in red)", fontsize=13)
-    return _save(fig, path)
+    return fig
 
 
 def plot_misclassified(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, path: str | Path,

@@ -75,6 +75,10 @@ class Callback:
     def on_start(self, trainer) -> None:
         """Before the first epoch (also when resuming)."""
 
+    def on_step(self, trainer, loss: float, correct: int, batch_size: int, lr: float) -> None:
+        """After each training step (trainer.step counts it): its batch's mean loss and correct predictions, and
+        the learning rate it used. Called in the hot loop, and only on callbacks that override it: keep it cheap."""
+
     def on_epoch_end(self, trainer, row: dict, improved: bool) -> None:
         """After each epoch; ``row`` is its history row, ``improved`` whether it is the best on validation."""
 

@@ -139,6 +139,10 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
         rank, _ = init_from_env()
         is_writer = rank == 0
     try:
+        if is_writer and cfg.train.logger == "tensorboard":
+            from lenet5.training.tensorboard import require_tensorboard
+
+            require_tensorboard()  # a missing package is one line now, not after the data and the folder
         data = load_mnist(cfg.data.data_dir, cfg.data.dataset)
         say = log if is_writer else (lambda msg: None)
         trainer = Trainer(cfg, data, log=say)  # before claiming a folder: a bad setting leaves none behind
@@ -152,6 +156,10 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             run_dir = Path(cfg.train.out) / (cfg.train.name or "(rank 0's run folder)")
         if is_writer:
             trainer.callbacks = run_folder_callbacks(run_dir)
+            if cfg.train.logger == "tensorboard":
+                from lenet5.training.tensorboard import TensorBoardLogger
+
+                trainer.callbacks.append(TensorBoardLogger(run_dir))
         if resume:
             say(f"resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
         else:

@@ -165,6 +165,8 @@ class Trainer:
         progress = EpochProgress(epoch, t.epochs, self.steps_per_epoch, initial=self.batch, log=self.log)
         batches = iterate_batches(self.train_x, self.train_y, t.batch_size, rng, start_batch=self.batch,
                                   dtype=self.engine.input_dtype, transform=self.augment)
+        # the callbacks that want every step (the hot loop: none by default, and no call for the others)
+        on_step = [cb.on_step for cb in self.callbacks if type(cb).on_step is not Callback.on_step]
         try:
             for x, y in batches:
                 if self.batch >= self.steps_per_epoch:  # train.limit_batches
@@ -181,6 +183,8 @@ class Trainer:
                 self.step += 1
                 self.in_step = False
                 check_finite(loss, epoch, self.step)
+                for tell in on_step:
+                    tell(self, loss, correct, len(y), lr)
                 progress.update(self.partial, lr)
         except KeyboardInterrupt:
             progress.close()
