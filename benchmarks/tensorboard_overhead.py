@@ -57,7 +57,8 @@ def window(kind: str, cfg: Config, data: MNIST, folder: str) -> dict:
     before, t0 = cpu_snapshot(), time.perf_counter()
     for _ in trainer.epochs():
         pass
-    seconds, share = time.perf_counter() - t0, others_share(before, cpu_snapshot())
+    after = cpu_snapshot()
+    seconds, cpu, share = time.perf_counter() - t0, after[2] - before[2], others_share(before, after)
     end = 0.0
     if logger is not None:
         result = trainer._finish(False)
@@ -66,7 +67,7 @@ def window(kind: str, cfg: Config, data: MNIST, folder: str) -> dict:
         end = time.perf_counter() - t0
     if hasattr(trainer.engine, "close"):
         trainer.engine.close()
-    return {"seconds": seconds, "share": share, "start": start, "end": end}
+    return {"seconds": seconds, "cpu": cpu, "share": share, "start": start, "end": end}
 
 
 def main() -> None:
@@ -104,19 +105,24 @@ def main() -> None:
             for kind in KINDS[r % 3:] + KINDS[: r % 3]:
                 w = window(kind, cfg, data, os.path.join(tmp, f"r{r}"))
                 runs[kind].append(w)
-                print(f"  round {r + 1} {kind:<12} {w['seconds']:6.2f} s  [others {100 * w['share']:3.0f}%"
+                print(f"  round {r + 1} {kind:<12} {w['seconds']:6.2f} s  cpu {w['cpu']:6.2f} s  [others {100 * w['share']:3.0f}%"
                       f"{' NOISY' if w['share'] > NOISY else ''}]", file=sys.stderr, flush=True)
 
-    print(f"\n## Seconds per epoch (median of {rounds}; [max share of CPU used by others])")
-    print(f"{'logger':<12} {'s/epoch':>8}  {'others':>12}  vs none (median of per-round ratios; min-max)")
-    base = [w["seconds"] for w in runs["none"]]
+    print(f"\n## Seconds per epoch (median of {rounds}; [max share of CPU used by others]); vs none: median of the "
+          "per-round ratios (min-max). cpu: this process's CPU seconds (all its threads: the logger's writer too),\n"
+          "## steadier than wall time when other processes share the cores")
+    print(f"{'logger':<12} {'s/epoch':>8}  {'others':>12}  {'wall vs none':>26}  {'cpu s':>7}  {'cpu vs none':>26}")
     for kind in KINDS:
-        secs = [w["seconds"] for w in runs[kind]]
-        ratios = [a / b for a, b in zip(secs, base)]
+        cells = []
+        for key in ("seconds", "cpu"):
+            values = [w[key] for w in runs[kind]]
+            ratios = [w[key] / b[key] for w, b in zip(runs[kind], runs["none"])]
+            cells.append((statistics.median(values), statistics.median(ratios), min(ratios), max(ratios)))
         noisy = sum(w["share"] > NOISY for w in runs[kind])
         flag = f" NOISY x{noisy}" if noisy else ""
-        print(f"{kind:<12} {statistics.median(secs):8.2f}  [{100 * max(w['share'] for w in runs[kind]):3.0f}%"
-              f"{flag:>8}]  {statistics.median(ratios):6.3f}x  ({min(ratios):.3f}-{max(ratios):.3f})")
+        (wall, wr, wlo, whi), (cpu, cr, clo, chi) = cells
+        print(f"{kind:<12} {wall:8.2f}  [{100 * max(w['share'] for w in runs[kind]):3.0f}%{flag:>8}]  "
+              f"{wr:6.3f}x ({wlo:.3f}-{whi:.3f})      {cpu:7.2f}  {cr:6.3f}x ({clo:.3f}-{chi:.3f})")
     tb = runs["tensorboard"]
     print(f"\ntensorboard one-off costs (median): on_start {statistics.median(w['start'] for w in tb):.3f} s, "
           f"on_end (test scalars + 2 pictures) {statistics.median(w['end'] for w in tb):.2f} s")

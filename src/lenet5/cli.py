@@ -438,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--device", "device", "where the torch engine computes")
     _config_flag(p, "--limit-batches", "limit_batches", "at most this many batches per epoch, 0: all (a quick "
                  "smoke run)", type=int)
-    _config_flag(p, "--logger", "logger", "also log to TensorBoard event files in the run folder")
+    _config_flag(p, "--logger", "logger", "tensorboard: also write TensorBoard event files into the run folder "
+                 "(view with: tensorboard --logdir runs)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run exactly, with its own config (only --epochs, --data-dir and "
                         "--dataset may change)")
