@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lenet5.config import OptimizerConfig
 from lenet5.data.datasets import MNIST, load_mnist
+
+LENET5 = [sys.executable, "-m", "lenet5"]  # the CLI as a user runs it, with this interpreter
+
+
+def lenet5(*args, cwd=None, check: bool = False, env: dict | None = None, timeout: float = 600,
+           **popen) -> subprocess.CompletedProcess:
+    """`python -m lenet5 ARGS` in a real subprocess: text output captured, unbuffered, extra ``env`` on top of
+    this process's environment. ``check=True``: a non-zero exit fails the test and shows stderr."""
+    result = subprocess.run([*LENET5, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, **popen)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def opt(name: str = "adam", **settings) -> OptimizerConfig:
+    """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
+    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
+                 grad_clip=0.0)
+    return OptimizerConfig(name=name, **{**plain, **settings})
 
 
 @pytest.fixture(scope="session")
