@@ -13,6 +13,17 @@ import pytest
 from lenet5.config import OptimizerConfig
 from lenet5.data.datasets import MNIST, load_mnist
 
+TRAINING_FIXTURES = {"trained_checkpoint", "photo_checkpoint"}  # session fixtures that train a model first
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs a model trained on the full dataset is slow (`-m "not slow"` leaves it out), like the
+    tests marked @pytest.mark.slow by hand (full-dataset training, or more than ~10 s)."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 LENET5 = [sys.executable, "-m", "lenet5"]  # the CLI as a user runs it, with this interpreter
 
 
@@ -70,6 +81,20 @@ def one_torch_thread():
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A freshly initialised modern LeNet-5 (numpy engine, seed 0): for tests where the weights' values do not
+    matter (a server's work per request, a damaged file, a port in use), so they need not wait for training."""
+    from lenet5.checkpoint import save_checkpoint
+    from lenet5.config import ModelConfig
+    from lenet5.engines import create_engine
+
+    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0)
+    path = tmp_path_factory.mktemp("untrained-model") / "model.safetensors"
+    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern")
+    return path
 
 
 @pytest.fixture(scope="session")
