@@ -142,6 +142,7 @@ def test_resumed_iteration_sees_the_same_augmented_batches(mnist):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_training_with_augmentation_through_the_cli(small_mnist, tmp_path):
     result = lenet5("train", "--dataset", "idx", "--data-dir", str(small_mnist), "--epochs", "2", "--batch-size", "32",
                     "--seed", "1", "--name", "aug", "--set", "data.val_size=1000", "--set", "augment.enabled=true",

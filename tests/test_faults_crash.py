@@ -142,6 +142,7 @@ def without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
     finish(start(train_cmd(tiny_idx, "straight"), tmp_path), tmp_path)

@@ -32,6 +32,7 @@ from lenet5.checkpoint import load_checkpoint
 from lenet5.data.sources import FILES, MNIST_SHA256
 
 EPOCHS = 6
+pytestmark = pytest.mark.slow  # each test runs `lenet5` end to end in subprocesses (a few seconds to a minute)
 
 
 @pytest.fixture(scope="module")

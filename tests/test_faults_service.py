@@ -54,6 +54,7 @@ def healthy(url: str) -> bool:
     return httpx.get(url + "/healthz", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_burst_of_good_and_bad_requests_gets_no_5xx_and_no_memory_growth(server):
     url, pid = server

@@ -32,6 +32,7 @@ def test_python3_kernel_is_this_environments_ipykernel():
     assert Path(spec.resource_dir).resolve().is_relative_to(Path(sys.prefix).resolve()) or spec.argv[0] == sys.executable
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(mnist, tmp_path):
     """Every cell runs in this environment's kernel (a cell stuck for 120 s fails) and shows what it should."""
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -25,6 +25,7 @@ def train_args(data_dir, *extra):
             "data.val_size=1000", "--seed", "3", *extra]
 
 
+@pytest.mark.slow
 def test_train_writes_a_consistent_run_folder(small_mnist, tmp_path):
     result = lenet5(*train_args(small_mnist, "--epochs", "3", "--name", "run", "--json"), cwd=tmp_path, check=True)
     metrics = json.loads(result.stdout)
@@ -70,6 +71,7 @@ def resume_args(data_dir, engine, name):
             *(["--device", "cpu"] if engine == "torch" else [])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["numpy", pytest.param("torch", marks=pytest.mark.skipif(
     importlib.util.find_spec("torch") is None, reason="the torch engine needs torch"))])
 def test_ctrl_c_then_resume_gives_the_same_weights_bit_for_bit(tiny_mnist, tmp_path, engine):
@@ -108,6 +110,7 @@ def test_ctrl_c_then_resume_gives_the_same_weights_bit_for_bit(tiny_mnist, tmp_p
     assert (ma["test_accuracy"], ma["test_loss"], ma["best_epoch"]) == (mb["test_accuracy"], mb["test_loss"], mb["best_epoch"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_history(small_mnist, tmp_path):
     for name in ("a", "b"):
         lenet5(*train_args(small_mnist, "--epochs", "1", "--name", name, "--set", "schedule.name=cosine"), cwd=tmp_path,

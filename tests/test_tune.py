@@ -36,6 +36,7 @@ def load(storage: str, name: str = "lenet5"):
     return optuna.load_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow
 def test_a_tiny_study_writes_a_loadable_best_config(small_mnist, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     result = lenet5(*tune_args(small_mnist, storage, "--trials", "3", "--json"), cwd=tmp_path, check=True)
@@ -94,6 +95,7 @@ def test_search_space_covers_the_declared_choices():
                     "schedule": {"onecycle", "cosine"}, "augment": {True, False}}
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(small_mnist, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     cmd = [*LENET5, *tune_args(small_mnist, storage, "--trials", "6", "--json")]
@@ -112,6 +114,7 @@ def test_two_worker_processes_share_one_sqlite_study(small_mnist, tmp_path):
     assert all(n > 0 for n in ran)  # both workers did some of the work
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_a_study_that_a_new_worker_completes(small_mnist, tmp_path):
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
     args = tune_args(small_mnist, storage, "--heartbeat", "1")
