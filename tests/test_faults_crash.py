@@ -50,6 +50,15 @@ def train_cmd(data_dir: Path, name: str, resume: Path | None = None) -> list[str
             "--set", "data.val_size=500", "--set", "train.threads=1"]
 
 
+def cut_cmd(data_dir: Path, run: Path) -> list[str]:
+    """What a user runs next: --resume once the run has claimed its folder (its config.yaml exists; a run killed
+    before its first checkpoint then starts again from step 0), the same command while the folder is absent or
+    holds only a killed claim's leftover (such a folder is claimed anew)."""
+    if (run / "config.yaml").exists():
+        return train_cmd(data_dir, run.name, resume=run)
+    return train_cmd(data_dir, run.name)
+
+
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     log = open(cwd / "stderr.log", "wb")  # a file, not a pipe: nobody reads while we wait to kill
@@ -155,8 +164,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
     for i, how in enumerate(plan):
         if how == "write" and last_epoch == EPOCHS:
             continue  # every epoch's checkpoint is written: no write is ahead to be killed in
-        resume = run if run.exists() else None  # a folder claimed by a killed run is continued, never reused
-        proc = start(train_cmd(tiny_idx, "cut", resume), tmp_path)
+        proc = start(cut_cmd(tiny_idx, run), tmp_path)
         if how == "time":  # the final test only when no write kill is left to do: it ends all the writes
             moment = rng.choice(moments(last_epoch, final="write" not in plan[i + 1:]))
             killed = kill_at(proc, tmp_path / "stderr.log", moment, rng)
@@ -177,8 +185,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
         for p in stray:  # what a user may delete; resume does not need them
             p.unlink()
     if not finished:  # the last resume, left to end
-        resume = run if run.exists() else None
-        finish(start(train_cmd(tiny_idx, "cut", resume), tmp_path), tmp_path)
+        finish(start(cut_cmd(tiny_idx, run), tmp_path), tmp_path)
 
     print(f"\n{kills} SIGKILLs ({hits} inside a last.safetensors write), last.safetensors epoch at each kill: "
           f"{epochs_at_kill}")
