@@ -19,13 +19,12 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_mnist_subset
+from conftest import LENET5, write_mnist_subset
 
 from lenet5.checkpoint import load_checkpoint
 
@@ -43,9 +42,9 @@ def tiny_idx(mnist, tmp_path_factory) -> Path:
 
 def train_cmd(data_dir: Path, name: str, resume: Path | None = None) -> list[str]:
     if resume is not None:
-        return [sys.executable, "-m", "lenet5", "train", "--resume", str(resume), "--dataset", "idx",
+        return [*LENET5, "train", "--resume", str(resume), "--dataset", "idx",
                 "--data-dir", str(data_dir)]
-    return [sys.executable, "-m", "lenet5", "train", "--dataset", "idx", "--data-dir", str(data_dir), "--engine",
+    return [*LENET5, "train", "--dataset", "idx", "--data-dir", str(data_dir), "--engine",
             "numpy", "--epochs", str(EPOCHS), "--batch-size", "32", "--seed", "5", "--name", name,
             "--set", "data.val_size=500", "--set", "train.threads=1"]
 
