@@ -83,6 +83,7 @@ def post(url: str, body: bytes, content_type: str) -> httpx.Response:
     return httpx.post(url + "/predict", content=body, headers={"Content-Type": content_type}, timeout=120)
 
 
+@pytest.mark.slow
 def test_many_huge_uploads_at_once_get_200_or_503_and_memory_stays_bounded(server):
     url, pid = server
     bodies = [(big_page("F", "TIFF"), "image/tiff"), (big_page("I;16", "PNG"), "image/png"),
@@ -192,6 +193,7 @@ def server_with_few_files(checkpoint: Path, files: int):
                 proc.wait()
 
 
+@pytest.mark.slow
 def test_running_out_of_file_descriptors_logs_one_line_not_a_flood(checkpoint):
     with server_with_few_files(checkpoint, 100) as (url, log):
         port = int(url.rsplit(":", 1)[1])
