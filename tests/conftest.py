@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lenet5.config import OptimizerConfig
 from lenet5.data.datasets import MNIST, load_mnist
+
+TRAINING_FIXTURES = {"trained_checkpoint", "photo_checkpoint"}  # session fixtures that train a model first
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs a model trained on the full dataset is slow (`-m "not slow"` leaves it out), like the
+    tests marked @pytest.mark.slow by hand (full-dataset training, or more than ~10 s)."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+LENET5 = [sys.executable, "-m", "lenet5"]  # the CLI as a user runs it, with this interpreter
+
+
+def lenet5(*args, cwd=None, check: bool = False, env: dict | None = None, timeout: float = 600,
+           **popen) -> subprocess.CompletedProcess:
+    """`python -m lenet5 ARGS` in a real subprocess: text output captured, unbuffered, extra ``env`` on top of
+    this process's environment. ``check=True``: a non-zero exit fails the test and shows stderr."""
+    result = subprocess.run([*LENET5, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, **popen)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def opt(name: str = "adam", **settings) -> OptimizerConfig:
+    """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
+    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
+                 grad_clip=0.0)
+    return OptimizerConfig(name=name, **{**plain, **settings})
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +81,20 @@ def one_torch_thread():
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A freshly initialised modern LeNet-5 (numpy engine, seed 0): for tests where the weights' values do not
+    matter (a server's work per request, a damaged file, a port in use), so they need not wait for training."""
+    from lenet5.checkpoint import save_checkpoint
+    from lenet5.config import ModelConfig
+    from lenet5.engines import create_engine
+
+    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0)
+    path = tmp_path_factory.mktemp("untrained-model") / "model.safetensors"
+    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern")
+    return path
 
 
 @pytest.fixture(scope="session")

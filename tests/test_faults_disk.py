@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_mnist_subset
+from conftest import LENET5, lenet5, write_mnist_subset
 
 from lenet5.checkpoint import load_checkpoint
 from lenet5.data.sources import FILES, MNIST_SHA256
 
 EPOCHS = 6
+pytestmark = pytest.mark.slow  # each test runs `lenet5` end to end in subprocesses (a few seconds to a minute)
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +44,6 @@ def tiny_idx(mnist, tmp_path_factory) -> Path:
 def train_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--dataset", "idx", "--data-dir", str(data_dir), "--out", str(out), "--name", "run",
             "--batch-size", "32", "--seed", "1", "--set", "data.val_size=200", "--set", "train.threads=1", *extra]
-
-
-def lenet5(args: list[str], cwd: Path, preexec_fn=None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lenet5", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=preexec_fn, timeout=timeout)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -100,7 +96,7 @@ def test_a_full_disk_during_training_keeps_the_last_good_checkpoint(tiny_idx, tm
     disk = tmp_path / "disk"
     with tmpfs(disk, "16m"):
         run = disk / "runs" / "run"
-        proc = subprocess.Popen([sys.executable, "-m", "lenet5", *train_args(tiny_idx, disk / "runs", "--epochs", str(EPOCHS))],
+        proc = subprocess.Popen([*LENET5, *train_args(tiny_idx, disk / "runs", "--epochs", str(EPOCHS))],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:  # the moment epoch 1's checkpoint exists: freeze the run, fill the disk, let it go on
             deadline = time.monotonic() + 120
@@ -123,7 +119,7 @@ def test_a_full_disk_during_training_keeps_the_last_good_checkpoint(tiny_idx, tm
         assert 1 <= epoch < EPOCHS
         assert_no_half_files(run)
         ballast.unlink()  # room again: the run continues from the checkpoint that was kept
-        resumed = lenet5(["train", "--resume", str(run), "--dataset", "idx", "--data-dir", str(tiny_idx)], cwd=tmp_path)
+        resumed = lenet5("train", "--resume", str(run), "--dataset", "idx", "--data-dir", str(tiny_idx), cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stderr
         assert f"resuming {run} at epoch {epoch + 1}" in resumed.stderr
         assert load_checkpoint(run / "last.safetensors").meta["epoch"] == EPOCHS
@@ -138,12 +134,12 @@ def limit_file_size(max_bytes: int):
 
 
 def test_a_file_size_limit_gives_one_line_and_keeps_the_checkpoint(tiny_idx, tmp_path):
-    first = lenet5(train_args(tiny_idx, tmp_path / "runs", "--epochs", "1"), cwd=tmp_path)
+    first = lenet5(*train_args(tiny_idx, tmp_path / "runs", "--epochs", "1"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run = tmp_path / "runs" / "run"
     kept = (run / "last.safetensors").read_bytes()
     # model.safetensors (~250 kB) still fits under 400 kB; last.safetensors (~500 kB, with Adam/momentum) does not
-    result = lenet5(["train", "--resume", str(run), "--epochs", "3", "--dataset", "idx", "--data-dir", str(tiny_idx)],
+    result = lenet5("train", "--resume", str(run), "--epochs", "3", "--dataset", "idx", "--data-dir", str(tiny_idx),
                     cwd=tmp_path, preexec_fn=limit_file_size(400_000))
     line = one_error_line(result)
     print("\n" + line)
@@ -152,7 +148,7 @@ def test_a_file_size_limit_gives_one_line_and_keeps_the_checkpoint(tiny_idx, tmp
     assert (run / "last.safetensors").read_bytes() == kept
     assert_no_half_files(run)
 
-    fresh = lenet5(train_args(tiny_idx, tmp_path / "other", "--epochs", "1"), cwd=tmp_path,
+    fresh = lenet5(*train_args(tiny_idx, tmp_path / "other", "--epochs", "1"), cwd=tmp_path,
                    preexec_fn=limit_file_size(100_000))
     line = one_error_line(fresh)
     assert "File too large" in line and "no checkpoint had been written yet" in line, line
@@ -189,12 +185,12 @@ def read_only(folder: Path):
 
 def test_a_read_only_run_folder_gives_one_clear_line(tiny_idx, tmp_path):
     out = tmp_path / "runs"
-    first = lenet5(train_args(tiny_idx, out, "--epochs", "1"), cwd=tmp_path)
+    first = lenet5(*train_args(tiny_idx, out, "--epochs", "1"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run = out / "run"
     with read_only(out) as how:
         kept = (run / "last.safetensors").read_bytes()
-        resumed = lenet5(["train", "--resume", str(run), "--epochs", "2", "--dataset", "idx", "--data-dir", str(tiny_idx)],
+        resumed = lenet5("train", "--resume", str(run), "--epochs", "2", "--dataset", "idx", "--data-dir", str(tiny_idx),
                          cwd=tmp_path)
         line = one_error_line(resumed)
         print("\n" + how + ": " + line)
@@ -202,10 +198,10 @@ def test_a_read_only_run_folder_gives_one_clear_line(tiny_idx, tmp_path):
         assert ("Read-only file system" in line or "Operation not permitted" in line), (how, line)
         assert "the last good checkpoint is kept" in line
         assert (run / "last.safetensors").read_bytes() == kept
-        new = lenet5(train_args(tiny_idx, out / "sub", "--epochs", "1"), cwd=tmp_path)
+        new = lenet5(*train_args(tiny_idx, out / "sub", "--epochs", "1"), cwd=tmp_path)
         line = one_error_line(new)
         assert line.startswith(f"error: cannot write {out / 'sub'}"), (how, line)
-        exported = lenet5(["export", "--model", str(run / "model.safetensors")], cwd=tmp_path)
+        exported = lenet5("export", "--model", str(run / "model.safetensors"), cwd=tmp_path)
         line = one_error_line(exported)
         assert line.startswith(f"error: cannot write {run / 'model.onnx'}") or "onnx" in line, (how, line)
 

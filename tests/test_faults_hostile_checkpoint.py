@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import lenet5
 
 torch = pytest.importorskip("torch")
 
@@ -149,8 +150,7 @@ def test_exotic_tensors_give_one_checkpoint_error_line(tmp_path, kind):
 def test_the_cli_prints_one_line_for_a_meta_tensor(tmp_path):
     path = tmp_path / "meta.pth"
     torch.save(state_dict(**{"conv1.weight": torch.zeros(6, 1, 5, 5, device="meta")}), path)
-    result = subprocess.run([sys.executable, "-m", "lenet5", "evaluate", "--model", str(path)],
-                            capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    result = lenet5("evaluate", "--model", path, timeout=TIMEOUT, cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
     assert "meta" in lines[0] and str(path) in lines[0]

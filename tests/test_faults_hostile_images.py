@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import lenet5
 from PIL import Image, ImageDraw, ImageOps
 
 from lenet5.data import images
@@ -166,8 +167,7 @@ def test_predict_prints_one_line_for_the_refused_file_and_reads_the_rest(tmp_pat
     (tmp_path / "lab.tif").write_bytes(encoded("LAB")[0])
     (tmp_path / "la.tif").write_bytes(encoded("La")[0])
     (tmp_path / "rgba.tif").write_bytes(encoded("RGBa")[0])
-    proc = subprocess.run([sys.executable, "-m", "lenet5", "predict", "--model", str(untrained), "--json", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = lenet5("predict", "--model", untrained, "--json", tmp_path, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     results = {Path(r["file"]).name: r for r in json.loads(proc.stdout)}
     assert set(results) == {"la.tif", "lab.tif", "rgba.tif"}

@@ -5,12 +5,11 @@ traceback, no answer over 5 classes. The files are built here with onnx.helper."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import lenet5
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -147,10 +146,6 @@ def test_a_fixed_batch_size_is_fed_in_whole_batches(tmp_path, rng):
     assert fixed.logits(x[:0]).shape == (0, 10)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lenet5", *args], capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("case", ["five_classes", "one_d_output", "double_input", "two_inputs", "all_dims_dynamic"])
 def test_evaluate_and_predict_say_one_line_for_a_hostile_graph(case, tmp_path):
     from PIL import Image, ImageDraw
@@ -160,7 +155,7 @@ def test_evaluate_and_predict_say_one_line_for_a_hostile_graph(case, tmp_path):
     ImageDraw.Draw(page).line([(40, 10), (40, 70)], fill=0, width=6)
     page.save(tmp_path / "one.png")
     for args in (["evaluate", "--model", str(path)], ["predict", "--model", str(path), str(tmp_path / "one.png")]):
-        proc = run_cli(*args)
+        proc = lenet5(*args)
         assert proc.returncode != 0, (args, proc.stdout)
         assert "Traceback" not in proc.stderr, proc.stderr
         lines = proc.stderr.strip().splitlines()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import opt
 
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import normalize
@@ -13,13 +14,6 @@ from lenet5.models import C3_TABLE
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-
-
-def opt(name: str = "adam", **settings) -> OptimizerConfig:
-    """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
-    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
-                 grad_clip=0.0)
-    return OptimizerConfig(name=name, **{**plain, **settings})
 
 
 TOLERANCE = {"float64": 1e-8, "float32": 1e-4}

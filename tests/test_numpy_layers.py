@@ -168,7 +168,9 @@ def test_cross_entropy_gradient_matches_finite_differences(seed, N, K, smoothing
     labels = rng.integers(0, K, N)
     _, grad = softmax_cross_entropy(logits, labels, smoothing)
     numeric = numerical_grad(lambda: softmax_cross_entropy(logits, labels, smoothing)[0], logits)
-    assert rel_error(grad, numeric) < 1e-6
+    # centred differences of a loss near 1 carry ~1e-16 / 1e-6 = 1e-10 of rounding: when every gradient is tiny
+    # (a confident right answer, e.g. 5e-6) that is a relative error above 1e-6 of the *numeric* side
+    assert rel_error(grad, numeric) < 1e-6 or np.abs(grad - numeric).max() < 1e-8
 
 
 def test_cross_entropy_is_stable_for_huge_logits():

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import opt
 
-from lenet5.config import ModelConfig, OptimizerConfig
+from lenet5.config import ModelConfig
 from lenet5.data.datasets import normalize
 from lenet5.engines import create_engine
 from lenet5.engines.base import Engine
 from lenet5.engines.numpy.engine import NumpyEngine
-
-
-def opt(name: str = "adam", **settings) -> OptimizerConfig:
-    """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
-    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
-                 grad_clip=0.0)
-    return OptimizerConfig(name=name, **{**plain, **settings})
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import opt
 
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines.numpy.engine import NumpyEngine
 from lenet5.engines.numpy.optim import Adam, SGD, clip_grad_norm, create_optimizer
-
-
-def opt(name: str = "adam", **settings) -> OptimizerConfig:
-    """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
-    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
-                 grad_clip=0.0)
-    return OptimizerConfig(name=name, **{**plain, **settings})
 
 
 def step(cfg: OptimizerConfig, w: np.ndarray, g: np.ndarray, lr: float, times: int = 1) -> np.ndarray:

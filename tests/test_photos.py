@@ -8,12 +8,11 @@ checkpoint is trained for 3 epochs only, and the sets are small; they catch a re
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
 import pytest
+from conftest import lenet5
 from PIL import Image, ImageFont
 
 from lenet5.predict import Predictor
@@ -111,10 +110,9 @@ def test_predict_cli_prints_the_number_and_json_has_digits_and_boxes(photo_check
                  if s.kind == "clean_scan")
     path = tmp_path / f"number{scene.suffix}"
     path.write_bytes(scene.data)
-    cmd = [sys.executable, "-m", "lenet5", "predict", "--model", str(photo_checkpoint), str(path)]
-    human = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert human.returncode == 0, human.stderr
-    [result] = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=120).stdout)
+    cmd = ["predict", "--model", photo_checkpoint, path]
+    human = lenet5(*cmd, check=True)
+    [result] = json.loads(lenet5(*cmd, "--json", check=True).stdout)
     assert f"number {result['number']}" in human.stdout
     assert len(result["digits"]) == len(result["number"]) >= 2
     for d in result["digits"]:

@@ -8,11 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import lenet5
 from PIL import Image
-
-
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lenet5", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +27,7 @@ def samples(mnist, tmp_path_factory):
 def test_human_output_names_each_file_and_its_digit(trained_checkpoint, samples):
     folder, labels = samples
     files = sorted(labels)[:3]
-    proc = run("predict", "--model", str(trained_checkpoint), *files)
+    proc = lenet5("predict", "--model", str(trained_checkpoint), *files)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 3
@@ -41,7 +38,7 @@ def test_human_output_names_each_file_and_its_digit(trained_checkpoint, samples)
 
 def test_json_is_one_document_with_digit_probability_and_top_k(trained_checkpoint, samples):
     folder, labels = samples
-    proc = run("predict", "--model", str(trained_checkpoint), str(folder), "--json", "--top-k", "4")
+    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder), "--json", "--top-k", "4")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["file"] for r in results] == sorted(labels)  # a folder expands to its images, sorted
@@ -57,7 +54,7 @@ def test_json_is_one_document_with_digit_probability_and_top_k(trained_checkpoin
 def test_globs_and_npy_stacks(trained_checkpoint, samples, mnist, tmp_path):
     folder, labels = samples
     np.save(tmp_path / "stack.npy", mnist.test_images[:3])
-    proc = run("predict", "--model", str(trained_checkpoint), str(folder / "digit_[01]_*.png"), str(tmp_path / "stack.npy"), "--json")
+    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder / "digit_[01]_*.png"), str(tmp_path / "stack.npy"), "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["file"] for r in results] == sorted(labels)[:2] + [f"{tmp_path / 'stack.npy'}[{i}]" for i in range(3)]
@@ -71,7 +68,7 @@ def test_bad_files_fail_alone_and_exit_1(trained_checkpoint, samples, tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan))
     bad = [str(tmp_path / n) for n in ("notes.png", "empty.jpg", "nan.npy", "missing.png")]
-    proc = run("predict", "--model", str(trained_checkpoint), bad[0], good, *bad[1:], "--json")
+    proc = lenet5("predict", "--model", str(trained_checkpoint), bad[0], good, *bad[1:], "--json")
     assert proc.returncode == 1
     results = json.loads(proc.stdout)
     assert [r["file"] for r in results] == [bad[0], good, *bad[1:]]
@@ -82,7 +79,7 @@ def test_bad_files_fail_alone_and_exit_1(trained_checkpoint, samples, tmp_path):
     assert "NaN" in errors[bad[2]] and "no such file" in errors[bad[3]]
     assert "4 of 5" in proc.stderr and "Traceback" not in proc.stderr
 
-    human = run("predict", "--model", str(trained_checkpoint), good, bad[0])
+    human = lenet5("predict", "--model", str(trained_checkpoint), good, bad[0])
     assert human.returncode == 1
     assert human.stdout.splitlines()[1].startswith(f"error: {bad[0]}: not an image")
 
@@ -92,7 +89,7 @@ def test_bad_model_is_one_line_and_exit_2(model, samples, tmp_path):
     folder, labels = samples
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
     (tmp_path / "folder").mkdir()
-    proc = run("predict", "--model", str(tmp_path / model), sorted(labels)[0])
+    proc = lenet5("predict", "--model", str(tmp_path / model), sorted(labels)[0])
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
@@ -100,7 +97,7 @@ def test_bad_model_is_one_line_and_exit_2(model, samples, tmp_path):
 
 
 def test_top_k_out_of_range_is_a_user_error(trained_checkpoint, samples):
-    proc = run("predict", "--model", str(trained_checkpoint), sorted(samples[1])[0], "--top-k", "11")
+    proc = lenet5("predict", "--model", str(trained_checkpoint), sorted(samples[1])[0], "--top-k", "11")
     assert proc.returncode == 2 and proc.stderr.startswith("error: --top-k")
 
 
@@ -108,7 +105,7 @@ def test_save_prepared_writes_what_the_network_saw(trained_checkpoint, samples, 
     folder, labels = samples
     out = tmp_path / "seen"
     np.save(tmp_path / "pair.npy", mnist.test_images[:2])
-    proc = run("predict", "--model", str(trained_checkpoint), str(folder), str(tmp_path / "pair.npy"), "--save-prepared", str(out))
+    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder), str(tmp_path / "pair.npy"), "--save-prepared", str(out))
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"digit_{i}_{mnist.test_labels[i]}.png" for i in range(6)] + ["pair_0.png", "pair_1.png"])
@@ -132,10 +129,10 @@ def test_exported_onnx_model_predicts_the_same(trained_checkpoint, samples, tmp_
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
     pytest.importorskip("lenet5.export")
     onnx_path = tmp_path / "model.onnx"
-    exported = run("export", "--model", str(trained_checkpoint), "--output", str(onnx_path))
+    exported = lenet5("export", "--model", str(trained_checkpoint), "--output", str(onnx_path))
     assert exported.returncode == 0, exported.stderr
     files = sorted(samples[1])
-    from_onnx = json.loads(run("predict", "--model", str(onnx_path), *files, "--json").stdout)
-    from_numpy = json.loads(run("predict", "--model", str(trained_checkpoint), *files, "--json").stdout)
+    from_onnx = json.loads(lenet5("predict", "--model", str(onnx_path), *files, "--json").stdout)
+    from_numpy = json.loads(lenet5("predict", "--model", str(trained_checkpoint), *files, "--json").stdout)
     assert [r["digit"] for r in from_onnx] == [r["digit"] for r in from_numpy]
     assert all(abs(a["probability"] - b["probability"]) < 1e-4 for a, b in zip(from_onnx, from_numpy))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
-import sys
 
 import httpx
 import numpy as np
 import pytest
+from conftest import lenet5
 from PIL import Image
 
 from lenet5.predict import Predictor
@@ -203,21 +202,15 @@ def test_serve_binds_localhost_by_default():
 
 
 def test_serve_with_a_bad_model_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "lenet5", "serve", "--model", str(tmp_path / "nope.safetensors"), "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60,
-    )
+    proc = lenet5("serve", "--model", tmp_path / "nope.safetensors", "--port", free_port(), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_serve_on_a_port_in_use_is_one_line_and_exit_2(trained_checkpoint):
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(untrained_checkpoint):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        proc = subprocess.run(
-            [sys.executable, "-m", "lenet5", "serve", "--model", str(trained_checkpoint), "--port", str(port)],
-            capture_output=True, text=True, timeout=60,
-        )
+        proc = lenet5("serve", "--model", untrained_checkpoint, "--port", port, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: cannot serve on 127.0.0.1:{port}") and "Traceback" not in proc.stderr
 

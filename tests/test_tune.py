@@ -6,18 +6,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LENET5, lenet5, write_mnist_subset
 
 optuna = pytest.importorskip("optuna")
 
 from lenet5.config import Config, build_config  # noqa: E402
-from lenet5.data.idx import write_idx  # noqa: E402
-from lenet5.data.sources import FILES  # noqa: E402
 from lenet5.tune import SEARCH_SPACE, TuneSettings, run_study, suggest  # noqa: E402
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -26,31 +24,22 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 @pytest.fixture(scope="module")
 def small_mnist(mnist, tmp_path_factory) -> Path:
     """3,000 real training digits and 500 real test digits as IDX files (--dataset idx)."""
-    folder = tmp_path_factory.mktemp("tune-mnist")
-    for name, array in zip(FILES, (mnist.train_images[:3000], mnist.train_labels[:3000],
-                                   mnist.test_images[:500], mnist.test_labels[:500])):
-        write_idx(folder / name, array)
-    return folder
+    return write_mnist_subset(mnist, tmp_path_factory.mktemp("tune-mnist"), 3000, 500)
 
 
-def tune_cmd(data_dir, storage, *extra) -> list[str]:
-    return [sys.executable, "-m", "lenet5", "tune", "--dataset", "idx", "--data-dir", str(data_dir), "--epochs", "1",
-            "--train-size", "1500", "--storage", storage, "--set", "train.threads=1", *extra]
-
-
-def run(cmd, cwd) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert result.returncode == 0, result.stderr
-    return result
+def tune_args(data_dir, storage, *extra) -> list[str]:
+    return ["tune", "--dataset", "idx", "--data-dir", str(data_dir), "--epochs", "1", "--train-size", "1500",
+            "--storage", storage, "--set", "train.threads=1", *extra]
 
 
 def load(storage: str, name: str = "lenet5"):
     return optuna.load_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow
 def test_a_tiny_study_writes_a_loadable_best_config(small_mnist, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    result = run(tune_cmd(small_mnist, storage, "--trials", "3", "--json"), cwd=tmp_path)
+    result = lenet5(*tune_args(small_mnist, storage, "--trials", "3", "--json"), cwd=tmp_path, check=True)
     summary = json.loads(result.stdout)
     assert sum(summary["trials"].get(s, 0) for s in ("complete", "pruned")) == 3
     values = [t.value for t in load(storage).trials if t.value is not None]
@@ -61,7 +50,8 @@ def test_a_tiny_study_writes_a_loadable_best_config(small_mnist, tmp_path):
     assert cfg.data.val_size == Config().data.val_size  # the full-data settings, not the quick study's subset
     assert (tmp_path / "runs" / "tune" / "lenet5" / "trials.csv").read_text().count("\n") == 4
     # Run again: the study already holds 3 finished trials, so nothing more runs, and the answer stays.
-    again = json.loads(run(tune_cmd(small_mnist, storage, "--trials", "3", "--json"), cwd=tmp_path).stdout)
+    again = json.loads(lenet5(*tune_args(small_mnist, storage, "--trials", "3", "--json"), cwd=tmp_path,
+                              check=True).stdout)
     assert again["trials"] == summary["trials"] and again["best"] == summary["best"]
 
 
@@ -105,9 +95,10 @@ def test_search_space_covers_the_declared_choices():
                     "schedule": {"onecycle", "cosine"}, "augment": {True, False}}
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(small_mnist, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    cmd = tune_cmd(small_mnist, storage, "--trials", "6", "--json")
+    cmd = [*LENET5, *tune_args(small_mnist, storage, "--trials", "6", "--json")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     workers = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                for _ in range(2)]
@@ -123,11 +114,12 @@ def test_two_worker_processes_share_one_sqlite_study(small_mnist, tmp_path):
     assert all(n > 0 for n in ran)  # both workers did some of the work
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_a_study_that_a_new_worker_completes(small_mnist, tmp_path):
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
-    cmd = tune_cmd(small_mnist, storage, "--heartbeat", "1")
-    cmd[cmd.index("--epochs") + 1] = "3"
-    proc = subprocess.Popen([*cmd, "--trials", "50"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    args = tune_args(small_mnist, storage, "--heartbeat", "1")
+    args[args.index("--epochs") + 1] = "3"
+    proc = subprocess.Popen([*LENET5, *args, "--trials", "50"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stderr:  # kill it in the middle of its third trial or a later one (a diverging trial has no epochs)
         words = line.split()
@@ -139,8 +131,14 @@ def test_a_killed_worker_leaves_a_study_that_a_new_worker_completes(small_mnist,
     killed = load(storage).trials
     assert [t.state.name for t in killed].count("RUNNING") == 1
     done = sum(t.state in FINISHED for t in killed)
-    time.sleep(3.5)  # the killed trial's heartbeat goes stale after 3 x 1 s
-    result = run([*cmd, "--trials", str(done + 2), "--json"], cwd=tmp_path)
+    # the killed trial's heartbeat goes stale 3 x 1 s after its last beat; wait until the storage says so
+    watcher = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=3)
+    study_id = watcher.get_study_id_from_name("lenet5")
+    deadline = time.monotonic() + 60
+    while not watcher._get_stale_trial_ids(study_id):
+        assert time.monotonic() < deadline, "the killed trial never went stale"
+        time.sleep(0.2)
+    result = lenet5(*args, "--trials", str(done + 2), "--json", cwd=tmp_path, check=True)
     summary = json.loads(result.stdout)
     trials = load(storage).trials
     states = [t.state.name for t in trials]

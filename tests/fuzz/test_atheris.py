@@ -47,6 +47,7 @@ def seeds(kind: str, folder: Path) -> None:
         (folder / found.name).write_bytes(found.read_bytes())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", ["idx", "checkpoint", "images"])
 def test_atheris_harness_finds_nothing(kind, tmp_path):
