@@ -224,8 +224,7 @@ def test_max_body_mb_sets_the_limit(untrained_checkpoint):
 
 @pytest.mark.parametrize("value", ["0", "-3", "nan", "1000"])
 def test_max_body_mb_out_of_range_is_one_line(value):
-    result = subprocess.run([sys.executable, "-m", "lenet5", "serve", "--max-body-mb", value], capture_output=True,
-                            text=True, timeout=60)
+    result = lenet5("serve", "--max-body-mb", value, timeout=60)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "--max-body-mb must be between 1 and" in result.stderr
 
