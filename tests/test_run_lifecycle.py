@@ -188,3 +188,17 @@ def test_a_second_ctrl_c_inside_a_step_saves_nothing(mnist):
     assert not stop.value.saved and recorder.events == []
     for key, value in trainer.engine.state_dict().items():
         np.testing.assert_array_equal(value, weights[key])
+
+
+def test_resume_removes_what_a_killed_run_left_beside_its_files(finished_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    stale = [".last.safetensors.1a2b3c4d.tmp", ".history.csv.0f0f0f0f.tmp", ".config.yaml.4242.deadbeef.tmp"]
+    for name in stale:
+        (copy / name).write_bytes(b"half a file")
+    (copy / ".my-notes.tmp").write_text("not ours")
+    lenet5("train", "--resume", copy, "--epochs", "2", check=True)
+    assert not any((copy / name).exists() for name in stale)
+    assert (copy / ".my-notes.tmp").read_text() == "not ours"

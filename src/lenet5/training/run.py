@@ -12,6 +12,7 @@ failure leaves behind. The CLI's `train` is parse -> train_run -> print.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -64,13 +65,27 @@ def resume_from(run: str | Path, flags: dict, sets: list[str] = (), config_file:
     return Resume(last_path.parent, cfg, last, best)
 
 
+# What a killed run leaves beside its files: atomic_path's ``.<name>.<8 hex>.tmp`` and a claim's config copy.
+STALE_TEMPORARY = re.compile(r"\.[\w.-]+?\.(\d+\.)?[0-9a-f]{8}\.tmp")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Delete the temporaries a killed run left in its folder (our own names only, regular files only)."""
+    removed = []
+    for p in run_dir.iterdir():
+        if STALE_TEMPORARY.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
 def _restart(run_dir: Path, flags: dict) -> Resume:
     """A run stopped before its first checkpoint: start it again from step 0 in its folder, with its config."""
     from lenet5.config import load_yaml
 
     if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir} holds no run to resume (no {LAST_FILE}, no {CONFIG_FILE}); delete it or "
-                          "choose another --name")
+        raise ConfigError(f"{run_dir} holds no run to resume (no {LAST_FILE}, no {CONFIG_FILE}): it stopped before "
+                          "it started; run the same command again without --resume (an empty folder is reused)")
     cfg = apply_dict(config_from_dict(load_yaml(run_dir / CONFIG_FILE)), flags, source="command-line flags")
     return Resume(run_dir, cfg, None, None)
 
@@ -150,6 +165,7 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             trainer.restore(resume.last, resume.best_weights)
         if resume:
             run_dir = resume.run_dir
+            remove_stale_temporaries(run_dir)
         elif is_writer:
             run_dir = claim_run_dir(cfg)
         else:  # other ranks write nothing; the folder is rank 0's
