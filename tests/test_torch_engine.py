@@ -242,3 +242,47 @@ def test_pth_loader_rejects_what_is_not_a_dict_of_tensors(content, tmp_path):
 def test_pth_loader_reports_a_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pth"):
         load_pth_state_dict(tmp_path / "nope.pth")
+
+
+# --- threads=0: as many threads as the cores other processes leave free ------------------------------------
+
+def test_thread_choice_takes_only_free_cores_with_hysteresis():
+    from lenet5.engines.torch.threads import choose
+
+    assert choose(1, 0.0, 2, 2) == 2  # quiet: both cores
+    assert choose(2, 1.0, 2, 2) == 1  # a busy loop on one core: one thread
+    assert choose(2, 0.6, 2, 2) == 1  # more than half a core taken
+    assert choose(2, 0.4, 2, 2) == 2  # less than half: still ours
+    assert choose(1, 0.4, 2, 2) == 1  # ... but after dropping to 1, only under a fifth brings the second back
+    assert choose(1, 0.1, 2, 2) == 2
+    assert choose(1, 2.0, 2, 2) == 1  # never fewer than one
+    assert choose(1, 0.0, 8, 4) == 4  # never more than PyTorch's own default
+    assert choose(4, 3.0, 8, 4) == 4 and choose(4, 5.0, 8, 4) == 3
+
+
+def test_engine_default_threads_adapt_and_an_explicit_count_is_kept(monkeypatch):
+    from lenet5.engines.torch import threads as policy
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(policy, "CHECK_SECONDS", 0.0)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.setattr(policy, "_cores", lambda: 2)
+    monkeypatch.setattr(policy.os, "cpu_count", lambda: 2)
+    seconds = iter([(0.0, 0.0), (0.0, 0.0), (2.0, 2.0), (2.0, 4.0), (4.0, 6.0)])  # (busy, total) of the machine
+    monkeypatch.setattr(policy, "_machine_seconds", lambda: next(seconds, (4.0, 6.0)))
+    monkeypatch.setattr(policy, "_own_seconds", lambda: 0.0)
+    engine = TorchEngine(ModelConfig(), OptimizerConfig(), device="cpu")
+    assert calls == [1]  # starts with one thread
+    engine._threads.tick()  # others used a whole core of two: one thread
+    assert calls == [1]
+    engine._threads.tick()  # nothing else ran: two
+    assert calls == [1, 2]
+    engine._threads.tick()  # a core taken again: one
+    assert calls == [1, 2, 1]
+    calls.clear()
+    TorchEngine(ModelConfig(), OptimizerConfig(), device="cpu", threads=3)
+    assert calls == [3]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    calls.clear()
+    assert TorchEngine(ModelConfig(), OptimizerConfig(), device="cpu")._threads is None and calls == []

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lenet5.data.sources import DATASETS
 from lenet5.engines import DEVICES, DTYPES, ENGINES
 from lenet5.errors import ConfigError
@@ -245,6 +243,8 @@ def apply_dict(cfg: Config, overrides: dict, source: str = "config") -> Config:
 
 
 def load_yaml(path: str | Path) -> dict:
+    import yaml  # imported when YAML is read or written: `predict` and `serve` never do
+
     path = Path(path)
     try:
         if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
@@ -266,6 +266,8 @@ def load_yaml(path: str | Path) -> dict:
 
 def parse_assignment(text: str) -> tuple[str, str, Any]:
     """'section.key=value' -> (section, key, value parsed as YAML scalar)."""
+    import yaml
+
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set expects section.key=value (for example schedule.name=cosine); got {text!r}")
     dotted, raw = text.split("=", 1)
@@ -279,6 +281,8 @@ def parse_assignment(text: str) -> tuple[str, str, Any]:
 
 def _safe_yaml(text: str, where: str) -> Any:
     """yaml.safe_load without aliases: a 1 KB file of nested aliases ("billion laughs") expands to gigabytes."""
+    import yaml
+
     if any(isinstance(token, yaml.AliasToken) for token in yaml.scan(text)):
         raise ConfigError(f"{where} uses a YAML alias (*name); write the value out instead")
     return yaml.safe_load(text)
@@ -317,4 +321,6 @@ def config_from_dict(data: dict) -> Config:
 
 
 def dump_yaml(cfg: Config) -> str:
+    import yaml
+
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

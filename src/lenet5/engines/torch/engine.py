@@ -25,9 +25,11 @@ from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines import DEVICES
 from lenet5.engines.torch import distributed as ddp
 from lenet5.engines.torch.model import LeNet5
+from lenet5.engines.torch.threads import adaptive
 from lenet5.errors import Lenet5Error
 from lenet5.models import initial_weights
 
+DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's own count (the cores, or OMP_NUM_THREADS), before we change it
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_CHUNK = 2000
 
@@ -77,13 +79,19 @@ class TorchEngine:
     ) -> None:
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; dtypes are: {', '.join(TORCH_DTYPES)}")
-        if threads > 0:
-            torch.set_num_threads(threads)
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: default), got {threads}")
         torch.manual_seed(seed)
         self.model_name = model.name
         self.opt_cfg = optimizer
         self.label_smoothing = float(label_smoothing)
         self.device = resolve_device(device)
+        # threads=0 on the CPU: as many threads as the cores other processes leave free (threads.py, measured)
+        self._threads = None
+        if threads > 0:
+            torch.set_num_threads(threads)
+        elif self.device.type == "cpu":
+            self._threads = adaptive(torch.set_num_threads, DEFAULT_THREADS)
         if self.device.type == "mps" and dtype == "float64":
             raise Lenet5Error("MPS has no float64; use --dtype float32 or --device cpu")
         if self.device.type == "cuda":
@@ -121,6 +129,8 @@ class TorchEngine:
         if world > 1:
             start, stop = ddp.shard_bounds(n_global, ddp.rank(), world)
             x, y = x[start:stop], y[start:stop]
+        if self._threads is not None:
+            self._threads.tick()
         xt = self._tensor(x)
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device)
         self.model.train()
@@ -173,6 +183,8 @@ class TorchEngine:
         outs = []
         with torch.inference_mode():
             for i in range(0, len(x), EVAL_CHUNK):
+                if self._threads is not None:
+                    self._threads.tick()
                 outs.append(self.model(self._tensor(x[i : i + EVAL_CHUNK])).cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, 10), self.np_dtype)
 
