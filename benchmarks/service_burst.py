@@ -25,7 +25,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-OVER_LIMIT = 3 * 1024 * 1024
+OVER_LIMIT = 200_000_000  # declared Content-Length over any --max-body-mb (at most 100 MB): 413 before reading
 
 
 def rss_kib(pid: int) -> int:
