@@ -33,6 +33,7 @@ def test_model_resolution_takes_files_run_folders_latest_and_nothing(tmp_path):
         resolve_model("latest", tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_latest_and_run_folders_work_through_the_cli(small_mnist, tmp_path):
     lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "1", "--limit-batches", "5",
            "--threads", "1", "--name", "smoke", cwd=tmp_path, check=True)
@@ -44,6 +45,7 @@ def test_latest_and_run_folders_work_through_the_cli(small_mnist, tmp_path):
     assert json.loads(result.stdout)["n"] == 1000
 
 
+@pytest.mark.slow
 def test_limit_batches_makes_a_smoke_run_and_training_starts_with_a_summary(small_mnist, tmp_path):
     result = lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "2", "--limit-batches", "3",
                     "--threads", "1", "--name", "smoke", "--json", cwd=tmp_path, check=True)
@@ -54,12 +56,14 @@ def test_limit_batches_makes_a_smoke_run_and_training_starts_with_a_summary(smal
     json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_a_batch_larger_than_the_split_is_warned_about(small_mnist, tmp_path):
     result = lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "1", "--batch-size", "9000",
                     "--threads", "1", "--name", "big", cwd=tmp_path, check=True)
     assert "warning: batch_size 9000 is larger than the training split (1000 images)" in result.stderr
 
 
+@pytest.mark.slow
 def test_training_prints_the_next_commands_with_the_run_folder(small_mnist, tmp_path):
     result = lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "1", "--limit-batches", "2",
                     "--threads", "1", "--name", "first", cwd=tmp_path, check=True)

@@ -105,6 +105,7 @@ def test_an_oversized_config_file_is_refused(tmp_path):
         build_config([big])
 
 
+@pytest.mark.slow
 def test_cli_layers_config_yaml_config_flags_and_set_in_that_order(mnist, tmp_path):
     """`lenet5 train` in a folder holding config.yaml, with --config, flags and --set, each layer overriding a
     different subset of keys: the run folder's config.yaml shows which layer won for every key."""

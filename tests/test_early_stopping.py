@@ -138,6 +138,7 @@ def stopped_runs(tiny, tmp_path_factory):
     return {flag: run_until_stopped(tiny, tmp_path_factory, flag) for flag in (True, False)}
 
 
+@pytest.mark.slow
 def test_training_stops_after_patience_epochs_without_a_better_val_loss(stopped_runs):
     """val_loss monitored, patience 2: the run ends two epochs after its best one, well before train.epochs,
     and says so in metrics.json and in the state --resume would read."""

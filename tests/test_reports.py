@@ -129,6 +129,7 @@ def test_misclassified_with_no_mistakes_still_writes_a_file(tmp_path, sample):
     assert_png(reports.plot_misclassified(images, labels, perfect, tmp_path / "wrong.png"), min_side=100)
 
 
+@pytest.mark.slow
 def test_write_reports_writes_all_four(tmp_path, sample):
     images, labels, probabilities = sample
     cm = confusion(labels, probabilities)
@@ -147,6 +148,7 @@ def test_write_reports_skips_history_when_empty(tmp_path, sample):
     assert len(written) == 3
 
 
+@pytest.mark.slow
 def test_many_calls_leave_no_figures_open(tmp_path, sample):
     for i in range(5):
         reports.plot_misclassified(*sample, tmp_path / f"wrong{i}.png", n=4)

@@ -190,6 +190,7 @@ def test_a_second_ctrl_c_inside_a_step_saves_nothing(mnist):
         np.testing.assert_array_equal(value, weights[key])
 
 
+@pytest.mark.slow
 def test_resume_removes_what_a_killed_run_left_beside_its_files(finished_run, tmp_path):
     import shutil
 

@@ -42,6 +42,7 @@ def append_orphans(event_file, step: int, value: float) -> None:
         RecordWriter(f).write(event_pb2.Event(wall_time=1.0, step=step, summary=summary).SerializeToString())
 
 
+@pytest.mark.slow
 def test_a_run_and_its_resume_read_back_with_tensorboards_reader(mnist, tmp_path, monkeypatch, capsys):
     from PIL import Image
     from tensorboard.util import tensor_util
