@@ -19,31 +19,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_healthy(url: str, seconds: float, proc: subprocess.Popen | None = None, log=None) -> None:
+    """Poll GET /healthz until it answers 200; RuntimeError after ``seconds`` or when ``proc`` has exited."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc is not None and proc.poll() is not None:
+            text = ""
+            if log is not None:
+                log.seek(0)
+                text = log.read().decode(errors="replace")
+            raise RuntimeError(f"server exited with {proc.returncode}: {text}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer /healthz within {seconds:g} s")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
-def running_server(checkpoint: Path, *extra: str, timeout: float = 60.0):
+def running_server(checkpoint: Path, *extra: str, timeout: float = 60.0, log=None, preexec_fn=None):
     """`python -m lenet5 serve --model checkpoint *extra` on a free port; yields (base URL, server pid).
 
-    The server's output goes to a file, never a pipe: a pipe nobody reads could fill up and stall it.
+    The server's output goes to a file, never a pipe: a pipe nobody reads could fill up and stall it. Pass
+    ``log`` (a binary file) to read that output yourself; ``preexec_fn`` runs in the child before the server
+    starts (e.g. to set a resource limit).
     """
     port = free_port()
-    with tempfile.TemporaryFile() as log:
+    with contextlib.ExitStack() as stack:
+        log = log if log is not None else stack.enter_context(tempfile.TemporaryFile())
         proc = subprocess.Popen([sys.executable, "-m", "lenet5", "serve", "--model", str(checkpoint), "--port", str(port),
-                                 "--log-level", "warning", *extra], stdout=log, stderr=log)
+                                 "--log-level", "warning", *extra], stdout=log, stderr=log, preexec_fn=preexec_fn)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"server exited with {proc.returncode}: {log.read().decode(errors='replace')}")
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not answer /healthz in time")
-                time.sleep(0.1)
+            wait_until_healthy(url, timeout, proc, log)
             yield url, proc.pid
         finally:
             proc.terminate()

@@ -274,16 +274,9 @@ def test_a_40_megapixel_image_costs_about_its_decoded_size(mode, decoded_mib, bi
 
 
 @pytest.fixture(scope="module")
-def untrained(tmp_path_factory) -> Path:
-    """An untrained modern LeNet-5: reading and refusing files does not depend on the weights."""
-    from lenet5.checkpoint import save_checkpoint
-    from lenet5.config import ModelConfig, OptimizerConfig
-    from lenet5.engines import create_engine
-
-    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0)
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern")
-    return path
+def untrained(untrained_checkpoint) -> Path:
+    """Reading and refusing files does not depend on the weights: an untrained model will do."""
+    return untrained_checkpoint
 
 
 def test_band_size_is_what_the_docs_say():

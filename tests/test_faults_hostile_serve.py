@@ -17,7 +17,6 @@ import io
 import os
 import resource
 import socket
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +25,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import LENET5
 from PIL import Image, ImageDraw
-from serving import free_port, running_server
+from serving import running_server, wait_until_healthy
 from test_faults_hostile_images import MODES, REFUSED, encoded
 
 SLOTS, WAITING = 1, 2  # LENET5_MAX_PREPARING / LENET5_MAX_WAITING for the server under test
@@ -43,16 +41,9 @@ def vm_kib(pid: int, key: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An untrained modern LeNet-5: the server's work per request does not depend on the weights' values."""
-    from lenet5.checkpoint import save_checkpoint
-    from lenet5.config import ModelConfig, OptimizerConfig
-    from lenet5.engines import create_engine
-
-    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0)
-    path = tmp_path_factory.mktemp("serve-model") / "model.safetensors"
-    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern")
-    return path
+def checkpoint(untrained_checkpoint) -> Path:
+    """The server's work per request does not depend on the weights' values: an untrained model will do."""
+    return untrained_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -150,47 +141,22 @@ def test_beyond_the_connection_limit_new_requests_get_503_and_the_server_recover
     finally:
         for s in idle:
             s.close()
-    deadline = time.monotonic() + 10
-    while httpx.get(url + "/healthz", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, "the server did not recover after the idle clients left"
-        time.sleep(0.1)
+    wait_until_healthy(url, 10)  # the idle clients left: the server recovers
 
 
 @contextlib.contextmanager
 def server_with_few_files(checkpoint: Path, files: int):
     """The real server with RLIMIT_NOFILE = files; yields (url, a function returning its log so far)."""
-    port = free_port()
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
     with tempfile.TemporaryFile() as log:
-        def cap() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
-
-        proc = subprocess.Popen([*LENET5, "serve", "--model", str(checkpoint), "--port",
-                                 str(port), "--log-level", "warning"], stdout=log, stderr=log, preexec_fn=cap)
-
         def text() -> str:
             log.seek(0)
             return log.read().decode(errors="replace")
 
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, text()
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        with running_server(checkpoint, log=log, preexec_fn=cap) as (url, _pid):
             yield url, text
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.mark.slow
@@ -212,12 +178,4 @@ def test_running_out_of_file_descriptors_logs_one_line_not_a_flood(checkpoint):
         assert 1 <= len(floods) <= 2, text[-2000:]  # once per 10 s (before: about 9,000 a second)
         assert "Traceback" not in text and len(text) < 4000, text[-2000:]
         assert floods[0] == "socket.accept() out of system resource; too many open connections?"
-        deadline = time.monotonic() + 15
-        while True:  # the clients left: the server accepts again
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not recover"
-            time.sleep(0.2)
+        wait_until_healthy(url, 15)  # the clients left: the server accepts again

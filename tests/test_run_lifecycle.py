@@ -22,8 +22,8 @@ def tiny(mnist, tmp_path_factory):
     return write_mnist_subset(mnist, tmp_path_factory.mktemp("tiny-mnist"), 600, 200)
 
 
-def train_args(data, *extra):
-    return ["train", "--dataset", "idx", "--data-dir", data, "--epochs", "1", "--batch-size", "100",
+def train_args(data, *extra, epochs: int = 1):
+    return ["train", "--dataset", "idx", "--data-dir", data, "--epochs", str(epochs), "--batch-size", "100",
             "--set", "data.val_size=100", "--threads", "1", *extra]
 
 
@@ -36,9 +36,9 @@ def one_error_line(result) -> str:
 
 @pytest.fixture(scope="module")
 def finished_run(tiny, tmp_path_factory):
-    """A finished 1-epoch run folder (read only by the tests below: each copies what it changes)."""
+    """A finished 2-epoch run folder (read only by the tests below: each copies what it changes)."""
     out = tmp_path_factory.mktemp("runs")
-    lenet5(*train_args(tiny, "--out", out, "--name", "done"), check=True)
+    lenet5(*train_args(tiny, "--out", out, "--name", "done", epochs=2), check=True)
     return out / "done"
 
 
@@ -81,10 +81,32 @@ def test_resume_refuses_flags_it_would_not_honour(finished_run, flags, named):
     assert named in line and "--epochs" in line
 
 
-def test_resume_refuses_fewer_epochs_than_done(finished_run, tiny):
-    line = one_error_line(lenet5("train", "--resume", finished_run, "--epochs", "0"))
-    assert "train.epochs" in line  # 0 is not a valid epoch count at all
-    assert finished_run.joinpath(LAST_FILE).exists()
+def test_resume_refuses_fewer_epochs_than_done(finished_run):
+    before = finished_run.joinpath(LAST_FILE).read_bytes()
+    line = one_error_line(lenet5("train", "--resume", finished_run, "--epochs", "1"))
+    assert "already trained 2 epochs" in line and "--epochs must be at least" in line
+    assert finished_run.joinpath(LAST_FILE).read_bytes() == before
+
+
+@pytest.mark.parametrize("in_the_way", ["file", "symlink"])
+def test_a_file_or_link_named_like_the_run_folder_is_never_taken(tiny, tmp_path, in_the_way):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    if in_the_way == "file":
+        (runs / "mine").write_text("a file")
+    else:
+        (runs / "mine").symlink_to(elsewhere)
+    line = one_error_line(lenet5(*train_args(tiny, "--out", runs, "--name", "mine")))
+    assert "already exists" in line
+    assert not any(elsewhere.iterdir())
+
+
+def test_an_out_folder_that_is_a_file_is_one_line(tiny, tmp_path):
+    (tmp_path / "runs").write_text("a file")
+    line = one_error_line(lenet5(*train_args(tiny, "--out", tmp_path / "runs")))
+    assert "is not a folder" in line
 
 
 def _damaged_copy(run, tmp_path, change) -> object:
@@ -125,7 +147,7 @@ def _without(key):
 def test_resume_checks_the_whole_saved_state_before_training(finished_run, tmp_path, tiny, change):
     copy = _damaged_copy(finished_run, tmp_path, change)
     before = (copy / LAST_FILE).read_bytes()
-    line = one_error_line(lenet5("train", "--resume", copy, "--epochs", "2"))
+    line = one_error_line(lenet5("train", "--resume", copy, "--epochs", "3"))
     assert "cannot be resumed" in line or "cannot resume" in line, line
     assert (copy / LAST_FILE).read_bytes() == before  # nothing was trained or written
 
@@ -138,7 +160,7 @@ def test_resume_refuses_a_foreign_model_in_the_run_folder(finished_run, tmp_path
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
     save_checkpoint(copy / BEST_FILE, initial_weights("classic", "lecun_uniform", 0), engine="numpy", model="classic")
-    line = one_error_line(lenet5("train", "--resume", copy, "--epochs", "2"))
+    line = one_error_line(lenet5("train", "--resume", copy, "--epochs", "3"))
     assert "classic" in line and "modern" in line
 
 
@@ -200,6 +222,6 @@ def test_resume_removes_what_a_killed_run_left_beside_its_files(finished_run, tm
     for name in stale:
         (copy / name).write_bytes(b"half a file")
     (copy / ".my-notes.tmp").write_text("not ours")
-    lenet5("train", "--resume", copy, "--epochs", "2", check=True)
+    lenet5("train", "--resume", copy, "--epochs", "3", check=True)
     assert not any((copy / name).exists() for name in stale)
     assert (copy / ".my-notes.tmp").read_text() == "not ours"

@@ -95,7 +95,10 @@ def claim_run_dir(cfg: Config) -> Path:
     empty, and the claim is the exclusive creation of its config.yaml (complete, by a hard link), so two runs
     never share a folder and a run killed at any moment leaves a folder --resume can continue."""
     parent = Path(cfg.train.out)
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"train.out {parent} is not a folder (a file is in the way); choose another --out") from None
     text = dump_yaml(cfg).encode("utf-8")
     if cfg.train.name:
         run_dir = parent / cfg.train.name
@@ -112,8 +115,14 @@ def claim_run_dir(cfg: Config) -> Path:
 
 
 def _claim(run_dir: Path, config_text: bytes) -> bool:
-    """True when this process now owns run_dir (it was new or empty and its config.yaml is ours)."""
-    run_dir.mkdir(exist_ok=True)
+    """True when this process now owns run_dir (it was new or empty and its config.yaml is ours). A file or a
+    link in the folder's place is never taken."""
+    if run_dir.is_symlink():
+        return False
+    try:
+        run_dir.mkdir(exist_ok=True)
+    except FileExistsError:  # a file, a FIFO, ... under that name
+        return False
     if any(not (p.name.startswith(f".{CONFIG_FILE}.") and p.name.endswith(".tmp")) for p in run_dir.iterdir()):
         return False  # a folder with anything in it but a killed claim's leftover is somebody's
     tmp = run_dir / f".{CONFIG_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
