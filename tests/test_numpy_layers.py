@@ -96,6 +96,19 @@ def test_conv_forward_matches_naive_loops(seed, N, C, F, H, W, k, stride, paddin
     np.testing.assert_allclose(layer.forward(batch_last(x))[0], expected, rtol=1e-12, atol=1e-12)
 
 
+def test_conv_in_column_blocks_matches_naive_loops_and_finite_differences(rng, monkeypatch):
+    # the matmuls over the batch's pixels run in blocks of COLUMN_BLOCK columns (conv1's are 25,088 long);
+    # blocks of 7 cut every matmul here into several, uneven ones
+    from lenet5.engines.numpy import layers
+
+    monkeypatch.setattr(layers, "COLUMN_BLOCK", 7)
+    x = rng.standard_normal((3, 2, 6, 5))
+    layer = make_conv(rng, 2, 3, 3, 1, 1)
+    expected = conv2d_naive(x, layer.params["weight"], layer.params["bias"], 1, 1)
+    np.testing.assert_allclose(layer.forward(batch_last(x))[0], expected, rtol=1e-12, atol=1e-12)
+    check_layer_gradients(layer, batch_last(x), rng)
+
+
 def test_masked_conv_ignores_and_never_trains_masked_weights(rng):
     layer = make_conv(rng, 6, 16, 5, 1, 0, mask=C3_TABLE)
     x = rng.standard_normal((2, 6, 9, 9))
