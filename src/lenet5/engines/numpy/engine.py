@@ -1,38 +1,39 @@
 """NumpyEngine: LeNet-5 trained with the hand-written NumPy layers (implements engines.base.Engine).
 
-Speed on a small CPU comes from four choices:
+Speed on a small CPU comes from these choices:
 
 - BLAS runs single-threaded inside the engine (threadpoolctl): here OpenBLAS with 2 threads on these small
   matrices was several times slower than with 1.
-- Instead, a batch is cut into pieces of at most 32 or 64 images, dealt to ``threads`` Python threads that run
-  at once; NumPy releases the GIL in matmuls and large element-wise operations, so each thread keeps one core
-  busy. The pieces' gradients are summed. Small pieces also keep each pass's arrays in cache (one pass over
-  128 images cost more per image than four passes over 32). The cut depends only on the batch size and the
-  thread count, so results are reproducible bit for bit (but threads=1 and threads=2 round differently).
+- Instead, a batch is cut into pieces of at most 32 images, dealt to ``threads`` workers that run at once:
+  worker 0 in the calling thread, the others in processes sharing the parameters, the batch and their
+  gradients through shared memory (workers.py; threads were tried first and ran no faster than one, held back
+  by the GIL). The pieces' gradients are summed. Small pieces also keep each pass's arrays in cache (one pass
+  over 128 images cost more per image than four passes over 32). The cut depends only on the batch size and
+  the worker count, so results are reproducible bit for bit (but threads=1 and threads=2 round differently).
 - Parameters and gradients each live in one flat buffer, so the optimizer is a few whole-buffer operations.
-- Each thread keeps its activations and scratch arrays from step to step (a workspace per thread, see
-  layers.py): allocating them afresh cost page faults that took as long as the arithmetic.
+- Each worker keeps its activations and scratch arrays from step to step (a workspace, see layers.py):
+  allocating them afresh cost page faults that took as long as the arithmetic.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from lenet5.blas import single_threaded_blas
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.errors import Lenet5Error
-from lenet5.engines.numpy.model import Network
-from lenet5.models import initial_weights
+from lenet5.engines.numpy.model import Network, parameter_count
 from lenet5.engines.numpy.optim import create_optimizer
+from lenet5.engines.numpy.workers import LOGITS, TRAIN, SharedBlock, Worker, WorkerProcesses, state_layout
+from lenet5.models import NUM_CLASSES, initial_weights
 
-# Images per forward/backward pass; larger batches run in several passes. Measured here: one thread is ~10%
-# faster with passes of 32 (the arrays stay in cache); two threads with 64 (fewer passes, less GIL traffic).
-PIECE_ONE_THREAD = 32
-PIECE_THREADS = 64
+# Images per forward/backward pass; larger batches run in several passes. Measured here: passes of 32 are ~10%
+# faster than of 64 or 128 on one core (the arrays stay in cache), and as fast as 64 with two workers.
+PIECE = 32
 MIN_PIECE = 8  # a batch is shared among the workers only in pieces of at least this many images
+LOGITS_ROUND = 4096  # logits of more images are computed in rounds of this many (the shared batch block's size)
 
 def default_threads() -> int:
     """Worker threads for threads=0: 2 when at least 2 cores are available to this process, else 1."""
@@ -78,19 +79,19 @@ class NumpyEngine:
         self.label_smoothing = float(label_smoothing)
         self.threads = threads or default_threads()
 
-        self.net = Network(model.name, self.dtype)
+        # With worker processes, the parameters live in memory shared with them (workers.py).
+        processes = self.threads - 1
+        self._state = SharedBlock(state_layout(parameter_count(model.name), processes, self.dtype)) if processes else None
+        self.net = Network(model.name, self.dtype, params=self._state.arrays["params"] if processes else None)
         weights = self.net.named_views(self.net.params)
         for key, value in initial_weights(model.name, model.init, seed, dtype).items():
             weights[key][...] = value
         self.optimizer = create_optimizer(optimizer, self.net.size, self.dtype)
 
-        # One flat gradient buffer per worker; worker 0's receives the sum.
-        self._grads = [np.zeros(self.net.size, dtype=self.dtype) for _ in range(self.threads)]
-        self._grad_views = [self.net.layer_views(g) for g in self._grads]
-        self._piece_grads = [np.zeros_like(g) for g in self._grads]  # a worker's second, third... piece
-        self._piece_grad_views = [self.net.layer_views(g) for g in self._piece_grads]
-        self._workspaces = [self.net.new_workspace() for _ in range(self.threads)]
-        self._pool = ThreadPoolExecutor(self.threads - 1, "lenet5-numpy") if self.threads > 1 else None
+        self._grad = np.zeros(self.net.size, dtype=self.dtype)  # the batch's gradient: worker 0's, plus the others'
+        self._local = Worker(self.net, self._grad, self.label_smoothing)
+        self._processes = (WorkerProcesses(processes, model.name, self.dtype, self.label_smoothing, self._state)
+                           if processes else None)
 
     # --- training and inference -------------------------------------------------------------------------
 
@@ -99,60 +100,61 @@ class NumpyEngine:
         y = np.asarray(y, dtype=np.int64)
         with single_threaded_blas():
             loss, n_correct = self._loss_and_grad(x, y)
-            self.optimizer.step(self.net.params, self._grads[0], float(lr))
+            self.optimizer.step(self.net.params, self._grad, float(lr))
         return loss, n_correct
 
     def _plan(self, n: int) -> list[list[tuple[int, int]]]:
         """Cut n images into pieces and deal them to the workers in turn: [[(start, stop), ...] per worker]."""
-        workers = self.threads if self._pool is not None else 1
-        piece = PIECE_ONE_THREAD if workers == 1 else PIECE_THREADS
-        size = min(piece, max(MIN_PIECE, -(-n // workers)))
+        size = min(PIECE, max(MIN_PIECE, -(-n // self.threads)))
         pieces = [(a, min(a + size, n)) for a in range(0, n, size)]
-        return [pieces[w::workers] for w in range(workers) if pieces[w::workers]]
+        return [pieces[w::self.threads] for w in range(self.threads) if pieces[w::self.threads]]
 
-    def _run(self, plan, work) -> list:
-        """work(worker, pieces) on every worker at once (worker 0 in this thread); results in worker order."""
-        futures = [self._pool.submit(work, w, pieces) for w, pieces in enumerate(plan[1:], start=1)]
-        first = work(0, plan[0])
-        return [first] + [f.result() for f in futures]
+    def _hand_out(self, what: int, x: np.ndarray, y: np.ndarray | None, plan) -> dict[str, np.ndarray] | None:
+        """Copy the images of plan[1:] into the shared batch block and order the worker processes to start on
+        them; returns the block's arrays (None when worker 0 has the whole plan)."""
+        if len(plan) < 2:
+            return None
+        batch = self._processes.ready(max(len(x), LOGITS_ROUND), x.shape[1:])
+        for pieces in plan[1:]:
+            for a, b in pieces:
+                batch["x"][a:b] = x[a:b]
+                if y is not None:
+                    batch["y"][a:b] = y[a:b]
+        self._processes.order(what, len(x), plan[1:])
+        return batch
 
     def _loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        n = len(x)
-
-        def work(w: int, pieces: list[tuple[int, int]]) -> tuple[float, int]:
-            loss, n_correct = 0.0, 0
-            for j, (a, b) in enumerate(pieces):  # the first piece writes the worker's gradient, later ones add
-                grads = self._grad_views[w] if j == 0 else self._piece_grad_views[w]
-                part = self.net.loss_and_grad(x[a:b], y[a:b], grads, self.label_smoothing, n, self._workspaces[w])
-                if j:
-                    self._grads[w] += self._piece_grads[w]
-                loss, n_correct = loss + part[0], n_correct + part[1]
-            return loss, n_correct
-
-        results = self._run(self._plan(n), work)
-        for w in range(1, len(results)):  # always summed in the same order: reproducible
-            self._grads[0] += self._grads[w]
-        return sum(r[0] for r in results), sum(r[1] for r in results)
+        plan = self._plan(len(x))
+        batch = self._hand_out(TRAIN, x, y, plan)
+        loss, n_correct = self._local.loss_and_grad(x, y, plan[0], len(x))
+        if batch is not None:  # always summed in worker order: reproducible
+            for (part_loss, part_correct), grad in zip(self._processes.wait(), self._state.arrays["grads"]):
+                self._grad += grad
+                loss, n_correct = loss + part_loss, n_correct + part_correct
+        return loss, n_correct
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
         """(loss, n_correct, {name: gradient}) of one batch without updating anything (for checks, not
         part of the Engine protocol). The gradients are of the data loss only, before penalties."""
         with single_threaded_blas():
             loss, n_correct = self._loss_and_grad(np.asarray(x, dtype=self.dtype), np.asarray(y, dtype=np.int64))
-        grads = {key: g.copy() for key, g in self.net.named_views(self._grads[0]).items()}
+        grads = {key: g.copy() for key, g in self.net.named_views(self._grad).items()}
         return loss, n_correct, grads
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
-        out = np.empty((len(x), 10), dtype=self.dtype)
-
-        def work(w: int, pieces: list[tuple[int, int]]) -> None:
-            for a, b in pieces:  # memory stays that of one piece, however many images
-                out[a:b] = self.net.forward(x[a:b], keep_caches=False, ws=self._workspaces[w])[0]
-
-        if len(x):
-            with single_threaded_blas():
-                self._run(self._plan(len(x)), work)
+        out = np.empty((len(x), NUM_CLASSES), dtype=self.dtype)
+        with single_threaded_blas():
+            for start in range(0, len(x), LOGITS_ROUND):
+                part, part_out = x[start:start + LOGITS_ROUND], out[start:start + LOGITS_ROUND]
+                plan = self._plan(len(part))
+                batch = self._hand_out(LOGITS, part, None, plan)
+                self._local.logits(part, plan[0], part_out)
+                if batch is not None:
+                    self._processes.wait()
+                    for pieces in plan[1:]:
+                        for a, b in pieces:
+                            part_out[a:b] = batch["logits"][a:b]
         return out
 
     # --- state ------------------------------------------------------------------------------------------
@@ -185,12 +187,11 @@ class NumpyEngine:
         self.optimizer.load_state_dict(state)
 
     def close(self) -> None:
-        """Stop the worker threads (also done when the engine is garbage-collected)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        """Stop the worker processes; a later call starts them again."""
+        if getattr(self, "_processes", None) is not None:
+            self._processes.close()
 
     def __del__(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
+        self.close()
+        if getattr(self, "_state", None) is not None:
+            self._state.close()

@@ -43,15 +43,23 @@ def build_layers(model_name: str) -> list[tuple[str | None, Layer]]:
     return [_layer(spec, first=i == 0) for i, spec in enumerate(specs)]
 
 
+def parameter_count(model_name: str) -> int:
+    return sum(int(np.prod(shape)) for shape in models.parameter_shapes(model_name).values())
+
+
 class Network:
     """The layers plus one flat parameter buffer; each layer's params are views into it."""
 
-    def __init__(self, model_name: str, dtype=np.float32) -> None:
+    def __init__(self, model_name: str, dtype=np.float32, params: np.ndarray | None = None) -> None:
+        """``params``: a flat buffer of parameter_count(model_name) values to use (shared with worker
+        processes, see workers.py); without it the network has its own, zero-filled."""
         self.model_name = model_name
         self.layers = build_layers(model_name)
         self.shapes = models.parameter_shapes(model_name)
-        self.size = sum(int(np.prod(s)) for s in self.shapes.values())
-        self.params = np.zeros(self.size, dtype=dtype)
+        self.size = parameter_count(model_name)
+        self.params = np.zeros(self.size, dtype=dtype) if params is None else params
+        if self.params.shape != (self.size,) or self.params.dtype != np.dtype(dtype):
+            raise ValueError(f"params must be a flat {np.dtype(dtype)} buffer of {self.size} values")
         for prefix, layer in self.layers:
             if prefix is not None:
                 layer.params = self.layer_views(self.params)[prefix]
