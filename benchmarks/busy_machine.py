@@ -52,8 +52,6 @@ def worker(policy: str, steps: int) -> None:
 
         if interop:
             torch.set_num_interop_threads(interop)
-    import resource
-
     from lenet5.config import ModelConfig, OptimizerConfig
     from lenet5.data.datasets import load_mnist, normalize
     from lenet5.engines import create_engine
@@ -66,9 +64,11 @@ def worker(policy: str, steps: int) -> None:
     def build():
         return create_engine(engine_name, ModelConfig(), OptimizerConfig(), seed=0, threads=threads, device="cpu")
 
-    def cpu() -> float:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
+    sys.path.insert(0, HERE)
+    from machine import CLK_TCK, own_jiffies
+
+    def cpu() -> float:  # this process's and its worker processes' (the NumPy engine's) CPU seconds
+        return own_jiffies() / CLK_TCK
 
     engine = build()
     for bx, by in batches[:10]:  # warm-up: allocate buffers, start threads

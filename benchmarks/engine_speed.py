@@ -3,7 +3,7 @@
 Both engines train the same LeNet-5 (same initial weights, the default optimizer) on the SAME real MNIST batches, in one
 process, in alternating timed windows (numpy, torch, numpy, torch, ...). Each window runs for a few seconds;
 an epoch is 60,000 images. For every window the share of the machine's CPU time used by OTHER processes is
-read from /proc/stat (total busy time minus this process's own getrusage time); windows above 15% are marked
+read from /proc/stat (total busy time minus the CPU time of this process and its worker processes); windows above 15% are marked
 noisy. Peak RSS comes from a separate subprocess per engine doing a full-training-run configuration (uint8
 dataset in memory, one batch normalized at a time, training steps, then evaluation on the 10,000 test images).
 
@@ -27,7 +27,7 @@ import numpy as np
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import load_mnist, normalize
 from lenet5.engines.numpy.engine import NumpyEngine
-from machine import NOISY, cpu_snapshot, others_share
+from machine import NOISY, cpu_snapshot, others_share, running_children
 
 EPOCH = 60_000
 
@@ -157,7 +157,7 @@ def compare_training(mnist, model, batch_sizes, thread_counts, rounds, seconds) 
                 n_t.append(a), n_s.append(sa), t_t.append(b), t_s.append(sb), ratios.append(a / b)
             blas = [f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas"]
             print(f"{bs:>5} {threads:>7} | {fmt(n_t, n_s):>28} | {fmt(t_t, t_s):>28} | {statistics.median(ratios):.2f}"
-                  f"   (numpy: {threads} worker thread(s), BLAS {','.join(blas)} outside the engine / 1 inside;"
+                  f"   (numpy: {threads} worker(s), BLAS {','.join(blas)} outside the engine / 1 inside;"
                   f" torch.get_num_threads()={torch.get_num_threads()})")
             npe.close()
 
@@ -167,7 +167,7 @@ def compare_inference(mnist, model, thread_counts, rounds) -> None:
 
     x = normalize(mnist.test_images)
     print(f"\n## Inference on the {len(x):,} test images, images/s (median of {rounds}; numpy engine.logits(x) "
-          "(pieces of 32-64 images per thread), torch chunks of 1000 under inference_mode)")
+          "(pieces of 32 images per worker), torch chunks of 1000 under inference_mode)")
     for threads in thread_counts:
         torch.set_num_threads(threads)
         npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0, threads=threads)
@@ -204,17 +204,17 @@ def rss_child(engine: str, model: str, steps: int) -> None:
         runner.train_step(normalize(mnist.train_images[idx]), mnist.train_labels[idx].astype(np.int64), 1e-3)
     for images in (mnist.train_images[:5000], mnist.test_images):  # validation-sized and test evaluation
         runner.logits(normalize(images))
-    print(peak_rss_kb())
+    print(peak_rss_kb(), sum(peak_rss_kb(pid) for pid in running_children()))
 
 
-def peak_rss_kb() -> int:
-    """Peak RSS of this process in kB. VmHWM, not ru_maxrss: after fork+exec, Linux's ru_maxrss still
+def peak_rss_kb(pid: int | str = "self") -> int:
+    """Peak RSS of a process in kB. VmHWM, not ru_maxrss: after fork+exec, Linux's ru_maxrss still
     includes the parent's peak (588 MB here for a child that never exceeded 210 MB)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
     except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if pid == "self" else 0
 
 
 def compare_memory(model: str, steps: int) -> None:
@@ -223,7 +223,8 @@ def compare_memory(model: str, steps: int) -> None:
     for engine in ("numpy", "torch"):
         out = subprocess.run([sys.executable, __file__, "--rss-child", engine, "--model", model, "--steps", str(steps)],
                              capture_output=True, text=True, check=True)
-        print(f"{engine}: {int(out.stdout.split()[-1]) / 1024:.0f} MB")
+        own, workers = map(int, out.stdout.split()[-2:])
+        print(f"{engine}: {own / 1024:.0f} MB" + (f" + {workers / 1024:.0f} MB in worker processes" if workers else ""))
 
 
 def main() -> None:

@@ -24,9 +24,21 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 def own_jiffies() -> float:
-    """CPU time of this process, in jiffies."""
+    """CPU time of this process and of its running children (the NumPy engine's worker processes), in jiffies."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
+    return (ru.ru_utime + ru.ru_stime) * CLK_TCK + sum(map(process_jiffies, running_children()))
+
+
+def running_children() -> list[int]:
+    """Process ids of this process's children that are still running."""
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += [int(pid) for pid in f.read().split()]
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return pids
 
 
 def children_jiffies() -> float:
@@ -36,9 +48,12 @@ def children_jiffies() -> float:
 
 
 def process_jiffies(pid: int) -> int:
-    """CPU time (utime + stime) of a running process, in jiffies."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """CPU time (utime + stime) of a running process, in jiffies (0 once it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
     return int(fields[11]) + int(fields[12])
 
 
