@@ -194,8 +194,8 @@ class WorkerProcesses:
                 theirs.close()
             self._processes.append(process)
             self._sockets.append(ours)
-        self._answering = list(range(self.count))
-        self.wait()  # each process answers once it has mapped the memory and built its network
+        self._sequence, self._answering = 0, list(range(self.count))
+        self.wait()  # each new process answers 0 once it has mapped the memory and built its network
 
     def order(self, what: int, total: int, plans: list[list[tuple[int, int]]]) -> None:
         """Give plans[i] (pieces of the batch block) to process i; wait() collects the answers."""

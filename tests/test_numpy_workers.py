@@ -1,0 +1,175 @@
+"""The NumPy engine's worker processes: same numbers as one worker, restarts, clear errors, nothing left behind."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import LENET5, opt
+
+from lenet5.config import ModelConfig
+from lenet5.data.datasets import normalize
+from lenet5.engines.numpy import engine as numpy_engine
+from lenet5.engines.numpy.engine import NumpyEngine
+from lenet5.engines.numpy.workers import TRAIN
+from lenet5.errors import Lenet5Error
+
+
+@pytest.fixture(scope="module")
+def batch(mnist):
+    return normalize(mnist.train_images[:256]), mnist.train_labels[:256].astype(np.int64)
+
+
+def worker_pids(engine: NumpyEngine) -> list[int]:
+    return [p.pid for p in engine._processes._processes]
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once pid has exited (and been reaped, or is a zombie nobody waits for)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_workers_compute_the_same_bits_as_one(batch):
+    # a batch of 64 is two pieces of 32 either way, summed in the same order
+    x, y = batch[0][:64], batch[1][:64]
+    one, two = (NumpyEngine(ModelConfig(), opt(), seed=4, threads=t) for t in (1, 2))
+    for _ in range(3):
+        assert one.train_step(x, y, 1e-3) == two.train_step(x, y, 1e-3)
+    assert worker_pids(two), "two workers ran without a worker process"
+    for key, value in one.state_dict().items():
+        assert np.array_equal(value, two.state_dict()[key]), key
+    assert np.array_equal(one.logits(batch[0]), two.logits(batch[0]))
+    two.close()
+
+
+def test_logits_in_rounds_and_a_larger_batch_restart_the_workers(batch, monkeypatch):
+    monkeypatch.setattr(numpy_engine, "LOGITS_ROUND", 40)  # the shared batch block holds 40 images at first
+    x, y = batch
+    one, two = (NumpyEngine(ModelConfig(), opt(), seed=4, threads=t) for t in (1, 2))
+    # 3 rounds of at most 40, in pieces of 20 (one worker: pieces of 32, which BLAS rounds a little differently)
+    np.testing.assert_allclose(two.logits(x[:100]), one.logits(x[:100]), rtol=1e-5, atol=1e-5)
+    first = worker_pids(two)
+    assert two._processes.capacity == 40
+    loss_one, correct_one = one.train_step(x[:200], y[:200], 1e-3)
+    loss_two, correct_two = two.train_step(x[:200], y[:200], 1e-3)  # 200 images: a new, larger block
+    assert two._processes.capacity == 200 and worker_pids(two) != first and all(map(gone, first))
+    assert correct_two == correct_one and loss_two == pytest.approx(loss_one, rel=1e-5)
+    for key, value in one.state_dict().items():  # the pieces are summed in another order: rounding differs
+        np.testing.assert_allclose(two.state_dict()[key], value, rtol=1e-4, atol=1e-6)
+    two.close()
+
+
+def test_answers_to_an_interrupted_step_are_dropped(batch):
+    x, y = batch[0][:64], batch[1][:64]
+    clean, interrupted = (NumpyEngine(ModelConfig(), opt(), seed=4, threads=2) for _ in range(2))
+    clean.train_step(x, y, 1e-3)
+    interrupted.train_step(x, y, 1e-3)
+    # a step whose answers nobody collected (Ctrl-C between the order and the wait), with other images
+    plan = interrupted._plan(64)
+    interrupted._hand_out(TRAIN, x[::-1].copy(), y[::-1].copy(), plan)
+    assert clean.train_step(x, y, 1e-3) == interrupted.train_step(x, y, 1e-3)
+    for key, value in clean.state_dict().items():
+        assert np.array_equal(value, interrupted.state_dict()[key]), key
+    clean.close()
+    interrupted.close()
+
+
+def test_a_killed_worker_process_is_one_clear_error_and_the_next_step_starts_a_new_one(batch):
+    x, y = batch[0][:64], batch[1][:64]
+    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    engine.train_step(x, y, 1e-3)
+    (pid,) = worker_pids(engine)
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)
+    with pytest.raises(Lenet5Error, match=r"worker process exited with code -9; run with --threads 1"):
+        engine.train_step(x, y, 1e-3)
+    loss, _ = engine.train_step(x, y, 1e-3)  # a fresh worker process
+    assert np.isfinite(loss) and worker_pids(engine) and worker_pids(engine) != [pid]
+    engine.close()
+
+
+def test_an_error_in_a_worker_process_is_raised_in_the_engine(batch):
+    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    engine.train_step(*[a[:64] for a in batch], 1e-3)
+    engine._processes.order(99, 0, [[(0, 1)]])  # an order no worker knows
+    with pytest.raises(Lenet5Error, match="worker process failed: ValueError: unknown order 99"):
+        engine._processes.wait()
+    engine.close()
+
+
+def test_closing_or_dropping_the_engine_ends_its_worker_processes(batch):
+    x, y = batch[0][:64], batch[1][:64]
+    closed = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    closed.train_step(x, y, 1e-3)
+    pids = worker_pids(closed)
+    closed.close()
+    assert pids and all(map(gone, pids)) and not worker_pids(closed)
+    closed.train_step(x, y, 1e-3)  # used again after close(): starts its workers again
+    closed.close()
+
+    dropped = NumpyEngine(ModelConfig(), opt(), seed=4, threads=3)
+    dropped.logits(x)
+    pids = worker_pids(dropped)
+    assert len(pids) == 2
+    del dropped
+    gc.collect()
+    assert all(map(gone, pids))
+
+
+def test_worker_processes_exit_when_the_engine_process_is_killed(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np, sys, time
+        from lenet5.engines.numpy.engine import NumpyEngine
+        engine = NumpyEngine(threads=2)
+        engine.train_step(np.zeros((64, 1, 28, 28), np.float32), np.zeros(64, np.int64), 0.01)
+        print(engine._processes._processes[0].pid, flush=True)
+        time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(process.stdout.readline())
+        assert not gone(pid, timeout=0.2)
+    finally:
+        process.kill()
+        process.wait()
+    assert gone(pid), "the worker process outlived the engine's process"
+
+
+def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(small_mnist, tmp_path):
+    process = subprocess.Popen(
+        [*LENET5, "train", "--data-dir", str(small_mnist), "--out", str(tmp_path / "runs"), "--engine", "numpy",
+         "--threads", "2", "--epochs", "50", "--batch-size", "64", "--set", "data.val_size=100"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)
+    children: set[int] = set()
+    deadline = time.monotonic() + 120
+    while not children and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        for task in os.listdir(f"/proc/{process.pid}/task"):
+            try:
+                with open(f"/proc/{process.pid}/task/{task}/children") as f:
+                    children |= {int(pid) for pid in f.read().split()}
+            except OSError:
+                pass
+    assert children, "the run started no worker process"
+    time.sleep(1.0)  # a few steps with the worker at work
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group, the workers too
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output, output
+    assert all(map(gone, children))
