@@ -28,7 +28,15 @@ def batch(mnist):
 
 
 def worker_pids(engine: NumpyEngine) -> list[int]:
-    return [p.pid for p in engine._processes._processes]
+    return engine._processes.pids()
+
+
+def engine_with_processes(threads: int, **settings) -> NumpyEngine:
+    """A NumpyEngine whose worker processes always get their pieces (the free-cores policy would hand them to
+    the calling thread while the other test runners keep the cores busy)."""
+    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=threads, **settings)
+    engine._free, engine._in_use = None, len(engine._state.arrays["grads"])
+    return engine
 
 
 def gone(pid: int, timeout: float = 10.0) -> bool:
@@ -48,7 +56,7 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
 def test_two_workers_compute_the_same_bits_as_one(batch):
     # a batch of 64 is two pieces of 32 either way, summed in the same order
     x, y = batch[0][:64], batch[1][:64]
-    one, two = (NumpyEngine(ModelConfig(), opt(), seed=4, threads=t) for t in (1, 2))
+    one, two = NumpyEngine(ModelConfig(), opt(), seed=4, threads=1), engine_with_processes(2)
     for _ in range(3):
         assert one.train_step(x, y, 1e-3) == two.train_step(x, y, 1e-3)
     assert worker_pids(two), "two workers ran without a worker process"
@@ -61,7 +69,7 @@ def test_two_workers_compute_the_same_bits_as_one(batch):
 def test_logits_in_rounds_and_a_larger_batch_restart_the_workers(batch, monkeypatch):
     monkeypatch.setattr(numpy_engine, "LOGITS_ROUND", 40)  # the shared batch block holds 40 images at first
     x, y = batch
-    one, two = (NumpyEngine(ModelConfig(), opt(), seed=4, threads=t) for t in (1, 2))
+    one, two = NumpyEngine(ModelConfig(), opt(), seed=4, threads=1), engine_with_processes(2)
     # 3 rounds of at most 40, in pieces of 20 (one worker: pieces of 32, which BLAS rounds a little differently)
     np.testing.assert_allclose(two.logits(x[:100]), one.logits(x[:100]), rtol=1e-5, atol=1e-5)
     first = worker_pids(two)
@@ -75,14 +83,50 @@ def test_logits_in_rounds_and_a_larger_batch_restart_the_workers(batch, monkeypa
     two.close()
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_workers_give_the_same_bits_in_a_process_or_in_the_calling_thread(batch, threads):
+    # 128 images in pieces of 32 dealt to 2 workers: (p0 + p2) + (p1 + p3) wherever worker 1 runs; 3 workers on
+    # this 2-core machine: one process at most, worker 2 always runs in the calling thread
+    x, y = batch[0][:128], batch[1][:128]
+    in_processes, here = engine_with_processes(threads), engine_with_processes(threads)
+    here._in_use = 0  # what the free-cores policy does while another program holds a core
+    for _ in range(3):
+        assert in_processes.train_step(x, y, 1e-3) == here.train_step(x, y, 1e-3)
+    assert worker_pids(in_processes) and not worker_pids(here)
+    for key, value in in_processes.state_dict().items():
+        assert np.array_equal(value, here.state_dict()[key]), key
+    assert np.array_equal(in_processes.logits(batch[0]), here.logits(batch[0]))
+    in_processes.close()
+
+
+def test_the_free_cores_policy_decides_how_many_processes_get_work(batch, monkeypatch):
+    from lenet5 import free_cores
+
+    monkeypatch.setattr(free_cores, "CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(free_cores, "available_cores", lambda: 2)
+    monkeypatch.setattr(free_cores.os, "cpu_count", lambda: 2)
+    seconds = iter([(0.0, 0.0), (0.0, 0.0), (2.0, 2.0), (2.0, 4.0)])  # (busy, total) CPU seconds of the machine
+    monkeypatch.setattr(free_cores, "_machine_seconds", lambda: next(seconds, (2.0, 4.0)))
+    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    engine._cpu_seconds = lambda: 0.0  # nothing of the machine's busy time was ours
+    engine._free.own = engine._cpu_seconds
+    x, y = batch[0][:64], batch[1][:64]
+    assert engine._in_use == 0  # starts in the calling thread alone
+    engine.train_step(x, y, 1e-3)  # others used a whole core of two: still no process
+    assert engine._in_use == 0 and not worker_pids(engine)
+    engine.train_step(x, y, 1e-3)  # nothing else ran: the second core is free
+    assert engine._in_use == 1 and worker_pids(engine)
+    engine.close()
+
+
 def test_answers_to_an_interrupted_step_are_dropped(batch):
     x, y = batch[0][:64], batch[1][:64]
-    clean, interrupted = (NumpyEngine(ModelConfig(), opt(), seed=4, threads=2) for _ in range(2))
+    clean, interrupted = engine_with_processes(2), engine_with_processes(2)
     clean.train_step(x, y, 1e-3)
     interrupted.train_step(x, y, 1e-3)
     # a step whose answers nobody collected (Ctrl-C between the order and the wait), with other images
     plan = interrupted._plan(64)
-    interrupted._hand_out(TRAIN, x[::-1].copy(), y[::-1].copy(), plan)
+    interrupted._hand_out(TRAIN, x[::-1].copy(), y[::-1].copy(), plan[1:])
     assert clean.train_step(x, y, 1e-3) == interrupted.train_step(x, y, 1e-3)
     for key, value in clean.state_dict().items():
         assert np.array_equal(value, interrupted.state_dict()[key]), key
@@ -92,7 +136,7 @@ def test_answers_to_an_interrupted_step_are_dropped(batch):
 
 def test_a_killed_worker_process_is_one_clear_error_and_the_next_step_starts_a_new_one(batch):
     x, y = batch[0][:64], batch[1][:64]
-    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    engine = engine_with_processes(2)
     engine.train_step(x, y, 1e-3)
     (pid,) = worker_pids(engine)
     os.kill(pid, signal.SIGKILL)
@@ -105,7 +149,7 @@ def test_a_killed_worker_process_is_one_clear_error_and_the_next_step_starts_a_n
 
 
 def test_an_error_in_a_worker_process_is_raised_in_the_engine(batch):
-    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    engine = engine_with_processes(2)
     engine.train_step(*[a[:64] for a in batch], 1e-3)
     engine._processes.order(99, 0, [[(0, 1)]])  # an order no worker knows
     with pytest.raises(Lenet5Error, match="worker process failed: ValueError: unknown order 99"):
@@ -115,7 +159,7 @@ def test_an_error_in_a_worker_process_is_raised_in_the_engine(batch):
 
 def test_closing_or_dropping_the_engine_ends_its_worker_processes(batch):
     x, y = batch[0][:64], batch[1][:64]
-    closed = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    closed = engine_with_processes(2)
     closed.train_step(x, y, 1e-3)
     pids = worker_pids(closed)
     closed.close()
@@ -123,10 +167,10 @@ def test_closing_or_dropping_the_engine_ends_its_worker_processes(batch):
     closed.train_step(x, y, 1e-3)  # used again after close(): starts its workers again
     closed.close()
 
-    dropped = NumpyEngine(ModelConfig(), opt(), seed=4, threads=3)
+    dropped = engine_with_processes(2)
     dropped.logits(x)
     pids = worker_pids(dropped)
-    assert len(pids) == 2
+    assert len(pids) == 1
     del dropped
     gc.collect()
     assert all(map(gone, pids))
@@ -137,6 +181,7 @@ def test_worker_processes_exit_when_the_engine_process_is_killed(tmp_path):
         import numpy as np, sys, time
         from lenet5.engines.numpy.engine import NumpyEngine
         engine = NumpyEngine(threads=2)
+        engine._free, engine._in_use = None, 1
         engine.train_step(np.zeros((64, 1, 28, 28), np.float32), np.zeros(64, np.int64), 0.01)
         print(engine._processes._processes[0].pid, flush=True)
         time.sleep(60)

@@ -247,7 +247,7 @@ def test_pth_loader_reports_a_missing_file(tmp_path):
 # --- threads=0: as many threads as the cores other processes leave free ------------------------------------
 
 def test_thread_choice_takes_only_free_cores_with_hysteresis():
-    from lenet5.engines.torch.threads import choose
+    from lenet5.free_cores import choose
 
     assert choose(1, 0.0, 2, 2) == 2  # quiet: both cores
     assert choose(2, 1.0, 2, 2) == 1  # a busy loop on one core: one thread
@@ -261,17 +261,17 @@ def test_thread_choice_takes_only_free_cores_with_hysteresis():
 
 
 def test_engine_default_threads_adapt_and_an_explicit_count_is_kept(monkeypatch):
-    from lenet5.engines.torch import threads as policy
+    from lenet5 import free_cores as policy
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(policy, "CHECK_SECONDS", 0.0)
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
-    monkeypatch.setattr(policy, "_cores", lambda: 2)
+    monkeypatch.setattr(policy, "available_cores", lambda: 2)
     monkeypatch.setattr(policy.os, "cpu_count", lambda: 2)
     seconds = iter([(0.0, 0.0), (0.0, 0.0), (2.0, 2.0), (2.0, 4.0), (4.0, 6.0)])  # (busy, total) of the machine
     monkeypatch.setattr(policy, "_machine_seconds", lambda: next(seconds, (4.0, 6.0)))
-    monkeypatch.setattr(policy, "_own_seconds", lambda: 0.0)
+    monkeypatch.setattr(policy, "own_seconds", lambda: 0.0)
     engine = TorchEngine(ModelConfig(), OptimizerConfig(), device="cpu")
     assert calls == [1]  # starts with one thread
     engine._threads.tick()  # others used a whole core of two: one thread

@@ -17,13 +17,13 @@ Speed on a small CPU comes from these choices:
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from lenet5.blas import single_threaded_blas
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.errors import Lenet5Error
+from lenet5.free_cores import adaptive, available_cores, own_seconds, process_seconds
 from lenet5.engines.numpy.model import Network, parameter_count
 from lenet5.engines.numpy.optim import create_optimizer
 from lenet5.engines.numpy.workers import LOGITS, TRAIN, SharedBlock, Worker, WorkerProcesses, state_layout
@@ -36,20 +36,16 @@ MIN_PIECE = 8  # a batch is shared among the workers only in pieces of at least 
 LOGITS_ROUND = 4096  # logits of more images are computed in rounds of this many (the shared batch block's size)
 
 def default_threads() -> int:
-    """Worker threads for threads=0: 2 when at least 2 cores are available to this process, else 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return 2 if cores >= 2 else 1
+    """Workers for threads=0: 2 when at least 2 cores are available to this process, else 1."""
+    return 2 if available_cores() >= 2 else 1
 
 
 class NumpyEngine:
     """LeNet-5 ('modern' or 'classic') with its optimizer, in float32 (default) or float64.
 
     ``threads``: 0 picks the default (2 workers on a machine with at least 2 cores), 1 runs everything in the
-    calling thread, n deals the pieces of each batch to n threads. ``seed`` fixes the initial weights: same
-    seed and same thread count, same run, bit for bit.
+    calling thread, n deals the pieces of each batch to n workers. ``seed`` fixes the initial weights: same
+    seed and same thread count, same run, bit for bit, whichever workers ran in processes.
     """
 
     name = "numpy"
@@ -79,8 +75,10 @@ class NumpyEngine:
         self.label_smoothing = float(label_smoothing)
         self.threads = threads or default_threads()
 
-        # With worker processes, the parameters live in memory shared with them (workers.py).
-        processes = self.threads - 1
+        # Workers 1.. run in processes, at most one per core besides this thread, sharing the parameters with
+        # it (workers.py). A worker without a process, or whose process is left idle while other programs hold
+        # the cores (free_cores.py), runs here: the same pieces and the same sums, so the same bits.
+        processes = min(self.threads, available_cores()) - 1
         self._state = SharedBlock(state_layout(parameter_count(model.name), processes, self.dtype)) if processes else None
         self.net = Network(model.name, self.dtype, params=self._state.arrays["params"] if processes else None)
         weights = self.net.named_views(self.net.params)
@@ -90,8 +88,18 @@ class NumpyEngine:
 
         self._grad = np.zeros(self.net.size, dtype=self.dtype)  # the batch's gradient: worker 0's, plus the others'
         self._local = Worker(self.net, self._grad, self.label_smoothing)
+        self._stand_ins: dict[int, Worker] = {}  # workers 1.. when they run here, each with its own gradient
         self._processes = (WorkerProcesses(processes, model.name, self.dtype, self.label_smoothing, self._state)
                            if processes else None)
+        self._in_use = processes  # processes given work; the policy lowers it while other programs hold cores
+        self._free = adaptive(self._use_workers, processes + 1, self._cpu_seconds) if processes else None
+
+    def _use_workers(self, workers: int) -> None:
+        self._in_use = workers - 1
+
+    def _cpu_seconds(self) -> float:
+        """CPU seconds of this process and its worker processes: what the cores policy counts as ours."""
+        return own_seconds() + sum(map(process_seconds, self._processes.pids()))
 
     # --- training and inference -------------------------------------------------------------------------
 
@@ -109,28 +117,45 @@ class NumpyEngine:
         pieces = [(a, min(a + size, n)) for a in range(0, n, size)]
         return [pieces[w::self.threads] for w in range(self.threads) if pieces[w::self.threads]]
 
-    def _hand_out(self, what: int, x: np.ndarray, y: np.ndarray | None, plan) -> dict[str, np.ndarray] | None:
-        """Copy the images of plan[1:] into the shared batch block and order the worker processes to start on
-        them; returns the block's arrays (None when worker 0 has the whole plan)."""
-        if len(plan) < 2:
+    def _split(self, plan) -> tuple[list, list[tuple[int, list]]]:
+        """(the plans of workers 1..k, which go to the processes; [(worker, plan)] of those that run here)."""
+        if self._free is not None:
+            self._free.tick()
+        k = min(self._in_use, len(plan) - 1)
+        return plan[1:1 + k], list(enumerate(plan[1 + k:], start=1 + k))
+
+    def _stand_in(self, worker: int) -> Worker:
+        if worker not in self._stand_ins:
+            grad = np.zeros(self.net.size, dtype=self.dtype)
+            self._stand_ins[worker] = Worker(self.net, grad, self.label_smoothing, self._local.workspace)
+        return self._stand_ins[worker]
+
+    def _hand_out(self, what: int, x: np.ndarray, y: np.ndarray | None, plans) -> dict[str, np.ndarray] | None:
+        """Copy the images of the processes' plans into the shared batch block and order the processes to start
+        on them; returns the block's arrays (None when there is nothing to hand out)."""
+        if not plans:
             return None
         batch = self._processes.ready(max(len(x), LOGITS_ROUND), x.shape[1:])
-        for pieces in plan[1:]:
+        for pieces in plans:
             for a, b in pieces:
                 batch["x"][a:b] = x[a:b]
                 if y is not None:
                     batch["y"][a:b] = y[a:b]
-        self._processes.order(what, len(x), plan[1:])
+        self._processes.order(what, len(x), plans)
         return batch
 
     def _loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        plan = self._plan(len(x))
-        batch = self._hand_out(TRAIN, x, y, plan)
-        loss, n_correct = self._local.loss_and_grad(x, y, plan[0], len(x))
-        if batch is not None:  # always summed in worker order: reproducible
-            for (part_loss, part_correct), grad in zip(self._processes.wait(), self._state.arrays["grads"]):
-                self._grad += grad
-                loss, n_correct = loss + part_loss, n_correct + part_correct
+        n = len(x)
+        plan = self._plan(n)
+        remote, here = self._split(plan)
+        batch = self._hand_out(TRAIN, x, y, remote)
+        loss, n_correct = self._local.loss_and_grad(x, y, plan[0], n)
+        parts = [(self._stand_in(w).loss_and_grad(x, y, pieces, n), self._stand_in(w).grad) for w, pieces in here]
+        if batch is not None:
+            parts = list(zip(self._processes.wait(), self._state.arrays["grads"])) + parts
+        for (part_loss, part_correct), grad in parts:  # in worker order, wherever each worker ran: reproducible
+            self._grad += grad
+            loss, n_correct = loss + part_loss, n_correct + part_correct
         return loss, n_correct
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
@@ -148,11 +173,13 @@ class NumpyEngine:
             for start in range(0, len(x), LOGITS_ROUND):
                 part, part_out = x[start:start + LOGITS_ROUND], out[start:start + LOGITS_ROUND]
                 plan = self._plan(len(part))
-                batch = self._hand_out(LOGITS, part, None, plan)
-                self._local.logits(part, plan[0], part_out)
+                remote, here = self._split(plan)
+                batch = self._hand_out(LOGITS, part, None, remote)
+                for pieces in [plan[0]] + [pieces for _, pieces in here]:
+                    self._local.logits(part, pieces, part_out)
                 if batch is not None:
                     self._processes.wait()
-                    for pieces in plan[1:]:
+                    for pieces in remote:
                         for a, b in pieces:
                             part_out[a:b] = batch["logits"][a:b]
         return out

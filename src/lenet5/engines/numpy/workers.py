@@ -53,12 +53,12 @@ SPIN = 0.003
 class Worker:
     """One worker's share of a batch: forward and backward over its pieces, into its own gradient buffer."""
 
-    def __init__(self, net, grad: np.ndarray, label_smoothing: float) -> None:
+    def __init__(self, net, grad: np.ndarray, label_smoothing: float, workspace=None) -> None:
         self.net = net
         self.grad, self.grad_views = grad, net.layer_views(grad)
         self.piece_grad = np.zeros_like(grad)  # a second, third... piece's gradient, added to grad
         self.piece_grad_views = net.layer_views(self.piece_grad)
-        self.workspace = net.new_workspace()  # activations and scratch arrays kept from step to step
+        self.workspace = workspace or net.new_workspace()  # activations and scratch arrays kept from step to step
         self.label_smoothing = label_smoothing
 
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray, pieces, total: int) -> tuple[float, int]:
@@ -161,6 +161,9 @@ class WorkerProcesses:
         self._sockets: list[socket.socket] = []
         self._sequence = 0
         self._answering: list[int] = []  # the processes with an order out
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
 
     def ready(self, capacity: int, image_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         """The batch arrays, for at least ``capacity`` images of this shape; (re)starts the processes if needed."""

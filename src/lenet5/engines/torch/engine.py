@@ -17,6 +17,8 @@ excludes them. Under torchrun see distributed.py for how a global batch is share
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,7 @@ from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines import DEVICES
 from lenet5.engines.torch import distributed as ddp
 from lenet5.engines.torch.model import LeNet5
-from lenet5.engines.torch.threads import adaptive
+from lenet5.free_cores import adaptive
 from lenet5.errors import Lenet5Error
 from lenet5.models import initial_weights
 
@@ -86,11 +88,12 @@ class TorchEngine:
         self.opt_cfg = optimizer
         self.label_smoothing = float(label_smoothing)
         self.device = resolve_device(device)
-        # threads=0 on the CPU: as many threads as the cores other processes leave free (threads.py, measured)
+        # threads=0 on the CPU: as many threads as the cores other processes leave free (free_cores.py,
+        # measured); with OMP_NUM_THREADS set, PyTorch's own count stays
         self._threads = None
         if threads > 0:
             torch.set_num_threads(threads)
-        elif self.device.type == "cpu":
+        elif self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             self._threads = adaptive(torch.set_num_threads, DEFAULT_THREADS)
         if self.device.type == "mps" and dtype == "float64":
             raise Lenet5Error("MPS has no float64; use --dtype float32 or --device cpu")

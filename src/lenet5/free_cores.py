@@ -1,23 +1,19 @@
-"""The torch engine's CPU thread count for threads=0: as many threads as there are cores nobody else is using.
+"""How many cores other processes leave free: the engines' thread or worker count for a busy machine.
 
-PyTorch's OpenMP threads spin while they wait for each other; when another process holds one of the cores,
-the thread that shares it is descheduled for whole time slices and the others spin for it. Measured on the
-2-core machine of this project (benchmarks/busy_machine.py, 200 training steps of batch 64, busy = a loop
-pinned to one core; the README's Speed section has the tables): in the one round where no other tenant
-ran, PyTorch's default of 2 threads took 1.19 s quiet and 9.22 s busy (7.7x), 1 thread 1.31 s and 1.44 s
-(1.1x); OMP_WAIT_POLICY=PASSIVE kept 2 threads near 1.0x under load but took 2.25 s quiet (sleeping threads
-wake up late for LeNet's small ops); one inter-op thread changed nothing (its pool is not used here). With
-another tenant holding a core all along, 2 threads took 6-33 s per window against 1.5 s for 1 thread.
-A free second core is worth having (2 threads 1.19 s against 1.31 s above; 2.99 against 4.51 s per epoch
-in the README's engine table), so the policy adapts instead of always taking 1:
+Both engines run their work on as many cores as others leave free (benchmarks/busy_machine.py; the README's
+Speed section has the tables):
 
-- it starts with 1 thread, and every CHECK_SECONDS of training or evaluation reads the CPU time all
-  processes used (/proc/stat) minus this process's own (getrusage), i.e. how many cores the others took;
-- it runs max(1, cores - others) threads, where a core counts as taken when others used more than half of it,
-  and as free again only when they used less than a fifth (so the count does not flip back and forth).
+- the torch engine (threads=0): PyTorch's OpenMP threads spin while they wait for each other, so a thread
+  sharing a core with another process stalls the others (2 threads: 7.7x slower under load, 1 thread 1.1x);
+- the NumPy engine (threads > 1): a worker process sharing a core with another process holds up every step
+  (2.75x slower under load, 1.6x with the calling thread doing all the pieces); handing its pieces to the
+  calling thread changes no bit of the result (engine.py).
 
-Where there is no /proc/stat (macOS, Windows) or OMP_NUM_THREADS is set, PyTorch's own default stays.
-An explicit ``threads`` (``--threads N``) fixes the count; pass it for bit-for-bit repeatable torch runs.
+The policy starts with 1 and every CHECK_SECONDS of work reads the CPU time all processes used (/proc/stat)
+minus the engine's own (``own_seconds``: getrusage, plus any worker processes), i.e. how many cores the others
+took. It uses max(1, cores - others), where a core counts as taken when others used more than half of it, and
+as free again only when they used less than a fifth (so the count does not flip back and forth). Where there
+is no /proc/stat (macOS, Windows) there is no policy: the engine keeps its count.
 """
 
 from __future__ import annotations
@@ -31,7 +27,8 @@ TAKEN_ABOVE = 0.5  # share of a core others must use for it to count as taken ..
 FREE_BELOW = 0.2  # ... and below which it counts as free again
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """Cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -50,9 +47,20 @@ def _machine_seconds() -> tuple[float, float] | None:
     return (total - fields[3] - fields[4]) / tick, total / tick
 
 
-def _own_seconds() -> float:
+def own_seconds() -> float:
+    """CPU seconds of this process."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds of a running child process (0 once it has ended, or without /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 try:
@@ -73,9 +81,9 @@ def choose(current: int, others_cores: float, cores: int, most: int) -> int:
 class AdaptiveThreads:
     """Call tick() before each piece of work; it calls set_threads(n) when the count should change."""
 
-    def __init__(self, set_threads, most: int) -> None:
-        self.set_threads = set_threads
-        self.cores = _cores()
+    def __init__(self, set_threads, most: int, own=None) -> None:
+        self.set_threads, self.own = set_threads, own or own_seconds
+        self.cores = available_cores()
         self.cpus = os.cpu_count() or self.cores
         self.most = max(1, min(most, self.cores))
         self.threads = 1
@@ -83,10 +91,9 @@ class AdaptiveThreads:
         self._last = self._sample()
         self._next = time.monotonic() + CHECK_SECONDS
 
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
+    def _sample(self) -> tuple[float, float, float] | None:
         machine = _machine_seconds()
-        return None if machine is None else (*machine, _own_seconds())
+        return None if machine is None else (*machine, self.own())
 
     def tick(self) -> None:
         if time.monotonic() < self._next:
@@ -106,8 +113,8 @@ class AdaptiveThreads:
             self.set_threads(threads)
 
 
-def adaptive(set_threads, default_threads: int) -> AdaptiveThreads | None:
-    """The policy for threads=0, or None where PyTorch's own default should stay."""
-    if "OMP_NUM_THREADS" in os.environ or _machine_seconds() is None or _cores() < 2:
+def adaptive(set_threads, most: int, own=None) -> AdaptiveThreads | None:
+    """The policy for up to ``most`` threads, or None where it cannot see the machine or there is one core."""
+    if _machine_seconds() is None or available_cores() < 2 or most < 2:
         return None
-    return AdaptiveThreads(set_threads, default_threads)
+    return AdaptiveThreads(set_threads, most, own)
