@@ -89,7 +89,7 @@ def _threads(engine) -> int:
         import torch
 
         return torch.get_num_threads()
-    return engine.threads
+    return engine._in_use + 1  # the workers at work at the end of the window (processes in use + this thread)
 
 
 # --- the parent: alternate quiet and busy ------------------------------------------------------------------

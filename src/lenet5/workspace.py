@@ -26,6 +26,11 @@ class Workspace:
     def like(self, name: str, x: np.ndarray) -> np.ndarray:
         return self._get((name, x.shape, x.strides, x.dtype.str), lambda: np.empty_like(x))
 
+    def view(self, name: str, x: np.ndarray, make) -> np.ndarray:
+        """``make(x)``, a view of x, kept for this very array x (the same memory, shape and strides): for
+        views that cost more to build than to keep (sliding_window_view takes ~60 us a call)."""
+        return self._get((name, x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str), lambda: make(x))
+
     def _get(self, key: tuple, make) -> np.ndarray:
         array = self.arrays.get(key)
         if array is None:

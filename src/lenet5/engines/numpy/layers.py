@@ -68,6 +68,15 @@ def _weight_gradient(dy: np.ndarray, cols: np.ndarray, out: np.ndarray, ws: Work
     return out
 
 
+def _windows(ws: Workspace | None, x: np.ndarray, k: int, s: int) -> np.ndarray:
+    """The k x k windows of x (C, H, W, N) at stride s, as a view shaped (C, k, k, Ho, Wo, N); kept in the
+    workspace for the same input buffer (building it cost ~60 us, 3% of a training step)."""
+    def make(x):
+        return sliding_window_view(x, (k, k), axis=(1, 2))[:, ::s, ::s].transpose(0, 4, 5, 1, 2, 3)
+
+    return make(x) if ws is None else ws.view(f"windows{k},{s}", x, make)
+
+
 class Layer:
     """Base class: a layer without parameters."""
 
@@ -118,9 +127,9 @@ class Conv2D(Layer):
             padded = _buffer(ws, "padded", (C, H + 2 * p, W + 2 * p, N), x.dtype)  # border stays 0
             padded[:, p:p + H, p:p + W] = xc
             xc = padded
-        windows = sliding_window_view(xc, (k, k), axis=(1, 2))[:, ::s, ::s]  # (C, Ho, Wo, N, k, k), a view
+        windows = _windows(ws, xc, k, s)  # (C, k, k, Ho, Wo, N), a view
         cols = _buffer(ws, "cols", (C * k * k, Ho * Wo * N), x.dtype)
-        np.copyto(cols.reshape(C, k, k, Ho, Wo, N), windows.transpose(0, 4, 5, 1, 2, 3))  # the one copy
+        np.copyto(cols.reshape(C, k, k, Ho, Wo, N), windows)  # the one copy
         out = _matmul_by_columns(self._weight_matrix(), cols, _buffer(ws, "out", (F, Ho * Wo * N), x.dtype))
         out += self.params["bias"][:, None]
         return out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2), (x.shape, cols)
