@@ -184,31 +184,31 @@ def layer_profile(batches, steps: int):
 def conv_parts(repeats: int) -> None:
     """The steps of layers.Conv2D's forward/backward replayed alone on one piece of 32 images (what one NumPy
     thread works on), ms per step of batch 64 (2 pieces), warm cache; GFLOP/s for the matmuls."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
     from lenet5.blas import single_threaded_blas
+    from lenet5.engines.numpy import layers
+    from lenet5.workspace import Workspace
 
     rng, n, k = np.random.default_rng(0), 32, 5
-    print(f"\n## Inside the NumPy engine's convolutions: each step of Conv2D alone, pieces of {n}, "
-          "ms per step of batch 64 [GFLOP/s]\n")
+    print(f"\n## Inside the NumPy engine's convolutions: each step of Conv2D alone (the library's own helpers), "
+          f"pieces of {n}, ms per step of batch 64 [GFLOP/s]\n")
     print("| layer | im2col copy | forward matmul | weight-grad matmul | input-grad matmul | input-grad scatter |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, c, f, h, p in (("conv1", 1, 6, 28, 2), ("conv2", 6, 16, 14, 0)):
-        ho = h + 2 * p - k + 1
+        ho, kk = h + 2 * p - k + 1, c * k * k
         x = rng.standard_normal((c, h, h, n), dtype=np.float32)
         padded = np.zeros((c, h + 2 * p, h + 2 * p, n), np.float32)
-        cols = np.empty((c * k * k, ho * ho * n), np.float32)
-        w = rng.standard_normal((f, c * k * k), dtype=np.float32)
+        cols = np.ones((kk + 1, ho * ho * n), np.float32)  # + the ones row that carries the bias
+        w = rng.standard_normal((f, kk + 1), dtype=np.float32)  # [weight | bias]
         out, dy = np.empty((f, ho * ho * n), np.float32), rng.standard_normal((f, ho * ho * n), dtype=np.float32)
-        dw, dcols, dx = np.empty_like(w), np.empty_like(cols), np.zeros_like(padded)
+        dw, dcols, dx = np.empty_like(w), np.empty((kk, ho * ho * n), np.float32), np.zeros_like(padded)
+        ws = Workspace()
 
         def im2col():
             xc = x
             if p:
                 padded[:, p:p + h, p:p + h] = x
                 xc = padded
-            windows = sliding_window_view(xc, (k, k), axis=(1, 2))
-            np.copyto(cols.reshape(c, k, k, ho, ho, n), windows.transpose(0, 4, 5, 1, 2, 3))
+            np.copyto(cols[:kk].reshape(c, k, k, ho, ho, n), layers._windows(ws, xc, k, 1))
 
         def scatter():
             dx.fill(0)
@@ -217,8 +217,9 @@ def conv_parts(repeats: int) -> None:
                 for j in range(k):
                     dx[:, i:i + ho, j:j + ho] += d[:, i, j]
 
-        parts = [(im2col, 0), (lambda: np.matmul(w, cols, out=out), 1), (lambda: np.matmul(dy, cols.T, out=dw), 1),
-                 (lambda: np.matmul(w.T, dy, out=dcols), 1), (scatter, 0)]
+        parts = [(im2col, 0), (lambda: layers._matmul_by_columns(w, cols, out), 1),
+                 (lambda: layers._weight_gradient(dy, cols, dw, ws), 1),
+                 (lambda: layers._matmul_by_columns(w[:, :kk].T, dy, dcols), 1), (scatter, 0)]
         cells = []
         with single_threaded_blas():
             for fn, is_mm in parts:

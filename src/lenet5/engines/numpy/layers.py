@@ -96,7 +96,9 @@ class Layer:
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as PyTorch): weight (F, C, k, k), bias (F,).
 
-    Forward is im2col + one matmul. The input gradient scatters the column gradients back by adding the k*k
+    Forward is im2col + one matmul, with the bias folded in: a row of ones under the columns and the bias as
+    the weight matrix's last column (no pass over the output to add it, and its gradient, the sum of dy, comes
+    out of the weight gradient's matmul). The input gradient scatters the column gradients back by adding the k*k
     shifted slices (one slice-add per kernel offset, never per pixel). ``needs_input_grad=False`` skips it
     (the first layer: nobody needs the gradient of the image). ``mask`` (F, C) of 0/1 keeps only some
     input maps per output map (LeNet-5's C3 table): the weight is multiplied by it, and so is its gradient.
@@ -117,7 +119,7 @@ class Conv2D(Layer):
         return w.reshape(self.F, -1)  # (F, C*k*k)
 
     def forward(self, x, ws=None):
-        # x (N, C, H, W) -> out (N, F, Ho, Wo); cache: x's shape and the columns cols (C*k*k, Ho*Wo*N)
+        # x (N, C, H, W) -> out (N, F, Ho, Wo); cache: x's shape and the columns cols (C*k*k + 1, Ho*Wo*N)
         N, C, H, W = x.shape
         F, k, s, p = self.F, self.k, self.stride, self.padding
         Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
@@ -128,10 +130,15 @@ class Conv2D(Layer):
             padded[:, p:p + H, p:p + W] = xc
             xc = padded
         windows = _windows(ws, xc, k, s)  # (C, k, k, Ho, Wo, N), a view
-        cols = _buffer(ws, "cols", (C * k * k, Ho * Wo * N), x.dtype)
-        np.copyto(cols.reshape(C, k, k, Ho, Wo, N), windows)  # the one copy
-        out = _matmul_by_columns(self._weight_matrix(), cols, _buffer(ws, "out", (F, Ho * Wo * N), x.dtype))
-        out += self.params["bias"][:, None]
+        K = C * k * k
+        cols = _buffer(ws, "cols", (K + 1, Ho * Wo * N), x.dtype)  # row K: ones, the bias's input
+        if cols[K, 0] != 1:  # a new buffer
+            cols[K] = 1
+        np.copyto(cols[:K].reshape(C, k, k, Ho, Wo, N), windows)  # the one copy
+        weights = _buffer(ws, "weights", (F, K + 1), x.dtype)  # [weight | bias]
+        weights[:, :K] = self._weight_matrix()
+        weights[:, K] = self.params["bias"]
+        out = _matmul_by_columns(weights, cols, _buffer(ws, "out", (F, Ho * Wo * N), x.dtype))
         return out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2), (x.shape, cols)
 
     def backward(self, dy, cache, grads, ws=None):
@@ -141,14 +148,16 @@ class Conv2D(Layer):
         k, s, p = self.k, self.stride, self.padding
 
         dy2 = dy.transpose(1, 2, 3, 0).reshape(F, Ho * Wo * N)  # free when dy is stored batch-last
-        np.sum(dy2, axis=1, out=grads["bias"])
-        _weight_gradient(dy2, cols, grads["weight"].reshape(F, C * k * k), ws)
+        K = C * k * k
+        both = _weight_gradient(dy2, cols, _buffer(ws, "weight_bias_grad", (F, K + 1), dy.dtype), ws)
+        grads["weight"].reshape(F, K)[...] = both[:, :K]
+        grads["bias"][...] = both[:, K]  # the ones row: the sum of dy over pixels and images
         if self.mask is not None:
             grads["weight"] *= self.mask
         if not self.needs_input_grad:
             return None
 
-        dcols = _buffer(ws, "dcols", (C * k * k, Ho * Wo * N), dy.dtype)
+        dcols = _buffer(ws, "dcols", (K, Ho * Wo * N), dy.dtype)
         _matmul_by_columns(self._weight_matrix().T, dy2, dcols)
         dcols = dcols.reshape(C, k, k, Ho, Wo, N)
         dx = _buffer(ws, "dx", (C, H + 2 * p, W + 2 * p, N), dy.dtype)
