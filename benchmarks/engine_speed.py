@@ -147,10 +147,11 @@ def compare_training(mnist, model, batch_sizes, thread_counts, rounds, seconds) 
             batches = [(pool_x[i:i + bs], pool_y[i:i + bs]) for i in range(0, len(pool_x) - bs + 1, bs)]
             npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0, threads=threads)
             tor = TorchRunner(npe.state_dict(), model)
-            for x, y in batches[:5]:  # warm-up: allocate buffers, start threads
-                npe.train_step(x, y, 1e-3)
-                tor.train_step(x, y, 1e-3)
-            n_t, n_s, t_t, t_s, ratios, i = [], [], [], [], [], 5
+            # warm-up, 0.6 s each: buffers, threads, the NumPy engine's worker process (started once the
+            # free-cores policy, which checks every 0.25 s, finds the second core free)
+            _, _, i = timed_window(npe.train_step, batches, 0.6, 0)
+            _, _, i = timed_window(tor.train_step, batches, 0.6, i)
+            n_t, n_s, t_t, t_s, ratios = [], [], [], [], []
             for _ in range(rounds):
                 a, sa, _ = timed_window(npe.train_step, batches, seconds, i)
                 b, sb, i = timed_window(tor.train_step, batches, seconds, i)

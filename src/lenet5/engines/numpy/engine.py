@@ -117,11 +117,13 @@ class NumpyEngine:
         pieces = [(a, min(a + size, n)) for a in range(0, n, size)]
         return [pieces[w::self.threads] for w in range(self.threads) if pieces[w::self.threads]]
 
-    def _split(self, plan) -> tuple[list, list[tuple[int, list]]]:
+    def _split(self, plan, x: np.ndarray) -> tuple[list, list[tuple[int, list]]]:
         """(the plans of workers 1..k, which go to the processes; [(worker, plan)] of those that run here)."""
         if self._free is not None:
             self._free.tick()
         k = min(self._in_use, len(plan) - 1)
+        if k and not self._processes.usable(max(len(x), LOGITS_ROUND), x.shape[1:]):
+            k = 0  # still starting: this thread does their pieces
         return plan[1:1 + k], list(enumerate(plan[1 + k:], start=1 + k))
 
     def _stand_in(self, worker: int) -> Worker:
@@ -147,7 +149,7 @@ class NumpyEngine:
     def _loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         n = len(x)
         plan = self._plan(n)
-        remote, here = self._split(plan)
+        remote, here = self._split(plan, x)
         batch = self._hand_out(TRAIN, x, y, remote)
         loss, n_correct = self._local.loss_and_grad(x, y, plan[0], n)
         parts = [(self._stand_in(w).loss_and_grad(x, y, pieces, n), self._stand_in(w).grad) for w, pieces in here]
@@ -173,7 +175,7 @@ class NumpyEngine:
             for start in range(0, len(x), LOGITS_ROUND):
                 part, part_out = x[start:start + LOGITS_ROUND], out[start:start + LOGITS_ROUND]
                 plan = self._plan(len(part))
-                remote, here = self._split(plan)
+                remote, here = self._split(plan, part)
                 batch = self._hand_out(LOGITS, part, None, remote)
                 for pieces in [plan[0]] + [pieces for _, pieces in here]:
                     self._local.logits(part, pieces, part_out)

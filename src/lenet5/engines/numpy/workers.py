@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import signal
 import socket
 import struct
@@ -165,12 +166,28 @@ class WorkerProcesses:
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes]
 
-    def ready(self, capacity: int, image_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-        """The batch arrays, for at least ``capacity`` images of this shape; (re)starts the processes if needed."""
-        if not self._processes or capacity > self.capacity or self.batch["x"].shape[1:] != tuple(image_shape):
+    def usable(self, capacity: int, image_shape: tuple[int, ...]) -> bool:
+        """Whether the processes are up for ``capacity`` images of this shape; if they are not, (re)starts them
+        without waiting: they take ~0.3 s to import NumPy and build the network, meanwhile the engine's own
+        thread does their pieces."""
+        if not self._fits(capacity, image_shape):
             self.close()
             self._start(max(capacity, self.capacity), tuple(image_shape))
+        if self._answering and self._sequence == 0:  # started: ready once each has answered 0
+            readable, _, _ = select.select([self._sockets[i] for i in self._answering], [], [], 0)
+            for i in [i for i in self._answering if self._sockets[i] in readable]:
+                self._answer(i)
+                self._answering.remove(i)
+        return not self._answering
+
+    def ready(self, capacity: int, image_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """The batch arrays, for at least ``capacity`` images of this shape, once the processes are up."""
+        if not self.usable(capacity, image_shape):
+            self.wait()
         return self.batch
+
+    def _fits(self, capacity: int, image_shape: tuple[int, ...]) -> bool:
+        return bool(self._processes) and capacity <= self.capacity and self.batch["x"].shape[1:] == tuple(image_shape)
 
     def _start(self, capacity: int, image_shape: tuple[int, ...]) -> None:
         import lenet5
@@ -197,8 +214,7 @@ class WorkerProcesses:
                 theirs.close()
             self._processes.append(process)
             self._sockets.append(ours)
-        self._sequence, self._answering = 0, list(range(self.count))
-        self.wait()  # each new process answers 0 once it has mapped the memory and built its network
+        self._sequence, self._answering = 0, list(range(self.count))  # each answers 0 once it has built its network
 
     def order(self, what: int, total: int, plans: list[list[tuple[int, int]]]) -> None:
         """Give plans[i] (pieces of the batch block) to process i; wait() collects the answers."""
