@@ -53,16 +53,17 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_two_workers_compute_the_same_bits_as_one(batch):
-    # a batch of 64 is two pieces of 32 either way, summed in the same order
+def test_two_workers_compute_what_one_does(batch):
+    # one worker takes the 64 images in one piece, two in two pieces of 32: the sums round differently
     x, y = batch[0][:64], batch[1][:64]
     one, two = NumpyEngine(ModelConfig(), opt(), seed=4, threads=1), engine_with_processes(2)
     for _ in range(3):
-        assert one.train_step(x, y, 1e-3) == two.train_step(x, y, 1e-3)
+        (loss_one, correct_one), (loss_two, correct_two) = one.train_step(x, y, 1e-3), two.train_step(x, y, 1e-3)
+        assert correct_one == correct_two and loss_one == pytest.approx(loss_two, rel=1e-5)
     assert worker_pids(two), "two workers ran without a worker process"
     for key, value in one.state_dict().items():
-        assert np.array_equal(value, two.state_dict()[key]), key
-    assert np.array_equal(one.logits(batch[0]), two.logits(batch[0]))
+        np.testing.assert_allclose(two.state_dict()[key], value, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(one.logits(batch[0]), two.logits(batch[0]), rtol=1e-5, atol=1e-5)
     two.close()
 
 
@@ -70,7 +71,7 @@ def test_logits_in_rounds_and_a_larger_batch_restart_the_workers(batch, monkeypa
     monkeypatch.setattr(numpy_engine, "LOGITS_ROUND", 40)  # the shared batch block holds 40 images at first
     x, y = batch
     one, two = NumpyEngine(ModelConfig(), opt(), seed=4, threads=1), engine_with_processes(2)
-    # 3 rounds of at most 40, in pieces of 20 (one worker: pieces of 32, which BLAS rounds a little differently)
+    # 3 rounds of at most 40, in pieces of 20 (one worker: pieces of 64, which BLAS rounds a little differently)
     np.testing.assert_allclose(two.logits(x[:100]), one.logits(x[:100]), rtol=1e-5, atol=1e-5)
     first = worker_pids(two)
     assert two._processes.capacity == 40

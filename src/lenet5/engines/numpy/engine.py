@@ -4,7 +4,7 @@ Speed on a small CPU comes from these choices:
 
 - BLAS runs single-threaded inside the engine (threadpoolctl): here OpenBLAS with 2 threads on these small
   matrices was several times slower than with 1.
-- Instead, a batch is cut into pieces of at most 32 images, dealt to ``threads`` workers that run at once:
+- Instead, a batch is cut into pieces of at most 64 images (32 with several workers), dealt to ``threads`` workers that run at once:
   worker 0 in the calling thread, the others in processes sharing the parameters, the batch and their
   gradients through shared memory (workers.py; threads were tried first and ran no faster than one, held back
   by the GIL). The pieces' gradients are summed. Small pieces also keep each pass's arrays in cache (one pass
@@ -29,9 +29,11 @@ from lenet5.engines.numpy.optim import create_optimizer
 from lenet5.engines.numpy.workers import LOGITS, TRAIN, SharedBlock, Worker, WorkerProcesses, state_layout
 from lenet5.models import NUM_CLASSES, initial_weights
 
-# Images per forward/backward pass; larger batches run in several passes. Measured here: passes of 32 are ~10%
-# faster than of 64 or 128 on one core (the arrays stay in cache), and as fast as 64 with two workers.
-PIECE = 32
+# Images per forward/backward pass; larger batches run in several passes. Measured (benchmarks/engine_speed.py
+# setup, batch 64 and 128): one worker is 5-7% faster with passes of 64 than of 32 or 128; two workers are
+# faster with 32 (batch 128: two passes of 32 each against one of 64).
+PIECE_ONE_WORKER = 64
+PIECE_WORKERS = 32
 MIN_PIECE = 8  # a batch is shared among the workers only in pieces of at least this many images
 LOGITS_ROUND = 4096  # logits of more images are computed in rounds of this many (the shared batch block's size)
 
@@ -113,7 +115,8 @@ class NumpyEngine:
 
     def _plan(self, n: int) -> list[list[tuple[int, int]]]:
         """Cut n images into pieces and deal them to the workers in turn: [[(start, stop), ...] per worker]."""
-        size = min(PIECE, max(MIN_PIECE, -(-n // self.threads)))
+        piece = PIECE_ONE_WORKER if self.threads == 1 else PIECE_WORKERS
+        size = min(piece, max(MIN_PIECE, -(-n // self.threads)))
         pieces = [(a, min(a + size, n)) for a in range(0, n, size)]
         return [pieces[w::self.threads] for w in range(self.threads) if pieces[w::self.threads]]
 
