@@ -403,7 +403,7 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--config", default=None, help="base YAML config, layered over the defaults and ./config.yaml")
     _config_flag(p, "--engine", "engine", "which engine trains the trials")
     _config_flag(p, "--seed", "seed", "training seed of every trial", type=int)
-    _config_flag(p, "--threads", "threads", "CPU threads for the engine, 0: its default", type=int)
+    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; torch: threads), 0: its default", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any base config key (repeatable)")
     p.add_argument("--json", action="store_true", help="print the study summary as one JSON document")
     _add_data_options(p)
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--seed", "seed", "seed of the weights, the shuffling and the split", type=int)
     _config_flag(p, "--out", "out", "parent folder of run folders")
     _config_flag(p, "--name", "name", "run folder name; none: <engine>-<model>-<date>-<time>")
-    _config_flag(p, "--threads", "threads", "CPU threads for the engine, 0: its default", type=int)
+    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; torch: threads), 0: its default", type=int)
     _config_flag(p, "--device", "device", "where the torch engine computes")
     _config_flag(p, "--limit-batches", "limit_batches", "at most this many batches per epoch, 0: all (a quick "
                  "smoke run)", type=int)
