@@ -11,8 +11,9 @@
    achieved GFLOP/s = matmul FLOPs / time, and its share of the sgemm peak with as many threads.
 4. A per-layer time profile of the NumPy engine (threads=1): every layer's forward/backward is wrapped with
    perf_counter accumulation here, in the benchmark (the library is untouched).
-5. Inside the convolutions: the steps of layers.Conv2D (im2col copy, the three matmuls, the input-gradient
-   scatter) replayed one by one on a piece of 32 images, to see whether matmuls or data movement cost.
+5. Inside the convolutions: the steps of layers.Conv2D (im2col copy, the three matmuls, the input gradient's
+   shifted copies and row adds) replayed one by one on a piece of 32 images, to see whether matmuls or data
+   movement cost.
 
     python benchmarks/roofline.py            # ~1 minute
     python benchmarks/roofline.py --quick    # shorter windows, ~20 s
@@ -191,16 +192,22 @@ def conv_parts(repeats: int) -> None:
     rng, n, k = np.random.default_rng(0), 32, 5
     print(f"\n## Inside the NumPy engine's convolutions: each step of Conv2D alone (the library's own helpers), "
           f"pieces of {n}, ms per step of batch 64 [GFLOP/s]\n")
-    print("| layer | im2col copy | forward matmul | weight-grad matmul | input-grad matmul | input-grad scatter |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| layer | im2col copy | forward matmul | weight-grad matmul | input grad: shifted copies of dy "
+          "| input-grad matmul | input grad: row adds |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, c, f, h, p in (("conv1", 1, 6, 28, 2), ("conv2", 6, 16, 14, 0)):
         ho, kk = h + 2 * p - k + 1, c * k * k
+        wc = ho + k - 1  # input columns the windows cover (stride 1)
         x = rng.standard_normal((c, h, h, n), dtype=np.float32)
         padded = np.zeros((c, h + 2 * p, h + 2 * p, n), np.float32)
         cols = np.ones((kk + 1, ho * ho * n), np.float32)  # + the ones row that carries the bias
         w = rng.standard_normal((f, kk + 1), dtype=np.float32)  # [weight | bias]
         out, dy = np.empty((f, ho * ho * n), np.float32), rng.standard_normal((f, ho * ho * n), dtype=np.float32)
-        dw, dcols, dx = np.empty_like(w), np.empty((kk, ho * ho * n), np.float32), np.zeros_like(padded)
+        dw, dx = np.empty_like(w), np.zeros_like(padded)
+        spread = np.zeros((f, ho, wc + k - 1, n), np.float32)
+        shifted = np.empty((f, k, ho, wc, n), np.float32)
+        w_rows = rng.standard_normal((c * k, f * k), dtype=np.float32)
+        rows = np.empty((c * k, ho * wc * n), np.float32)
         ws = Workspace()
 
         def im2col():
@@ -210,16 +217,20 @@ def conv_parts(repeats: int) -> None:
                 xc = padded
             np.copyto(cols[:kk].reshape(c, k, k, ho, ho, n), layers._windows(ws, xc, k, 1))
 
-        def scatter():
+        def shift_copies():
+            spread[:, :, k - 1:k - 1 + ho] = dy.reshape(f, ho, ho, n)
+            for j in range(k):
+                shifted[:, j] = spread[:, :, k - 1 - j:k - 1 - j + wc]
+
+        def row_adds():
             dx.fill(0)
-            d = dcols.reshape(c, k, k, ho, ho, n)
+            r = rows.reshape(c, k, ho, wc, n)
             for i in range(k):
-                for j in range(k):
-                    dx[:, i:i + ho, j:j + ho] += d[:, i, j]
+                dx[:, i:i + ho, :wc] += r[:, i]
 
         parts = [(im2col, 0), (lambda: layers._matmul_by_columns(w, cols, out), 1),
-                 (lambda: layers._weight_gradient(dy, cols, dw, ws), 1),
-                 (lambda: layers._matmul_by_columns(w[:, :kk].T, dy, dcols), 1), (scatter, 0)]
+                 (lambda: layers._weight_gradient(dy, cols, dw, ws), 1), (shift_copies, 0),
+                 (lambda: np.matmul(w_rows, shifted.reshape(f * k, -1), out=rows), 1), (row_adds, 0)]
         cells = []
         with single_threaded_blas():
             for fn, is_mm in parts:
@@ -228,11 +239,11 @@ def conv_parts(repeats: int) -> None:
                 for _ in range(repeats):
                     fn()
                 ms = (time.perf_counter() - t0) / repeats * 1e3 * (BATCH // n)
-                gf = f" [{2 * f * c * k * k * ho * ho * BATCH / ms / 1e6:.0f}]" if is_mm else ""
+                flop = 2 * f * c * k * k * (ho * (ho + k - 1) if fn is parts[4][0] else ho * ho) * BATCH
+                gf = f" [{flop / ms / 1e6:.0f}]" if is_mm else ""
                 cells.append(f"{ms:.3f}{gf}")
         if name == "conv1":
-            cells[3] += " (skipped)"
-            cells[4] += " (skipped)"
+            cells[3:] = [cell + " (skipped)" for cell in cells[3:]]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -206,6 +206,8 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             stop.run_dir = run_dir
             raise
     finally:
+        if "trainer" in locals() and hasattr(trainer.engine, "close"):
+            trainer.engine.close()  # the NumPy engine's worker processes
         if distributed:
             from lenet5.engines.torch.distributed import cleanup
 
