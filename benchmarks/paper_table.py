@@ -3,7 +3,7 @@
 Each row is a recipe run over seeds 0, 1, 2 by `accuracy.run_recipe` (a normal `lenet5 train --json
 --seed N ...` per seed); the row's own command is printed with it, so any row can be re-run alone:
 
-    python benchmarks/paper_table.py                 # every row, about 22 minutes on 2 cores
+    python benchmarks/paper_table.py                 # every row, about 14 minutes on 2 cores
     python benchmarks/paper_table.py --rows classic  # rows whose name contains 'classic'
 """
 

@@ -219,3 +219,18 @@ def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(small_mnist, tm
     assert process.returncode == 130, output
     assert "Traceback" not in output, output
     assert all(map(gone, children))
+
+
+def test_no_shared_memory_left_is_one_clear_error(monkeypatch):
+    import errno
+
+    from lenet5.engines.numpy import workers
+
+    def no_memory(size):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(workers, "_anonymous_file", no_memory)
+    with pytest.raises(Lenet5Error, match=r"could not make shared memory .*\(Cannot allocate memory\); run with "
+                                          r"--threads 1"):
+        NumpyEngine(ModelConfig(), opt(), threads=2)
+    assert NumpyEngine(ModelConfig(), opt(), threads=1).threads == 1  # one worker needs none

@@ -26,7 +26,7 @@ from lenet5.errors import Lenet5Error
 from lenet5.free_cores import adaptive, available_cores, own_seconds, process_seconds
 from lenet5.engines.numpy.model import Network, parameter_count
 from lenet5.engines.numpy.optim import create_optimizer
-from lenet5.engines.numpy.workers import LOGITS, TRAIN, SharedBlock, Worker, WorkerProcesses, state_layout
+from lenet5.engines.numpy.workers import LOGITS, TRAIN, Worker, WorkerProcesses, shared_block, state_layout
 from lenet5.models import NUM_CLASSES, initial_weights
 
 # Images per forward/backward pass; larger batches run in several passes. Measured (benchmarks/engine_speed.py
@@ -82,7 +82,7 @@ class NumpyEngine:
         # the cores (free_cores.py), runs here: the same pieces and the same sums, so the same bits.
         processes = min(self.threads, available_cores()) - 1
         layout = state_layout(parameter_count(model.name), processes, self.dtype)
-        self._state = SharedBlock(layout) if processes else None
+        self._state = shared_block(layout) if processes else None
         self.net = Network(model.name, self.dtype, params=self._state.arrays["params"] if processes else None)
         weights = self.net.named_views(self.net.params)
         for key, value in initial_weights(model.name, model.init, seed, dtype).items():

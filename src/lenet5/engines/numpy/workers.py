@@ -110,6 +110,15 @@ class SharedBlock:
             self.fd = -1
 
 
+def shared_block(layout: dict) -> SharedBlock:
+    """A new SharedBlock, or one clear error when the system has no memory or file descriptors left for it."""
+    try:
+        return SharedBlock(layout)
+    except OSError as exc:
+        raise Lenet5Error(f"could not make shared memory for the NumPy engine's worker processes "
+                          f"({exc.strerror or exc}); run with --threads 1") from None
+
+
 def _anonymous_file(size: int) -> int:
     if hasattr(os, "memfd_create"):  # Linux: memory with a file descriptor and no name anywhere
         fd = os.memfd_create("lenet5-numpy")
@@ -192,18 +201,19 @@ class WorkerProcesses:
     def _start(self, capacity: int, image_shape: tuple[int, ...]) -> None:
         import lenet5
 
-        self._block = SharedBlock(batch_layout(capacity, image_shape, self.dtype))
+        self._block = shared_block(batch_layout(capacity, image_shape, self.dtype))
         self.batch, self.capacity = self._block.arrays, capacity
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         root = os.path.dirname(os.path.dirname(os.path.abspath(lenet5.__file__)))  # where lenet5 is imported from
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        if os.path.basename(root) not in ("site-packages", "dist-packages"):  # a source tree: the process needs it
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         for index in range(self.count):
             ours, theirs = socket.socketpair()
             args = [sys.executable, "-m", "lenet5.engines.numpy.workers", str(theirs.fileno()), str(self.state.fd),
                     str(self._block.fd), self.model_name, self.dtype.name, repr(self.label_smoothing), str(index),
                     str(self.count), str(capacity), *map(str, image_shape)]
             try:
-                process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
+                process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                            pass_fds=(theirs.fileno(), self.state.fd, self._block.fd))
             except OSError as exc:
                 ours.close()
