@@ -71,8 +71,10 @@ def worker(policy: str, steps: int) -> None:
         return own_jiffies() / CLK_TCK
 
     engine = build()
-    for bx, by in batches[:10]:  # warm-up: allocate buffers, start threads
-        engine.train_step(bx, by, 0.01)
+    warm_until = time.perf_counter() + 2.0  # warm-up: buffers, threads, the NumPy engine's worker process
+    while time.perf_counter() < warm_until:
+        for bx, by in batches[:10]:
+            engine.train_step(bx, by, 0.01)
     print(json.dumps({"ready": True, "threads": _threads(engine)}), flush=True)
     for line in sys.stdin:
         if line.strip() != "run":

@@ -147,9 +147,10 @@ def compare_training(mnist, model, batch_sizes, thread_counts, rounds, seconds) 
             batches = [(pool_x[i:i + bs], pool_y[i:i + bs]) for i in range(0, len(pool_x) - bs + 1, bs)]
             npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0, threads=threads)
             tor = TorchRunner(npe.state_dict(), model)
-            # warm-up, 0.6 s each: buffers, threads, the NumPy engine's worker process (started once the
-            # free-cores policy, which checks every 0.25 s, finds the second core free)
-            _, _, i = timed_window(npe.train_step, batches, 0.6, 0)
+            # warm-up: buffers, threads, the NumPy engine's worker process (started once the free-cores policy,
+            # which checks every 0.25 s, finds the second core free; ~0.3 s to start here, more on a slower
+            # machine)
+            _, _, i = timed_window(npe.train_step, batches, 2.0, 0)
             _, _, i = timed_window(tor.train_step, batches, 0.6, i)
             n_t, n_s, t_t, t_s, ratios = [], [], [], [], []
             for _ in range(rounds):
