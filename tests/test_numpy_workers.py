@@ -234,3 +234,19 @@ def test_no_shared_memory_left_is_one_clear_error(monkeypatch):
                                           r"--threads 1"):
         NumpyEngine(ModelConfig(), opt(), threads=2)
     assert NumpyEngine(ModelConfig(), opt(), threads=1).threads == 1  # one worker needs none
+
+
+def test_without_worker_processes_every_worker_runs_here_with_the_same_bits(batch, monkeypatch):
+    # where no process can be started (not POSIX), threads still cuts the batch the same way
+    from lenet5.engines.numpy import workers
+
+    x, y = batch[0][:128], batch[1][:128]
+    with_processes = engine_with_processes(2)
+    monkeypatch.setattr(workers, "SUPPORTED", False)
+    without = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
+    assert without._processes is None
+    for _ in range(2):
+        assert with_processes.train_step(x, y, 1e-3) == without.train_step(x, y, 1e-3)
+    for key, value in with_processes.state_dict().items():
+        assert np.array_equal(value, without.state_dict()[key]), key
+    with_processes.close()

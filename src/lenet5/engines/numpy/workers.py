@@ -38,6 +38,7 @@ import numpy as np
 from lenet5.errors import Lenet5Error
 from lenet5.models import NUM_CLASSES
 
+SUPPORTED = os.name == "posix"  # file descriptors passed to a child process (pass_fds); elsewhere no processes
 TRAIN, LOGITS, STOP = 1, 2, 3
 ORDER = struct.Struct("<BIII")  # what to do, sequence number, images in the whole batch (scales the loss), pieces
 PIECE = struct.Struct("<II")  # start, stop: images x[start:stop] of the batch block
