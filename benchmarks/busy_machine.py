@@ -91,7 +91,7 @@ def _threads(engine) -> int:
         import torch
 
         return torch.get_num_threads()
-    return engine._in_use + 1  # the workers at work at the end of the window (processes in use + this thread)
+    return engine.workers_in_use  # at the end of the window
 
 
 # --- the parent: alternate quiet and busy ------------------------------------------------------------------

@@ -36,6 +36,7 @@ def engine_with_processes(threads: int, **settings) -> NumpyEngine:
     the calling thread while the other test runners keep the cores busy)."""
     engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=threads, **settings)
     engine._free, engine._in_use = None, len(engine._state.arrays["grads"])
+    engine._processes.ready(numpy_engine.LOGITS_ROUND, (1, 28, 28))  # up now: they get the very first pieces
     return engine
 
 
@@ -60,7 +61,7 @@ def test_two_workers_compute_what_one_does(batch):
     for _ in range(3):
         (loss_one, correct_one), (loss_two, correct_two) = one.train_step(x, y, 1e-3), two.train_step(x, y, 1e-3)
         assert correct_one == correct_two and loss_one == pytest.approx(loss_two, rel=1e-5)
-    assert worker_pids(two), "two workers ran without a worker process"
+    assert two._processes.orders == 3, "two workers ran without their worker process"
     for key, value in one.state_dict().items():
         np.testing.assert_allclose(two.state_dict()[key], value, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(one.logits(batch[0]), two.logits(batch[0]), rtol=1e-5, atol=1e-5)
@@ -74,11 +75,15 @@ def test_logits_in_rounds_and_a_larger_batch_restart_the_workers(batch, monkeypa
     # 3 rounds of at most 40, in pieces of 20 (one worker: pieces of 64, which BLAS rounds a little differently)
     np.testing.assert_allclose(two.logits(x[:100]), one.logits(x[:100]), rtol=1e-5, atol=1e-5)
     first = worker_pids(two)
-    assert two._processes.capacity == 40
+    assert two._processes.capacity == 40 and two._processes.orders == 3  # one order a round
     loss_one, correct_one = one.train_step(x[:200], y[:200], 1e-3)
     loss_two, correct_two = two.train_step(x[:200], y[:200], 1e-3)  # 200 images: a new, larger block
     assert two._processes.capacity == 200 and worker_pids(two) != first and all(map(gone, first))
     assert correct_two == correct_one and loss_two == pytest.approx(loss_one, rel=1e-5)
+    two._processes.ready(200, (1, 28, 28))  # the new processes up: the next step's pieces go to them
+    one.train_step(x[:200], y[:200], 1e-3)
+    two.train_step(x[:200], y[:200], 1e-3)
+    assert two._processes.orders == 4
     for key, value in one.state_dict().items():  # the pieces are summed in another order: rounding differs
         np.testing.assert_allclose(two.state_dict()[key], value, rtol=1e-4, atol=1e-6)
     two.close()
@@ -93,7 +98,7 @@ def test_workers_give_the_same_bits_in_a_process_or_in_the_calling_thread(batch,
     here._in_use = 0  # what the free-cores policy does while another program holds a core
     for _ in range(3):
         assert in_processes.train_step(x, y, 1e-3) == here.train_step(x, y, 1e-3)
-    assert worker_pids(in_processes) and not worker_pids(here)
+    assert in_processes._processes.orders == 3 and here._processes.orders == 0
     for key, value in in_processes.state_dict().items():
         assert np.array_equal(value, here.state_dict()[key]), key
     assert np.array_equal(in_processes.logits(batch[0]), here.logits(batch[0]))
@@ -139,6 +144,7 @@ def test_a_killed_worker_process_is_one_clear_error_and_the_next_step_starts_a_n
     x, y = batch[0][:64], batch[1][:64]
     engine = engine_with_processes(2)
     engine.train_step(x, y, 1e-3)
+    assert engine._processes.orders == 1
     (pid,) = worker_pids(engine)
     os.kill(pid, signal.SIGKILL)
     assert gone(pid)
@@ -247,6 +253,7 @@ def test_without_worker_processes_every_worker_runs_here_with_the_same_bits(batc
     assert without._processes is None
     for _ in range(2):
         assert with_processes.train_step(x, y, 1e-3) == without.train_step(x, y, 1e-3)
+    assert with_processes._processes.orders == 2
     for key, value in with_processes.state_dict().items():
         assert np.array_equal(value, without.state_dict()[key]), key
     with_processes.close()

@@ -162,6 +162,7 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
 
         rank, _ = init_from_env()
         is_writer = rank == 0
+    trainer = None
     try:
         if is_writer and cfg.train.logger == "tensorboard":
             from lenet5.training.tensorboard import require_tensorboard
@@ -206,7 +207,7 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             stop.run_dir = run_dir
             raise
     finally:
-        if "trainer" in locals() and hasattr(trainer.engine, "close"):
+        if trainer is not None and hasattr(trainer.engine, "close"):
             trainer.engine.close()  # the NumPy engine's worker processes
         if distributed:
             from lenet5.engines.torch.distributed import cleanup

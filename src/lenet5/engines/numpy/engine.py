@@ -98,6 +98,11 @@ class NumpyEngine:
         self._in_use = processes  # processes given work; the policy lowers it while other programs hold cores
         self._free = adaptive(self._use_workers, processes + 1, self._cpu_seconds) if processes else None
 
+    @property
+    def workers_in_use(self) -> int:
+        """Workers running at once now: this thread and the processes the free-cores policy gives work."""
+        return self._in_use + 1
+
     def _use_workers(self, workers: int) -> None:
         self._in_use = workers - 1
 

@@ -100,7 +100,11 @@ class SharedBlock:
             size += -(-int(np.prod(shape)) * dtype.itemsize // ALIGN) * ALIGN
         size = max(size, ALIGN)
         self.fd = _anonymous_file(size) if fd is None else fd
-        self._map = mmap.mmap(self.fd, size)
+        try:
+            self._map = mmap.mmap(self.fd, size)
+        except OSError:
+            self.close()
+            raise
         self.arrays = {name: np.frombuffer(self._map, dtype, int(np.prod(shape)), offsets[name]).reshape(shape)
                        for name, (shape, dtype) in layout.items()}
 
@@ -172,6 +176,7 @@ class WorkerProcesses:
         self._sockets: list[socket.socket] = []
         self._sequence = 0
         self._answering: list[int] = []  # the processes with an order out
+        self.orders = 0  # orders given since the engine was made: how much work the processes got
 
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes]
@@ -235,6 +240,7 @@ class WorkerProcesses:
             message += b"".join(PIECE.pack(a, b) for a, b in pieces)
             self._send(i, message)
         self._answering = list(range(len(plans)))
+        self.orders += len(plans)
 
     def wait(self) -> list[tuple[float, int]]:
         """(loss, correct predictions) of each process given an order, in process order."""
