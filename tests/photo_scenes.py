@@ -225,18 +225,31 @@ def _number_text(rng: np.random.Generator) -> str:
 
 def _scene(kind, images, labels, indices, rng, frame=None) -> Scene:
     """One scene of `kind` with the given test digits written left to right; `frame` fixes the image size."""
+
+    def write(height: float, ink: _Ink, rng: np.random.Generator) -> _Layout:
+        return _write([images[i] for i in indices], height, ink, rng)
+
+    data, suffix, boxes = compose(kind, write, len(indices), rng, frame)
+    label = "".join(str(int(labels[i])) for i in indices)
+    return Scene(kind, label, data, suffix, boxes, list(indices))
+
+
+def compose(kind, write, n_digits: int, rng, frame=None) -> tuple[bytes, str, list[tuple[int, int, int, int]]]:
+    """The encoded photo of `kind` of n_digits written by `write(height, ink, rng) -> _Layout` (digits about
+    `height` pixels tall, in `ink`), as (file bytes, suffix, each digit's ink box in the image). The layout's
+    `points` give the boxes. Other generators of handwriting use it to put their own glyphs through the same page,
+    frame, light, camera and encoding stages."""
     look = _LOOKS[kind]
     ink = _ink(str(rng.choice(look.inks)), rng)
-    height = _digit_height(len(indices), frame, rng)
-    layout = _write([images[i] for i in indices], height, ink, rng)
+    height = _digit_height(n_digits, frame, rng)
+    layout = write(height, ink, rng)
     geometry = _geometry(look, layout, height, frame, rng)
     page = _page(look, geometry.page, height, rng)
     _apply_ink(page, layout, geometry.at, ink, rng)
     image = _frame(page, look, geometry, rng)
     image = _light(image, look, _centre(layout, geometry), rng)
     data, suffix = _encode(_camera(image, look, rng), look, rng)
-    label = "".join(str(int(labels[i])) for i in indices)
-    return Scene(kind, label, data, suffix, _boxes(layout, geometry), list(indices))
+    return data, suffix, _boxes(layout, geometry)
 
 
 def _digit_height(n_digits: int, frame, rng) -> float:
