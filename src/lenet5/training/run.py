@@ -7,13 +7,17 @@ failure leaves behind. The CLI's `train` is parse -> train_run -> print.
 - --resume continues with the run's own config; only --epochs (to extend it: the schedule is re-planned
   for the new total from the step reached) and where the data is (--data-dir, --dataset) may change. A run
   stopped before its first checkpoint starts again from step 0 in its folder, from its config.yaml.
+- A run holds a lock on its folder (fcntl.flock on its .lock file) from its claim or its --resume to its end:
+  a second run or resume of the same folder is refused in one line instead of overwriting the first one's files.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +38,101 @@ class Resume:
     cfg: Config
     last: object  # checkpoint.Checkpoint of last.safetensors; None: stopped before it, start again from step 0
     best_weights: dict | None
+    lock: "RunLock | None" = None  # held from resume_from to the end of train_run
+
+
+RUN_LOCK = ".lock"  # in a run folder: held (flock) by the one process that writes the folder
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on a run folder's .lock file. The kernel drops it when the process ends,
+    however it ends, so a killed run never leaves its folder locked. The file itself stays: deleting a lock
+    file while others may have it open would let two processes each lock a different file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # drops the lock
+            self.fd = -1
+
+
+def lock_run_dir(run_dir: Path) -> RunLock | None:
+    """Lock run_dir for this process; None when another process holds it. Where flock does not exist
+    (not POSIX) a lock that locks nothing is returned."""
+    try:
+        import fcntl
+    except ImportError:
+        return RunLock(-1)
+    path = run_dir / RUN_LOCK
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as exc:  # a read-only folder: an existing lock file can still be locked, read-only
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            try:
+                fd = os.open(path, (flags & ~(os.O_RDWR | os.O_CREAT)) | os.O_RDONLY)
+            except FileNotFoundError:
+                raise exc from None  # no lock file and none can be made: the folder cannot be written
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):
+            raise ConfigError(f"{path} is not a regular file; delete it (lenet5 makes a new one) and run again") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path} is not a regular file; delete it (lenet5 makes a new one) and run again")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return RunLock(fd)
+
+
+def _held(run_dir: Path) -> ConfigError:
+    return ConfigError(f"run folder {run_dir} is in use by another lenet5 train (a run or a resume of it is still "
+                       "going); wait for it to end or stop it, then resume it")
+
+
+def _writes_run_folder() -> bool:
+    """False on the torchrun ranks other than 0: they write nothing, so they take no lock either."""
+    return world_size() == 1 or os.environ.get("RANK", "0") == "0"
 
 
 def resume_from(run: str | Path, flags: dict, sets: list[str] = (), config_file: str | None = None) -> Resume:
-    """Load a run to continue. Flags it would not honour are refused (one line), never silently ignored."""
-    from lenet5.checkpoint import load_checkpoint
-
+    """Load a run to continue. Flags it would not honour are refused (one line), never silently ignored. The
+    run folder is locked first (Resume.lock, released by train_run): a folder another process is writing is
+    refused in one line."""
     refused = sorted(f"{s}.{k}" for s, keys in flags.items() for k in keys if (s, k) not in RESUMABLE)
     if sets or config_file or refused:
         given = refused + (["--set"] if sets else []) + (["--config"] if config_file else [])
         raise ConfigError(f"--resume continues a run with its own config, so {', '.join(given)} cannot change it; "
                           "only --epochs (to train longer), --data-dir and --dataset can. Start a new run instead")
     run_dir = Path(run)
+    folder = run_dir if run_dir.is_dir() else run_dir.parent if run_dir.is_file() else None
+    lock = None
+    if folder is not None and _writes_run_folder():
+        lock = lock_run_dir(folder)  # before reading its state: the state a running run is about to replace
+        if lock is None:
+            raise _held(folder)
+    try:
+        resume = _resume_locked(run_dir, flags)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    resume.lock = lock
+    return resume
+
+
+def _resume_locked(run_dir: Path, flags: dict) -> Resume:
+    from lenet5.checkpoint import load_checkpoint
+
     if run_dir.is_dir() and not (run_dir / LAST_FILE).exists():
         return _restart(run_dir, flags)
     last_path = run_dir / LAST_FILE if run_dir.is_dir() else run_dir
@@ -90,10 +177,11 @@ def _restart(run_dir: Path, flags: dict) -> Resume:
     return Resume(run_dir, cfg, None, None)
 
 
-def claim_run_dir(cfg: Config) -> Path:
+def claim_run_dir(cfg: Config) -> tuple[Path, RunLock]:
     """Claim the new run's folder, train.out/train.name or <engine>-<model>-<date>-<time>[-N]: it must be new or
     empty, and the claim is the exclusive creation of its config.yaml (complete, by a hard link), so two runs
-    never share a folder and a run killed at any moment leaves a folder --resume can continue."""
+    never share a folder and a run killed at any moment leaves a folder --resume can continue. Returns the
+    folder and its lock, held by this process until the run ends."""
     parent = Path(cfg.train.out)
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -102,29 +190,42 @@ def claim_run_dir(cfg: Config) -> Path:
     text = dump_yaml(cfg).encode("utf-8")
     if cfg.train.name:
         run_dir = parent / cfg.train.name
-        if not _claim(run_dir, text):
+        lock = _claim(run_dir, text)
+        if lock is None:
             raise ConfigError(f"run folder {run_dir} already exists; continue that run with --resume {run_dir} "
                               "or choose another --name")
-        return run_dir
+        return run_dir, lock
     base = f"{cfg.train.engine}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 10_000):
         run_dir = parent / (base if n == 1 else f"{base}-{n}")
-        if _claim(run_dir, text):
-            return run_dir
+        lock = _claim(run_dir, text)
+        if lock is not None:
+            return run_dir, lock
     raise ConfigError(f"{parent} already holds 10000 runs named {base}-N; choose a --name")
 
 
-def _claim(run_dir: Path, config_text: bytes) -> bool:
-    """True when this process now owns run_dir (it was new or empty and its config.yaml is ours). A file or a
-    link in the folder's place is never taken."""
+def _claim(run_dir: Path, config_text: bytes) -> RunLock | None:
+    """The folder's lock when this process now owns run_dir (it was new or empty and its config.yaml is ours),
+    else None. A file or a link in the folder's place is never taken. The lock is taken before config.yaml
+    is created, so a --resume of a folder being claimed waits for nothing and is refused."""
     if run_dir.is_symlink():
-        return False
+        return None
     try:
         run_dir.mkdir(exist_ok=True)
     except FileExistsError:  # a file, a FIFO, ... under that name
-        return False
-    if any(not (p.name.startswith(f".{CONFIG_FILE}.") and p.name.endswith(".tmp")) for p in run_dir.iterdir()):
-        return False  # a folder with anything in it but a killed claim's leftover is somebody's
+        return None
+
+    def leftover(name: str) -> bool:  # what a claim killed before its config.yaml existed leaves
+        return name == RUN_LOCK or (name.startswith(f".{CONFIG_FILE}.") and name.endswith(".tmp"))
+
+    if any(not leftover(p.name) for p in run_dir.iterdir()):
+        return None  # a folder with anything in it but a killed claim's leftover is somebody's
+    try:
+        lock = lock_run_dir(run_dir)
+    except ConfigError:  # something planted as .lock: the folder is not empty, so not ours
+        return None
+    if lock is None:  # another process is claiming it right now
+        return None
     tmp = run_dir / f".{CONFIG_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -134,10 +235,14 @@ def _claim(run_dir: Path, config_text: bytes) -> bool:
             os.fsync(f.fileno())
         os.link(tmp, run_dir / CONFIG_FILE)  # fails if the file exists: the exclusive create, complete
     except FileExistsError:
-        return False
+        lock.release()
+        return None
+    except BaseException:
+        lock.release()
+        raise
     finally:
         tmp.unlink(missing_ok=True)
-    return True
+    return lock
 
 
 def world_size() -> int:
@@ -162,7 +267,7 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
 
         rank, _ = init_from_env()
         is_writer = rank == 0
-    trainer = None
+    trainer, lock = None, resume.lock if resume else None
     try:
         if is_writer and cfg.train.logger == "tensorboard":
             from lenet5.training.tensorboard import require_tensorboard
@@ -177,7 +282,7 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             run_dir = resume.run_dir
             remove_stale_temporaries(run_dir)
         elif is_writer:
-            run_dir = claim_run_dir(cfg)
+            run_dir, lock = claim_run_dir(cfg)
         else:  # other ranks write nothing; the folder is rank 0's
             run_dir = Path(cfg.train.out) / (cfg.train.name or "(rank 0's run folder)")
         if is_writer:
@@ -213,6 +318,8 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             from lenet5.engines.torch.distributed import cleanup
 
             cleanup()
+        if lock is not None:
+            lock.release()  # last: the worker processes have stopped and every file is written
     return run_dir, result if is_writer else None
 
 
