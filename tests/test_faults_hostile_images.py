@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import lenet5
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFile, ImageOps
 
 from lenet5.data import images
 from lenet5.data.images import open_image, read_bytes, read_image, to_gray
@@ -281,3 +281,136 @@ def untrained(untrained_checkpoint) -> Path:
 
 def test_band_size_is_what_the_docs_say():
     assert images.BAND_PIXELS == 1 << 20 and images.MAX_PIXELS == 40_000_000
+
+
+# ------------------------------------------------------------------------------ thin strips, WebP, EXIF
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(1_000_000, 40), (40, 1_000_000), (4_990_000, 8), (51 * 20, 20)],
+                         ids=["40-high", "40-wide", "8-high", "51-to-1"])
+def test_a_thin_strip_is_refused_before_decoding(size, monkeypatch):
+    """A 40 KB PNG of 40 x 1,000,000 pixels made predict peak at 4 GB (each band padded to a whole block of
+    1,000,000 // 1024 rows); 8 x 4,990,000 asked for 90 GiB. Past 50:1 there is no digit to read."""
+    data = _png(Image.new("1", size, 1))
+    assert len(data) < 1_000_000
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda img: decoded.append(img.size) or real_load(img))
+    with pytest.raises(ImageError) as info:
+        read_bytes(data, "strip.png")
+    assert not decoded
+    assert str(info.value) == (f"strip.png: image is {size[0]}x{size[1]} pixels, more than {images.MAX_ASPECT} "
+                               "times as long as it is wide; crop it to the digits")
+
+
+def test_the_box_mean_of_a_band_thinner_than_a_block_pads_no_more_than_its_pixels():
+    """The thin-band path (columns first) gives the block means of the padded plane, without making it."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for h, w, f in ((3, 1000, 17), (40, 5000, 97), (1, 33, 5)):
+        plane = rng.random((h, w), dtype=np.float32)
+        oh, ow = -(-h // f), -(-w // f)
+        padded = np.pad(plane, ((0, oh * f - h), (0, ow * f - w)), mode="edge")
+        expected = cv2.resize(padded, (ow, oh), interpolation=cv2.INTER_AREA)
+        got = images._box_mean(plane, f)
+        assert got.shape == expected.shape and np.allclose(got, expected, atol=1e-5)
+
+
+def test_a_49_to_1_strip_costs_about_its_decoded_size(tmp_path):
+    img = Image.new("L", (44_000, 898), 255)  # 39.5 megapixels, 49:1
+    ImageDraw.Draw(img).line([(100, 100), (400, 800)], fill=0, width=40)
+    path = tmp_path / "strip.png"
+    path.write_bytes(_png(img))
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    before, peak, found = map(int, proc.stdout.split())
+    assert found == 1
+    assert (peak - before) / 1024 < 38 + 96  # 38 MiB decoded (mode L)
+
+
+def _webp(side: int, **options) -> bytes:
+    img = Image.new("L", (side, side), 255)
+    ImageDraw.Draw(img).ellipse((side // 3, side // 3, 2 * side // 3, 3 * side // 4), outline=0, width=side // 40)
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 5}], ids=["lossless", "lossy"])
+def test_a_big_webp_is_refused_before_pillow_opens_it(options, monkeypatch):
+    """An 11 KB 6300 x 6300 WebP cost predict 671 MB: Pillow cannot decode a WebP at reduced size and
+    allocates its whole canvas as soon as it opens the file."""
+    from PIL import WebPImagePlugin
+
+    data = _webp(6300, **options)
+    opened = []
+    monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "_open", lambda img: opened.append(1))
+    with pytest.raises(ImageError, match=r"^big.webp: WebP image is 6300x6300 = 39.7 megapixels, over the "
+                                         r"12.6-megapixel limit; save it as PNG or JPEG, or smaller$"):
+        read_bytes(data, "big.webp")
+    assert not opened
+
+
+def test_a_webp_header_that_lies_about_its_canvas_is_judged_by_it():
+    data = bytearray(_webp(64, lossless=True))
+    assert data[12:16] == b"VP8L"
+    # VP8X header declaring a 16384 x 16384 canvas in front of the same bitstream
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + bytes(4) + (16383).to_bytes(3, "little") * 2
+    forged = bytes(data[:12]) + vp8x + bytes(data[12:])
+    with pytest.raises(ImageError, match="16384x16384"):
+        read_bytes(forged, "forged.webp")
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        read_bytes(bytes(data[:12]) + b"VP8X" + bytes(4), "short.webp")
+
+
+def test_a_12_megapixel_webp_photo_is_read_within_300_mb(tmp_path):
+    path = tmp_path / "photo.webp"
+    path.write_bytes(_webp(3500, lossless=True))  # 12.25 megapixels
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    before, peak, found = map(int, proc.stdout.split())
+    assert found >= 1
+    assert (peak - before) / 1024 < 220  # ~15 bytes a pixel while Pillow decodes it (190 MiB measured)
+
+
+CORRUPT_EXIF = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00" + b"\xff" * 10
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_corrupt_exif_block_warns_nothing(fmt, recwarn):
+    buf = io.BytesIO()
+    Image.fromarray(page()).save(buf, format=fmt, exif=CORRUPT_EXIF)
+    import warnings
+
+    warnings.simplefilter("always")
+    digits, problem = read_bytes(buf.getvalue(), "photo")
+    assert problem is None and digits
+    assert not [w for w in recwarn if "EXIF" in str(w.message)], [str(w.message) for w in recwarn]
+
+
+def test_predict_prints_no_pillow_warning_for_a_corrupt_exif_block(untrained, tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(page()).save(path, format="JPEG", exif=CORRUPT_EXIF)
+    proc = lenet5("predict", "--model", untrained, path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "EXIF" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_a_sideways_photo_is_turned_like_every_viewer_does(fmt, orientation):
+    img = Image.fromarray(page()).transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, exif=exif, quality=95)
+    ours = to_gray(open_image(buf.getvalue()))
+    pillows = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("L"), np.float32) / 255
+    assert ours.shape == pillows.shape == (SIDE, SIDE)
+    assert np.abs(ours - pillows).max() < 0.02
+    assert np.abs(ours - page() / 255).mean() < 0.02  # upright again: the bar is where it was drawn

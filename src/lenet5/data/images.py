@@ -15,8 +15,10 @@ Limits (each breach is an ImageError with one line saying what is wrong):
   the working size (at most 2 * WORK_SIDE - 1 pixels long: the page needs no more), in float32; the EXIF
   orientation is applied to that small copy, never to the full image.
 - at most MAX_PIXELS = 40 megapixels (Pillow's decompression-bomb guard is set to the same limit) and
-  MAX_FILE_BYTES = 256 MB per file,
-  at least MIN_SIDE = 4 pixels on each side; an empty, truncated or unreadable file, and an image with
+  MAX_FILE_BYTES = 256 MB per file; a WebP at most MAX_WEBP_PIXELS, judged from its header before Pillow
+  sees it (Pillow cannot decode a WebP at reduced size, and holds ~15 bytes a pixel while it decodes one);
+  at least MIN_SIDE = 4 pixels on each side, and at most MAX_ASPECT times as long as wide (a strip of
+  40 x 1,000,000 pixels holds no digit a person drew, and would be box-averaged into a few pixels); an empty, truncated or unreadable file, and an image with
   no ink (uniform, or contrast below MIN_CONTRAST) holds no digit: ``prepare_*`` refuse it, ``read_*`` say why.
 - ``.npy`` arrays hold digits that are already MNIST-style: one (28, 28) or a stack (N, 28, 28), uint8 or
   integers in 0..255, or floats in 0..1; NaN/inf are refused; at most MAX_NPY_DIGITS digits per file.
@@ -38,6 +40,11 @@ from lenet5.errors import ImageError
 
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 4
+MAX_ASPECT = 50  # longer side : shorter side
+# Pillow decodes a WebP whole, through libwebp's canvas, a copy of it and the image: ~15 bytes a pixel
+# measured (a 6300 x 6300 WebP of 11 KB cost 610 MB). 12.6 MP reads a 12-megapixel phone photo (4032 x 3024)
+# for ~190 MB.
+MAX_WEBP_PIXELS = 12_600_000
 MAX_NPY_DIGITS = 100_000
 MAX_FILE_BYTES = 256_000_000  # an uncompressed 40-megapixel 16-bit RGB TIFF is 240 MB; read no file larger
 # The one list of image formats read (predict's file suffixes and serve's content types derive from it):
@@ -68,7 +75,9 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
     """Decode image bytes (fully, so truncation shows here) within the limits; ImageError otherwise."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
+    _check_webp(data, name)  # before Image.open: opening a WebP already allocates its whole canvas
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on damaged files ("Corrupt EXIF data"...) are not ours
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data), formats=tuple(FORMATS))
@@ -79,6 +88,8 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
                 img.draft(None, (WORK_SIDE, WORK_SIDE))  # decode a phone photo at 1/2..1/8 scale: much faster
             img.load()
             img.info[SCALE] = width / img.size[0]
+        except ImageError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(
                 f"{name}: image is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit (a decompression bomb?)"
@@ -90,21 +101,62 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
         except Exception as exc:  # noqa: BLE001 - damaged files make Pillow raise TypeError, struct.error, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise ImageError(f"{name}: truncated or corrupt image ({first})") from None
-    try:  # phone photos: honour the orientation tag, later, on the small grey copy (to_gray)
-        orientation = int(img.getexif().get(ExifTags.Base.Orientation, 1))
-    except Exception:  # noqa: BLE001 - a damaged EXIF block must not stop the digit
-        orientation = 1
-    img.info[ORIENTATION] = orientation if 1 <= orientation <= 8 else 1
+    img.info[ORIENTATION] = exif_orientation(img)
     return img
 
 
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1..8; 1 when there is none or it is damaged). Phone photos are stored sideways
+    with 6 or 8 and every viewer turns them; ``to_gray`` does the same, on the small grey copy. Pillow's
+    warnings about a damaged EXIF block are not shown: the digit is read all the same."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            orientation = int(img.getexif().get(ExifTags.Base.Orientation, 1))
+        except Exception:  # noqa: BLE001 - a damaged EXIF block must not stop the digit
+            return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
 def _check_size(img: Image.Image, name: str) -> None:
-    w, h = img.size
-    if w * h > MAX_PIXELS:
-        limit = MAX_PIXELS // 1_000_000
-        raise ImageError(f"{name}: image is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the {limit}-megapixel limit")
+    _check_dimensions(*img.size, name)
+
+
+def _check_dimensions(w: int, h: int, name: str, max_pixels: int = MAX_PIXELS, what: str = "image") -> None:
+    if w * h > max_pixels:
+        limit = f"{max_pixels / 1_000_000:g}"
+        raise ImageError(f"{name}: {what} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the {limit}-megapixel limit"
+                         + ("" if max_pixels == MAX_PIXELS else "; save it as PNG or JPEG, or smaller"))
     if min(w, h) < MIN_SIDE:
         raise ImageError(f"{name}: image is only {w}x{h} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(f"{name}: image is {w}x{h} pixels, more than {MAX_ASPECT} times as long as it is wide; "
+                         "crop it to the digits")
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size a WebP file's header declares (what libwebp allocates), or None if it is not a WebP.
+    ImageError for a WebP whose first chunk declares no size."""
+    if len(data) < 16 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:  # extended: the canvas, 24 bits each, minus one
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:  # lossless: 14 bits each, minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return 0, 0  # a WebP whose size cannot be told: refused as too small rather than handed to the decoder
+
+
+def _check_webp(data: bytes, name: str) -> None:
+    size = webp_size(data)
+    if size is None:
+        return
+    if size == (0, 0):
+        raise ImageError(f"{name}: truncated or corrupt image (a WebP header without its size)")
+    _check_dimensions(*size, name, MAX_WEBP_PIXELS, "WebP image")
 
 
 def to_gray(img: Image.Image, name: str = "image", factor: int = 1) -> np.ndarray:
@@ -178,14 +230,26 @@ def _band_planes(band: Image.Image, kind: str) -> tuple[np.ndarray, ...]:
 
 def _box_mean(plane: np.ndarray, factor: int) -> np.ndarray:
     """float32 (h, w) -> (ceil(h/f), ceil(w/f)), each the mean of an f x f block (edge blocks padded with
-    their edge pixels)."""
+    their edge pixels).
+
+    The work is bounded by the plane's pixels: where padding the plane to whole blocks would more than double
+    it (a band fewer than f rows high, as in a thin strip), the columns are averaged first and only that narrow
+    result is padded in height; padding with edge pixels commutes with averaging the other axis, so the block
+    means are the same."""
     if factor == 1:
         return np.ascontiguousarray(plane, dtype=np.float32)
     h, w = plane.shape
     oh, ow = -(-h // factor), -(-w // factor)
-    if (oh * factor, ow * factor) != (h, w):
-        plane = np.pad(plane, ((0, oh * factor - h), (0, ow * factor - w)), mode="edge")
-    return cv2.resize(plane, (ow, oh), interpolation=cv2.INTER_AREA)  # an exact block mean for a whole factor
+    if oh * factor * ow * factor <= 2 * h * w:
+        if (oh * factor, ow * factor) != (h, w):
+            plane = np.pad(plane, ((0, oh * factor - h), (0, ow * factor - w)), mode="edge")
+        return cv2.resize(plane, (ow, oh), interpolation=cv2.INTER_AREA)  # an exact block mean for a whole factor
+    if ow * factor != w:
+        plane = np.pad(plane, ((0, 0), (0, ow * factor - w)), mode="edge")
+    columns = cv2.resize(plane, (ow, h), interpolation=cv2.INTER_AREA)  # (h, ow)
+    if oh * factor != h:
+        columns = np.pad(columns, ((0, oh * factor - h), (0, 0)), mode="edge")
+    return cv2.resize(columns, (ow, oh), interpolation=cv2.INTER_AREA)
 
 
 def _orient(g: np.ndarray, orientation: int) -> np.ndarray:
