@@ -158,6 +158,10 @@ def _load_safetensors(path: Path) -> Checkpoint:
     (header_len,) = struct.unpack("<Q", head)
     if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
         raise CheckpointError(f"{path}: not a safetensors checkpoint, or truncated (header claims {header_len} bytes)")
+    with open(path, "rb") as f:
+        f.seek(8)
+        header = f.read(header_len)
+    _check_header(header, size - 8 - header_len, path)  # every tensor's name, dtype and shape, before its data
     try:
         with safe_open(str(path), framework="np") as f:
             raw_meta = f.metadata() or {}
@@ -191,6 +195,84 @@ def _load_safetensors(path: Path) -> Checkpoint:
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return Checkpoint(weights, meta, optimizer, path)
+
+
+FLOAT_DTYPES = {"F16": 2, "F32": 4, "F64": 8}  # safetensors' names of the float dtypes NumPy reads, with their sizes
+INT_DTYPES = {"I8": 1, "U8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8}
+ITEM_SIZES = {**FLOAT_DTYPES, **INT_DTYPES, "BOOL": 1, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_HEADER_DEPTH = 4  # {name: {"shape": [...], ...}} is 3 deep
+
+
+def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
+    """Judge a safetensors header before any tensor is read: the tensors must be the parameters of one of
+    models.MODELS, each with a float dtype and exactly its shape, plus (in last.safetensors) the optimizer
+    state: an integer ``step`` scalar and float buffers of one value per parameter. Each tensor's byte range
+    must match its shape and lie in the file. So a small sparse file whose header claims a 2 GB conv1.weight
+    is refused here, in one line, without reading 2 GB."""
+    try:
+        text = raw.decode("utf-8")
+        depth = _json_depth(text)
+        if depth > MAX_HEADER_DEPTH:
+            raise ValueError(f"nested {depth} levels deep")
+
+        def bounded_int(digits: str) -> int:
+            if len(digits.lstrip("-")) > MAX_META_INT_DIGITS:
+                raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits")
+            return int(digits)
+
+        header = json.loads(text, parse_int=bounded_int)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict):
+            raise ValueError("__metadata__ is not an object")
+        entries = {}
+        for name, info in header.items():
+            if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+                raise ValueError(f"tensor {_clip(name)} has no dtype")
+            shape, offsets = info.get("shape"), info.get("data_offsets")
+            if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and len(shape) <= 8):
+                raise ValueError(f"tensor {_clip(name)} has shape {_clip(shape)}")
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                    and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+                raise ValueError(f"tensor {_clip(name)} has data offsets {_clip(offsets)} in {data_bytes} bytes of data")
+            entries[name] = (info["dtype"], tuple(shape), offsets[1] - offsets[0])
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (its header: {_short(exc)})") from None
+    weights = {k: v for k, v in entries.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in entries.items() if k.startswith(OPTIMIZER_PREFIX)}
+    model = meta.get("model") if isinstance(meta.get("model"), str) and meta.get("model") else None
+    model = model or _infer_model(weights, path)
+    try:
+        expected = parameter_shapes(model)
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: unknown model {_clip(model)} in checkpoint metadata") from None
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if missing or extra:
+        what = f"missing {missing}" if missing else f"unexpected {[k[:60] for k in extra[:4]]}"
+        raise CheckpointError(f"{path}: does not fit the {model} LeNet-5 ({what})")
+    n_params = sum(math.prod(shape) for shape in expected.values())
+    for name, (dtype, shape, nbytes) in entries.items():
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        itemsize = ITEM_SIZES.get(dtype)
+        if itemsize is not None and nbytes != math.prod(shape) * itemsize:
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({shown} holds {nbytes} bytes, its "
+                                  f"shape {shape} of {dtype} needs {math.prod(shape) * itemsize})")
+        if name in expected:
+            allowed, need = FLOAT_DTYPES, expected[name]
+        elif name == OPTIMIZER_PREFIX + "step":
+            allowed, need = INT_DTYPES, (() if shape == () else (1,))
+        else:
+            allowed, need = FLOAT_DTYPES, (n_params,)
+        if shape != tuple(need):
+            needs = f"the {model} LeNet-5 needs" if name in expected else "its optimizer state needs"
+            raise CheckpointError(f"{path}: {shown} has shape {shape}, {needs} {tuple(need)}")
+        if dtype not in allowed:
+            kind = "floating point (F16, F32 or F64)" if allowed is FLOAT_DTYPES else "an integer"
+            raise CheckpointError(f"{path}: {shown} has dtype {_clip(dtype)}, expected {kind}")
+    if len(optimizer) > 8:
+        raise CheckpointError(f"{path}: {len(optimizer)} optimizer tensors; no optimizer here keeps more than 3")
 
 
 def _meta_json(raw_meta: dict[str, str], key: str, default: Any) -> Any:
