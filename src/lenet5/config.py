@@ -7,6 +7,7 @@ An unknown key, a wrong type or an impossible value raises ConfigError naming th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,12 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 # engine's TORCH_OPTIMIZERS). Adding one: its name (and new settings) here, and its update in both engines.
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MAX_CONFIG_BYTES = 1_000_000
+# Bounds on what is handed to the YAML parser, checked before it builds anything: a config is 2 levels deep
+# (section: key: value), and PyYAML builds nested values recursively (50,000 '[' took 124 s, then raised
+# RecursionError) and turns any number of digits into an int (5,000 digits raise ValueError).
+MAX_YAML_DEPTH = 32
+MAX_YAML_INT_CHARS = 64  # a seed past 2**32 - 1 is refused with its range, a 5,000-digit one never built
+MAX_SET_CHARS = 10_000  # one --set section.key=value
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; torch overflows past 2**63
 # What records a run besides its folder's own files (training/tensorboard.py); off by default: see the README's
 # TensorBoard paragraph for its measured cost.
@@ -268,8 +275,11 @@ def parse_assignment(text: str) -> tuple[str, str, Any]:
     """'section.key=value' -> (section, key, value parsed as YAML scalar)."""
     import yaml
 
+    if len(text) > MAX_SET_CHARS:
+        raise ConfigError(f"--set {_show(text)} is {len(text):,} characters long; a setting is at most "
+                          f"{MAX_SET_CHARS:,} (put large values in a --config file)")
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"--set expects section.key=value (for example schedule.name=cosine); got {text!r}")
+        raise ConfigError(f"--set expects section.key=value (for example schedule.name=cosine); got {_show(text)}")
     dotted, raw = text.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     try:
@@ -280,12 +290,69 @@ def parse_assignment(text: str) -> tuple[str, str, Any]:
 
 
 def _safe_yaml(text: str, where: str) -> Any:
-    """yaml.safe_load without aliases: a 1 KB file of nested aliases ("billion laughs") expands to gigabytes."""
+    """yaml.safe_load, bounded: no aliases (a 1 KB file of nested aliases, "billion laughs", expands to
+    gigabytes), at most MAX_YAML_DEPTH levels of nesting (judged from the token stream, which is read only up to
+    the first level too deep, before anything is built), integers of at most MAX_YAML_INT_CHARS characters, and
+    no key twice in one mapping (YAML keeps the last one silently). Each breach is one ConfigError line naming
+    ``where``; other YAML errors are yaml.YAMLError, for the caller to word."""
     import yaml
 
-    if any(isinstance(token, yaml.AliasToken) for token in yaml.scan(text)):
-        raise ConfigError(f"{where} uses a YAML alias (*name); write the value out instead")
-    return yaml.safe_load(text)
+    depth = 0
+    for token in yaml.scan(text):
+        if isinstance(token, yaml.AliasToken):
+            raise ConfigError(f"{where} uses a YAML alias (*name); write the value out instead")
+        if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
+                              yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{where} is nested more than {MAX_YAML_DEPTH} levels deep (line "
+                                  f"{token.start_mark.line + 1}); a config is section: key: value")
+        elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
+            depth -= 1
+    loader = _strict_loader()(text)
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_loader():
+    """The loader class, made on first use: yaml is imported only when YAML is read or written."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice in one mapping and integers too long to be a setting."""
+
+        where = "config"
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        again = key in seen
+                    except TypeError:  # unhashable: SafeLoader reports it
+                        continue
+                    if again:
+                        raise ConfigError(f"{self.where} gives key {_show(key)} twice (line "
+                                          f"{key_node.start_mark.line + 1}); keep one")
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+        def construct_yaml_int(self, node):
+            value = self.construct_scalar(node)
+            if len(value) > MAX_YAML_INT_CHARS:
+                raise ConfigError(f"{self.where} holds an integer of {len(value):,} characters (line "
+                                  f"{node.start_mark.line + 1}); a setting needs at most {MAX_YAML_INT_CHARS}")
+            return super().construct_yaml_int(node)
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+    return StrictLoader
 
 
 def _show(value: Any) -> str:
