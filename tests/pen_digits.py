@@ -211,6 +211,8 @@ def _digit_strokes(digit: int, writer: _Writer, rng: np.random.Generator) -> lis
     if digit not in writer.allographs:
         odds = _VARIANT_ODDS.get(digit)
         writer.allographs[digit] = int(rng.choice(_VARIANTS[digit], p=odds))
+        if digit == 4 and writer.slant - writer.rotation < -5:
+            writer.allographs[digit] = 0  # a closed 4 leaning left looks like an A: such writers leave it open
     wide, strokes = _SHAPES[digit](rng, writer.allographs[digit])
     wide *= writer.aspect * rng.uniform(0.93, 1.07)
     shear = np.tan(np.radians(writer.slant + rng.normal(0, 2)))
@@ -333,25 +335,28 @@ class _Number:
     """The digits of one number placed in height units: per digit its strokes, and the scale to draw it at."""
 
     digits: list[list[tuple[np.ndarray, np.ndarray]]]
-    width: float  # height units from the first digit's left ink to the last one's right
+    width: float  # height units from the leftmost ink to the rightmost
     tall: float  # height units from the highest ink to the lowest
 
 
-def _place(text: str, writer: _Writer, rng: np.random.Generator, least_gap: float = -0.08) -> _Number:
+def _place(text: str, writer: _Writer, rng: np.random.Generator, least_gap: float = -0.06) -> _Number:
     """The digits of `text` written left to right: heights within 10% of each other, a baseline wandering by a few
     percent of the height, and gaps from clearly apart to touching and slightly overlapping boxes (down to
     `least_gap` heights: negative where boxes overlap)."""
-    spacing = rng.uniform(-0.04, 0.22)  # the writer's usual gap, in heights
+    spacing = rng.uniform(0.02, 0.24)  # the writer's usual gap, in heights
+    shear = np.tan(np.radians(writer.slant - writer.rotation))  # the lean of upright strokes
     baseline, slope = 0.0, rng.normal(0, 0.02)
     placed, right = [], 0.0
     for i, c in enumerate(text):
         size = rng.uniform(0.9, 1.1)
         strokes = [(p * size, w * size) for p, w in _digit_strokes(int(c), writer, rng)]
-        low = min((p - w[:, None] / 2).min(0)[0] for p, w in strokes)
-        high = max((p + w[:, None] / 2).max(0)[0] for p, w in strokes)
+        # the gaps are measured across the slant, as a writer spaces slanted digits
+        upright = [p[:, 0] + shear * (p[:, 1] - 0.5) for p, _ in strokes]
+        low = min((x - w / 2).min() for x, (_, w) in zip(upright, strokes))
+        high = max((x + w / 2).max() for x, (_, w) in zip(upright, strokes))
         if i:
             baseline = float(np.clip(baseline + slope + rng.normal(0, 0.025), -0.08, 0.08))
-            gap = float(np.clip(spacing + rng.normal(0, 0.05), least_gap, 0.35))
+            gap = float(np.clip(spacing + rng.normal(0, 0.05), least_gap, 0.35))  # a tenth of them 0 or less
             shift = right + gap - low
         else:
             shift = -low
@@ -359,7 +364,7 @@ def _place(text: str, writer: _Writer, rng: np.random.Generator, least_gap: floa
         placed.append([(p + move, w) for p, w in strokes])
         right = high + shift
     ink = np.vstack([np.vstack([p - w[:, None] / 2, p + w[:, None] / 2]) for digit in placed for p, w in digit])
-    return _Number(placed, right, float(np.ptp(ink[:, 1])))
+    return _Number(placed, float(np.ptp(ink[:, 0])), float(np.ptp(ink[:, 1])))
 
 
 def _draw(number: _Number, height: float) -> tuple[np.ndarray, list[np.ndarray], list[tuple[np.ndarray, tuple]]]:
