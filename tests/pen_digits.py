@@ -154,7 +154,8 @@ def _four(rng, variant):
 def _five(rng, variant):
     belly = [(0.2, 0.46, "corner"), (0.45, 0.37), (0.78, 0.44), (0.92, 0.68), (0.78, 0.92), (0.45, 1.0), (0.06, 0.88)]
     if variant == 0:  # the top bar as a second stroke
-        return 0.62, [_Stroke([(0.24, 0.02)] + belly, (True, False)), _Stroke([(0.26, 0.02), (0.92, 0.0)], (True, False))]
+        bar = _Stroke([(0.26, 0.02), (0.92, 0.0)], (True, False))
+        return 0.62, [_Stroke([(0.24, 0.02)] + belly, (True, False)), bar]
     return 0.62, [_Stroke([(0.94, 0.0), (0.24, 0.03, "corner")] + belly)]
 
 
@@ -298,7 +299,8 @@ def _pen(path: np.ndarray, writer: _Writer, rng: np.random.Generator) -> np.ndar
     the stroke and thinner at tapered ends."""
     along = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
     phase, period = rng.uniform(0, 2 * np.pi, 2), rng.uniform(0.5, 1.5, 2)
-    wave = 0.6 * np.sin(along * 2 * np.pi / period[0] + phase[0]) + 0.4 * np.sin(along * 2 * np.pi / period[1] + phase[1])
+    turns = 2 * np.pi * along[:, None] / period + phase  # (n, 2)
+    wave = 0.6 * np.sin(turns[:, 0]) + 0.4 * np.sin(turns[:, 1])
     width = writer.width * (1 + writer.pressure * wave)
     if writer.taper:
         ends = np.minimum(along, along[-1] - along) / 0.12  # 0 at the ends, 1 from 0.12 heights in
@@ -490,15 +492,18 @@ def _clean(text: str, rng: np.random.Generator) -> Scene:
 
 
 def _lowres(text: str, rng: np.random.Generator) -> Scene:
-    """The number on a grid of 16 grey levels, 9-16 cells tall (and an empty cell around it in half of them), as
-    old optical-digit datasets store digits, then enlarged a whole number of times to about 64-512 pixels tall by
-    nearest-neighbour or bilinear interpolation; dark on light or light on dark. A digit's box is the cells where its own ink reaches a fifth of full level."""
-    fewest = 9 if len(text) == 1 else 10  # fewer cells lose a 2's or a 9's curves; a number's digits crowd more
-    inner = int(np.clip(np.round(fewest + (17 - fewest) * rng.random() ** 0.7), fewest, 16))  # cells the digits are tall
+    """The number on a grid of 16 grey levels, 10-16 cells tall (with an empty cell around it in some), as old
+    optical-digit datasets store digits, then enlarged a whole number of times to about 64-512 pixels tall by
+    nearest-neighbour or bilinear interpolation; dark on light or light on dark. A digit's box is the cells where
+    its own ink reaches a fifth of full level. Fewer cells, narrow digits or strokes much thinner or thicker than a
+    cell lose what tells a 3 from a 5 or a 6 from a 0, so the writer here is chosen to keep it."""
+    inner = int(np.clip(np.round(10 + 7 * rng.random() ** 0.7), 10, 16))  # cells the digits are tall
     # about a cell wide: thinner strokes fade in the cells, thicker ones fill the loops
-    writer = _writer(rng, width=float(np.clip(1.1 / inner * rng.uniform(0.8, 1.2), 0.06, 0.14)))
-    number = _place(text, writer, rng, least_gap=1.2 / inner)  # digits that touch would merge in the cells
-    margin = int(rng.integers(0, 2))  # empty cells around the digits
+    writer = _writer(rng, width=float(np.clip(1.1 / inner * rng.uniform(0.8, 1.2), 0.06, 0.12)))
+    writer.aspect = max(writer.aspect, 0.95)
+    writer.slant = float(np.clip(writer.slant, -10, 15))  # digits written in a form's boxes stand more upright
+    number = _place(text, writer, rng, least_gap=2 / inner)  # digits less than two cells apart merge in the cells
+    margin = int(rng.integers(0, 2)) if inner <= 14 else 0  # empty cells around the digits, at most 16 in all
     cells = inner + 2 * margin
     draw_height = 16.0 * inner  # 16 pixels per cell, averaged down
     coverage, _, parts = _draw(number, draw_height)
