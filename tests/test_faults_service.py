@@ -137,9 +137,9 @@ def serve_normal_requests(url: str, n: int) -> list[float]:
 
 @pytest.fixture(scope="module")
 def patient_server(untrained_checkpoint):
-    """A server whose body deadline (120 s) is longer than any of these tests: slow clients keep their
-    connections for as long as a test needs them to."""
-    with running_server(untrained_checkpoint, "--body-timeout", "120") as (url, pid):
+    """A server whose body and header deadlines (120 s) are longer than any of these tests: slow clients keep
+    their connections for as long as a test needs them to."""
+    with running_server(untrained_checkpoint, "--body-timeout", "120", "--header-timeout", "120") as (url, pid):
         yield url, pid
 
 
@@ -186,9 +186,9 @@ def test_slow_loris_bodies_do_not_block_other_clients(patient_server):
 
 
 def test_slow_headers_do_not_block_other_clients(patient_server):
-    """uvicorn puts no deadline on headers (nor on a connection that sends nothing): such clients hold a
-    connection each, but the event loop serves everyone else. A public deployment belongs behind a proxy
-    with a header timeout (the server binds 127.0.0.1 by default)."""
+    """Clients sending headers one by one hold a connection each until --header-timeout (here 120 s, so they
+    stay for the whole test), and the event loop serves everyone else meanwhile (test_serve_connections.py
+    checks the deadline itself)."""
     url, _ = patient_server
     port = int(url.rsplit(":", 1)[1])
     connected, stop, dropped = threading.Semaphore(0), threading.Event(), []

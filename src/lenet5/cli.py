@@ -306,8 +306,9 @@ def cmd_serve(args) -> int:
 
     from lenet5.checkpoint import describe_model
 
-    if not args.body_timeout > 0:
-        raise Lenet5Error(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}")
+    for flag in ("body_timeout", "header_timeout", "idle_timeout"):
+        if not getattr(args, flag) > 0:
+            raise Lenet5Error(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {getattr(args, flag)}")
     if not 1 <= args.max_body_mb <= MAX_BODY_MB:
         raise Lenet5Error(f"--max-body-mb must be between 1 and {MAX_BODY_MB}, got {args.max_body_mb:g}")
     path = _model_path(args)
@@ -318,8 +319,9 @@ def cmd_serve(args) -> int:
     except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
     _err(f"serving the {predictor.model_name} LeNet-5 from {describe_model(path)} on http://{args.host}:{args.port}/")
+    options = uvicorn_options(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
-                **uvicorn_options())
+                **options)
     return 0
 
 
@@ -345,6 +347,11 @@ def _add_predict_serve_parsers(sub) -> None:
                    help="largest request body in MB, else 413 (default 10: a phone photo is 3-10 MB)")
     p.add_argument("--body-timeout", "--body_timeout", dest="body_timeout", type=float, default=20.0, metavar="SECONDS",
                    help="a request body must arrive within this many seconds, else 408 (default 20)")
+    p.add_argument("--header-timeout", "--header_timeout", dest="header_timeout", type=float, default=10.0,
+                   metavar="SECONDS", help="a request's headers must arrive within this many seconds of the connection "
+                   "opening or of the previous answer, else the connection is closed (default 10)")
+    p.add_argument("--idle-timeout", "--idle_timeout", dest="idle_timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="a kept-alive connection with no new request for this many seconds is closed (default 5)")
     p.set_defaults(func=cmd_serve)
 
 

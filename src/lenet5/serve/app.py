@@ -27,13 +27,21 @@ never gets a 5xx):
 - another Content-Type -> 415;
 - malformed JSON or multipart, an undecodable image -> 400 (a blank one is a reading: unsure, no digit);
 - a missing ``file`` field or ``pixels`` of the wrong shape, type or range -> 422;
-- more images than the service prepares at once (MAX_PREPARING, each costs up to its decoded size: 160 MB for
-  40 megapixels of 4-byte pixels) wait in a queue of MAX_WAITING, at most WAIT_S seconds; a full queue or a
-  longer wait -> 503 with ``Retry-After`` at once (``LENET5_MAX_PREPARING`` / ``LENET5_MAX_WAITING`` set both);
-- more than MAX_CONNECTIONS open connections -> 503 for new requests, before their bodies are read
-  (uvicorn's ``limit_concurrency``, see ``uvicorn_options``); the "socket.accept() out of system resource"
-  line (file descriptors used up by clients that never finish their headers) is logged at most once per
-  LOG_EVERY_S seconds, with the count of the ones held back.
+- uploaded images are prepared in two lanes by their decoded size, read from the image's header before any
+  decoding: up to SMALL_PIXELS (2 megapixels: drawings, scans, most photos sent by a page) and larger ones
+  (up to 40 megapixels). Each lane prepares a few images at once (MAX_PREPARING in the large lane, each costs
+  up to its decoded size: 160 MB for 40 megapixels of 4-byte pixels; at least 2 in the small lane, where an
+  image costs at most 8 MB) and queues MAX_WAITING more for at most WAIT_S seconds; a full queue or a longer
+  wait -> 503 with ``Retry-After`` at once (``LENET5_MAX_PREPARING`` / ``LENET5_MAX_WAITING`` set both). A small
+  image never waits behind large ones (before: 7-14 s behind 40-megapixel PNGs, benchmarks/serve_mixed.py);
+- more than MAX_REQUESTS requests with a body being handled at once -> 503 with ``Retry-After``, before their
+  bodies are read (RequestLimit; GET requests such as /healthz are never refused). Idle connections do not
+  count: a connection whose request headers are not complete ``--header-timeout`` seconds (10) after it opened
+  or after its previous answer is closed (408 when part of a request came), a kept-alive connection silent for
+  ``--idle-timeout`` seconds (5) is closed, and beyond guard.MAX_CONNECTIONS (1,024, fewer when the process
+  may open fewer files) a new connection closes the one that has waited longest without a request (guard.py,
+  see ``uvicorn_options``). The "socket.accept() out of system resource" line (file descriptors used up) is
+  logged at most once per LOG_EVERY_S seconds, with the count of the ones held back.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from lenet5.data.digits import Digit
 from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, open_image, read_gray, read_image
 from lenet5.errors import ImageError, Lenet5Error
 from lenet5.predict import Predictor
+from lenet5.serve.guard import HEADER_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, connection_limit, guarded_protocol
 
 MAX_BODY_BYTES = 10_000_000  # lenet5 serve --max-body-mb; a phone photo is 3-10 MB
 BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris
@@ -62,9 +71,10 @@ MAX_PIXELS_SIDE = 1024  # JSON pixels with "prepare": true
 JSON_KEYS = ("pixels", "prepare")  # what a JSON body may hold; anything else is 422
 MAX_PREPARING = max(1, min(4, os.cpu_count() or 1))  # images decoded and prepared at once (memory: see above)
 MAX_WAITING = 64  # images waiting for a turn; more -> 503 at once
+SMALL_PIXELS = 2_000_000  # decoded pixels up to which an image takes the small lane (1600x1250)
 WAIT_S = 30.0  # the longest an image waits for its turn before a 503
 RETRY_AFTER_S = 1
-MAX_CONNECTIONS = 128  # uvicorn's limit_concurrency: open connections (and tasks) before new requests get 503
+MAX_REQUESTS = 128  # requests with a body handled at once (each holds up to --max-body-mb); more get 503
 LOG_EVERY_S = 10.0  # a flood of one log line (accept out of resource) gets through once per this many seconds
 STATIC = Path(__file__).parent / "static"
 ACCEPTED = ("multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or "
@@ -129,12 +139,35 @@ class BodyLimit:
         return f"request body is too large ({what}); the limit is {self.limit} bytes ({self.limit / 1e6:g} MB; lenet5 serve --max-body-mb sets it)"
 
 
-async def _send_error(send, status: int, detail: str) -> None:
+async def _send_error(send, status: int, detail: str, extra: list | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+               (b"connection", b"close"), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class RequestLimit:
+    """ASGI middleware: at most ``limit`` requests with a body (POST, PUT, ...) handled at once; more get 503
+    with Retry-After before their bodies are read (each body may hold up to --max-body-mb of memory). GET,
+    HEAD and OPTIONS are never refused, so /healthz answers under any load."""
+
+    def __init__(self, app, limit: int = MAX_REQUESTS) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await _send_error(send, 503, f"busy: {self.limit} requests are being handled; try again shortly",
+                              [(b"retry-after", str(RETRY_AFTER_S).encode())])
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 class Busy(HTTPException):
@@ -174,6 +207,39 @@ class Turns:
                 self._free.release()
         finally:
             self.admitted -= 1
+
+
+class Lanes:
+    """Two Turns: one for images of at most SMALL_PIXELS decoded pixels, one for larger ones, so that a
+    drawing is prepared at once while 40-megapixel images wait for theirs. The lane is chosen from the
+    image's header (declared width x height), read without decoding; bytes whose header cannot be read take
+    the small lane (they fail at once when decoded)."""
+
+    def __init__(self, slots: int, waiting: int, wait_s: float = WAIT_S, small_pixels: int = SMALL_PIXELS) -> None:
+        self.large = Turns(slots, waiting, wait_s)
+        self.small = Turns(max(2, slots), waiting, wait_s)
+        self.small_pixels = small_pixels
+
+    async def run(self, data: bytes, func, *args):
+        lane = self.small if declared_pixels(data) <= self.small_pixels else self.large
+        return await lane.run(func, *args)
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height from an image's header (no pixel is decoded: a few microseconds); 0 when unreadable."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=tuple(FORMATS)) as img:
+                w, h = img.size
+        return int(w) * int(h)
+    except Exception:  # noqa: BLE001 - not an image, a damaged header, a bomb: decoding will say which
+        return 0
 
 
 def _env_int(name: str, default: int) -> int:
@@ -226,10 +292,18 @@ def limit_log_floods(seconds: float = LOG_EVERY_S) -> None:
             logger.addFilter(OncePer(ACCEPT_FLOOD, seconds))
 
 
-def uvicorn_options() -> dict:
-    """Settings for uvicorn.run beyond host, port and logging: the bound on open connections. (FastAPI
-    cannot set them itself: they belong to the server.)"""
-    return {"limit_concurrency": MAX_CONNECTIONS}
+def uvicorn_options(header_timeout: float = HEADER_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S,
+                    max_connections: int | None = None) -> dict:
+    """Settings for uvicorn.run beyond host, port and logging (FastAPI cannot set them: they belong to the
+    server): the HTTP/1.1 protocol with a header deadline and room for well-behaved clients (guard.py), and
+    the keep-alive idle timeout. ``max_connections`` defaults to $LENET5_MAX_CONNECTIONS, else as many as the
+    file-descriptor limit allows up to guard.MAX_CONNECTIONS."""
+    if not header_timeout > 0 or not idle_timeout > 0:
+        raise Lenet5Error(f"the header and idle timeouts must be positive seconds, got {header_timeout} and {idle_timeout}")
+    wanted = max_connections if max_connections is not None else _env_int("LENET5_MAX_CONNECTIONS", MAX_CONNECTIONS)
+    if wanted < 1:
+        raise Lenet5Error(f"LENET5_MAX_CONNECTIONS must be at least 1, got {wanted}")
+    return {"http": guarded_protocol(header_timeout, connection_limit(wanted)), "timeout_keep_alive": idle_timeout}
 
 
 def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYTES,
@@ -242,16 +316,17 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     waiting = max_waiting if max_waiting is not None else _env_int("LENET5_MAX_WAITING", MAX_WAITING)
     if slots < 1 or waiting < 0:
         raise Lenet5Error(f"the service needs at least 1 image at a time and 0 waiting, got {slots} and {waiting}")
-    turns = Turns(slots, waiting)
+    lanes = Lanes(slots, waiting)
     limit_log_floods()
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
+    app.add_middleware(RequestLimit, limit=MAX_REQUESTS)  # added last: runs first, before a body is read
 
     def read_and_describe(find, *args) -> tuple[dict, list[np.ndarray]]:
         """Runs in a worker thread: decoding, cleaning and the forward passes stay off the event loop."""
         try:
-            return predictor.read(*find(predictor.fit, *args), probabilities=True)
+            return predictor.read(*find(predictor.whole, *args), probabilities=True)
         except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
             raise HTTPException(500, str(exc)) from None
         except MemoryError:  # the machine is short of memory now (other processes, a cgroup limit)
@@ -276,8 +351,8 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
             work = (_find_in_bytes, await request.body(), "image")
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
-        if work[0] is _find_in_bytes:  # decoding may cost up to 160 MB: a few at a time
-            reading, fields = await turns.run(read_and_describe, *work)
+        if work[0] is _find_in_bytes:  # decoding may cost up to 160 MB: a few at a time, small ones apart
+            reading, fields = await lanes.run(work[1], read_and_describe, *work)
         else:  # at most 1024x1024 pixels, already in memory: no turn needed
             reading, fields = await run_in_threadpool(read_and_describe, *work)
         if prepared:
