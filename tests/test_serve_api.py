@@ -36,10 +36,27 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_healthz_names_the_model(client):
+def test_healthz_names_the_model_its_path_and_a_short_hash(client, trained_checkpoint):
+    import hashlib
+
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model": "modern", "checkpoint": "model.safetensors"}
+    assert r.json() == {"status": "ok", "model": "modern", "checkpoint": str(trained_checkpoint),
+                        "sha256": hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()[:12]}
+
+
+@pytest.mark.parametrize(("pixels", "what"), [
+    ([["12"] * 28] * 28, "not a string (row 0, column 0"),
+    ([[True] * 28] * 28, "not true/false (row 0, column 0"),
+    ([[0] * 28] * 27 + [[0] * 27 + [False]], "not true/false (row 27, column 27"),
+    ([[0] * 28] * 27 + [[0] * 27 + [None]], "not null (row 27, column 27"),
+    ([[0] * 28] * 27 + ["0" * 28], "row 27 is a string"),
+])
+def test_json_pixels_as_strings_or_booleans_are_refused_with_one_message(client, pixels, what):
+    r = client.post("/predict", json={"pixels": pixels})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert what in detail and "\n" not in detail, detail
 
 
 def test_root_serves_the_drawing_page(client):

@@ -78,15 +78,52 @@ def _model_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _model_path(args) -> Path:
-    """--model as typed -> the file to load (checkpoint.resolve_model, the same for every command)."""
+    """--model as typed -> the file to load, the same for every command (checkpoint.resolve_model; ``latest``
+    is the newest complete run under the configured train.out, see _latest_run)."""
     from lenet5.checkpoint import resolve_model
 
-    runs = "runs"
     if args.model == "latest":
         from lenet5.config import resolve_config
 
-        runs = resolve_config().train.out
-    return resolve_model(args.model, runs)
+        return _latest_run(Path(resolve_config().train.out))
+    return resolve_model(args.model)
+
+
+def _run_facts(run_dir: Path) -> tuple[bool, int]:
+    """(whether the run finished: its metrics.json is written at the very end, its limit_batches: a smoke run
+    trains at most that many batches per epoch, 0 for a full run; from the run's own config.yaml)."""
+    from lenet5.config import load_yaml
+
+    finished = (run_dir / "metrics.json").is_file()
+    try:
+        limit = (load_yaml(run_dir / "config.yaml").get("train") or {}).get("limit_batches", 0)
+    except (Lenet5Error, AttributeError):  # no config, or not a mapping: not known to be a smoke run
+        limit = 0
+    return finished, limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+
+
+def _latest_run(runs: Path) -> Path:
+    """--model latest: the model.safetensors of the newest run under ``runs`` (train.out), preferring full
+    runs to smoke runs (--limit-batches) and finished runs to unfinished ones (still training, or stopped),
+    so a quick check made after a real run does not take its place. Says on stderr which run it chose."""
+    from lenet5.checkpoint import BEST_FILE
+    from lenet5.errors import CheckpointError
+
+    found = []
+    for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
+        model = run_dir / BEST_FILE
+        if model.is_file():
+            finished, limit = _run_facts(run_dir)
+            found.append(((limit == 0, finished, model.stat().st_mtime), model, finished, limit))
+    if not found:
+        raise CheckpointError(f"--model latest: no run under {runs}/ (train.out) has a {BEST_FILE} yet; train one "
+                              "(lenet5 train) or leave out --model to use the bundled model")
+    _, model, finished, limit = max(found, key=lambda row: row[0])
+    kind = f"a smoke run: --limit-batches {limit}" if limit else "a full run"
+    state = "finished" if finished else "not finished: still training, or stopped before the end"
+    others = f"; no full run under {runs}/" if limit else ("" if finished else f"; no finished run under {runs}/")
+    _err(f"--model latest: {model} ({kind}, {state}{others})")
+    return model
 
 
 def _engine_flag(p: argparse.ArgumentParser) -> None:
@@ -165,16 +202,32 @@ def cmd_train(args) -> int:
         return 0
     total = time.perf_counter() - started
     m = result.metrics
+    before = _seconds_trained_before(resume)
     if args.json:
         _print_json({**{k: v for k, v in m.items() if k not in ("per_class", "confusion_matrix")},
                      "total_seconds": round(total, 3)})
     else:
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
               f"(model from epoch {m['model_epoch']} of {m['epochs']})")
-        print(f"trained in {m['train_seconds']:.1f}s ({total:.1f}s in all); run folder: {run_dir}")
+        if before is None:
+            print(f"trained in {m['train_seconds']:.1f}s (this command took {total:.1f}s); run folder: {run_dir}")
+        else:  # train_seconds counts every session of the run; this command only ran the last one
+            print(f"trained in {m['train_seconds']:.1f}s in all: {before:.1f}s before this resume and "
+                  f"{max(0.0, m['train_seconds'] - before):.1f}s now (this command took {total:.1f}s); "
+                  f"run folder: {run_dir}")
         print(f"next: lenet5 evaluate --model {run_dir}\n      lenet5 predict --model {run_dir} your-digit.png\n"
               f"      lenet5 serve --model {run_dir}   (then open http://127.0.0.1:8000/)")
     return 0
+
+
+def _seconds_trained_before(resume) -> float | None:
+    """Seconds of training a resumed run had done before this command (None for a new run)."""
+    if resume is None:
+        return None
+    last = getattr(resume, "last", None)
+    state = (last.meta.get("trainer_state") if last is not None else None) or {}
+    seconds = state.get("seconds", 0.0) if isinstance(state, dict) else 0.0
+    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
 
 
 # ------------------------------------------------------------------------------------------- evaluate
@@ -222,6 +275,8 @@ def cmd_summary(args) -> int:
     from lenet5.models import summary_lines
 
     path = _model_path(args)
+    if path.suffix.lower() == ".onnx":
+        return _summary_onnx(path, args.json)
     ckpt = load_checkpoint(path)
     meta, metrics = ckpt.meta, ckpt.meta.get("metrics") or {}
     calibration = meta.get("calibration") or {}
@@ -238,12 +293,44 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def _summary_onnx(path: Path, as_json: bool) -> int:
+    """summary of an exported .onnx: the layers of the LeNet-5 it holds (checked by loading it in onnxruntime)
+    and its calibration; an .onnx file does not carry how the model was trained."""
+    from math import prod
+
+    from lenet5.models import MODELS, parameter_shapes, summary_lines
+
+    try:
+        from lenet5.export import OnnxModel
+    except ImportError:
+        raise Lenet5Error(f'{path}: reading an .onnx model needs onnxruntime: pip install -e ".[onnx]"') from None
+    onnx_model = OnnxModel(path, threads=1)
+    name = onnx_model.model_name if onnx_model.model_name in MODELS else None
+    facts = {"model": name, "file": str(path), "format": "onnx", "engine": "onnxruntime", "epoch": None,
+             "val_accuracy": None, "temperature": onnx_model.temperature,
+             "parameters": sum(prod(shape) for shape in parameter_shapes(name).values()) if name else None}
+    if as_json:
+        _print_json(facts)
+        return 0
+    if name:
+        print("\n".join(summary_lines(name)))
+    else:
+        print(f"a LeNet-5 whose architecture the file does not name (metadata model: {onnx_model.model_name!r})")
+    print(f"{path}: an ONNX export, run by onnxruntime"
+          + (f", calibration temperature {onnx_model.temperature:.3f}" if onnx_model.temperature != 1.0 else "")
+          + "; how it was trained is in the checkpoint it was exported from (lenet5 summary --model CHECKPOINT)")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
     from lenet5.checkpoint import BUNDLED, describe_model, load_checkpoint
     from lenet5.export import export_onnx
 
     path = _model_path(args)
+    if path.suffix.lower() == ".onnx":
+        raise Lenet5Error(f"{path} is already an ONNX model; export reads a checkpoint (.safetensors or .pth, or a "
+                          "run folder): pass the one it was exported from")
     ckpt = load_checkpoint(path)
     default = Path(path.name).with_suffix(".onnx") if path == BUNDLED else path.with_suffix(".onnx")
     output = Path(args.output) if args.output else default

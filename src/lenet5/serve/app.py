@@ -2,7 +2,8 @@
 
 Routes
 - ``GET /``          the page to draw a digit on (static/index.html, self-contained)
-- ``GET /healthz``   ``{"status": "ok", "model": "modern", "checkpoint": "model.safetensors"}``
+- ``GET /healthz``   ``{"status": "ok", "model": "modern", "checkpoint": "runs/<name>/model.safetensors",
+  "sha256": "<the file's first 12 hex digits>"}``: which file is served, and which version of it
 - ``POST /predict``  an image -> its reading, as ``lenet5 predict --json`` gives it, plus the probabilities:
   ``{"model", "number": "42" or null, "digits": [{"digit", "probability", "probabilities", "box", "top_k",
   "unsure"}], "unsure": bool, "reason" (when unsure)}``, and for one digit also ``"digit"``, ``"probability"``,
@@ -319,6 +320,8 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     lanes = Lanes(slots, waiting)
     limit_log_floods()
     page = (STATIC / "index.html").read_text(encoding="utf-8")
+    health = {"status": "ok", "model": predictor.model_name, "checkpoint": str(predictor.path),
+              "sha256": _short_sha256(predictor.path)}
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
     app.add_middleware(RequestLimit, limit=MAX_REQUESTS)  # added last: runs first, before a body is read
@@ -338,7 +341,7 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "model": predictor.model_name, "checkpoint": predictor.path.name}
+        return health
 
     @app.post("/predict")
     async def predict(request: Request, prepared: bool = False) -> JSONResponse:
@@ -363,6 +366,21 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
         return JSONResponse({**reading, "model": predictor.model_name})
 
     return app
+
+
+def _short_sha256(path: Path) -> str | None:
+    """The first 12 hex digits of the file's SHA-256 (read once, at start-up): two runs' models, or a file
+    replaced since, are told apart at a glance. None when the file cannot be read any more."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()[:12]
 
 
 async def _read_upload(request: Request) -> tuple[bytes, str]:
@@ -407,6 +425,7 @@ def _find_in_pixels(score, doc: dict) -> tuple[list[Digit], str | None]:
     prepare = doc.get("prepare", False)
     if not isinstance(prepare, bool):
         raise HTTPException(422, "'prepare' must be true or false")
+    _check_pixel_types(doc["pixels"])
     try:
         arr = np.array(doc["pixels"], dtype=np.float64)
     except (TypeError, ValueError, OverflowError, RecursionError):
@@ -428,6 +447,24 @@ def _find_in_pixels(score, doc: dict) -> tuple[list[Digit], str | None]:
         return read_gray((arr / 255.0).astype(np.float32), "pixels", score)
     except ImageError as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+JSON_NAMES = {str: "a string", bool: "true/false", type(None): "null", dict: "an object", list: "a list"}
+
+
+def _check_pixel_types(pixels) -> None:
+    """422 unless ``pixels`` is a list of lists of JSON numbers. NumPy would read "12" as 12 and true as 1:
+    a client sending strings or booleans has a bug, and its picture must not be guessed at."""
+    if not isinstance(pixels, list) or not pixels:
+        raise HTTPException(422, "'pixels' must be a list of rows of numbers 0..255")
+    for r, row in enumerate(pixels):
+        if not isinstance(row, list):
+            raise HTTPException(422, f"'pixels' must be a list of rows of numbers 0..255; row {r} is "
+                                     f"{JSON_NAMES.get(type(row), 'a number')}")
+        if not set(map(type, row)) <= {int, float}:  # bool is not int here: type(True) is bool
+            c, bad = next((c, v) for c, v in enumerate(row) if type(v) not in (int, float))
+            raise HTTPException(422, f"'pixels' must hold numbers 0..255, not {JSON_NAMES.get(type(bad), type(bad).__name__)} "
+                                     f"(row {r}, column {c}: {json.dumps(bad)[:20]})")
 
 
 def _first_line(exc: Exception) -> str:
