@@ -115,3 +115,51 @@ def test_write_a_three_digit_number_and_see_each_digit_under_it(page):
     page.screenshot(path=str(ARTIFACTS / "draw_number.png"), full_page=True)
     clear(page)
     assert page.eval_on_selector_all("#readings .reading", "els => els.length") == 0
+
+
+def bars(page) -> list[float]:
+    return page.eval_on_selector_all("#bars .fill", "els => els.map(e => parseFloat(e.style.width) || 0)")
+
+
+def box_ink(page) -> int:
+    """How many pixels of the large 'what the network sees' box are not black."""
+    return page.evaluate(
+        """() => { const d = document.querySelector('#prepared').getContext('2d').getImageData(0, 0, 28, 28).data;
+                   let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+    )
+
+
+def hover(page, x: float, y: float) -> None:
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.move(box["x"] + x * box["width"] / 560, box["y"] + y * box["height"] / 280, steps=3)
+
+
+def test_a_number_shows_the_bars_and_the_field_of_the_digit_under_the_pointer(page):
+    four = [[(60, 50), (45, 160), (135, 160)], [(110, 60), (112, 150), (114, 240)]]
+    seven = [(190, 60), (250, 58), (310, 60), (282, 130), (260, 190), (245, 235)]
+    two = [(375, 90), (400, 55), (450, 50), (480, 85), (470, 130), (420, 190), (380, 235), (490, 235)]
+    draw(page, [*four, seven, two])
+    page.wait_for_function("document.querySelectorAll('#readings .reading').length === 3", timeout=10_000)
+    readings = page.eval_on_selector_all("#readings .reading b", "els => els.map(e => e.textContent)")
+    assert "".join(readings) == page.locator("#digit").text_content()
+
+    # before: the box was black and every bar 0.0% for any number of two or more digits
+    for i, (x, y) in enumerate([(90, 140), (250, 140), (430, 140)]):
+        hover(page, x, y)
+        page.wait_for_function(f"document.querySelector('#seen').textContent.includes('digit {i + 1} of 3')")
+        widths = bars(page)
+        assert 95 < sum(widths) < 105, widths  # one digit's ten probabilities
+        assert str(widths.index(max(widths))) == readings[i]  # the longest bar is that digit's reading
+        assert box_ink(page) > 20  # its 28x28 field, not a black box
+        selected = page.eval_on_selector_all("#readings .reading", "els => els.map(e => e.classList.contains('selected'))")
+        assert selected == [k == i for k in range(3)]
+    page.wait_for_timeout(300)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "draw_number_bars.png"), full_page=True)
+    clear(page)
+    assert box_ink(page) == 0 and page.locator("#seen").text_content() == "what the network sees"
+
+
+def test_the_page_names_the_served_file_and_its_hash(page):
+    text = page.locator("#model").text_content()
+    assert "model.safetensors" in text and len(text.split(", ")[-1].rstrip(")")) == 12
