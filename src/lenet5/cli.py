@@ -405,8 +405,8 @@ def cmd_serve(args) -> int:
         socket.create_server((args.host, args.port)).close()
     except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
-    _err(f"serving the {predictor.model_name} LeNet-5 from {describe_model(path)} on http://{args.host}:{args.port}/")
     options = uvicorn_options(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
+    _err(f"serving the {predictor.model_name} LeNet-5 from {describe_model(path)} on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
                 **options)
     return 0
