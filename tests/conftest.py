@@ -13,7 +13,7 @@ import pytest
 from lenet5.config import OptimizerConfig
 from lenet5.data.datasets import MNIST, load_mnist
 
-TRAINING_FIXTURES = {"trained_checkpoint", "photo_checkpoint"}  # session fixtures that train a model first
+TRAINING_FIXTURES = {"trained_checkpoint"}  # session fixtures that train a model first
 
 
 def pytest_collection_modifyitems(items):
@@ -118,18 +118,3 @@ def trained_checkpoint(mnist, tmp_path_factory):
     save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern", config=cfg.to_dict(), epoch=1,
                     calibration=calibration)
     return path
-
-
-@pytest.fixture(scope="session")
-def photo_checkpoint(mnist, tmp_path_factory):
-    """A modern LeNet-5 trained the way `lenet5 train` does (the default recipe with distortions, 3 epochs,
-    calibrated on the validation split), for the photo tests: they ask the model about inputs far from MNIST,
-    where a one-epoch model is too unsteady to say anything reliable."""
-    from lenet5.config import build_config
-    from lenet5.training.callbacks import BEST_FILE, run_folder_callbacks
-    from lenet5.training.trainer import Trainer
-
-    cfg = build_config(sets=["train.epochs=3", "augment.enabled=true", "train.seed=0"])
-    run_dir = tmp_path_factory.mktemp("photo-model")
-    Trainer(cfg, mnist, callbacks=run_folder_callbacks(run_dir), log=lambda msg: None).fit()
-    return run_dir / BEST_FILE

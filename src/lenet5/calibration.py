@@ -95,6 +95,53 @@ def check_calibration(calibration) -> None:
     if not isinstance(calibration, dict):
         raise ValueError(f"calibration {str(calibration)[:40]} is not a mapping")
     check_temperature(calibration.get("temperature"))
+    check_reject(calibration.get("reject"))
     floor = calibration.get("energy_floor")
     if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor)):
         raise ValueError(f"calibration energy_floor {str(floor)[:40]} is damaged (it must be a finite number)")
+
+
+def check_reject(reject) -> dict:
+    """A stored reject rule: None, or a mapping whose ``digit`` and ``number`` thresholds (calibrated probability
+    a sure answer needs) are numbers in 0..1; returned as given (or {}); ValueError otherwise."""
+    if reject is None:
+        return {}
+    if not isinstance(reject, dict):
+        raise ValueError(f"calibration reject {str(reject)[:40]} is not a mapping")
+    for key in ("digit", "number"):
+        value = reject.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0.0 <= value <= 1.0):
+            raise ValueError(f"calibration reject {key} {str(value)[:40]} is damaged (it must be in 0..1)")
+    return reject
+
+
+def risk_coverage(confidence: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every threshold t among the confidences (ascending): the share of answers kept (confidence >= t)
+    and the share of the kept that are wrong. Returns (thresholds, coverage, risk)."""
+    confidence = np.asarray(confidence, np.float64)
+    right = np.asarray(right, bool)
+    order = np.argsort(-confidence, kind="stable")
+    c, r = confidence[order], right[order]
+    wrong = np.cumsum(~r)
+    kept = np.arange(1, len(c) + 1)
+    last = np.r_[c[1:] != c[:-1], True]  # ties: a threshold keeps every answer at its confidence
+    t, cov, risk = c[last], kept[last] / max(len(c), 1), wrong[last] / kept[last]
+    return t[::-1], cov[::-1], risk[::-1]
+
+
+def threshold_for_risk(confidence: np.ndarray, right: np.ndarray, risk: float, floor: float = 0.5) -> float:
+    """The lowest threshold (the highest coverage) at which at most ``risk`` of the kept answers are wrong, and
+    at every higher threshold too (a curve that dips below the target and rises again is not trusted); never
+    below ``floor``."""
+    t, _cov, r = risk_coverage(confidence, right)
+    if len(t) == 0:
+        return 1.0
+    ok = np.flatnonzero(r <= risk)  # thresholds ascending: the last one violating the target bounds the choice
+    bad = np.flatnonzero(r > risk)
+    if len(ok) == 0:
+        return 1.0
+    start = bad[-1] + 1 if len(bad) else 0
+    if start >= len(t):
+        return 1.0
+    return float(max(floor, t[start]))

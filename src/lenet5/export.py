@@ -118,7 +118,9 @@ def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int =
     helper.set_model_props(
         model, {"model": model_name, "normalize_mean": str(MNIST_MEAN), "normalize_std": str(MNIST_STD),
                 **{k: repr(float(v)) for k, v in (calibration or {}).items() if k in ("temperature", "energy_floor")
-                   and v is not None}}
+                   and v is not None},
+                **{f"reject_{k}": repr(float(v)) for k, v in ((calibration or {}).get("reject") or {}).items()
+                   if k in ("digit", "number")}}
     )
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -170,6 +172,13 @@ class OnnxModel:
         except ValueError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
         self.energy_floor = floor if floor is not None and np.isfinite(floor) else None
+        try:  # the reject thresholds, as lenet5 predict uses them (calibration.check_reject)
+            from lenet5.calibration import check_reject
+
+            self.reject = check_reject({k: float(self.meta[f"reject_{k}"]) for k in ("digit", "number")
+                                        if f"reject_{k}" in self.meta}) or None
+        except ValueError as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
         self.logits(np.zeros((1, 1, 28, 28), np.float32))  # the graph must run and give (1, 10)
 
     def _check_signature(self) -> tuple[str, int | None]:

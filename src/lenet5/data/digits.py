@@ -2,19 +2,21 @@
 
 1. connected components of the ink (a small closing first joins broken strokes);
 2. what is not a digit is dropped: specks, components that run along the picture's border (page
-   edges, the table) when something else is there, long thin leftovers of lines, solid blobs (shadows);
+   edges, the table) when something else is there, long thin leftovers of lines, solid blobs (shadows),
+   hollow frames around other marks (a sheet's outline, a box drawn around the digit);
 3. the digits are the components in the row of the largest one, read left to right; parts of one
    digit that lie above each other (a 5's bar, a broken 4) are merged;
-4. neighbours that read far better together are joined (a digit written in two strokes that do not meet),
-   and a component too wide for one digit (digits that touch) is cut where the network reads the pieces
-   best, as LeCun's cheque readers did; ``score`` is that network (this module knows no engine);
+4. the row is read as a whole (``read_line``): marks wide enough for two digits are cut at candidate places,
+   every run of neighbouring pieces that could be one digit is read by the network, and dynamic programming
+   chooses the reading whose digits read best together, as LeCun's cheque readers did: touching digits are
+   cut apart and a digit written in two strokes is joined; ``score`` is that network (this module knows no
+   engine);
 5. each digit keeps its grey levels, its strokes are brought to MNIST's thickness when much thinner,
    then MNIST's recipe: the longer side scaled to 20 px, pasted into 28x28, centre of mass at (14, 14).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,15 +33,21 @@ MAX_DIGITS = 12  # more "digits" than this in one row is text or scribble, not a
 SPECK = 0.04  # a component under this share of the heaviest one's ink (mass) is a speck
 FAINT = 0.3  # a component whose mean strength is under this share of a stroke's is a leftover (lines, shade)
 ROW_HEIGHT = 0.4  # a digit is at least this share of the row's height
-WIDE = 0.6  # a part this many times wider than tall may be digits that touch
-CUT_COST = 1.0  # log-probability each cut must gain over reading the part in fewer pieces
+WIDE = 0.6  # a mark this many times wider than tall may be digits that touch: it is over-segmented
 DIGIT_ASPECT = 0.8  # a handwritten digit is rarely wider than this share of its height
-MIN_PIECE = 0.15  # a piece cut off is at least this share of the height wide (a 1)
+WIDE_PENALTY = 1.0  # log-probability a candidate pays per unit of width/height beyond DIGIT_ASPECT
 JOIN_GAP = 0.1  # marks closer than this share of the row's height may be pieces of one digit
-WIDE_PENALTY = 1.0  # log-probability a piece pays per unit of width/height beyond DIGIT_ASPECT
+MAX_ATOMS = 4  # a candidate digit joining marks is at most this many neighbouring atoms
+MAX_WIDE = 1.3  # a candidate digit is at most this many times as wide as the row is tall (or a whole mark)
+MAX_CUTS = 6  # cuts tried in one mark
+CUTS_PER_WIDTH = 2.5  # ... and at most this many per unit of its width / height
+CUT_STEP = 0.12  # besides the profile's low points, a cut every this share of the mark's height
+SLOPES = (0.0, -0.3, 0.3)  # cut lines tried: upright, and leaning (dx per dy) either way
+SEGMENT_COST = 0.7  # log-probability every digit of a reading pays: a split must read clearly better
+JOIN_COST = 1.5  # ... and every join of separate marks into one digit: most marks apart are digits apart
+HOLLOW = 0.25  # a frame (a sheet's outline, a box) covers less than this share of its box with ink
 
-# uint8 (N, 28, 28) -> (N,) how well each reads as a digit, in log units; an optional attribute ``ceiling``
-# (the most a field can score) lets a digit that already reads as well as a cut could skip the cuts
+# uint8 (N, 28, 28) -> (N,) how well each reads as one whole digit, in log units (at most 0)
 Score = Callable[[np.ndarray], np.ndarray]
 
 
@@ -99,8 +107,7 @@ def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tupl
         if len(groups) > MAX_DIGITS:
             return [], f"no number found ({len(groups)} marks in a row: text or a scribble?)"
         if score is not None:
-            groups = _join_broken(groups, ink, score)
-            groups = [piece for g in groups for piece in _split_touching(g, ink, score)]
+            groups = read_line(groups, ink, score)
     return [_digit(g, ink) for g in groups], None
 
 
@@ -137,6 +144,7 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int]) -> list[Part]:
         return p.area > 0.7 * p.width * p.height and short > 0.15 * min(h, w) and long < 2.5 * short
 
     kept = [p for p in parts if not line_like(p) and not blob_like(p)]
+    kept = [p for p in kept if not _frames_others(p, kept)]
     inside = [p for p in kept if not on_border(p)]
     if inside and max(p.mass for p in inside) >= 0.05 * max(p.mass for p in kept):
         kept = inside  # edges and the table along the border go when a real mark lies inside
@@ -144,6 +152,15 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int]) -> list[Part]:
         return []
     heaviest = max(p.mass for p in kept)
     return [p for p in kept if p.mass >= SPECK * heaviest and p.mass >= FAINT * p.area]
+
+
+def _frames_others(p: Part, parts: list[Part]) -> bool:
+    """A hollow mark whose box holds another sizeable mark: a frame around the writing, not a digit (a digit's
+    loops hold nothing but specks)."""
+    if p.area >= HOLLOW * p.width * p.height:
+        return False
+    return any(q is not p and q.x0 > p.x0 and q.x1 < p.x1 and q.y0 > p.y0 and q.y1 < p.y1
+               and q.mass >= SPECK * p.mass and q.height >= 0.1 * p.height for q in parts)
 
 
 def _row(parts: list[Part]) -> list[Part]:
@@ -190,104 +207,132 @@ def _gap(a0: int, a1: int, b0: int, b1: int) -> int:
     return max(0, max(a0, b0) - min(a1, b1))
 
 
-# ---------------------------------------------------------------------------------------- touching digits
-def _split_touching(part: Part, ink: Ink, score: Score) -> list[Part]:
-    """Cut a part that is too wide for one digit where the network reads the pieces best.
+# ---------------------------------------------------------------------------------------- the whole line
+def read_line(groups: list[Part], ink: Ink, score: Score) -> list[Part]:
+    """The best reading of a row of marks as digits (LeCun et al. 1998, sections V-VI).
 
-    Every candidate (no cut, and cuts into 2..5 pieces at the lowest points of the ink's column profile) is read
-    by the network in one batch; the one whose pieces read best on average (``score``) wins,
-    a piece wider than a digit is (DIGIT_ASPECT) pays for it, and so does every cut (CUT_COST).
+    1. over-segment: each mark wide enough to hold two digits is cut at candidate places (the low points
+       of its column profile, each cut vertical or slanted, whichever crosses the least ink), into atoms;
+    2. every run of up to MAX_ATOMS neighbouring atoms that could be one digit (no wider than MAX_WIDE of the
+       row's height; across marks only when they nearly touch) is a candidate digit, read by the network in
+       one batch: ``score`` says how well each reads as a whole digit (log of its top probability; the
+       network is trained to be unsure of pieces, pairs and non-digits);
+    3. dynamic programming finds the path through the atoms whose candidates read best together, each digit
+       paying SEGMENT_COST, so a digit cut in two pays twice and must read clearly better in pieces.
     """
+    tall = max(g.height for g in groups)
+    atoms: list[Part] = []
+    mark: list[int] = []  # which group each atom comes from
+    for k, g in enumerate(groups):
+        pieces = _oversegment(g, tall)
+        atoms += pieces
+        mark += [k] * len(pieces)
+    n = len(atoms)
+    if n == 1:
+        return atoms
+    candidates: list[tuple[int, int, Part]] = []
+    for i in range(n):
+        for j in range(i + 1, n + 1):
+            if mark[j - 1] != mark[i]:  # across marks: only a few atoms, and only marks that nearly touch
+                if j - i > MAX_ATOMS or _gap(atoms[j - 2].x0, atoms[j - 2].x1, atoms[j - 1].x0,
+                                             atoms[j - 1].x1) > JOIN_GAP * tall:
+                    break
+            part = atoms[i] if j == i + 1 else _merge(atoms[i:j])
+            whole_mark = mark[i] == mark[j - 1] and (i == 0 or mark[i - 1] != mark[i]) and (
+                j == n or mark[j] != mark[j - 1])
+            if j > i + 1 and part.width > MAX_WIDE * tall and not whole_mark:
+                if mark[j - 1] != mark[i]:
+                    break
+                continue  # a run too wide for a digit; the whole mark is still tried
+            candidates.append((i, j, part))
+    fit = np.asarray(score(np.stack([_field(p, ink) for _, _, p in candidates])), np.float64)
+    fit -= np.array([_wide(p, tall) + JOIN_COST * (mark[j - 1] - mark[i]) for i, j, p in candidates])
+    best = np.full(n + 1, -np.inf)
+    best[0] = 0.0
+    back: list[tuple[int, Part] | None] = [None] * (n + 1)
+    for (i, j, part), f in sorted(zip(candidates, fit), key=lambda c: c[0][1]):
+        total = best[i] + f - SEGMENT_COST
+        if total > best[j]:
+            best[j], back[j] = total, (i, part)
+    path, j = [], n
+    while j > 0:
+        i, part = back[j]
+        path.append(part)
+        j = i
+    return path[::-1]
+
+
+def _wide(part: Part, tall: int) -> float:
+    """What a candidate pays for being wider than a digit is (log units)."""
+    return WIDE_PENALTY * max(0.0, part.width / max(part.height, 0.5 * tall) - DIGIT_ASPECT)
+
+
+def _oversegment(part: Part, tall: int) -> list[Part]:
+    """A mark cut at every candidate place into atoms, left to right (the mark itself when it is narrow)."""
     if part.width < WIDE * part.height:
         return [part]
-    whole = float(np.asarray(score(_field(part, ink)[None]), np.float64)[0]) - _wide(part)
-    if whole >= getattr(score, "ceiling", np.inf) - CUT_COST:  # no cut can read better than this: skip them all
-        return [part]
-    candidates = [[part]]
-    max_pieces = min(5, max(2, round(part.width / (0.5 * part.height))))
-    columns = _cut_columns(part)
-    for pieces in range(2, max_pieces + 1):
-        # one cut: every 5% of the width (a 1 beside a 9 meets it where the profile shows nothing);
-        # more cuts: combinations of the profile's low points
-        tries = [[c] for c in range(1, part.width, max(1, part.width // 20))] if pieces == 2 \
-            else itertools.combinations(columns, pieces - 1)
-        for cuts in tries:
-            split = _cut(part, list(cuts))
-            if len(split) == pieces and min(p.width for p in split) >= MIN_PIECE * part.height:
-                candidates.append(split)
-    pieces = [p for c in candidates for p in c]
-    fields = np.stack([_field(p, ink) for p in pieces])
-    fit = np.asarray(score(fields), np.float64)  # (pieces in all candidates,)
-    fit -= np.array([_wide(p) for p in pieces])
-    at, scores = 0, []
-    for c in candidates:
-        scores.append(float(fit[at : at + len(c)].mean()) - CUT_COST * (len(c) - 1))  # each cut must pay
-        at += len(c)
-    return candidates[int(np.argmax(scores))]
+    cuts = _cut_lines(part, int(np.clip(round(CUTS_PER_WIDTH * part.width / part.height), 1, MAX_CUTS)))
+    return _cut(part, cuts) if cuts else [part]
 
 
-def _join_broken(groups: list[Part], ink: Ink, score: Score) -> list[Part]:
-    """Join neighbours that are pieces of one digit (a 4 or a 0 written in two strokes that do not meet): two
-    marks close together whose union reads clearly better as one digit than they read apart (the mirror
-    image of cutting: joining saves a cut, so it wins by CUT_COST)."""
-    if len(groups) < 2:
-        return groups
-    tall = max(g.height for g in groups)
-    pairs = [i for i in range(len(groups) - 1)
-             if _gap(groups[i].x0, groups[i].x1, groups[i + 1].x0, groups[i + 1].x1) <= JOIN_GAP * tall]
-    if not pairs:
-        return groups
-    joined = {i: _merge([groups[i], groups[i + 1]]) for i in pairs}
-    fields = [_field(groups[i], ink) for i in range(len(groups))] + [_field(joined[i], ink) for i in pairs]
-    fit = np.asarray(score(np.stack(fields)), np.float64)
-    alone, together = fit[: len(groups)], dict(zip(pairs, fit[len(groups) :]))
-    out, i = [], 0
-    while i < len(groups):
-        if i in together and together[i] - _wide(joined[i]) > (alone[i] + alone[i + 1]) / 2 + CUT_COST:
-            out.append(joined[i])
-            i += 2
-        else:
-            out.append(groups[i])
-            i += 1
-    return out
-
-
-def _wide(part: Part) -> float:
-    """What a piece pays for being wider than a digit (log units)."""
-    return WIDE_PENALTY * max(0.0, part.width / part.height - DIGIT_ASPECT)
-
-
-def _cut_columns(part: Part, most: int = 6) -> list[int]:
-    """Where to try cutting: the columns where the ink's column profile is lowest among its neighbours (a
-    touching pair is thinnest where the digits meet; for a 1 that is far from the middle), at most ``most``,
-    at least a fifth of the height apart, left to right."""
-    profile = np.convolve(part.mask.sum(axis=0).astype(np.float64), np.ones(3) / 3, mode="same")
-    w, apart = part.width, max(2, round(0.2 * part.height))
-    inner = np.arange(max(1, round(0.1 * w)), min(w - 1, round(0.9 * w)))
+def _cut_lines(part: Part, most: int) -> list[tuple[float, float]]:
+    """Where to cut a wide mark: (column at mid-height, slope dx/dy) of up to ``most`` lines, left to right.
+    Candidates are the columns where the ink's column profile is lowest among its neighbours (a touching pair
+    is thinnest where the digits meet), and every CUT_STEP of the width (a 1 beside a 9 meets it where the
+    profile shows nothing); each is tried upright and slanted both ways, and keeps the slant that crosses
+    the least ink. Cuts are at least a fifth of the height apart and never cross inside the mark."""
+    mask = part.mask.astype(np.float32)
+    h, w = mask.shape
+    profile = np.convolve(mask.sum(axis=0), np.ones(3) / 3, mode="same")
+    lo, hi = max(1, round(0.1 * w)), min(w - 1, round(0.9 * w))
+    inner = np.arange(lo, hi)
     if inner.size == 0:
         return []
-    lowest = [int(c) for c in inner[np.argsort(profile[inner], kind="stable")]
-              if profile[c] <= profile[c - 1] and profile[c] <= profile[c + 1]]  # local minima, lowest first
-    chosen: list[int] = []
-    for c in lowest:
-        if all(abs(c - d) >= apart for d in chosen):
-            chosen.append(c)
+    minima = [int(c) for c in inner[np.argsort(profile[inner], kind="stable")]
+              if profile[c] <= profile[c - 1] and profile[c] <= profile[c + 1]]
+    even = list(range(lo, hi, max(1, round(CUT_STEP * h))))
+    rows = np.arange(h) - (h - 1) / 2.0
+    tried: list[tuple[float, float, float]] = []  # (ink crossed, column, slope)
+    for c in minima + even:
+        crossings = []
+        for slope in SLOPES:
+            xs = np.round(c + slope * rows).astype(int)
+            inside = (xs >= 0) & (xs < w)
+            crossings.append((float(mask[np.arange(h)[inside], xs[inside]].sum()), slope))
+        ink, slope = min(crossings)
+        tried.append((ink + (0.0 if c in minima else 0.5), float(c), slope))
+    apart = max(2.0, 0.2 * h)
+    chosen: list[tuple[float, float]] = []
+    for _ink, c, slope in sorted(tried):
+        if all(abs(c - d) >= apart and _no_cross(c, slope, d, e, h) for d, e in chosen):
+            chosen.append((c, slope))
         if len(chosen) == most:
             break
     return sorted(chosen)
 
 
-def _cut(part: Part, cuts: list[int]) -> list[Part]:
-    edges = [0, *sorted(cuts), part.width]
+def _no_cross(c0: float, s0: float, c1: float, s1: float, h: int) -> bool:
+    """Two cut lines x = c + s * (y - mid) do not meet between the mark's top and bottom."""
+    half = h / 2.0
+    return (c0 - c1 + (s0 - s1) * half) * (c0 - c1 - (s0 - s1) * half) > 0
+
+
+def _cut(part: Part, cuts: list[tuple[float, float]]) -> list[Part]:
+    """Cut a mark along lines x = column + slope * (y - mid) into pieces, left to right (empty ones dropped)."""
+    h, w = part.mask.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    piece_of = np.zeros((h, w), np.int32)
+    for c, slope in cuts:
+        piece_of += xs >= c + slope * (ys - (h - 1) / 2.0)
     out = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        piece = part.mask[:, a:b]
+    for k in range(len(cuts) + 1):
+        piece = part.mask * (piece_of == k)
         rows = np.flatnonzero(piece.any(axis=1))
         cols = np.flatnonzero(piece.any(axis=0))
-        if rows.size == 0 or piece.sum() < 0.05 * part.area:
+        if rows.size == 0 or piece.sum() < 0.02 * part.area:
             continue
-        out.append(Part(piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy(), part.x0 + a + int(cols[0]),
-                        part.y0 + int(rows[0])))
+        crop = piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.uint8)
+        out.append(Part(crop, part.x0 + int(cols[0]), part.y0 + int(rows[0]), part.mass * crop.sum() / part.area))
     return out
 
 
@@ -324,21 +369,6 @@ def _thicken(grey: np.ndarray, mask: np.ndarray, longer: int) -> np.ndarray:
     k = int(round(wanted - width)) | 1
     grey = np.pad(grey, k)  # room for the wider strokes
     return cv2.dilate(grey, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-
-
-NUDGES = ((-12, 1.0, 0, 0), (12, 1.0, 0, 0), (0, 0.85, 0, 0), (0, 1.1, 0, 0),
-          (0, 1.0, 2, 0), (0, 1.0, -2, 0), (0, 1.0, 0, 2), (0, 1.0, 0, -2))  # degrees, zoom, dx, dy
-
-
-def nudged(field: np.ndarray) -> np.ndarray:
-    """uint8 (28, 28) -> uint8 (1 + len(NUDGES), 28, 28): the field and small rotations, zooms and shifts of it.
-    A digit reads the same in all of them; a letter or a scribble that happened to read as a digit often not."""
-    out = [field]
-    for degrees, zoom, dx, dy in NUDGES:
-        m = cv2.getRotationMatrix2D((CENTRE, CENTRE), degrees, zoom)
-        m[:, 2] += (dx, dy)
-        out.append(cv2.warpAffine(field, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR))
-    return np.stack(out)
 
 
 def mnist_field(grey: np.ndarray) -> np.ndarray:
