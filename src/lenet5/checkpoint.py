@@ -124,8 +124,16 @@ def describe_model(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path, expect_model: str | None = None) -> Checkpoint:
-    """Load and validate a checkpoint (.safetensors, or a PyTorch state_dict .pth/.pt with our names)."""
+    """Load and validate a checkpoint (.safetensors, or a PyTorch state_dict .pth/.pt with our names). A file
+    the system cannot read (EIO from /proc/self/mem, a name too long, no permission) is one CheckpointError."""
     path = Path(path)
+    try:
+        return _load_checkpoint(path, expect_model)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _load_checkpoint(path: Path, expect_model: str | None) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file (train one with `lenet5 train`)")
     if not path.is_file():

@@ -193,7 +193,11 @@ def _engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a name too long, a file in the way, a read-only place
+                raise Lenet5Error(f"cannot make the folder of the study database {path}: "
+                                  f"{exc.strerror or exc}; choose another --storage") from None
         return {"connect_args": {"timeout": 60}}  # wait for the other workers' writes
     if url.startswith("postgresql"):
         # Give up on an unreachable server after 10 s instead of the TCP default (minutes); check pooled

@@ -305,7 +305,8 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
         except OSError as exc:  # a full disk, a read-only run folder: one line, and say what is safe
             if exc.errno not in WRITE_ERRNOS or not is_writer:
                 raise
-            raise Lenet5Error(f"cannot write {exc.filename or run_dir}: {exc.strerror}; {_kept(run_dir)}") from None
+            name = os.fsdecode(exc.filename) if exc.filename else run_dir  # TensorBoard's writer names files in bytes
+            raise Lenet5Error(f"cannot write {name}: {exc.strerror}; {_kept(run_dir)}") from None
         except TrainingError as exc:
             raise TrainingError(f"{exc}; {_kept(run_dir)}") from None
         except TrainingInterrupted as stop:

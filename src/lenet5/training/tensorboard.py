@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,7 @@ class TensorBoardLogger(Callback):
 
     # --------------------------------------------------------------------------------------- callbacks
     def on_start(self, trainer):
+        _quiet_writer_threads()
         self.writer = self.tb.EventFileWriter(str(self.run_dir), flush_secs=30)
         atexit.register(self._close_at_exit)  # a run stopped by an error still leaves its last points on disk
         self._loss_sum, self._correct, self._seen = 0.0, 0, 0
@@ -141,3 +143,21 @@ class TensorBoardLogger(Callback):
             self._close()
         except OSError:
             pass  # a full disk: the run has already said so
+
+
+def _quiet_writer_threads() -> None:
+    """The event writer writes from its own thread; when a write fails there (the run folder turned read-only
+    or full), the thread re-raises and Python prints "Exception in thread ..." with a traceback. The same error
+    is raised again by the writer's next call in the training thread, where the run turns it into its one
+    line, so the writer thread's OSErrors are not printed. Installed again if something replaced the hook."""
+    if getattr(threading.excepthook, "lenet5_quiet", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook.lenet5_quiet = True
+    threading.excepthook = hook

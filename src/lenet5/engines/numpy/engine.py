@@ -84,6 +84,8 @@ class NumpyEngine:
         processes = min(self.threads, available_cores()) - 1 if workers.SUPPORTED else 0
         layout = state_layout(parameter_count(model.name), processes, self.dtype)
         self._state = shared_block(layout) if processes else None
+        if self._state is None:  # none needed, or none to be had (told): every worker runs here
+            processes = 0
         self.net = Network(model.name, self.dtype, params=self._state.arrays["params"] if processes else None)
         weights = self.net.named_views(self.net.params)
         for key, value in initial_weights(model.name, model.init, seed, dtype).items():
@@ -147,7 +149,7 @@ class NumpyEngine:
         on them; returns the block's arrays (None when there is nothing to hand out)."""
         if not plans:
             return None
-        batch = self._processes.ready(max(len(x), LOGITS_ROUND), x.shape[1:])
+        batch = self._processes.batch  # _split found the processes up for this batch
         for pieces in plans:
             for a, b in pieces:
                 batch["x"][a:b] = x[a:b]
@@ -164,11 +166,29 @@ class NumpyEngine:
         loss, n_correct = self._local.loss_and_grad(x, y, plan[0], n)
         parts = [(self._stand_in(w).loss_and_grad(x, y, pieces, n), self._stand_in(w).grad) for w, pieces in here]
         if batch is not None:
-            parts = list(zip(self._processes.wait(), self._state.arrays["grads"])) + parts
+            parts = self._collect(x, y, n, remote) + parts
         for (part_loss, part_correct), grad in parts:  # in worker order, wherever each worker ran: reproducible
             self._grad += grad
             loss, n_correct = loss + part_loss, n_correct + part_correct
         return loss, n_correct
+
+    def _collect(self, x: np.ndarray, y: np.ndarray, n: int, remote) -> list:
+        """The processes' (loss, correct) and gradients, in worker order; a lost process's pieces are done here
+        (by its stand-in: the same pieces and sums, so the same bits)."""
+        parts = []
+        for w, (pieces, answer) in enumerate(zip(remote, self._processes.wait()), start=1):
+            if answer is None:
+                stand_in = self._stand_in(w)
+                parts.append((stand_in.loss_and_grad(x, y, pieces, n), stand_in.grad))
+            else:
+                parts.append((answer, self._state.arrays["grads"][w - 1]))
+        return parts
+
+    def hurry(self) -> None:
+        """A stop was asked for (Ctrl-C): wait only briefly for a silent worker process, so the step ends and
+        the run saves and stops."""
+        if self._processes is not None:
+            self._processes.hurry = True
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
         """(loss, n_correct, {name: gradient}) of one batch without updating anything (for checks, not
@@ -190,8 +210,10 @@ class NumpyEngine:
                 for pieces in [plan[0]] + [pieces for _, pieces in here]:
                     self._local.logits(part, pieces, part_out)
                 if batch is not None:
-                    self._processes.wait()
-                    for pieces in remote:
+                    for pieces, answer in zip(remote, self._processes.wait()):
+                        if answer is None:  # a lost process: its pieces are done here
+                            self._local.logits(part, pieces, part_out)
+                            continue
                         for a, b in pieces:
                             part_out[a:b] = batch["logits"][a:b]
         return out
@@ -231,6 +253,9 @@ class NumpyEngine:
             self._processes.close()
 
     def __del__(self) -> None:
-        self.close()
-        if getattr(self, "_state", None) is not None:
-            self._state.close()
+        try:
+            self.close()
+            if getattr(self, "_state", None) is not None:
+                self._state.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit modules may already be gone; the processes exit
+            pass  # by themselves when their sockets close
