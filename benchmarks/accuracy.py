@@ -64,7 +64,8 @@ def run_recipe(train_args: list[str], seeds: list[int], out: str) -> RecipeResul
 
 def summary_line(r: RecipeResult) -> str:
     noisy = "  NOISY: times are not comparable" if r.others_share > NOISY else ""
-    return (f"mean test accuracy {statistics.mean(r.accuracy):.2f}% +- {r.spread:.2f} (std over {len(r.accuracy)} seeds; "
+    return (f"mean test accuracy {statistics.mean(r.accuracy):.2f}% +- {r.spread:.2f} "
+            f"(std over {len(r.accuracy)} seeds; "
             f"min {min(r.accuracy):.2f}, max {max(r.accuracy):.2f}); test error {r.mean_error:.2f}%; "
             f"median training time {statistics.median(r.train_seconds):.0f} s; "
             f"other processes took {100 * r.others_share:.0f}% of the CPU{noisy}")

@@ -47,7 +47,8 @@ def window(kind: str, engine, images, labels, batch_size: int, seed: int, transf
     rng = np.random.default_rng([seed, 1])
     before, t0 = cpu_snapshot(), time.perf_counter()
     if kind.startswith("train"):
-        transform = {"train": None, "train+affine": transforms["affine"], "train+elastic": transforms["affine+elastic"]}[kind]
+        transform = {"train": None, "train+affine": transforms["affine"],
+                     "train+elastic": transforms["affine+elastic"]}[kind]
         for x, y in iterate_batches(images, labels, batch_size, rng, transform=transform):
             engine.train_step(x, y, 0.01)
     else:  # the transform alone, on the batches iterate_batches would hand it

@@ -126,7 +126,8 @@ def main() -> None:
         workers[name] = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", name, "--steps", str(args.steps)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    threads = {name: json.loads(w.stdout.readline())["threads"] for name, w in workers.items()}
+    for w in workers.values():  # each worker says it is ready with a first line
+        json.loads(w.stdout.readline())
     results = {name: {"quiet": [], "busy": []} for name in workers}  # (seconds, cpu, others' share, threads)
     loop = None
 
@@ -172,7 +173,8 @@ def main() -> None:
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"{os.cpu_count()} CPUs; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"{args.steps} steps of batch {BATCH} per window, {args.rounds} rounds, median per condition; "
-          f"busy = a `while True: pass` process pinned to CPU 0; busy/quiet = median of the per-round ratios; clean pairs: "
+          "busy = a `while True: pass` process pinned to CPU 0; busy/quiet = median of the per-round ratios; "
+          "clean pairs: "
           f"the same over rounds where other processes took at most {NOISY:.0%} of the CPU in both windows (how many); "
           f"others: median share of the CPU used by other processes (windows above {NOISY:.0%} counted as noisy)")
     print("| policy | threads quiet / busy | quiet s | busy s | busy/quiet | clean pairs | cpu s quiet / busy "

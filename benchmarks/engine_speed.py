@@ -3,9 +3,10 @@
 Both engines train the same LeNet-5 (same initial weights, the default optimizer) on the SAME real MNIST batches, in one
 process, in alternating timed windows (numpy, torch, numpy, torch, ...). Each window runs for a few seconds;
 an epoch is 60,000 images. For every window the share of the machine's CPU time used by OTHER processes is
-read from /proc/stat (total busy time minus the CPU time of this process and its worker processes); windows above 15% are marked
-noisy. Peak RSS comes from a separate subprocess per engine doing a full-training-run configuration (uint8
-dataset in memory, one batch normalized at a time, training steps, then evaluation on the 10,000 test images).
+read from /proc/stat (total busy time minus the CPU time of this process and its worker processes); windows
+above 15% are marked noisy. Peak RSS comes from a separate subprocess per engine doing a full-training-run
+configuration (uint8 dataset in memory, one batch normalized at a time, training steps, then evaluation on the
+10,000 test images).
 
     python benchmarks/engine_speed.py            # batch 32/64/128/256 x threads 1/2, ~4 minutes
     python benchmarks/engine_speed.py --quick    # batch 64/128, shorter windows, ~1 minute
@@ -133,7 +134,6 @@ def fmt(values: list[float], shares: list[float]) -> str:
 
 def compare_training(mnist, model, batch_sizes, thread_counts, rounds, seconds) -> None:
     import torch
-
     from threadpoolctl import threadpool_info
 
     pool_x = normalize(mnist.train_images[:8192])

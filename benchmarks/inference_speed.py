@@ -45,6 +45,7 @@ from lenet5.data.datasets import load_mnist, normalize  # noqa: E402
 from lenet5.engines.numpy.engine import NumpyEngine  # noqa: E402
 from machine import NOISY, cpu_jiffies, own_jiffies  # noqa: E402
 
+
 def timed_window(fn, x: np.ndarray, batch: int, min_seconds: float) -> tuple[float, float]:
     """Full passes over x until min_seconds have gone by -> (images/s, share of CPU others took)."""
     busy0, total0 = cpu_jiffies()

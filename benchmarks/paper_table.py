@@ -39,7 +39,8 @@ def main() -> None:
         if args.rows not in name:
             continue
         seeds = " ".join(map(str, args.seeds))
-        command = f"python benchmarks/accuracy.py --seeds {seeds}" + (f" -- {' '.join(train_args)}" if train_args else "")
+        command = f"python benchmarks/accuracy.py --seeds {seeds}" + (
+            f" -- {' '.join(train_args)}" if train_args else "")
         print(f"{name}: {command}", flush=True)
         r = run_recipe(train_args, args.seeds, args.out)
         print(summary_line(r), flush=True)

@@ -20,10 +20,9 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from photo_scenes import digit_scenes, number_scenes  # noqa: E402
-
 from lenet5.data.datasets import load_mnist  # noqa: E402
 from lenet5.predict import Predictor  # noqa: E402
+from photo_scenes import digit_scenes, number_scenes  # noqa: E402
 
 KINDS = ("sheet_on_table", "ruled", "shadow", "squared", "dim_room", "uneven_light")
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from machine import CLK_TCK, NOISY, children_jiffies, cpu_jiffies
 
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -102,9 +103,11 @@ def main() -> None:
     for name, ts in times.items():
         others = max(0.0, busy[name][0] - busy[name][1]) / max(1.0, busy[name][2])
         flag = "  noisy" if others > NOISY else ""
-        print(f"{name:<22}{1000 * statistics.median(ts):>10.0f}{1000 * min(ts):>9.0f}{1000 * max(ts):>9.0f}{1000 * statistics.median(cpu[name]):>9.0f}{others:>8.0%}{flag}")
+        print(f"{name:<22}{1000 * statistics.median(ts):>10.0f}{1000 * min(ts):>9.0f}{1000 * max(ts):>9.0f}"
+              f"{1000 * statistics.median(cpu[name]):>9.0f}{others:>8.0%}{flag}")
     base = statistics.median(times["python -c pass"])
-    print(f"predict (png) minus bare interpreter: {1000 * (statistics.median(times['predict 280x280 png']) - base):.0f} ms")
+    print("predict (png) minus bare interpreter: "
+          f"{1000 * (statistics.median(times['predict 280x280 png']) - base):.0f} ms")
     if args.baseline_src:
         pairs = [b / a for a, b in zip(times["predict 280x280 png"], times["baseline predict png"])]
         print(f"baseline/this predict png, median of the per-turn ratios: {statistics.median(pairs):.3f}")

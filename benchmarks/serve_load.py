@@ -27,7 +27,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from machine import NOISY, cpu_jiffies, process_jiffies
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -124,7 +126,8 @@ def main() -> None:
                 ours = process_jiffies(server.pid) + process_jiffies(os.getpid()) - ours0
                 others = max(0, busy1 - busy0 - ours) / max(1, total1 - total0)
                 lat.sort()
-                rows.append((name, args.requests / seconds, statistics.median(lat), lat[int(0.99 * (len(lat) - 1))], lat[-1], others))
+                rows.append((name, args.requests / seconds, statistics.median(lat), lat[int(0.99 * (len(lat) - 1))],
+                             lat[-1], others))
         finally:
             server.terminate()
             server.wait(timeout=10)

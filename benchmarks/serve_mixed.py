@@ -77,7 +77,8 @@ def main() -> None:
             until = time.monotonic() + args.seconds
             big_rows: list = []
             small_rows: list = []
-            threads = [threading.Thread(target=client, args=(url, big, until, big_rows)) for _ in range(args.big_clients)]
+            threads = [threading.Thread(target=client, args=(url, big, until, big_rows))
+                       for _ in range(args.big_clients)]
             threads += [threading.Thread(target=client, args=(url, small, until, small_rows))
                         for _ in range(args.small_clients)]
             for t in threads:

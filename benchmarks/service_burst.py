@@ -67,7 +67,8 @@ def mix(host: str) -> list[tuple[str, bytes, int]]:
     return [
         ("json_ok", request("POST", "/predict", host, json.dumps({"pixels": digit}).encode(), js), 200),
         ("png_ok", request("POST", "/predict", host, seven, "image/png"), 200),
-        ("multipart_ok", request("POST", "/predict", host, multipart, f"multipart/form-data; boundary={boundary}"), 200),
+        ("multipart_ok",
+         request("POST", "/predict", host, multipart, f"multipart/form-data; boundary={boundary}"), 200),
         ("healthz", request("GET", "/healthz", host), 200),
         ("bad_json", request("POST", "/predict", host, b'{"pixels": [[1, 2', js), 400),
         ("wrong_shape", request("POST", "/predict", host, json.dumps({"pixels": [[0] * 27] * 28}).encode(), js), 422),

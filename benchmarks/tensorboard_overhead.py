@@ -105,7 +105,8 @@ def main() -> None:
             for kind in KINDS[r % 3:] + KINDS[: r % 3]:
                 w = window(kind, cfg, data, os.path.join(tmp, f"r{r}"))
                 runs[kind].append(w)
-                print(f"  round {r + 1} {kind:<12} {w['seconds']:6.2f} s  cpu {w['cpu']:6.2f} s  [others {100 * w['share']:3.0f}%"
+                print(f"  round {r + 1} {kind:<12} {w['seconds']:6.2f} s  cpu {w['cpu']:6.2f} s  [others "
+                      f"{100 * w['share']:3.0f}%"
                       f"{' NOISY' if w['share'] > NOISY else ''}]", file=sys.stderr, flush=True)
 
     print(f"\n## Seconds per epoch (median of {rounds}; [max share of CPU used by others]); vs none: median of the "

@@ -34,7 +34,8 @@ def run_once(engine_name: str, data, args, seed: int) -> dict:
     optimizer = OptimizerConfig(name="sgd", lr=args.lr, momentum=0.9, nesterov=True, l2=args.l2)
     engine = create_engine(engine_name, ModelConfig(), optimizer, seed=seed, threads=args.threads, device="cpu")
     steps_per_epoch = num_batches(len(data.train_images), args.batch_size)
-    schedule = Schedule(ScheduleConfig(name="onecycle", pct_start=0.25), args.lr, steps_per_epoch, steps_per_epoch * args.epochs)
+    schedule = Schedule(ScheduleConfig(name="onecycle", pct_start=0.25), args.lr, steps_per_epoch,
+                        steps_per_epoch * args.epochs)
     check_every = max(1, steps_per_epoch // args.checks_per_epoch)
     trained, step, reached, accuracy = 0.0, 0, None, 0.0
     before = cpu_snapshot()
@@ -75,8 +76,10 @@ def main() -> None:
     engines = args.engines.split(",")
     data = load_mnist()
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"recipe: SGD nesterov lr {args.lr} l2 {args.l2}, one-cycle over {args.epochs} epochs, batch {args.batch_size}, "
-          f"all 60,000 training images, seeds {' '.join(map(str, args.seeds))}; threads {args.threads} for each engine; "
+    print(f"recipe: SGD nesterov lr {args.lr} l2 {args.l2}, one-cycle over {args.epochs} epochs, "
+          f"batch {args.batch_size}, "
+          f"all 60,000 training images, seeds {' '.join(map(str, args.seeds))}; "
+          f"threads {args.threads} for each engine; "
           f"test accuracy checked {args.checks_per_epoch}x per epoch (clock stopped)")
     results: dict[str, list[dict]] = {e: [] for e in engines}
     for seed in args.seeds:

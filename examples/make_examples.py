@@ -71,7 +71,8 @@ def write(out: Path, test_images: np.ndarray) -> list[Path]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent), help="folder to write into (default examples/)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent),
+                   help="folder to write into (default examples/)")
     p.add_argument("--data-dir", default=None, help="MNIST cache folder (default: $LENET5_DATA or ~/.cache/lenet5)")
     args = p.parse_args()
     from lenet5.data.datasets import load_mnist

@@ -56,7 +56,8 @@ def write_mnist_subset(mnist: MNIST, folder: Path, n_train: int, n_test: int) ->
     from lenet5.data.idx import write_idx
     from lenet5.data.sources import FILES
 
-    arrays = (mnist.train_images[:n_train], mnist.train_labels[:n_train], mnist.test_images[:n_test], mnist.test_labels[:n_test])
+    arrays = (mnist.train_images[:n_train], mnist.train_labels[:n_train],
+              mnist.test_images[:n_test], mnist.test_labels[:n_test])
     for name, array in zip(FILES, arrays):
         write_idx(folder / name, array)
     return folder

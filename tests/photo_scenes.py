@@ -754,7 +754,8 @@ def with_drawing(draw_on) -> bytes:
 
 NOT_DIGITS = {
     "blank page": lambda d: None,
-    "a cup": lambda d: (d.ellipse((250, 150, 520, 470), fill=(90, 60, 50)), d.ellipse((500, 240, 600, 380), outline=(90, 60, 50), width=22)),
+    "a cup": lambda d: (d.ellipse((250, 150, 520, 470), fill=(90, 60, 50)),
+                        d.ellipse((500, 240, 600, 380), outline=(90, 60, 50), width=22)),
     "scribble": lambda d: d.line(tangle(), fill=(20, 20, 60), width=5),
 }
 

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import lenet5
 from PIL import Image
 
+from conftest import lenet5
 from lenet5.config import AugmentConfig
 from lenet5.data.augment import AffineParams, Augmenter, bilinear, gaussian_matrix, make_augmenter, smoothing_basis
 from lenet5.data.datasets import iterate_batches

@@ -11,8 +11,8 @@ import shutil
 import time
 
 import pytest
-from conftest import lenet5
 
+from conftest import lenet5
 from lenet5.checkpoint import BUNDLED
 
 

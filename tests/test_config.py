@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import lenet5
 
+from conftest import lenet5
 from lenet5.config import Config, build_config, config_from_dict
 from lenet5.errors import ConfigError
 
@@ -20,7 +20,8 @@ def test_shipped_config_yaml_is_the_built_in_default():
 def test_layers_apply_in_order(tmp_path):
     extra = tmp_path / "mine.yaml"
     extra.write_text("train:\n  epochs: 3\n  batch_size: 32\noptimizer:\n  lr: 0.01\n")
-    cfg = build_config([REPO / "config.yaml", extra], {"train": {"batch_size": 128}}, ["schedule.name=cosine", "optimizer.nesterov=true"])
+    cfg = build_config([REPO / "config.yaml", extra], {"train": {"batch_size": 128}},
+                       ["schedule.name=cosine", "optimizer.nesterov=true"])
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.optimizer.lr) == (3, 128, 0.01)
     assert cfg.schedule.name == "cosine" and cfg.optimizer.nesterov is True
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -110,6 +111,7 @@ def test_cli_layers_config_yaml_config_flags_and_set_in_that_order(mnist, tmp_pa
     """`lenet5 train` in a folder holding config.yaml, with --config, flags and --set, each layer overriding a
     different subset of keys: the run folder's config.yaml shows which layer won for every key."""
     import yaml
+
     from conftest import write_mnist_subset
 
     data = write_mnist_subset(mnist, tmp_path / "data", 300, 100)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import lenet5
 
+from conftest import lenet5
 from lenet5.data import sources
 from lenet5.data.datasets import load_mnist
 from lenet5.data.idx import write_idx
@@ -64,7 +64,8 @@ def test_corrupt_file_is_never_used_and_all_failed_message_lists_attempts(tmp_pa
 
 def test_cli_reports_failure_in_one_line_without_traceback(tmp_path):
     env = {"PATH": str(tmp_path), "LENET5_DATA": str(tmp_path / "cache")}  # no npm on PATH
-    code = "import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',); from lenet5.cli import main; raise SystemExit(main(['data']))"
+    code = ("import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',); "
+            "from lenet5.cli import main; raise SystemExit(main(['data']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -95,7 +96,8 @@ def test_fetches_real_mnist_through_the_real_sources(tmp_path):
     result = lenet5("data", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["counts"] == {"train_images": 60000, "train_labels": 60000, "test_images": 10000, "test_labels": 10000}
+    assert report["counts"] == {"train_images": 60000, "train_labels": 60000,
+                                "test_images": 10000, "test_labels": 10000}
     assert {n: f["sha256"] for n, f in report["files"].items()} == MNIST_SHA256
     folder = tmp_path / "mnist"
     path = folder / FILES[0]

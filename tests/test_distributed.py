@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import lenet5, write_mnist_subset
 from serving import free_port
 

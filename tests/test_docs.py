@@ -26,7 +26,8 @@ def _missing_doc_tools() -> list[str]:
 def test_the_site_builds_strictly(tmp_path):
     missing = _missing_doc_tools()
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[dev]' (mkdocs-material, mkdocstrings[python])")
+        pytest.skip(f"{', '.join(missing)} not installed: "
+                    "pip install -e '.[dev]' (mkdocs-material, mkdocstrings[python])")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
          "--site-dir", str(tmp_path / "site")],

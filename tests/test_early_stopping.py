@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import opt
 
+from conftest import opt
 from lenet5.config import EarlyStoppingConfig
 from lenet5.training.callbacks import EarlyStopping
 
@@ -127,7 +127,8 @@ def run_until_stopped(tiny, tmp_path_factory, restore_best: bool):
                              "data.val_size=500", "optimizer.name=adam", "optimizer.lr=0.003",
                              "schedule.name=constant", "augment.enabled=false", "early_stopping.enabled=true",
                              "early_stopping.monitor=val_loss", f"early_stopping.patience={PATIENCE}",
-                             "early_stopping.min_delta=0.001", f"early_stopping.restore_best={str(restore_best).lower()}"])
+                             "early_stopping.min_delta=0.001",
+                             f"early_stopping.restore_best={str(restore_best).lower()}"])
     run_dir = tmp_path_factory.mktemp(f"early-stop-{restore_best}")
     return Trainer(cfg, tiny, callbacks=run_folder_callbacks(run_dir), log=lambda msg: None).fit(), run_dir
 

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import lenet5
 from PIL import Image
+
+from conftest import lenet5
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {"digits/seven.png": "7", "digits/two.png": "2", "digits/four.png": "4", "number.jpg": "4096"}

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from conftest import lenet5
 
 onnx = pytest.importorskip("onnx")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LENET5, write_mnist_subset
 
+from conftest import LENET5, write_mnist_subset
 from lenet5.checkpoint import load_checkpoint
 
 SEED = 8  # the kill schedule; change it to explore other moments

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LENET5, lenet5, write_mnist_subset
 
+from conftest import LENET5, lenet5, write_mnist_subset
 from lenet5.checkpoint import load_checkpoint
 from lenet5.data.sources import FILES, MNIST_SHA256
 
@@ -60,7 +60,8 @@ def tmpfs(path: Path, size: str):
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -190,8 +191,8 @@ def test_a_read_only_run_folder_gives_one_clear_line(tiny_idx, tmp_path):
     run = out / "run"
     with read_only(out) as how:
         kept = (run / "last.safetensors").read_bytes()
-        resumed = lenet5("train", "--resume", str(run), "--epochs", "2", "--dataset", "idx", "--data-dir", str(tiny_idx),
-                         cwd=tmp_path)
+        resumed = lenet5("train", "--resume", str(run), "--epochs", "2", "--dataset", "idx",
+                         "--data-dir", str(tiny_idx), cwd=tmp_path)
         line = one_error_line(resumed)
         print("\n" + how + ": " + line)
         assert line.startswith(f"error: cannot write {run}"), (how, line)

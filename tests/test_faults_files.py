@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import lenet5
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
+from conftest import lenet5
 from lenet5.checkpoint import MAX_HEADER_BYTES, load_checkpoint, save_checkpoint
 from lenet5.data.idx import encode_idx, parse_idx, read_idx
 from lenet5.data.images import MAX_PIXELS, load_npy, prepare_bytes
@@ -337,7 +337,8 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def _bmp_declaring(width: int, height: int) -> bytes:

@@ -14,11 +14,11 @@ import os
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import lenet5
 
 torch = pytest.importorskip("torch")
@@ -73,8 +73,10 @@ def test_a_stride0_pth_tensor_is_refused_before_conversion(tmp_path, make):
 
 
 @pytest.mark.parametrize("make, words", [
-    (lambda: torch.zeros(1).expand(48_001), ("conv3.weight", "more than any LeNet-5 tensor")),    # one more than conv3.weight
-    (lambda: torch.zeros(2, 1, 1, 1, 1).expand(2, 3, 4, 5, 6), ("conv3.weight", "dimensions")),  # more than any LeNet-5 tensor
+    # one more than conv3.weight
+    (lambda: torch.zeros(1).expand(48_001), ("conv3.weight", "more than any LeNet-5 tensor")),
+    # more dimensions than any LeNet-5 tensor
+    (lambda: torch.zeros(2, 1, 1, 1, 1).expand(2, 3, 4, 5, 6), ("conv3.weight", "dimensions")),
     (lambda: torch.zeros(0, 2**40), ("LeNet-5",)),  # empty: cheap, and still not a LeNet-5 tensor
 ], ids=["just-too-many", "five-dims", "empty"])
 def test_a_pth_tensor_no_lenet5_has_is_refused(tmp_path, make, words):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import lenet5
 
+from conftest import lenet5
 from lenet5.config import MAX_YAML_DEPTH, build_config
 from lenet5.errors import ConfigError
 
@@ -40,7 +40,8 @@ def test_deep_nesting_in_a_config_file_is_one_line_at_once(tmp_path, text):
     assert time.perf_counter() - started < 5
 
 
-@pytest.mark.parametrize("value", ["[" * 5000, "{a: " * 2000, "- " * 2000 + "1"], ids=["brackets", "mappings", "dashes"])
+@pytest.mark.parametrize("value", ["[" * 5000, "{a: " * 2000, "- " * 2000 + "1"],
+                         ids=["brackets", "mappings", "dashes"])
 def test_deep_nesting_through_set_is_one_line(value):
     with pytest.raises(ConfigError, match="--set train.seed is nested more than"):
         build_config(sets=[f"train.seed={value}"])

@@ -104,7 +104,8 @@ def test_an_honest_gzip_header_declaring_gigabytes_is_refused_before_inflating(t
     path.write_bytes(honest_gz(shape, type_code, itemsize))
     assert path.stat().st_size < 3_000_000
     result = run_python(f"from lenet5.data.idx import read_idx\nfrom lenet5.errors import IDXError\n"
-                        f"try:\n    read_idx({str(path)!r})\nexcept IDXError as exc:\n    print(exc); raise SystemExit(3)")
+                        f"try:\n    read_idx({str(path)!r})\nexcept IDXError as exc:\n    print(exc); raise "
+                        "SystemExit(3)")
     assert result.returncode == 3, result.stderr[-2000:]
     assert str(path) in result.stdout and "declares" in result.stdout and "not inflated" in result.stdout
 
@@ -430,7 +431,8 @@ def test_a_sigkilled_data_run_takes_npm_down_and_the_next_start_removes_its_fold
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "NPM_PID_FILE": str(pid_file)}
     code = ("import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',)\n"
             f"from lenet5.cli import main; main(['data', '--data-dir', {str(root)!r}])")
-    parent = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20), "npm never started"
         npm_pid = int(pid_file.read_text())

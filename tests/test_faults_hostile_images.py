@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import lenet5
 from PIL import Image, ImageDraw, ImageFile, ImageOps
 
+from conftest import lenet5
 from lenet5.data import images
 from lenet5.data.images import open_image, read_bytes, read_image, to_gray
 from lenet5.errors import ImageError
@@ -123,12 +123,14 @@ def test_every_mode_is_read_or_refused_in_one_line(mode):
     if mode.split("+")[0] in REFUSED:
         with pytest.raises(ImageError) as err:
             read_image(img, f"page.{mode}")
-        assert str(err.value) == f"page.{mode}: cannot read a {mode} image as grey levels (a CIE L*a*b* image); save it as RGB"
+        assert str(err.value) == (f"page.{mode}: cannot read a {mode} image as grey levels (a CIE L*a*b* image); "
+                                  "save it as RGB")
         return
     digits, problem = read_image(img, f"page.{mode}")
     assert problem is None and len(digits) == 1, (mode, problem)
     x0, y0, x1, y1 = digits[0].box
-    assert abs(x0 - STROKE[0]) <= 2 and abs(x1 - STROKE[2]) <= 2 and abs(y0 - STROKE[1]) <= 2 and abs(y1 - STROKE[3]) <= 2
+    assert (abs(x0 - STROKE[0]) <= 2 and abs(x1 - STROKE[2]) <= 2
+            and abs(y0 - STROKE[1]) <= 2 and abs(y1 - STROKE[3]) <= 2)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -158,7 +160,8 @@ def test_every_mode_pillow_writes_is_one_result_per_file_in_predict(tmp_path, un
     for r in results:
         name = Path(r["file"]).name
         if written[name] in REFUSED:
-            assert r["error"] == f"{r['file']}: cannot read a {written[name]} image as grey levels (a CIE L*a*b* image); save it as RGB"
+            assert r["error"] == (f"{r['file']}: cannot read a {written[name]} image as grey levels "
+                                  "(a CIE L*a*b* image); save it as RGB")
         else:
             assert "error" not in r and r["number"] is not None and len(r["digits"]) == 1, (name, written[name], r)
 
@@ -404,7 +407,8 @@ def test_predict_prints_no_pillow_warning_for_a_corrupt_exif_block(untrained, tm
 @pytest.mark.parametrize("orientation", [6, 8])
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
 def test_a_sideways_photo_is_turned_like_every_viewer_does(fmt, orientation):
-    img = Image.fromarray(page()).transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+    img = Image.fromarray(page()).transpose(
+        Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()

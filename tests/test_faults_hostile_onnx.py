@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import lenet5
 
 onnx = pytest.importorskip("onnx")
@@ -159,5 +160,6 @@ def test_evaluate_and_predict_say_one_line_for_a_hostile_graph(case, tmp_path):
         assert proc.returncode != 0, (args, proc.stdout)
         assert "Traceback" not in proc.stderr, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "not a LeNet-5 ONNX model" in lines[0], proc.stderr
+        assert (len(lines) == 1 and lines[0].startswith("error: ")
+                and "not a LeNet-5 ONNX model" in lines[0]), proc.stderr
         assert proc.stdout.strip() == "", proc.stdout  # no reading over the wrong number of classes

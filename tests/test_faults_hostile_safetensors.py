@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import lenet5, opt
 
+from conftest import lenet5, opt
 from lenet5.checkpoint import load_checkpoint, save_checkpoint
 from lenet5.config import ModelConfig
 from lenet5.engines import create_engine

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
 from serving import running_server, wait_until_healthy
 from test_faults_hostile_images import MODES, REFUSED, encoded
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LENET5, lenet5, write_mnist_subset
 
+from conftest import LENET5, lenet5, write_mnist_subset
 from lenet5.errors import ConfigError
 from lenet5.training.run import RUN_LOCK, _claim, lock_run_dir, resume_from
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from serving import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,8 @@ def slow_body(port: int, answers: dict, key: int, connected: threading.Semaphore
     start = time.monotonic()
     answers[key] = b""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n")
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                  b"5000\r\n\r\n")
         connected.release()
         s.settimeout(interval)
         for _ in range(200):  # 50 s at most
@@ -94,7 +96,7 @@ def slow_body(port: int, answers: dict, key: int, connected: threading.Semaphore
                 break
             try:
                 data = s.recv(4096)
-            except (socket.timeout, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 continue
             if not data:
                 break
@@ -242,7 +244,7 @@ def test_a_chunked_body_over_the_limit_is_cut_off_while_arriving(server):
                 if data:
                     answer += data
                     break
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except ConnectionError:
                 break

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LENET5, lenet5, opt, write_mnist_subset
 
+from conftest import LENET5, lenet5, opt, write_mnist_subset
 from lenet5.config import ModelConfig
 from lenet5.data.datasets import normalize
 from lenet5.engines.numpy import engine as numpy_engine
@@ -332,7 +332,8 @@ def test_a_model_the_system_cannot_read_is_one_line(tmp_path):
     for args in (["summary", "--model", "/proc/self/mem"], ["summary", "--model", str(tmp_path / ("d" * 300))]):
         done = lenet5(*args, timeout=60)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
-    assert "/proc/self/mem: cannot read it (Input/output error)" in lenet5("summary", "--model", "/proc/self/mem").stderr
+    summary = lenet5("summary", "--model", "/proc/self/mem")
+    assert "/proc/self/mem: cannot read it (Input/output error)" in summary.stderr
 
 
 def test_a_study_path_too_long_is_one_line(tmp_path):

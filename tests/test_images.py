@@ -58,7 +58,8 @@ FORMS = {
     "rgba_white_ink_on_transparent": (
         lambda a: encode(Image.merge("RGBA", [Image.new("L", (28, 28), 255)] * 3 + [Image.fromarray(a)])), 0.95),
     "off_centre_on_large_canvas": (lambda a: encode(_paste(black_on_white(a), (400, 300), (20, 230), 255)), 0.95),
-    "very_large_1000px_jpeg": (lambda a: encode(ImageOps.invert(big(a, 1000)).convert("RGB"), "JPEG", quality=90), 0.95),
+    "very_large_1000px_jpeg": (
+        lambda a: encode(ImageOps.invert(big(a, 1000)).convert("RGB"), "JPEG", quality=90), 0.95),
     "very_small_14px": (lambda a: encode(Image.fromarray(a).resize((14, 14), Image.Resampling.BOX)), 0.9),
     "palette_gif": (lambda a: encode(black_on_white(a).convert("P"), "GIF"), 0.95),
     "grayscale_16bit_png": (lambda a: encode(Image.fromarray(a.astype(np.uint16) * 257)), 0.95),

@@ -29,7 +29,8 @@ def test_python3_kernel_is_this_environments_ipykernel():
     # ipykernel's own spec: "python" (jupyter_client starts it with sys.executable) or this interpreter itself
     assert spec.argv[0] in ("python", "python3", sys.executable), spec.argv
     assert spec.argv[1:3] == ["-m", "ipykernel_launcher"]
-    assert Path(spec.resource_dir).resolve().is_relative_to(Path(sys.prefix).resolve()) or spec.argv[0] == sys.executable
+    assert (Path(spec.resource_dir).resolve().is_relative_to(Path(sys.prefix).resolve())
+            or spec.argv[0] == sys.executable)
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import opt
 
+from conftest import opt
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import normalize
 from lenet5.engines.numpy.engine import NumpyEngine

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lenet5.engines.numpy.layers import (
-    AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, ScaledTanh, Tanh,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    ScaledTanh,
+    Tanh,
 )
 from lenet5.engines.numpy.losses import softmax_cross_entropy
 from lenet5.engines.numpy.model import Network

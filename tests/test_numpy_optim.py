@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import opt
 
+from conftest import opt
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines.numpy.engine import NumpyEngine
-from lenet5.engines.numpy.optim import Adam, SGD, clip_grad_norm, create_optimizer
+from lenet5.engines.numpy.optim import SGD, Adam, clip_grad_norm, create_optimizer
 
 
 def step(cfg: OptimizerConfig, w: np.ndarray, g: np.ndarray, lr: float, times: int = 1) -> np.ndarray:

@@ -12,14 +12,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import LENET5, opt
 
+from conftest import LENET5, opt
 from lenet5.config import ModelConfig
 from lenet5.data.datasets import normalize
 from lenet5.engines.numpy import engine as numpy_engine
 from lenet5.engines.numpy.engine import NumpyEngine
 from lenet5.engines.numpy.workers import TRAIN
-from lenet5.errors import Lenet5Error
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +246,8 @@ def test_no_shared_memory_left_is_one_line_and_every_worker_runs_here(monkeypatc
     engine = NumpyEngine(ModelConfig(), opt(), threads=2)
     assert engine._processes is None and engine.threads == 2
     assert capsys.readouterr().err == ("warning: could not make shared memory for the NumPy engine's worker processes "
-                                       "(Cannot allocate memory); every worker runs in this process (the same results)\n")
+                                       "(Cannot allocate memory); every worker runs in this process (the same "
+                                       "results)\n")
     assert NumpyEngine(ModelConfig(), opt(), threads=1).threads == 1  # one worker needs none
     assert capsys.readouterr().err == ""
 

@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import lenet5
 from PIL import Image
+
+from conftest import lenet5
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,8 @@ def test_json_is_one_document_with_digit_probability_and_top_k(trained_checkpoin
 def test_globs_and_npy_stacks(trained_checkpoint, samples, mnist, tmp_path):
     folder, labels = samples
     np.save(tmp_path / "stack.npy", mnist.test_images[:3])
-    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder / "digit_[01]_*.png"), str(tmp_path / "stack.npy"), "--json")
+    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder / "digit_[01]_*.png"),
+                  str(tmp_path / "stack.npy"), "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["file"] for r in results] == sorted(labels)[:2] + [f"{tmp_path / 'stack.npy'}[{i}]" for i in range(3)]
@@ -105,7 +107,8 @@ def test_save_prepared_writes_what_the_network_saw(trained_checkpoint, samples, 
     folder, labels = samples
     out = tmp_path / "seen"
     np.save(tmp_path / "pair.npy", mnist.test_images[:2])
-    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder), str(tmp_path / "pair.npy"), "--save-prepared", str(out))
+    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder), str(tmp_path / "pair.npy"),
+                  "--save-prepared", str(out))
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"digit_{i}_{mnist.test_labels[i]}.png" for i in range(6)] + ["pair_0.png", "pair_1.png"])

@@ -8,8 +8,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import LENET5, lenet5, write_mnist_subset
 
+from conftest import LENET5, lenet5, write_mnist_subset
 from lenet5.checkpoint import load_checkpoint, save_checkpoint
 from lenet5.config import build_config
 from lenet5.training.callbacks import BEST_FILE, LAST_FILE, Callback

@@ -9,9 +9,9 @@ import socket
 import httpx
 import numpy as np
 import pytest
-from conftest import lenet5
 from PIL import Image
 
+from conftest import lenet5
 from lenet5.predict import Predictor
 from serving import free_port, running_server
 

@@ -151,7 +151,8 @@ def test_a_number_shows_the_bars_and_the_field_of_the_digit_under_the_pointer(pa
         assert 95 < sum(widths) < 105, widths  # one digit's ten probabilities
         assert str(widths.index(max(widths))) == readings[i]  # the longest bar is that digit's reading
         assert box_ink(page) > 20  # its 28x28 field, not a black box
-        selected = page.eval_on_selector_all("#readings .reading", "els => els.map(e => e.classList.contains('selected'))")
+        selected = page.eval_on_selector_all("#readings .reading",
+                                             "els => els.map(e => e.classList.contains('selected'))")
         assert selected == [k == i for k in range(3)]
     page.wait_for_timeout(300)
     ARTIFACTS.mkdir(exist_ok=True)

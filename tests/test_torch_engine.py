@@ -11,11 +11,11 @@ torch = pytest.importorskip("torch")
 
 from lenet5.config import ModelConfig, OptimizerConfig  # noqa: E402
 from lenet5.engines.base import Engine  # noqa: E402
-from lenet5.models import C3_TABLE  # noqa: E402
 from lenet5.engines.torch.engine import TorchEngine  # noqa: E402
 from lenet5.engines.torch.model import LeNet5  # noqa: E402
-from lenet5.pth import load_pth_state_dict  # noqa: E402
 from lenet5.errors import CheckpointError, Lenet5Error  # noqa: E402
+from lenet5.models import C3_TABLE  # noqa: E402
+from lenet5.pth import load_pth_state_dict  # noqa: E402
 
 MODELS = ("modern", "classic")
 MODERN_KEYS = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")]

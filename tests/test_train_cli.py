@@ -11,9 +11,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import LENET5, lenet5
 from PIL import Image
 
+from conftest import LENET5, lenet5
 from lenet5.checkpoint import load_checkpoint
 
 RUN_FILES = {"config.yaml", "history.csv", "metrics.json", "model.safetensors", "last.safetensors",
@@ -52,7 +52,8 @@ def test_train_writes_a_consistent_run_folder(small_mnist, tmp_path):
     assert meta["config"]["train"]["batch_size"] == 32 and meta["normalization"]["mean"] == 0.1307
     calibration = metrics["calibration"]  # fitted on the validation split at the end, stored with the best weights
     assert 0.3 < calibration["temperature"] < 5 and calibration["fitted_on"] == "validation split (1000 images)"
-    assert calibration["val_ece_after"] <= calibration["val_ece_before"] + 0.005  # NLL is fitted, not ECE: equal within noise
+    # NLL is fitted, not ECE: equal within noise
+    assert calibration["val_ece_after"] <= calibration["val_ece_before"] + 0.005
     assert {"test_ece_before", "test_ece_after", "energy_floor"} <= set(calibration)
     assert load_checkpoint(run / "model.safetensors").meta["calibration"] == calibration
 
@@ -79,7 +80,8 @@ def test_ctrl_c_then_resume_gives_the_same_weights_bit_for_bit(tiny_mnist, tmp_p
     history and test metrics as a run that was never interrupted."""
     lenet5(*resume_args(tiny_mnist, engine, "straight"), cwd=tmp_path, check=True)
     proc = subprocess.Popen([*LENET5, *resume_args(tiny_mnist, engine, "cut")],
-                            cwd=tmp_path, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []
     for line in proc.stderr:  # interrupt in the middle of epoch 2
         lines.append(line)
@@ -107,7 +109,8 @@ def test_ctrl_c_then_resume_gives_the_same_weights_bit_for_bit(tiny_mnist, tmp_p
     assert strip(a.meta["trainer_state"]["history"]) == strip(b.meta["trainer_state"]["history"])
     ma = json.loads((tmp_path / "runs" / "straight" / "metrics.json").read_text())
     mb = json.loads((cut / "metrics.json").read_text())
-    assert (ma["test_accuracy"], ma["test_loss"], ma["best_epoch"]) == (mb["test_accuracy"], mb["test_loss"], mb["best_epoch"])
+    assert ((ma["test_accuracy"], ma["test_loss"], ma["best_epoch"])
+            == (mb["test_accuracy"], mb["test_loss"], mb["best_epoch"]))
 
 
 @pytest.mark.slow

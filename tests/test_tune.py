@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import LENET5, lenet5, write_mnist_subset
 
 optuna = pytest.importorskip("optuna")
@@ -60,7 +61,8 @@ def test_trials_are_scored_on_validation_and_never_see_the_test_split(mnist, tmp
 
     seen = []
     real = trainer_module.evaluate_engine
-    monkeypatch.setattr(trainer_module, "evaluate_engine", lambda e, x, y, b=1000: seen.append(len(x)) or real(e, x, y, b))
+    monkeypatch.setattr(trainer_module, "evaluate_engine",
+                        lambda e, x, y, b=1000: seen.append(len(x)) or real(e, x, y, b))
     data = type(mnist)(mnist.train_images[:1200], mnist.train_labels[:1200], mnist.test_images, mnist.test_labels)
     settings = TuneSettings(storage=f"sqlite:///{tmp_path / 's.db'}", trials=2, epochs=2, train_size=1200,
                             out=str(tmp_path / "out"), sampler_seed=0)
@@ -121,7 +123,8 @@ def test_a_killed_worker_leaves_a_study_that_a_new_worker_completes(small_mnist,
     args[args.index("--epochs") + 1] = "3"
     proc = subprocess.Popen([*LENET5, *args, "--trials", "50"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stderr:  # kill it in the middle of its third trial or a later one (a diverging trial has no epochs)
+    # kill it in the middle of its third trial or a later one (a diverging trial has no epochs)
+    for line in proc.stderr:
         words = line.split()
         if words[:1] == ["trial"] and int(words[1]) >= 2 and words[2:4] == ["epoch", "1/3:"]:
             proc.send_signal(signal.SIGKILL)

@@ -19,14 +19,12 @@ import pytest
 optuna = pytest.importorskip("optuna")
 psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL driver (psycopg 3, in the tune extra) is not installed")
 
-from conftest import write_mnist_subset  # noqa: E402
-from postgres import running_postgres, unavailable_reason  # noqa: E402
-
-from serving import free_port  # noqa: E402
-
 import lenet5.tune as tune  # noqa: E402
+from conftest import write_mnist_subset  # noqa: E402
 from lenet5.config import build_config  # noqa: E402
 from lenet5.errors import Lenet5Error  # noqa: E402
+from postgres import running_postgres, unavailable_reason  # noqa: E402
+from serving import free_port  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # heartbeats
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -104,7 +104,8 @@ def resolve_model(spec: str | Path | None, runs: str | Path = "runs") -> Path:
             raise CheckpointError(f"the bundled model is missing from this install ({BUNDLED}); pass --model")
         return BUNDLED
     if str(spec) == "latest":
-        found = [p / BEST_FILE for p in Path(runs).glob("*") if (p / BEST_FILE).is_file()] if Path(runs).is_dir() else []
+        found = ([p / BEST_FILE for p in Path(runs).glob("*") if (p / BEST_FILE).is_file()]
+                 if Path(runs).is_dir() else [])
         if not found:
             raise CheckpointError(f"--model latest: no run under {runs}/ has a {BEST_FILE} yet; train one "
                                   "(lenet5 train) or leave out --model to use the bundled model")
@@ -197,7 +198,8 @@ def _load_safetensors(path: Path) -> Checkpoint:
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_short(exc)})") from None
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads ({FORMAT_VERSION}); upgrade lenet5")
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads "
+                              f"({FORMAT_VERSION}); upgrade lenet5")
     _check_normalization(meta["normalization"], path)
     _check_calibration(meta["calibration"], path)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
@@ -243,7 +245,8 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
                 raise ValueError(f"tensor {_clip(name)} has shape {_clip(shape)}")
             if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                     and 0 <= offsets[0] <= offsets[1] <= data_bytes):
-                raise ValueError(f"tensor {_clip(name)} has data offsets {_clip(offsets)} in {data_bytes} bytes of data")
+                raise ValueError(f"tensor {_clip(name)} has data offsets {_clip(offsets)} in {data_bytes} bytes of "
+                                 "data")
             entries[name] = (info["dtype"], tuple(shape), offsets[1] - offsets[0])
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint (its header: {_short(exc)})") from None
@@ -363,7 +366,8 @@ def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> No
     for name, shape in expected.items():
         value = weights[name]
         if tuple(value.shape) != tuple(shape):
-            raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the {model} LeNet-5 needs {tuple(shape)}")
+            raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the {model} LeNet-5 needs "
+                                  f"{tuple(shape)}")
         if value.dtype.kind != "f":
             raise CheckpointError(f"{path}: {name} has dtype {value.dtype}, expected floating point")
         if not np.all(np.isfinite(value)):

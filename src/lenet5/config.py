@@ -195,7 +195,8 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}' must be a string, got {_show(value)}")
     if f.metadata.get("plain_name") and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
-        raise ConfigError(f"config key '{key}' must be a plain folder name (no '/', not '.' or '..'), got {_show(value)}")
+        raise ConfigError(f"config key '{key}' must be a plain folder name (no '/', not '.' or '..'), got "
+                          f"{_show(value)}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {_show(value)}")
@@ -267,7 +268,8 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{line}; fix it or start from the shipped config.yaml") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML{line}; fix it or start from the shipped config.yaml") from None
     return data or {}
 
 

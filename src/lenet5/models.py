@@ -172,7 +172,8 @@ def summary_rows(name: str) -> list[tuple[str, tuple[int, ...], int]]:
             c, shape = layer.out_channels, (layer.out_channels, h, w)
             params = int(layer.table.sum() * layer.kernel**2 if layer.table is not None
                          else math.prod(layer.param_shapes()["weight"])) + layer.out_channels
-            label = f"{layer.name} conv {layer.kernel}x{layer.kernel}" + (f" pad {layer.padding}" if layer.padding else "")
+            label = (f"{layer.name} conv {layer.kernel}x{layer.kernel}"
+                     + (f" pad {layer.padding}" if layer.padding else ""))
         elif isinstance(layer, Pool):
             h, w = h // layer.size, w // layer.size
             shape = (c, h, w)

@@ -122,7 +122,8 @@ def _check_tensor(path: Path, key: str, value: torch.Tensor) -> int:
                               "tensors (save model.state_dict() of a CPU model)")
     shape = tuple(value.shape)
     if len(shape) > MAX_DIMS:
-        raise CheckpointError(f"{path}: tensor {name} has {len(shape)} dimensions; no LeNet-5 tensor has more than {MAX_DIMS}")
+        raise CheckpointError(f"{path}: tensor {name} has {len(shape)} dimensions; no LeNet-5 tensor has more than "
+                              f"{MAX_DIMS}")
     count = math.prod(shape)
     if count > MAX_TENSOR_ELEMENTS:
         raise CheckpointError(f"{path}: tensor {name} has shape {shape} ({count:,} elements), more than any LeNet-5 "

@@ -12,9 +12,9 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -108,7 +108,8 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
     from lenet5.training.trainer import Trainer
 
     optuna = _optuna()
-    val_size = base.data.val_size if settings.train_size is None else min(base.data.val_size, len(data.train_images) // 6)
+    val_size = (base.data.val_size if settings.train_size is None
+                else min(base.data.val_size, len(data.train_images) // 6))
     if val_size < 1:
         raise ConfigError("lenet5 tune scores trials on the validation split: data.val_size must be at least 1")
 
@@ -123,7 +124,8 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
                 epoch, acc = trainer.epoch, row["val_accuracy"]
                 best = max(best, acc)
                 trial.report(acc, epoch)
-                log(f"trial {trial.number} epoch {epoch}/{settings.epochs}: val acc {100 * acc:.2f}%  ({describe(trial.params)})")
+                log(f"trial {trial.number} epoch {epoch}/{settings.epochs}: val acc {100 * acc:.2f}%  "
+                    f"({describe(trial.params)})")
                 if trial.should_prune():
                     log(f"trial {trial.number} pruned after epoch {epoch}: below the median of earlier trials")
                     trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
@@ -274,7 +276,8 @@ def run_study(base: Config, data: MNIST, settings: TuneSettings, log: Callable[[
     if remaining > 0:
         data = subset(data, settings.train_size, base.train.seed)
         log(f"study {settings.study_name!r} in {display_url(settings.storage)}: {done} trial(s) finished, "
-            f"running up to {remaining} more ({settings.epochs} epoch(s) each, {len(data.train_images)} training+validation images)")
+            f"running up to {remaining} more ({settings.epochs} epoch(s) each, {len(data.train_images)} "
+            "training+validation images)")
         study.optimize(objective_for(base, data, settings, log), n_trials=remaining, timeout=settings.timeout,
                        callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished_states)])
     else:

@@ -114,7 +114,8 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_IDX_BYTES, what: str = "th
     return data
 
 
-def gunzip_bytes(raw: bytes, name: str, max_bytes: int = MAX_IDX_BYTES, what: str = "the limit for one IDX file") -> bytes:
+def gunzip_bytes(raw: bytes, name: str, max_bytes: int = MAX_IDX_BYTES,
+                 what: str = "the limit for one IDX file") -> bytes:
     """Gzipped IDX bytes (a download) inflated the way read_bytes inflates a .gz file: bounded, streaming."""
     try:
         return _gunzip_idx(io.BytesIO(raw), Path(name), max_bytes, what)

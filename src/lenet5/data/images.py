@@ -18,8 +18,9 @@ Limits (each breach is an ImageError with one line saying what is wrong):
   MAX_FILE_BYTES = 256 MB per file; a WebP at most MAX_WEBP_PIXELS, judged from its header before Pillow
   sees it (Pillow cannot decode a WebP at reduced size, and holds ~15 bytes a pixel while it decodes one);
   at least MIN_SIDE = 4 pixels on each side, and at most MAX_ASPECT times as long as wide (a strip of
-  40 x 1,000,000 pixels holds no digit a person drew, and would be box-averaged into a few pixels); an empty, truncated or unreadable file, and an image with
-  no ink (uniform, or contrast below MIN_CONTRAST) holds no digit: ``prepare_*`` refuse it, ``read_*`` say why.
+  40 x 1,000,000 pixels holds no digit a person drew, and would be box-averaged into a few pixels); an empty,
+  truncated or unreadable file, and an image with no ink (uniform, or contrast below MIN_CONTRAST) holds no
+  digit: ``prepare_*`` refuse it, ``read_*`` say why.
 - ``.npy`` arrays hold digits that are already MNIST-style: one (28, 28) or a stack (N, 28, 28), uint8 or
   integers in 0..255, or floats in 0..1; NaN/inf are refused; at most MAX_NPY_DIGITS digits per file.
 """
@@ -30,8 +31,8 @@ import io
 import warnings
 from pathlib import Path
 
-import numpy as np
 import cv2
+import numpy as np
 from PIL import ExifTags, Image
 
 from lenet5.data.digits import SIZE, Digit, Score, find_digits

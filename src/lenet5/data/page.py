@@ -8,14 +8,16 @@ table, and the border of the picture says little about the background. The steps
 2. the sheet: when the picture shows a light sheet on a darker table (a sharp two-level split of a
    blurred thumbnail, the dark level reaching the picture's border), only the sheet is kept;
 3. illumination: the paper's local brightness is estimated (a grey closing wider than the strokes, on a
-   reduced copy, lightly smoothed; one level for a clean two-level image) and divided out, so ink strength = 1 - pixel / paper in 0..1, the same in shade and light;
+   reduced copy, lightly smoothed; one level for a clean two-level image) and divided out, so ink strength =
+   1 - pixel / paper in 0..1, the same in shade and light;
 4. a threshold that adapts to the image: ink is what stands out from the paper's own noise (robust
    spread), with hysteresis so that faint anti-aliased edges stay attached to strong strokes;
 5. ruled and squared lines: long thin runs along the rows or the columns (a morphological opening with a
    long kernel), removed where the ink is no thicker than a line (strokes that cross a line stay whole).
 
 Large dark objects on the page (far darker than the paper, wider than any stroke) are no ink: their
-outline is ignored. The result keeps grey levels (``strength``) next to the binary ``mask``: MNIST digits are anti-aliased.
+outline is ignored. The result keeps grey levels (``strength``) next to the binary ``mask``: MNIST digits are
+anti-aliased.
 All work happens on a copy at most WORK_SIDE pixels long; ``scale`` maps back to the original pixels.
 """
 
@@ -258,8 +260,10 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     if not rows.any() and not cols.any():
         return mask
     # a stroke that crosses or follows a line is thicker across it than a line (the other way's lines aside)
-    tall = cv2.morphologyEx(faint & (1 - cols), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, LINE_WIDTH)))
-    wide = cv2.morphologyEx(faint & (1 - rows), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (LINE_WIDTH, 1)))
+    tall = cv2.morphologyEx(faint & (1 - cols), cv2.MORPH_OPEN,
+                            cv2.getStructuringElement(cv2.MORPH_RECT, (1, LINE_WIDTH)))
+    wide = cv2.morphologyEx(faint & (1 - rows), cv2.MORPH_OPEN,
+                            cv2.getStructuringElement(cv2.MORPH_RECT, (LINE_WIDTH, 1)))
     lines = (rows & (1 - tall)) | (cols & (1 - wide))
     return mask & (1 - lines)
 

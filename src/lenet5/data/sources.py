@@ -416,8 +416,10 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
     for name in FILES:
         path = next((p for p in _candidates(root, name) if os.path.lexists(p)), None)
         if path is None:
-            raise DataError(f"{root}: no {name} (or {name}.gz) found; --dataset idx needs all four files: {', '.join(FILES)}")
-        paths[name], contents[name] = path, read_bytes(path, MAX_IDX_BYTES, "the limit for one IDX file of --dataset idx")
+            raise DataError(f"{root}: no {name} (or {name}.gz) found; --dataset idx needs all four files: "
+                            f"{', '.join(FILES)}")
+        paths[name], contents[name] = path, read_bytes(path, MAX_IDX_BYTES,
+                                                       "the limit for one IDX file of --dataset idx")
         sha[name] = sha256_hex(contents[name])
     files = DatasetFiles("idx", root, paths, sha, {n: f"local file {paths[n]}" for n in FILES}, contents)
     for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
@@ -429,7 +431,8 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
         if len(x) != len(y):
             raise DataError(f"{paths[images]} has {len(x)} images but {paths[labels]} has {len(y)} labels")
         if len(x) == 0:
-            raise DataError(f"{paths[images]}: holds no images (its IDX header declares {x.shape}); a dataset needs some")
+            raise DataError(f"{paths[images]}: holds no images (its IDX header declares {x.shape}); a dataset needs "
+                            "some")
     return files
 
 

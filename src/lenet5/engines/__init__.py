@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 # name -> (module, class, what to install when the module's imports fail). Modules load only when chosen.
 ENGINES = {
     "numpy": ("lenet5.engines.numpy.engine", "NumpyEngine", None),
-    "torch": ("lenet5.engines.torch.engine", "TorchEngine", 'the torch engine needs PyTorch: pip install -e ".[torch]"'),
+    "torch": ("lenet5.engines.torch.engine", "TorchEngine",
+              'the torch engine needs PyTorch: pip install -e ".[torch]"'),
 }
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: the best available; only the torch engine leaves the CPU

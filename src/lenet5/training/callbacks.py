@@ -113,8 +113,9 @@ class CheckpointWriter(Callback):
                         **self._meta(trainer, result.model_epoch, result.model_row))
 
     def _save_last(self, trainer, metrics: dict) -> None:
-        save_checkpoint(self.run_dir / LAST_FILE, trainer.engine.state_dict(), optimizer=trainer.engine.optimizer_state(),
-                        trainer_state=trainer.trainer_state(), **self._meta(trainer, trainer.epoch, metrics))
+        save_checkpoint(self.run_dir / LAST_FILE, trainer.engine.state_dict(),
+                        optimizer=trainer.engine.optimizer_state(), trainer_state=trainer.trainer_state(),
+                        **self._meta(trainer, trainer.epoch, metrics))
 
 
 class RunFolder(Callback):

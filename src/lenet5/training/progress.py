@@ -25,7 +25,8 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.update(1)
             if self.done % 10 == 0 or self.done == self.total:
-                self.bar.set_postfix(loss=f"{partial['loss_sum'] / seen:.4f}", acc=f"{100 * partial['correct'] / seen:.2f}%",
+                self.bar.set_postfix(loss=f"{partial['loss_sum'] / seen:.4f}",
+                                     acc=f"{100 * partial['correct'] / seen:.2f}%",
                                      img_s=f"{self.images_per_second(partial):.0f}", lr=f"{lr:.1e}", refresh=False)
         elif self.done >= self.next_log and self.done < self.total:
             self.next_log += max(1, self.total // 5)

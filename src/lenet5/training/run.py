@@ -38,7 +38,7 @@ class Resume:
     cfg: Config
     last: object  # checkpoint.Checkpoint of last.safetensors; None: stopped before it, start again from step 0
     best_weights: dict | None
-    lock: "RunLock | None" = None  # held from resume_from to the end of train_run
+    lock: RunLock | None = None  # held from resume_from to the end of train_run
 
 
 RUN_LOCK = ".lock"  # in a run folder: held (flock) by the one process that writes the folder
@@ -79,7 +79,8 @@ def lock_run_dir(run_dir: Path) -> RunLock | None:
                 raise exc from None  # no lock file and none can be made: the folder cannot be written
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR):
-            raise ConfigError(f"{path} is not a regular file; delete it (lenet5 makes a new one) and run again") from None
+            raise ConfigError(
+                f"{path} is not a regular file; delete it (lenet5 makes a new one) and run again") from None
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

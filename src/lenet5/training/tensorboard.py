@@ -46,7 +46,8 @@ def require_tensorboard():
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
     except ImportError as exc:
         missing = exc.name or "tensorboard"  # the package, or one of its dependencies
-        raise Lenet5Error(HINT if missing.split(".")[0] == "tensorboard" else f"{HINT} ({missing} is missing)") from None
+        raise Lenet5Error(
+            HINT if missing.split(".")[0] == "tensorboard" else f"{HINT} ({missing} is missing)") from None
     except Exception as exc:  # noqa: BLE001  (an installed but broken tensorboard or protobuf: still one line)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Lenet5Error(f"{HINT} (it is installed but does not load: {first})") from None

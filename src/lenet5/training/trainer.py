@@ -212,7 +212,8 @@ class Trainer:
         val = (f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.2f}%"
                if row["val_loss"] is not None else "no validation split")
         mark = "  *best" if improved and row["val_loss"] is not None else ""
-        return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_accuracy']:.2f}%"
+        return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc "
+                f"{100 * row['train_accuracy']:.2f}%"
                 f"  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{mark}")
 
     def _finish(self, stopped: bool) -> TrainResult:
@@ -225,7 +226,8 @@ class Trainer:
         else:
             model_epoch = len(self.history)
         model_row = self.history[model_epoch - 1] if 0 < model_epoch <= len(self.history) else {}
-        test = evaluate_engine(self.engine, self.data.test_images, self.data.test_labels, self.cfg.train.eval_batch_size)
+        test = evaluate_engine(self.engine, self.data.test_images, self.data.test_labels,
+                               self.cfg.train.eval_batch_size)
         calibration = self._calibrate(test)
         metrics = {
             "test_accuracy": test.accuracy,
@@ -331,7 +333,8 @@ def check_trainer_state(state, steps_per_epoch: int, epochs: int, where: str) ->
     for i, row in enumerate(history, start=1):
         row = section(row, f"history[{i}]", HISTORY_FIELDS)
         rows.append({k: (count(row[k], f"history[{i}].epoch", 10**6) if k == "epoch"
-                         else number(row[k], f"history[{i}].{k}", optional=k.startswith("val_"))) for k in HISTORY_FIELDS})
+                         else number(row[k], f"history[{i}].{k}", optional=k.startswith("val_")))
+                     for k in HISTORY_FIELDS})
     schedule = section(state["schedule"], "schedule", ("scale", "best", "bad_epochs"))
     schedule = {"scale": number(schedule["scale"], "schedule.scale"),
                 "best": number(schedule["best"], "schedule.best", optional=True),

@@ -22,12 +22,12 @@ import numpy as np
 
 from lenet5.blas import single_threaded_blas
 from lenet5.config import ModelConfig, OptimizerConfig
-from lenet5.errors import Lenet5Error
-from lenet5.free_cores import adaptive, available_cores, own_seconds, process_seconds
+from lenet5.engines.numpy import workers
 from lenet5.engines.numpy.model import Network, parameter_count
 from lenet5.engines.numpy.optim import create_optimizer
-from lenet5.engines.numpy import workers
 from lenet5.engines.numpy.workers import LOGITS, TRAIN, Worker, WorkerProcesses, shared_block, state_layout
+from lenet5.errors import Lenet5Error
+from lenet5.free_cores import adaptive, available_cores, own_seconds, process_seconds
 from lenet5.models import NUM_CLASSES, initial_weights
 
 # Images per forward/backward pass; larger batches run in several passes. Measured (benchmarks/engine_speed.py
@@ -79,8 +79,8 @@ class NumpyEngine:
         self.threads = threads or default_threads()
 
         # Workers 1.. run in processes, at most one per core besides this thread, sharing the parameters with
-        # it (workers.py; on POSIX systems). A worker without a process, or whose process is left idle while other programs hold
-        # the cores (free_cores.py), runs here: the same pieces and the same sums, so the same bits.
+        # it (workers.py; on POSIX systems). A worker without a process, or whose process is left idle while other
+        # programs hold the cores (free_cores.py), runs here: the same pieces and the same sums, so the same bits.
         processes = min(self.threads, available_cores()) - 1 if workers.SUPPORTED else 0
         layout = state_layout(parameter_count(model.name), processes, self.dtype)
         self._state = shared_block(layout) if processes else None

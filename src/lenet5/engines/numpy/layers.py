@@ -10,8 +10,9 @@ The cache is returned instead of being kept on the layer, so two threads can run
 of a batch at once. Parameters live in ``self.params`` (views into the network's one flat buffer).
 
 ``ws`` is an optional workspace (lenet5.workspace.Workspace), one per layer and per thread, in which the
-layer keeps its output and scratch arrays from one call to the next. Fresh arrays of a few MB each step cost page faults that took half
-of the training time; reused ones are already mapped. Without ``ws`` every call allocates (simple, for tests).
+layer keeps its output and scratch arrays from one call to the next. Fresh arrays of a few MB each step cost
+page faults that took half of the training time; reused ones are already mapped. Without ``ws`` every call
+allocates (simple, for tests).
 
 Images are NCHW as in PyTorch. Inside the network the arrays *look* NCHW but are *stored* batch-last
 (memory order C, H, W, N): a convolution is one matmul ``W (F, C*k*k) @ cols (C*k*k, Ho*Wo*N)`` whose result

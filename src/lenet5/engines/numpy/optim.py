@@ -19,7 +19,6 @@ Penalties apply to every parameter, biases included, as torch does by default.
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -27,8 +27,8 @@ from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines import DEVICES
 from lenet5.engines.torch import distributed as ddp
 from lenet5.engines.torch.model import LeNet5
-from lenet5.free_cores import adaptive
 from lenet5.errors import Lenet5Error
+from lenet5.free_cores import adaptive
 from lenet5.models import initial_weights
 
 DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's own count (the cores, or OMP_NUM_THREADS), before we change it
@@ -111,7 +111,8 @@ class TorchEngine:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         if self.opt_cfg.name not in TORCH_OPTIMIZERS:
-            raise ValueError(f"the torch engine has no optimizer {self.opt_cfg.name!r}; it has: {', '.join(TORCH_OPTIMIZERS)}")
+            raise ValueError(f"the torch engine has no optimizer {self.opt_cfg.name!r}; it has: "
+                             f"{', '.join(TORCH_OPTIMIZERS)}")
         return TORCH_OPTIMIZERS[self.opt_cfg.name](self._params, self.opt_cfg)
 
     def _slots(self) -> tuple[str, ...]:
