@@ -189,8 +189,8 @@ def cmd_train(args) -> int:
     import time
 
     from lenet5.config import resolve_config
-    from lenet5.training.run import resume_from, train_run
     from lenet5.training.callbacks import LAST_FILE
+    from lenet5.training.run import resume_from, train_run
     from lenet5.training.trainer import TrainingInterrupted
 
     started = time.perf_counter()
@@ -242,11 +242,10 @@ def _seconds_trained_before(resume) -> float | None:
 
 # ------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
+    from lenet5.checkpoint import describe_model
     from lenet5.data.datasets import load_mnist
     from lenet5.metrics import evaluate_logits, per_class_scores
     from lenet5.predict import Predictor
-
-    from lenet5.checkpoint import describe_model
 
     path = _model_path(args)
     predictor = Predictor.from_checkpoint(path, engine=args.engine, threads=0)
@@ -263,8 +262,8 @@ def cmd_evaluate(args) -> int:
                      "n": int(len(result.labels)), "per_class": summary["per_class"],
                      "confusion_matrix": summary["confusion_matrix"]})
         return 0
-    print(f"{describe_model(path)} ({runner}): test accuracy {100 * result.accuracy:.2f}%  test loss {result.loss:.4f}  "
-          f"on {len(result.labels)} images")
+    print(f"{describe_model(path)} ({runner}): test accuracy {100 * result.accuracy:.2f}%  "
+          f"test loss {result.loss:.4f}  on {len(result.labels)} images")
     scores = per_class_scores(result.confusion)
     print("class  precision  recall     f1  support")
     for c in range(10):
@@ -380,7 +379,8 @@ def _reading_line(r: dict) -> str:
     """One result of `predict` for humans: the file, the digit or number, how sure, and why not."""
     if "error" in r:
         return f"error: {r['error']}"  # the message names the file
-    doubt = f"   NOT SURE: {r['reason']}" if r.get("unsure") and r.get("reason") else ("   NOT SURE" if r.get("unsure") else "")
+    doubt = (f"   NOT SURE: {r['reason']}" if r.get("unsure") and r.get("reason")
+             else ("   NOT SURE" if r.get("unsure") else ""))
     if r.get("digit") is not None:
         others = ", ".join(f"{d} {p:.1%}" for d, p in r["top_k"])
         return f"{r['file']}: {r['digit']}  ({r['probability']:.1%})   top-{len(r['top_k'])}: {others}{doubt}"
@@ -396,16 +396,17 @@ def cmd_serve(args) -> int:
 
         from lenet5.serve.app import create_app, uvicorn_options
     except ImportError as exc:
-        raise Lenet5Error(f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e ".[serve]"') from None
+        raise Lenet5Error(
+            f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e ".[serve]"') from None
     import socket
 
-    from lenet5.predict import Predictor
-
     from lenet5.checkpoint import describe_model
+    from lenet5.predict import Predictor
 
     for flag in ("body_timeout", "header_timeout", "idle_timeout"):
         if not getattr(args, flag) > 0:
-            raise Lenet5Error(f"--{flag.replace('_', '-')} must be a positive number of seconds, got {getattr(args, flag)}")
+            raise Lenet5Error(
+                f"--{flag.replace('_', '-')} must be a positive number of seconds, got {getattr(args, flag)}")
     if not 1 <= args.max_body_mb <= MAX_BODY_MB:
         raise Lenet5Error(f"--max-body-mb must be between 1 and {MAX_BODY_MB}, got {args.max_body_mb:g}")
     path = _model_path(args)
@@ -417,8 +418,8 @@ def cmd_serve(args) -> int:
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
     options = uvicorn_options(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
     _err(f"serving the {predictor.model_name} LeNet-5 from {describe_model(path)} on http://{args.host}:{args.port}/")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
-                **options)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.log_level in ("info", "debug"), **options)
     return 0
 
 
@@ -507,7 +508,8 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--config", default=None, help="base YAML config, layered over the defaults and ./config.yaml")
     _config_flag(p, "--engine", "engine", "which engine trains the trials")
     _config_flag(p, "--seed", "seed", "training seed of every trial", type=int)
-    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; torch: threads), 0: its default", type=int)
+    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; "
+                 "torch: threads), 0: its default", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any base config key (repeatable)")
     p.add_argument("--json", action="store_true", help="print the study summary as one JSON document")
     _add_data_options(p)
@@ -524,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="fetch and verify MNIST into the cache, print what is there")
     _add_data_options(p)
     p.add_argument("--preview-augment", "--preview_augment", dest="preview_augment", metavar="OUT.png", default=None,
-                   help="also write a grid of digits and random distortions of them (augment settings of ./config.yaml)")
+                   help="also write a grid of digits and random distortions of them "
+                        "(augment settings of ./config.yaml)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_data)
 
@@ -538,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--seed", "seed", "seed of the weights, the shuffling and the split", type=int)
     _config_flag(p, "--out", "out", "parent folder of run folders")
     _config_flag(p, "--name", "name", "run folder name; none: <engine>-<model>-<date>-<time>")
-    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; torch: threads), 0: its default", type=int)
+    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; "
+                 "torch: threads), 0: its default", type=int)
     _config_flag(p, "--device", "device", "where the torch engine computes")
     _config_flag(p, "--limit-batches", "limit_batches", "at most this many batches per epoch, 0: all (a quick "
                  "smoke run)", type=int)

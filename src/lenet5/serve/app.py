@@ -22,8 +22,8 @@ Routes
 
 Limits and status codes (the body of every error is ``{"detail": "<one line>"}``; a client mistake
 never gets a 5xx):
-- a request body over the limit (``lenet5 serve --max-body-mb``, default 10 MB) -> 413, judged from Content-Length before reading and by
-  counting bytes while reading (chunked uploads);
+- a request body over the limit (``lenet5 serve --max-body-mb``, default 10 MB) -> 413, judged from
+  Content-Length before reading and by counting bytes while reading (chunked uploads);
 - a body that has not fully arrived BODY_TIMEOUT_S (20 s) after the headers -> 408 (slow-loris clients);
 - another Content-Type -> 415;
 - malformed JSON or multipart, an undecodable image -> 400 (a blank one is a reading: unsure, no digit);
@@ -137,7 +137,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     def _too_large(self, what: str) -> str:
-        return f"request body is too large ({what}); the limit is {self.limit} bytes ({self.limit / 1e6:g} MB; lenet5 serve --max-body-mb sets it)"
+        return (f"request body is too large ({what}); the limit is {self.limit} bytes "
+                f"({self.limit / 1e6:g} MB; lenet5 serve --max-body-mb sets it)")
 
 
 async def _send_error(send, status: int, detail: str, extra: list | None = None) -> None:
@@ -190,7 +191,8 @@ class Turns:
     async def run(self, func, *args):
         """func(*args) in a worker thread when a slot is free; Busy when there is no room or no turn in time."""
         if self.admitted >= self.slots + self.waiting:
-            raise Busy(f"busy: {self.slots} images are being prepared and {self.waiting} are waiting; try again shortly")
+            raise Busy(f"busy: {self.slots} images are being prepared and {self.waiting} are waiting; "
+                       "try again shortly")
         self.admitted += 1
         try:
             turn = asyncio.ensure_future(self._free.acquire())
@@ -300,7 +302,8 @@ def uvicorn_options(header_timeout: float = HEADER_TIMEOUT_S, idle_timeout: floa
     the keep-alive idle timeout. ``max_connections`` defaults to $LENET5_MAX_CONNECTIONS, else as many as the
     file-descriptor limit allows up to guard.MAX_CONNECTIONS."""
     if not header_timeout > 0 or not idle_timeout > 0:
-        raise Lenet5Error(f"the header and idle timeouts must be positive seconds, got {header_timeout} and {idle_timeout}")
+        raise Lenet5Error(
+            f"the header and idle timeouts must be positive seconds, got {header_timeout} and {idle_timeout}")
     wanted = max_connections if max_connections is not None else _env_int("LENET5_MAX_CONNECTIONS", MAX_CONNECTIONS)
     if wanted < 1:
         raise Lenet5Error(f"LENET5_MAX_CONNECTIONS must be at least 1, got {wanted}")
@@ -415,7 +418,8 @@ def _parse_json(body: bytes) -> dict:
         raise HTTPException(422, 'JSON body must be an object {"pixels": [[28 numbers] x 28]}')
     unknown = sorted(str(k)[:40] for k in doc if k not in JSON_KEYS)
     if unknown:
-        raise HTTPException(422, f"unknown key(s) {', '.join(unknown)} in the JSON body; it takes {', '.join(JSON_KEYS)}")
+        raise HTTPException(
+            422, f"unknown key(s) {', '.join(unknown)} in the JSON body; it takes {', '.join(JSON_KEYS)}")
     return doc
 
 
@@ -463,7 +467,8 @@ def _check_pixel_types(pixels) -> None:
                                      f"{JSON_NAMES.get(type(row), 'a number')}")
         if not set(map(type, row)) <= {int, float}:  # bool is not int here: type(True) is bool
             c, bad = next((c, v) for c, v in enumerate(row) if type(v) not in (int, float))
-            raise HTTPException(422, f"'pixels' must hold numbers 0..255, not {JSON_NAMES.get(type(bad), type(bad).__name__)} "
+            kind = JSON_NAMES.get(type(bad), type(bad).__name__)
+            raise HTTPException(422, f"'pixels' must hold numbers 0..255, not {kind} "
                                      f"(row {r}, column {c}: {json.dumps(bad)[:20]})")
 
 
