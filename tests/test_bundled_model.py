@@ -7,9 +7,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import lenet5
 from PIL import Image
 
+from conftest import lenet5
 from lenet5.checkpoint import BUNDLED, load_checkpoint
 from lenet5.predict import Predictor
 
