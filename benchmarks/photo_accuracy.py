@@ -32,15 +32,24 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from machine import cpu_snapshot, others_share  # noqa: E402
-from pen_digits import PEN_KINDS, pen_digit_scenes, pen_number_scenes  # noqa: E402
-from photo_scenes import (KINDS, NOT_DIGITS, digit_scenes, jpeg, number_scenes, paper, phone_photo,  # noqa: E402
-                          png, touching_pair, with_drawing)
-
 from lenet5.checkpoint import resolve_model  # noqa: E402
 from lenet5.data.datasets import load_mnist  # noqa: E402
 from lenet5.data.images import open_image, read_image  # noqa: E402
 from lenet5.predict import Predictor  # noqa: E402
+from machine import cpu_snapshot, others_share  # noqa: E402
+from pen_digits import PEN_KINDS, pen_digit_scenes, pen_number_scenes  # noqa: E402
+from photo_scenes import (  # noqa: E402
+    KINDS,
+    NOT_DIGITS,
+    digit_scenes,
+    jpeg,
+    number_scenes,
+    paper,
+    phone_photo,
+    png,
+    touching_pair,
+    with_drawing,
+)
 
 SIGNS = "AEHKMRWXhkx?#&"  # typed letters and signs, none of them written like a digit
 
@@ -127,11 +136,12 @@ def speed(predictor: Predictor, images, labels, runs: int) -> None:
             prep.append(t1 - t0)
             full.append(t2 - t1)
     w, h = Image.open(__import__("io").BytesIO(scene.data)).size
-    print(f"\none {w}x{h} phone JPEG ({len(scene.data) / 1e6:.1f} MB, number {scene.label!r}, read {reading['number']!r}):"
-          f" decode + prepare {1000 * statistics.median(prep):.0f} ms, with the network reading it "
-          f"{1000 * statistics.median(full):.0f} ms; a 280x280 drawing read in {1000 * statistics.median(draw_cpu):.1f} ms "
-          f"of CPU (medians of {runs}, one core; other processes took {100 * others_share(before, cpu_snapshot()):.0f}% "
-          "of the CPU)")
+    busy = 100 * others_share(before, cpu_snapshot())
+    print(f"\none {w}x{h} phone JPEG ({len(scene.data) / 1e6:.1f} MB, number {scene.label!r}, "
+          f"read {reading['number']!r}): decode + prepare {1000 * statistics.median(prep):.0f} ms, with the network "
+          f"reading it {1000 * statistics.median(full):.0f} ms; a 280x280 drawing read in "
+          f"{1000 * statistics.median(draw_cpu):.1f} ms of CPU (medians of {runs}, one core; other processes took "
+          f"{busy:.0f}% of the CPU)")
 
 
 def main() -> None:

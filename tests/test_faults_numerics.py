@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import lenet5
 from lenet5.checkpoint import save_checkpoint
 from lenet5.errors import CheckpointError
 from lenet5.metrics import softmax
 from lenet5.predict import Predictor
 from serving import running_server
-
 
 INF = np.inf
 
@@ -52,21 +52,30 @@ EXTREME_DIGITS = {
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
-@pytest.mark.parametrize("model", ["normal", "large"])
-def test_extreme_digits_give_finite_probabilities(model_paths, engine, model):
+def test_extreme_digits_give_finite_probabilities(model_paths, engine):
     if engine == "torch":
         pytest.importorskip("torch")
-    predictor = Predictor.from_checkpoint(model_paths[model], engine=engine)
+    predictor = Predictor.from_checkpoint(model_paths["normal"], engine=engine)
     p = predictor.probabilities(np.stack(list(EXTREME_DIGITS.values())))
     assert_probabilities(p, len(EXTREME_DIGITS))
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
-def test_weights_that_overflow_give_a_clear_error_not_nan(model_paths, engine):
+@pytest.mark.parametrize("model", ["large", "overflowing"])
+def test_weights_out_of_range_are_refused_when_the_model_is_loaded(model_paths, engine, model):
+    """Weights so large that every logit is huge (every image would read as one sure digit) or overflows (NaN):
+    the model is refused when it is loaded, in one line, not when an image is read."""
     if engine == "torch":
         pytest.importorskip("torch")
-    predictor = Predictor.from_checkpoint(model_paths["overflowing"], engine=engine)
-    with pytest.raises(CheckpointError, match="overflowing.safetensors: the model's outputs are NaN"):
+    with pytest.raises(CheckpointError, match=f"{model}.safetensors: the model's outputs are out of range"):
+        Predictor.from_checkpoint(model_paths[model], engine=engine)
+
+
+def test_a_damaged_model_that_loads_still_gives_a_clear_error_not_nan(model_paths):
+    """Past the check at loading (a probe cannot see every input), NaN logits are still one clear error."""
+    predictor = Predictor.from_checkpoint(model_paths["normal"])
+    predictor.model = FixedLogits([np.nan] * 10)
+    with pytest.raises(CheckpointError, match="normal.safetensors: the model's outputs are NaN"):
         predictor.probabilities(np.stack(list(EXTREME_DIGITS.values())))
 
 
@@ -156,9 +165,7 @@ def test_extremes_through_the_http_api(model_paths):
         assert client.get("/healthz").status_code == 200
 
 
-def test_an_overflowing_model_answers_a_clear_500_over_http(model_paths):
-    with running_server(model_paths["overflowing"]) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
-        r = client.post("/predict", json={"pixels": EXTREME_DIGITS["all_255"].tolist()})
-        assert r.status_code == 500
-        assert "outputs are NaN" in r.json()["detail"] and "NaN" not in str(r.json().get("probabilities", ""))
-        assert client.get("/healthz").status_code == 200
+def test_an_overflowing_model_is_refused_before_the_service_starts(model_paths):
+    result = lenet5("serve", "--model", model_paths["overflowing"], "--port", "0", timeout=120)
+    assert result.returncode == 2
+    assert "outputs are out of range" in result.stderr and "Traceback" not in result.stderr

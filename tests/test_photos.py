@@ -15,9 +15,9 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from conftest import lenet5
 from PIL import Image, ImageFont
 
+from conftest import lenet5
 from lenet5.checkpoint import BUNDLED
 from lenet5.predict import Predictor
 from photo_scenes import KINDS, NOT_DIGITS, digit_scenes, number_scenes, png, touching_pair, with_drawing
@@ -106,8 +106,10 @@ def test_most_letters_come_back_unsure(predictor):
     unsure = []
     for size in (180, 260):
         for letter in "AEFHKMNPRUVWXYaehkmnrtuvwy":
-            reading, _ = predictor.read_image_bytes(with_drawing(
-                lambda d: d.text((300, 120), letter, fill=(25, 25, 35), font=ImageFont.load_default(size=size))), letter)
+            def write(d, letter=letter, size=size):
+                d.text((300, 120), letter, fill=(25, 25, 35), font=ImageFont.load_default(size=size))
+
+            reading, _ = predictor.read_image_bytes(with_drawing(write), letter)
             unsure.append(reading["unsure"])
     assert np.mean(unsure) >= 0.4
 

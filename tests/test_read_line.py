@@ -22,9 +22,14 @@ def ring(canvas: np.ndarray, x: int, y: int = 20, w: int = 30, h: int = 50) -> N
 
 
 def ring_scorer(fields: np.ndarray) -> np.ndarray:
-    """0 (sure) for a field whose ink is as wide as one ring (12 of 20 px), far less for wider or narrower."""
+    """(N, 10) log-probabilities: a sure 0 for a field whose ink is as wide as one ring (12 of 20 px), ten even
+    guesses for wider or narrower ones."""
     widths = np.array([np.ptp(np.flatnonzero(f.max(axis=0) > 60)) + 1 for f in fields])
-    return np.where(np.abs(widths - 12) <= 3, 0.0, -4.0)
+    ring_like = np.abs(widths - 12) <= 3
+    out = np.full((len(fields), 10), np.log(0.1))
+    out[ring_like] = np.log(1e-6)
+    out[ring_like, 0] = 0.0
+    return out
 
 
 def test_touching_digits_are_cut_where_the_reading_is_best():
@@ -71,3 +76,12 @@ def test_without_a_scorer_each_mark_is_a_digit():
         ring(canvas, x)
     digits, _ = find_digits(ink_of(canvas))
     assert len(digits) == 1
+
+
+def test_the_runner_up_reading_and_its_margin_come_with_the_digits():
+    canvas = np.zeros((90, 140), np.uint8)
+    for x in (10, 38, 66):
+        ring(canvas, x)
+    digits, _ = find_digits(ink_of(canvas), ring_scorer)
+    assert {d.rival for d in digits} == {digits[0].rival} and digits[0].rival != "000"
+    assert digits[0].margin >= 0.7 - 1e-9  # any other reading has a digit more to pay for, or reads worse

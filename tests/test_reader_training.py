@@ -72,6 +72,10 @@ def test_risk_coverage_counts_the_kept_answers_and_their_errors():
     assert threshold_for_risk(conf, right, 0.5, floor=0.0) == 0.3
     assert threshold_for_risk(conf, right, 0.5, floor=0.8) == 0.8
     assert threshold_for_risk(np.array([0.9]), np.array([False]), 0.01) == 1.0  # nothing can be kept
+    # one error among the surest answers: no trend over fewer than min_kept answers
+    conf2, right2 = np.array([0.99, 0.98, 0.9, 0.8, 0.7]), np.array([False, True, True, True, True])
+    assert threshold_for_risk(conf2, right2, 0.25, floor=0.0) == 1.0
+    assert threshold_for_risk(conf2, right2, 0.25, floor=0.0, min_kept=4) == 0.7
 
 
 def test_threshold_holds_its_risk_on_fresh_samples_from_the_same_source():

@@ -78,14 +78,16 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> dict:
         "energy_floor": round(float(np.quantile(energy(val_logits), TYPICAL_QUANTILE)), 6) if len(val_labels) else None,
         "fitted_on": f"validation split ({len(val_labels)} images)",
         "val_ece_before": round(expected_calibration_error(softmax(val_logits), val_labels), 6),
-        "val_ece_after": round(expected_calibration_error(softmax(np.asarray(val_logits) / temperature), val_labels), 6),
+        "val_ece_after": round(
+            expected_calibration_error(softmax(np.asarray(val_logits) / temperature), val_labels), 6),
     }
 
 
 def check_temperature(value) -> float:
     """A stored temperature must be a finite number in T_RANGE; ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (T_RANGE[0] <= value <= T_RANGE[1]):
-        raise ValueError(f"calibration temperature {str(value)[:40]} is damaged (it must be in {T_RANGE[0]}..{T_RANGE[1]})")
+        raise ValueError(f"calibration temperature {str(value)[:40]} is damaged "
+                         f"(it must be in {T_RANGE[0]}..{T_RANGE[1]})")
     return float(value)
 
 
@@ -97,22 +99,25 @@ def check_calibration(calibration) -> None:
     check_temperature(calibration.get("temperature"))
     check_reject(calibration.get("reject"))
     floor = calibration.get("energy_floor")
-    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor)):
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float))
+                              or not math.isfinite(floor)):
         raise ValueError(f"calibration energy_floor {str(floor)[:40]} is damaged (it must be a finite number)")
 
 
 def check_reject(reject) -> dict:
-    """A stored reject rule: None, or a mapping whose ``digit`` and ``number`` thresholds (calibrated probability
-    a sure answer needs) are numbers in 0..1; returned as given (or {}); ValueError otherwise."""
+    """A stored reject rule: None, or a mapping whose ``digit`` and ``number`` thresholds (the calibrated
+    probability every digit of a sure answer needs) are numbers in 0..1 and whose ``digit_margin`` and
+    ``number_margin`` (how much better a sure line's reading must score than its runner-up, log units) are in
+    0..100; returned as given (or {}); ValueError otherwise."""
     if reject is None:
         return {}
     if not isinstance(reject, dict):
         raise ValueError(f"calibration reject {str(reject)[:40]} is not a mapping")
-    for key in ("digit", "number"):
+    for key, top in (("digit", 1.0), ("number", 1.0), ("digit_margin", 100.0), ("number_margin", 100.0)):
         value = reject.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0.0 <= value <= 1.0):
-            raise ValueError(f"calibration reject {key} {str(value)[:40]} is damaged (it must be in 0..1)")
+                                  or not 0.0 <= value <= top):
+            raise ValueError(f"calibration reject {key} {str(value)[:40]} is damaged (it must be in 0..{top:g})")
     return reject
 
 
@@ -130,18 +135,19 @@ def risk_coverage(confidence: np.ndarray, right: np.ndarray) -> tuple[np.ndarray
     return t[::-1], cov[::-1], risk[::-1]
 
 
-def threshold_for_risk(confidence: np.ndarray, right: np.ndarray, risk: float, floor: float = 0.5) -> float:
+def threshold_for_risk(confidence: np.ndarray, right: np.ndarray, risk: float, floor: float = 0.5,
+                       min_kept: int = 0) -> float:
     """The lowest threshold (the highest coverage) at which at most ``risk`` of the kept answers are wrong, and
-    at every higher threshold too (a curve that dips below the target and rises again is not trusted); never
-    below ``floor``."""
-    t, _cov, r = risk_coverage(confidence, right)
+    at every higher threshold that keeps at least ``min_kept`` answers too (a curve that dips below the target
+    and rises again is not trusted; over a handful of answers, one error is no trend); never below ``floor``."""
+    t, cov, r = risk_coverage(confidence, right)
     if len(t) == 0:
         return 1.0
-    ok = np.flatnonzero(r <= risk)  # thresholds ascending: the last one violating the target bounds the choice
-    bad = np.flatnonzero(r > risk)
-    if len(ok) == 0:
-        return 1.0
+    kept = np.round(cov * len(np.asarray(confidence))).astype(int)
+    bad = np.flatnonzero((r > risk) & (kept >= min_kept))  # thresholds ascending: the last violation bounds it
     start = bad[-1] + 1 if len(bad) else 0
+    while start < len(t) and r[start] > risk:  # the few answers at the top may still miss the target
+        start += 1
     if start >= len(t):
         return 1.0
     return float(max(floor, t[start]))

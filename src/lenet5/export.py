@@ -19,6 +19,7 @@ from lenet5.atomic import atomic_write_bytes
 from lenet5.errors import CheckpointError, Lenet5Error
 
 ONNX_HINT = 'ONNX export needs onnx and onnxruntime: pip install -e ".[onnx]"'
+REJECT_KEYS = ("digit", "number", "digit_margin", "number_margin")  # calibration.reject, carried as reject_<key>
 
 
 def _import_onnx():
@@ -120,7 +121,7 @@ def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int =
                 **{k: repr(float(v)) for k, v in (calibration or {}).items() if k in ("temperature", "energy_floor")
                    and v is not None},
                 **{f"reject_{k}": repr(float(v)) for k, v in ((calibration or {}).get("reject") or {}).items()
-                   if k in ("digit", "number")}}
+                   if k in REJECT_KEYS}}
     )
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -175,7 +176,7 @@ class OnnxModel:
         try:  # the reject thresholds, as lenet5 predict uses them (calibration.check_reject)
             from lenet5.calibration import check_reject
 
-            self.reject = check_reject({k: float(self.meta[f"reject_{k}"]) for k in ("digit", "number")
+            self.reject = check_reject({k: float(self.meta[f"reject_{k}"]) for k in REJECT_KEYS
                                         if f"reject_{k}" in self.meta}) or None
         except ValueError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
@@ -192,7 +193,8 @@ class OnnxModel:
         for what, arg, rank, tail in (("input", x, 4, [1, 28, 28]), ("output", y, 2, [10])):
             shape = list(arg.shape) if arg.shape is not None else None
             if arg.type != "tensor(float)" or shape is None or len(shape) != rank or shape[1:] != tail:
-                seen = "unknown" if shape is None else "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+                dims = () if shape is None else ("?" if d is None else str(d) for d in shape)
+                seen = "unknown" if shape is None else "(" + ", ".join(dims) + ")"
                 raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: its {what} {arg.name!r} is "
                                       f"{arg.type} of shape {seen}; {want}")
         batch, out_batch = x.shape[0], y.shape[0]

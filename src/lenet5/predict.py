@@ -52,11 +52,14 @@ class Predictor:
         reject = reject or {}
         self.sure_digit = float(reject.get("digit", UNSURE_BELOW))
         self.sure_number = float(reject.get("number", self.sure_digit))
+        # ... and when the line's best reading beats the runner-up with other digits by at least this (log units)
+        self.margin_digit = float(reject.get("digit_margin", 0.0))
+        self.margin_number = float(reject.get("number_margin", self.margin_digit))
         self.fitted_reject = bool(reject)
         self._lock = threading.Lock()  # one forward pass at a time: engines keep scratch buffers
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, engine: str = "numpy", threads: int = 1) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, engine: str = "numpy", threads: int = 1) -> Predictor:
         path = Path(path)
         if path.suffix.lower() == ".onnx":
             try:
@@ -126,10 +129,10 @@ class Predictor:
                                   "out of range (a damaged or diverged checkpoint)")
         return logits
 
-    def whole(self, images: np.ndarray) -> np.ndarray:
-        """(N,) how well each uint8 (28, 28) field reads as one whole digit: the log of its calibrated top
-        probability. The number reader (data.digits.read_line) compares readings of a line with it."""
-        return np.log(self.probabilities(images).max(axis=1) + 1e-12)
+    def log_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, 28, 28) -> (N, 10) calibrated log-probabilities: what the number reader
+        (data.digits.read_line) scores candidate digits with."""
+        return np.log(self.probabilities(images) + 1e-12)
 
     def doubts(self, logits: np.ndarray, probs: np.ndarray, threshold: float) -> list[str | None]:
         """Why each reading is unsure (None: sure): a calibrated probability under ``threshold``, or, for a model
@@ -159,14 +162,18 @@ class Predictor:
         """Found digits (data.digits.Digit, left to right) -> the reading and the fields the network saw.
 
         The reading: ``number`` (str or None), ``digits`` [{digit, probability, box, top_k, unsure}, plus
-        ``probabilities`` (10 floats) when asked], ``unsure`` and ``reason``; one digit also gives today's
-        ``digit``, ``probability``, ``top_k`` (and ``probabilities``).
+        ``probabilities`` (10 floats) when asked], ``confidence`` (the lowest of the digits' probabilities),
+        ``margin`` (how much better, in log units, the line's reading scored than its runner-up with other
+        digits, data.digits.Line; null when there was none), ``unsure`` and ``reason``; one digit also gives
+        ``digit``, ``probability``, ``top_k`` (and ``probabilities``). A reading is sure when its confidence and
+        its margin both reach the model's reject rule.
         """
         if not digits:
-            return {"number": None, "digit": None, "probability": None, "digits": [], "unsure": True,
-                    "reason": problem or "no digit found"}, []
+            return {"number": None, "digit": None, "probability": None, "confidence": 0.0, "digits": [],
+                    "unsure": True, "reason": problem or "no digit found"}, []
         fields = [d.field for d in digits]
-        probs, doubts = self.judge(np.stack(fields), number=len(fields) > 1)
+        number = len(fields) > 1
+        probs, doubts = self.judge(np.stack(fields), number=number)
         described = [{**describe(p, top_k), "box": list(d.box), "unsure": why is not None}
                      for d, p, why in zip(digits, probs, doubts)]
         if probabilities:
@@ -177,19 +184,26 @@ class Predictor:
             reading.update({k: v for k, v in described[0].items() if k != "unsure"})
         else:
             reading["probability"] = round(math.prod(d["probability"] for d in described), 6)
+        margin, rival = digits[0].margin, digits[0].rival
+        reading["confidence"] = round(min(d["probability"] for d in described), 6)
+        reading["margin"] = round(margin, 4) if math.isfinite(margin) else None  # JSON has no infinity
         reading["digits"] = described
         doubtful = [(i, why) for i, why in enumerate(doubts) if why]
-        reading["unsure"] = bool(doubtful)
+        least_margin = self.margin_number if number else self.margin_digit
+        reading["unsure"] = bool(doubtful) or margin < least_margin
         if doubtful:
             i, why = doubtful[0]
             reading["reason"] = why if len(described) == 1 else f"digit {i + 1} of {len(described)}: {why}"
+        elif reading["unsure"]:
+            reading["reason"] = (f"the ink could almost as well be read as {rival or 'other digits'} (that reading "
+                                 f"scores {margin:.2f} less, under the {least_margin:.2f} a sure cut needs)")
         return reading, fields
 
     def read_image_bytes(self, data: bytes, name: str, top_k: int = 3) -> tuple[dict, list[np.ndarray]]:
         """An image file's bytes -> its reading (see ``read``); ImageError when it cannot be decoded."""
         from lenet5.data.images import read_bytes
 
-        return self.read(*read_bytes(data, name, score=self.whole), top_k=top_k)
+        return self.read(*read_bytes(data, name, score=self.log_probabilities), top_k=top_k)
 
     def classify_files(self, inputs: list[str], top_k: int = 3, save_prepared: str | Path | None = None) -> list[dict]:
         """Files, folders and globs -> one result per image (its reading, see ``read``) or per digit of a

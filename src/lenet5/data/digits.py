@@ -17,8 +17,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -39,15 +40,19 @@ WIDE_PENALTY = 1.0  # log-probability a candidate pays per unit of width/height 
 JOIN_GAP = 0.1  # marks closer than this share of the row's height may be pieces of one digit
 MAX_ATOMS = 4  # a candidate digit joining marks is at most this many neighbouring atoms
 MAX_WIDE = 1.3  # a candidate digit is at most this many times as wide as the row is tall (or a whole mark)
-MAX_CUTS = 6  # cuts tried in one mark
-CUTS_PER_WIDTH = 2.5  # ... and at most this many per unit of its width / height
+MAX_CUTS = 8  # cuts tried in one mark
+CUTS_PER_WIDTH = 4.0  # ... and at most this many per unit of its width / height
 CUT_STEP = 0.12  # besides the profile's low points, a cut every this share of the mark's height
 SLOPES = (0.0, -0.3, 0.3)  # cut lines tried: upright, and leaning (dx per dy) either way
 SEGMENT_COST = 0.7  # log-probability every digit of a reading pays: a split must read clearly better
 JOIN_COST = 1.5  # ... and every join of separate marks into one digit: most marks apart are digits apart
+STACK_OVERLAP = 0.25  # pieces of one digit above each other overlap across this share of the narrower
+STACK_GAP = 0.25  # ... with a gap of at most this share of the taller
+MAX_PARTS = 60  # more marks than this on a page: text or texture, not stacked pieces worth pairing up
 HOLLOW = 0.25  # a frame (a sheet's outline, a box) covers less than this share of its box with ink
 
-# uint8 (N, 28, 28) -> (N,) how well each reads as one whole digit, in log units (at most 0)
+# uint8 (N, 28, 28) -> (N, 10) calibrated log-probabilities of the ten digits; the network is trained to spread
+# them evenly over a field that is not one whole digit
 Score = Callable[[np.ndarray], np.ndarray]
 
 
@@ -55,6 +60,8 @@ Score = Callable[[np.ndarray], np.ndarray]
 class Digit:
     field: np.ndarray  # uint8 (28, 28): white digit on black, centred like MNIST
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the original picture's pixels (x1, y1 exclusive)
+    margin: float = float("inf")  # the line's: how much better its reading scored than the runner-up (Line)
+    rival: str | None = None  # the line's: the runner-up reading's digits
 
 
 @dataclass
@@ -95,7 +102,7 @@ def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tupl
     if ink.problem:
         return [], ink.problem
     found = _components(ink)
-    parts = _drop_non_digits(found, ink.mask.shape)
+    parts = _drop_non_digits(found, ink.mask.shape, ink.margin)
     if one and found and not parts:  # told there is one digit: a blob or a bar is that digit
         parts = [max(found, key=lambda p: p.mass)]
     if not parts:
@@ -107,7 +114,8 @@ def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tupl
         if len(groups) > MAX_DIGITS:
             return [], f"no number found ({len(groups)} marks in a row: text or a scribble?)"
         if score is not None:
-            groups = read_line(groups, ink, score)
+            line = read_line(groups, ink, score)
+            return [_digit(g, ink, line.margin, line.rival) for g in line.parts], None
     return [_digit(g, ink) for g in groups], None
 
 
@@ -126,14 +134,15 @@ def _components(ink: Ink) -> list[Part]:
     return parts
 
 
-def _drop_non_digits(parts: list[Part], shape: tuple[int, int]) -> list[Part]:
-    """Drop specks, border-running edges, thin line leftovers and solid blobs."""
+def _drop_non_digits(parts: list[Part], shape: tuple[int, int], margin: int = 0) -> list[Part]:
+    """Drop specks, border-running edges, thin line leftovers and solid blobs (the picture's border lies
+    ``margin`` pixels inside the mask's, see page.find_ink)."""
     if not parts:
         return parts
     h, w = shape
 
     def on_border(p: Part) -> bool:
-        return p.x0 == 0 or p.y0 == 0 or p.x1 >= w or p.y1 >= h
+        return p.x0 <= margin or p.y0 <= margin or p.x1 >= w - margin or p.y1 >= h - margin
 
     def line_like(p: Part) -> bool:  # a leftover of a ruled line or an edge; a "1" may be long and thin, upright
         flat = p.width > 6 * max(p.height, 1)
@@ -163,8 +172,35 @@ def _frames_others(p: Part, parts: list[Part]) -> bool:
                and q.mass >= SPECK * p.mass and q.height >= 0.1 * p.height for q in parts)
 
 
+def _stacked(parts: list[Part]) -> list[Part]:
+    """Parts that lie above each other (overlapping across STACK_OVERLAP of the narrower, a gap under STACK_GAP of
+    the tallest part's height) merged: pieces of one digit the pen did not join (a 6's stem over its loop)."""
+    groups = list(parts)
+    tall = max(p.height for p in parts)
+    merged = True
+    while merged:
+        merged = False
+        for i, j in itertools.combinations(range(len(groups)), 2):
+            a, b = groups[i], groups[j]
+            if (_overlap(a.x0, a.x1, b.x0, b.x1) >= STACK_OVERLAP * min(a.width, b.width)
+                    and _gap(a.y0, a.y1, b.y0, b.y1) <= STACK_GAP * tall
+                    and _gap(a.y0, a.y1, b.y0, b.y1) > 0 or _inside(a, b) or _inside(b, a)):
+                groups[i] = _merge([a, b])
+                del groups[j]
+                merged = True
+                break
+    return groups
+
+
+def _inside(a: Part, b: Part) -> bool:
+    """a's box lies within b's columns and overlaps its rows (a dot inside a loop, a crossing bar)."""
+    return a.x0 >= b.x0 and a.x1 <= b.x1 and _overlap(a.y0, a.y1, b.y0, b.y1) > 0
+
+
 def _row(parts: list[Part]) -> list[Part]:
-    """The parts in the row of the largest part: overlapping its height band, tall enough to be digits."""
+    """The marks in the row of the largest one: overlapping its height band, tall enough to be digits (the pieces
+    of a digit stacked above each other count as one mark)."""
+    parts = _stacked(parts) if len(parts) <= MAX_PARTS else parts
     anchor = max(parts, key=lambda p: p.mass)
     top, bottom = anchor.y0, anchor.y1
     for _ in range(2):  # grow the band by what is in it (digits of a number differ in height)
@@ -208,17 +244,29 @@ def _gap(a0: int, a1: int, b0: int, b1: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------- the whole line
-def read_line(groups: list[Part], ink: Ink, score: Score) -> list[Part]:
+@dataclass
+class Line:
+    """The best reading of a line: its digits' parts, and how sure its segmentation is: how much better (log
+    units) it read than the best reading with other digits (``rival``), or inf when there was no other."""
+
+    parts: list[Part]
+    margin: float = float("inf")
+    rival: str | None = None
+
+
+def read_line(groups: list[Part], ink: Ink, score: Score) -> Line:
     """The best reading of a row of marks as digits (LeCun et al. 1998, sections V-VI).
 
     1. over-segment: each mark wide enough to hold two digits is cut at candidate places (the low points
        of its column profile, each cut vertical or slanted, whichever crosses the least ink), into atoms;
     2. every run of up to MAX_ATOMS neighbouring atoms that could be one digit (no wider than MAX_WIDE of the
        row's height; across marks only when they nearly touch) is a candidate digit, read by the network in
-       one batch: ``score`` says how well each reads as a whole digit (log of its top probability; the
-       network is trained to be unsure of pieces, pairs and non-digits);
+       one batch: ``score`` gives their log-probabilities, and the top one says how well each reads as a whole
+       digit (the network is trained to be unsure of pieces, pairs and non-digits);
     3. dynamic programming finds the path through the atoms whose candidates read best together, each digit
-       paying SEGMENT_COST, so a digit cut in two pays twice and must read clearly better in pieces.
+       paying SEGMENT_COST, so a digit cut in two pays twice and must read clearly better in pieces. It keeps
+       the best few readings with different digits at every atom, so the margin to the runner-up says how
+       sure the segmentation is.
     """
     tall = max(g.height for g in groups)
     atoms: list[Part] = []
@@ -228,8 +276,6 @@ def read_line(groups: list[Part], ink: Ink, score: Score) -> list[Part]:
         atoms += pieces
         mark += [k] * len(pieces)
     n = len(atoms)
-    if n == 1:
-        return atoms
     candidates: list[tuple[int, int, Part]] = []
     for i in range(n):
         for j in range(i + 1, n + 1):
@@ -245,21 +291,31 @@ def read_line(groups: list[Part], ink: Ink, score: Score) -> list[Part]:
                     break
                 continue  # a run too wide for a digit; the whole mark is still tried
             candidates.append((i, j, part))
-    fit = np.asarray(score(np.stack([_field(p, ink) for _, _, p in candidates])), np.float64)
-    fit -= np.array([_wide(p, tall) + JOIN_COST * (mark[j - 1] - mark[i]) for i, j, p in candidates])
-    best = np.full(n + 1, -np.inf)
-    best[0] = 0.0
-    back: list[tuple[int, Part] | None] = [None] * (n + 1)
-    for (i, j, part), f in sorted(zip(candidates, fit), key=lambda c: c[0][1]):
-        total = best[i] + f - SEGMENT_COST
-        if total > best[j]:
-            best[j], back[j] = total, (i, part)
-    path, j = [], n
-    while j > 0:
-        i, part = back[j]
-        path.append(part)
-        j = i
-    return path[::-1]
+    logp = np.asarray(score(np.stack([_field(p, ink) for _, _, p in candidates])), np.float64)  # (C, 10)
+    fit = logp.max(axis=1) - np.array([_wide(p, tall) + JOIN_COST * (mark[j - 1] - mark[i]) for i, j, p in candidates])
+    read_as = logp.argmax(axis=1)
+    # readings of the atoms 0..j: the best few with different digits, as (score, digits, parts)
+    beams: list[list[tuple[float, str, list[Part]]]] = [[(0.0, "", [])]]
+    for j in range(1, n + 1):
+        beams.append(_best_distinct([(total + fit[c] - SEGMENT_COST, text + str(read_as[c]), parts + [part])
+                                     for c, (i, end, part) in enumerate(candidates) if end == j
+                                     for total, text, parts in beams[i]]))
+    (total, _text, parts), *rivals = beams[n]
+    if not rivals:
+        return Line(parts)
+    return Line(parts, total - rivals[0][0], rivals[0][1])
+
+
+def _best_distinct(readings: list[tuple[float, str, list]], keep: int = 4) -> list[tuple[float, str, list]]:
+    """The ``keep`` best readings whose digits differ (of readings with the same digits, the best)."""
+    out, seen = [], set()
+    for r in sorted(readings, key=lambda r: -r[0]):
+        if r[1] not in seen:
+            seen.add(r[1])
+            out.append(r)
+            if len(out) == keep:
+                break
+    return out
 
 
 def _wide(part: Part, tall: int) -> float:
@@ -337,10 +393,11 @@ def _cut(part: Part, cuts: list[tuple[float, float]]) -> list[Part]:
 
 
 # ------------------------------------------------------------------------------------------------ fields
-def _digit(part: Part, ink: Ink) -> Digit:
-    s = ink.scale
-    box = (int(part.x0 * s), int(part.y0 * s), int(np.ceil(part.x1 * s)), int(np.ceil(part.y1 * s)))
-    return Digit(_field(part, ink), box)
+def _digit(part: Part, ink: Ink, margin: float = float("inf"), rival: str | None = None) -> Digit:
+    s, m = ink.scale, ink.margin
+    box = (max(0, int((part.x0 - m) * s)), max(0, int((part.y0 - m) * s)), int(np.ceil((part.x1 - m) * s)),
+           int(np.ceil((part.y1 - m) * s)))
+    return Digit(_field(part, ink), box, margin, rival)
 
 
 def _field(part: Part, ink: Ink) -> np.ndarray:

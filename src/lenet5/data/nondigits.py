@@ -66,9 +66,10 @@ GLYPHS: dict[str, list[_P]] = {
     "w": [[(0.0, 0.4), (0.25, 1.0), (0.5, 0.5), (0.75, 1.0), (1.0, 0.4)]],
     "x": [[(0.0, 0.4), (1.0, 1.0)], [(1.0, 0.4), (0.0, 1.0)]],
     "?": [[*_arc(0.5, 0.25, 0.35, 0.25, 190, 400), (0.5, 0.7)], [(0.5, 0.92), (0.5, 1.0)]],
-    "#": [[(0.35, 0.0), (0.25, 1.0)], [(0.75, 0.0), (0.65, 1.0)], [(0.0, 0.33), (1.0, 0.33)], [(0.0, 0.67), (1.0, 0.67)]],
-    "&": [[(1.0, 1.0), (0.25, 0.35), *_arc(0.45, 0.2, 0.2, 0.2, 180, 360), (0.2, 0.6), *_arc(0.4, 0.78, 0.3, 0.22, 180, 60),
-           (0.95, 0.5)]],
+    "#": [[(0.35, 0.0), (0.25, 1.0)], [(0.75, 0.0), (0.65, 1.0)], [(0.0, 0.33), (1.0, 0.33)],
+          [(0.0, 0.67), (1.0, 0.67)]],
+    "&": [[(1.0, 1.0), (0.25, 0.35), *_arc(0.45, 0.2, 0.2, 0.2, 180, 360), (0.2, 0.6),
+           *_arc(0.4, 0.78, 0.3, 0.22, 180, 60), (0.95, 0.5)]],
     "+": [[(0.5, 0.1), (0.5, 0.9)], [(0.1, 0.5), (0.9, 0.5)]],
     "=": [[(0.0, 0.35), (1.0, 0.35)], [(0.0, 0.65), (1.0, 0.65)]],
     "%": [[(0.9, 0.0), (0.1, 1.0)], _arc(0.22, 0.18, 0.17, 0.17, 0, 360), _arc(0.78, 0.82, 0.17, 0.17, 0, 360)],
@@ -82,7 +83,8 @@ GLYPHS: dict[str, list[_P]] = {
     "arrow": [[(0.0, 0.5), (1.0, 0.5)], [(0.7, 0.2), (1.0, 0.5), (0.7, 0.8)]],
     "smiley": [_arc(0.5, 0.5, 0.5, 0.5, 0, 360, 32), [(0.33, 0.33), (0.35, 0.37)], [(0.65, 0.33), (0.67, 0.37)],
                _arc(0.5, 0.5, 0.3, 0.3, 30, 150)],
-    "heart": [[*_arc(0.28, 0.3, 0.23, 0.23, 150, 360), (0.5, 1.0)], [*_arc(0.72, 0.3, 0.23, 0.23, 30, -180)[::-1], (0.5, 1.0)]],
+    "heart": [[*_arc(0.28, 0.3, 0.23, 0.23, 150, 360), (0.5, 1.0)],
+              [*_arc(0.72, 0.3, 0.23, 0.23, 30, -180)[::-1], (0.5, 1.0)]],
 }  # fmt: skip
 
 LETTERS = tuple(GLYPHS)
@@ -92,7 +94,7 @@ KINDS = {"glyph": 0.34, "scribble": 0.1, "box": 0.12, "shape": 0.08, "text": 0.0
          "pair": 0.14, "piece": 0.08}  # fmt: skip
 
 
-def non_digits(n: int, rng: np.random.Generator, digits: np.ndarray, style: HandStyle = HandStyle(),
+def non_digits(n: int, rng: np.random.Generator, digits: np.ndarray, style: HandStyle = HandStyle(),  # noqa: B008 (frozen)
                ones: np.ndarray | None = None) -> np.ndarray:
     """uint8 (n, 28, 28) fields of things that are not one whole digit; ``digits`` (uint8 (M, 28, 28), MNIST
     training images) lend the pairs and pieces, ``ones`` (MNIST 1s, optional) the partner in ONE_PAIRS of the
@@ -153,7 +155,8 @@ def _strokes(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
     strokes = [s + rng.normal(0, 0.02, s.shape) for s in strokes]  # a hand is never exact
     slant, aspect = rng.uniform(-0.35, 0.35), float(np.exp(rng.uniform(-0.4, 0.4)))
     theta = np.deg2rad(rng.uniform(-15, 15))
-    m = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) @ np.array([[aspect, -slant], [0, 1]])
+    rotate = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    m = rotate @ np.array([[aspect, -slant], [0, 1]])
     return [s @ m.T for s in strokes]
 
 

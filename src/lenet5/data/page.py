@@ -28,6 +28,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+MARGIN_BELOW = 640  # a picture no longer than this (working pixels) gets a margin of paper around it
+SMALL_SIDE = 256  # ... after being enlarged to at least this long (a 28x28 digit, an 8x8 grid enlarged a little)
+MARGIN_SHARE = 0.2  # the margin, as a share of the longer side
+EDGE_INK = 0.3  # a border pixel this far from the border's median brightness is ink running into the edge
+EDGE_SHARE = 0.02  # ... and a picture with at least this share of such border pixels gets the margin
 WORK_SIDE = 1024  # the longer side of the working copy (a 12 MP photo is reduced about 4x)
 THUMB_SIDE = 256  # the longer side of the thumbnail used for polarity, the sheet and the paper's brightness
 MIN_CONTRAST = 0.08  # the strongest ink must be 8% darker than its paper, else the page is blank
@@ -53,12 +58,15 @@ class Ink:
     level: float  # the strength of a typical stroke's core (the field's white)
     scale: float  # original pixels per working pixel
     problem: str | None = None  # why there is no ink (a blank page), else None
+    margin: int = 0  # working pixels of paper added around the picture (``_with_margin``)
 
 
 def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     """float32 (H, W) in 0..1, any polarity and lighting -> the ink, lines and table removed."""
     g, factor = _work_copy(gray)
     scale *= factor
+    g, up, margin = _with_margin(g)
+    scale /= up
     if _light_ink(g):
         g = 1.0 - g
     sheet = _sheet(g)
@@ -74,7 +82,7 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
         mask = _apart_from(mask, objects)
         if not mask.any():
             problem = "no digit found (only ruled lines, edges or objects)"
-    return Ink(strength=strength, mask=mask, level=level, scale=scale, problem=problem)
+    return Ink(strength=strength, mask=mask, level=level, scale=scale, problem=problem, margin=margin)
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -88,6 +96,26 @@ def _work_copy(g: np.ndarray) -> tuple[np.ndarray, float]:
     size = (max(1, round(w / factor)), max(1, round(h / factor)))
     small = cv2.resize(g, size, interpolation=cv2.INTER_AREA)
     return small, w / small.shape[1]
+
+
+def _with_margin(g: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """A small picture whose strokes run into its edge (a digit cropped to its ink, an enlarged scan of a few
+    pixels) gets a margin of its border's colour, MARGIN_SHARE of its longer side, and is enlarged (nearest
+    neighbour) to at least SMALL_SIDE pixels: the paper's brightness is then estimated around the digit, not
+    inside its loops. A picture with a clear border (MNIST's own digits, most photos) is left as it is. Returns the picture, the enlargement and the
+    margin (in the returned picture's pixels)."""
+    h, w = g.shape
+    if max(h, w) > MARGIN_BELOW:
+        return g, 1, 0
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    level = float(np.median(border))
+    if np.mean(np.abs(border - level) > EDGE_INK) < EDGE_SHARE:
+        return g, 1, 0
+    up = max(1, int(np.ceil(SMALL_SIDE / max(h, w))))
+    if up > 1:
+        g = cv2.resize(g, (w * up, h * up), interpolation=cv2.INTER_NEAREST)
+    margin = max(2, round(MARGIN_SHARE * max(g.shape)))
+    return cv2.copyMakeBorder(g, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=level), up, margin
 
 
 def _thumb(g: np.ndarray) -> np.ndarray:

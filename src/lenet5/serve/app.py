@@ -332,7 +332,7 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     def read_and_describe(find, *args) -> tuple[dict, list[np.ndarray]]:
         """Runs in a worker thread: decoding, cleaning and the forward passes stay off the event loop."""
         try:
-            return predictor.read(*find(predictor.whole, *args), probabilities=True)
+            return predictor.read(*find(predictor.log_probabilities, *args), probabilities=True)
         except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
             raise HTTPException(500, str(exc)) from None
         except MemoryError:  # the machine is short of memory now (other processes, a cgroup limit)

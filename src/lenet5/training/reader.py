@@ -5,10 +5,11 @@
 The same modern LeNet-5 and the same optimizer as ``config.yaml``'s default (SGD, Nesterov momentum 0.9,
 one-cycle to a peak lr of 0.05, L2 5e-4, batch 64), trained on what the photo reader hands the network:
 
-- every epoch, each of MNIST's 55,000 training digits once: 60% in another hand (``data.hands``: stroke width
+- every epoch, each of MNIST's 55,000 training digits once: half in another hand (``data.hands``: stroke width
   from hairline to marker, slant, aspect, broken strokes, rotation, the reader's off-centre and mis-scaled
-  fields, a neighbour's sliver at the edge), 40% with MNIST-like distortions (``data.augment``: rotation 10
-  degrees, zoom 10%, shear 10 degrees, shift 2 px), so that MNIST itself stays read as well as before;
+  fields, a neighbour's sliver at the edge), half with MNIST-like distortions (``data.augment``: rotation 10
+  degrees, zoom 10%, shear 10 degrees, shift 2 px), so that MNIST itself stays read as well as before; in the
+  last fifth of the epochs a quarter in other hands;
 - and 15% as many things that are not a digit (``data.nondigits``: letters and signs, scribbles, outlines,
   shapes, text, textures, two digits in one field, pieces of digits), whose target is the uniform
   distribution over the ten digits (outlier exposure): the network learns to say "none of these".
@@ -32,12 +33,22 @@ from pathlib import Path
 import numpy as np
 
 NON_DIGIT_SHARE = 0.15  # non-digits per training digit
-HAND_SHARE = 0.6  # training digits drawn in another hand (the rest: MNIST-like distortions)
+HAND_SHARE = 0.5  # training digits drawn in another hand (the rest: MNIST-like distortions)
+COOL_SHARE = 0.25  # ... in the last COOL_DOWN of the epochs
+COOL_DOWN = 0.2
 VAL_SIZE = 5000
 
 
-def epoch_data(images: np.ndarray, labels: np.ndarray, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch's training fields, shuffled: uint8 (M, 28, 28) and int64 (M,) labels, -1 for a non-digit."""
+def hand_share(epoch: int, epochs: int) -> float:
+    """The share of digits drawn in other hands in an epoch: HAND_SHARE, then COOL_SHARE for the last
+    COOL_DOWN of the epochs, where the learning rate is small and MNIST's own look is learnt to the end."""
+    return COOL_SHARE if epoch >= round((1 - COOL_DOWN) * epochs) else HAND_SHARE
+
+
+def epoch_data(images: np.ndarray, labels: np.ndarray, seed: int, epoch: int,
+               share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's training fields, shuffled: uint8 (M, 28, 28) and int64 (M,) labels, -1 for a non-digit;
+    ``share`` of the digits in other hands (default HAND_SHARE)."""
     from lenet5.config import AugmentConfig
     from lenet5.data.augment import make_augmenter
     from lenet5.data.hands import hand_style
@@ -45,7 +56,7 @@ def epoch_data(images: np.ndarray, labels: np.ndarray, seed: int, epoch: int) ->
 
     rng = np.random.default_rng([seed, epoch])
     n = len(images)
-    hand = rng.random(n) < HAND_SHARE
+    hand = rng.random(n) < (HAND_SHARE if share is None else share)
     out = np.empty_like(images)
     out[hand] = hand_style(images[hand], rng, neighbours=images)
     mnist_like = make_augmenter(AugmentConfig(enabled=True))
@@ -82,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     tx, ty, vx, vy = split_train_val(mnist.train_images, mnist.train_labels, VAL_SIZE, args.seed)
     vx_hand = hand_style(vx, np.random.default_rng([args.seed, 10**6]), neighbours=tx)
     net = LeNet5("modern")
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in initial_weights("modern", "kaiming_uniform", args.seed).items()})
+    start = initial_weights("modern", "kaiming_uniform", args.seed)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
     batch = 64
     steps_per_epoch = -(-int(len(tx) * (1 + NON_DIGIT_SHARE)) // batch)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -99,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     history, best, best_state = [], -1.0, None
     started = time.perf_counter()
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        coming = pool.submit(epoch_data, tx, ty, args.seed, 0)
+        coming = pool.submit(epoch_data, tx, ty, args.seed, 0, hand_share(0, args.epochs))
         for epoch in range(args.epochs):
             x, y = coming.result()
             if epoch + 1 < args.epochs:
-                coming = pool.submit(epoch_data, tx, ty, args.seed, epoch + 1)
+                coming = pool.submit(epoch_data, tx, ty, args.seed, epoch + 1, hand_share(epoch + 1, args.epochs))
             net.train()
             total, seen = 0.0, 0
             for at in range(0, len(x), batch):
@@ -143,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     recipe = {"recipe": "lenet5.training.reader", "seed": args.seed, "epochs": args.epochs, "batch_size": batch,
               "optimizer": "sgd nesterov 0.9, one-cycle lr 0.05, l2 5e-4", "hand_share": HAND_SHARE,
+              "cool_share": COOL_SHARE, "cool_down": COOL_DOWN,
               "non_digit_share": NON_DIGIT_SHARE}
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
     save_checkpoint(out / "model.safetensors", weights, engine="torch", model="modern", config=recipe,
