@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,11 @@ def confidences(predictor: Predictor, scenes) -> np.ndarray:
         margin = 50.0 if margin is None else min(margin, 50.0)
         rows.append((reading["confidence"], margin, reading["number"] == s.label))
     return np.array(rows, np.float64)
+
+
+def floor6(t: float) -> float:
+    """A threshold stored with 6 decimals, rounded down: it keeps every answer it kept."""
+    return math.floor(t * 1e6) / 1e6
 
 
 def choose(rows: np.ndarray, risk: float) -> tuple[float, float, float]:
@@ -83,7 +89,7 @@ def main() -> None:
     number = confidences(predictor, number_scenes(x, y, args.numbers, seed=TUNING_SEED))
     print(f"{len(single)} single-digit and {len(number)} number scenes read in {time.perf_counter() - t0:.0f} s")
     (td, md, _), (tn, mn, _) = choose(single, RISK_DIGIT), choose(number, RISK_NUMBER)
-    chosen = {"digit": round(td, 4), "digit_margin": md, "number": round(tn, 4), "number_margin": mn}
+    chosen = {"digit": floor6(td), "digit_margin": md, "number": floor6(tn), "number_margin": mn}
     for what, rows, t, m, risk in (("single digits", single, td, md, RISK_DIGIT),
                                    ("numbers", number, tn, mn, RISK_NUMBER)):
         right = rows[:, 2] == 1

@@ -25,10 +25,14 @@ def card_number(label: str) -> float:
 def test_the_bundled_weights_score_what_the_card_says(mnist):
     predictor = Predictor.from_checkpoint(BUNDLED, threads=0)
     accuracy = float(np.mean(predictor.logits(mnist.test_images).argmax(1) == mnist.test_labels))
-    assert 100 * accuracy == pytest.approx(card_number("MNIST test accuracy"), abs=1e-9)
+    # fixed weights, but another BLAS may round a near-tie the other way: a digit either way
+    assert 100 * accuracy == pytest.approx(card_number("MNIST test accuracy"), abs=0.011)
     meta = load_checkpoint(BUNDLED).meta
-    assert meta["model"] == "modern" and meta["calibration"]["temperature"] == pytest.approx(1.222, abs=5e-4)
-    assert f"{100 * meta['metrics']['val_accuracy']:.2f}%" in CARD.read_text()
+    card = CARD.read_text()
+    assert meta["model"] == "modern" and f"softmax(logits / {meta['calibration']['temperature']:.3f})" in card
+    assert f"{100 * meta['metrics']['val_accuracy']:.2f}%" in card
+    reject = meta["calibration"]["reject"]
+    assert f"**{reject['digit']:.4f}**" in card and f"**{reject['number']:.6f}**" in card
 
 
 def test_predict_serve_evaluate_summary_need_no_model(tmp_path, mnist):

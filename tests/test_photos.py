@@ -20,6 +20,7 @@ from PIL import Image, ImageFont
 from conftest import lenet5
 from lenet5.checkpoint import BUNDLED
 from lenet5.predict import Predictor
+from pen_digits import pen_digit_scenes
 from photo_scenes import KINDS, NOT_DIGITS, digit_scenes, number_scenes, png, touching_pair, with_drawing
 
 SEED = 7  # other scenes than the benchmark's (seed 0)
@@ -40,6 +41,12 @@ def singles(mnist, predictor):
 
 
 @pytest.fixture(scope="module")
+def pen_singles(predictor):
+    scenes = pen_digit_scenes(per_kind=5, seed=SEED)
+    return [(s, predictor.read_image_bytes(s.data, s.kind + s.suffix)[0]) for s in scenes]
+
+
+@pytest.fixture(scope="module")
 def numbers(mnist, predictor):
     scenes = number_scenes(mnist.test_images, mnist.test_labels, n=32, seed=SEED)
     return [(s, predictor.read_image_bytes(s.data, s.kind + s.suffix)[0]) for s in scenes]
@@ -56,10 +63,19 @@ def test_single_digit_photos_are_read(singles):
 
 
 def test_sure_answers_are_right_more_often_than_all_answers(singles, numbers):
-    for readings in (singles, numbers):
+    for readings, most_unsure in ((singles, 0.2), (numbers, 0.9)):
         sure = [r["number"] == s.label for s, r in readings if not r["unsure"]]
         every = [r["number"] == s.label for s, r in readings]
-        assert len(sure) >= 0.5 * len(every) and np.mean(sure) >= np.mean(every)
+        assert len(sure) >= (1 - most_unsure) * len(every) and np.mean(sure) >= np.mean(every)
+
+
+def test_handwriting_that_is_not_mnists_is_read_and_sure(pen_singles):
+    """Digits drawn as pen strokes by made-up writers (tests/pen_digits.py), which the reader was never tuned on:
+    read right and sure (the benchmark measures 97.5% of 480), and a sure answer is rarely wrong."""
+    right = np.array([r["number"] == s.label for s, r in pen_singles])
+    sure = np.array([not r["unsure"] for s, r in pen_singles])
+    assert np.mean(right & sure) >= 0.85, np.mean(right & sure)
+    assert np.sum(sure & ~right) <= 0.05 * np.sum(sure)
 
 
 def test_numbers_are_read_left_to_right(numbers):
@@ -100,9 +116,9 @@ def test_what_is_not_a_digit_comes_back_unsure(predictor, what):
 
 
 def test_most_letters_come_back_unsure(predictor):
-    """Letters are not digits, but many look like one to a digit reader (an A like a 4): most must be unsure.
-    (Measured with the README's model: 65-77% of these; a letter that reads as a confident digit is the
-    known limit written in the README.)"""
+    """Letters are not digits, but many look like one to a digit reader (an A like a 4, a y like a 4, a t like a
+    7): most must be unsure (77% of these 52 in Pillow's own font; of the benchmark's letters and signs that
+    people do not write like digits, 0.5% of 392 come back as a sure digit)."""
     unsure = []
     for size in (180, 260):
         for letter in "AEFHKMNPRUVWXYaehkmnrtuvwy":
@@ -111,7 +127,7 @@ def test_most_letters_come_back_unsure(predictor):
 
             reading, _ = predictor.read_image_bytes(with_drawing(write), letter)
             unsure.append(reading["unsure"])
-    assert np.mean(unsure) >= 0.4
+    assert np.mean(unsure) >= 0.65
 
 
 def test_predict_cli_prints_the_number_and_json_has_digits_and_boxes(mnist, tmp_path):
