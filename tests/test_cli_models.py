@@ -85,7 +85,10 @@ def onnx_model(tmp_path_factory):
 def test_summary_reads_an_onnx_model(onnx_model):
     facts = json.loads(lenet5("summary", "--model", onnx_model, "--json", check=True).stdout)
     assert facts["model"] == "modern" and facts["format"] == "onnx" and facts["parameters"] == 61706
-    assert facts["temperature"] > 1.0 and facts["file"] == str(onnx_model)
+    from lenet5.checkpoint import BUNDLED, load_checkpoint
+
+    temperature = load_checkpoint(BUNDLED).meta["calibration"]["temperature"]
+    assert facts["temperature"] == pytest.approx(temperature) and facts["file"] == str(onnx_model)
     text = lenet5("summary", "--model", onnx_model, check=True).stdout
     assert "conv1 conv 5x5 pad 2" in text and "an ONNX export, run by onnxruntime" in text
     assert "not a safetensors checkpoint" not in text

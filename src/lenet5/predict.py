@@ -145,7 +145,8 @@ class Predictor:
             if not self.fitted_reject and self.energy_floor is not None and e < self.energy_floor:
                 out.append("it does not look like the digits the model knows (a letter, a sign, a scribble?)")
             elif p < threshold:
-                out.append(f"low confidence ({p:.0%} < {threshold:.0%}): not clearly one digit")
+                out.append(f"low confidence ({percent(p, threshold)} < {percent(threshold, threshold)}): "
+                           "not clearly one digit")
             else:
                 out.append(None)
         return out
@@ -235,6 +236,12 @@ class Predictor:
         if save_prepared is not None and prepared:
             write_prepared(prepared, Path(save_prepared))
         return results
+
+
+def percent(p: float, threshold: float) -> str:
+    """p as a percentage with as many decimals as telling it from ``threshold`` takes (99.99960%, not 100%)."""
+    decimals = 0 if threshold <= 0.99 else min(6, math.ceil(-math.log10(max(1.0 - threshold, 1e-9))) - 1)
+    return f"{100 * p:.{decimals}f}%"
 
 
 def describe(probs: np.ndarray, top_k: int) -> dict:

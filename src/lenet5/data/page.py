@@ -102,8 +102,8 @@ def _with_margin(g: np.ndarray) -> tuple[np.ndarray, int, int]:
     """A small picture whose strokes run into its edge (a digit cropped to its ink, an enlarged scan of a few
     pixels) gets a margin of its border's colour, MARGIN_SHARE of its longer side, and is enlarged (nearest
     neighbour) to at least SMALL_SIDE pixels: the paper's brightness is then estimated around the digit, not
-    inside its loops. A picture with a clear border (MNIST's own digits, most photos) is left as it is. Returns the picture, the enlargement and the
-    margin (in the returned picture's pixels)."""
+    inside its loops. A picture with a clear border (MNIST's own digits, most photos) is left as it is. Returns
+    the picture, the enlargement and the margin (in the returned picture's pixels)."""
     h, w = g.shape
     if max(h, w) > MARGIN_BELOW:
         return g, 1, 0
@@ -115,7 +115,8 @@ def _with_margin(g: np.ndarray) -> tuple[np.ndarray, int, int]:
     if up > 1:
         g = cv2.resize(g, (w * up, h * up), interpolation=cv2.INTER_NEAREST)
     margin = max(2, round(MARGIN_SHARE * max(g.shape)))
-    return cv2.copyMakeBorder(g, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=level), up, margin
+    framed = cv2.copyMakeBorder(g, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=level)
+    return framed, up, margin
 
 
 def _thumb(g: np.ndarray) -> np.ndarray:
