@@ -48,7 +48,8 @@ def confidences(predictor: Predictor, scenes) -> np.ndarray:
         reading, _ = predictor.read_image_bytes(s.data, s.kind + s.suffix)
         margin = reading.get("margin")
         margin = 50.0 if margin is None else min(margin, 50.0)
-        rows.append((reading["confidence"], margin, reading["number"] == s.label))
+        confidence = 0.0 if reading["unsure"] else reading["confidence"]  # unsure whatever the thresholds
+        rows.append((confidence, margin, reading["number"] == s.label))
     return np.array(rows, np.float64)
 
 
@@ -83,6 +84,9 @@ def main() -> None:
     args = ap.parse_args()
     mnist = load_mnist()
     predictor = Predictor.from_checkpoint(args.model)
+    # thresholds at 0: what is still unsure is so whatever they are (no digit, a mark left unread, strokes)
+    predictor.sure_digit = predictor.sure_number = predictor.margin_digit = predictor.margin_number = 0.0
+    predictor.fitted_reject = True
     x, y = mnist.test_images, mnist.test_labels
     t0 = time.perf_counter()
     single = confidences(predictor, digit_scenes(x, y, args.per_kind, seed=TUNING_SEED))

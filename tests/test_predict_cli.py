@@ -45,7 +45,7 @@ def test_json_is_one_document_with_digit_probability_and_top_k(trained_checkpoin
     assert [r["file"] for r in results] == sorted(labels)  # a folder expands to its images, sorted
     for r in results:
         assert set(r) == {"file", "digit", "probability", "top_k", "box", "number", "digits", "confidence", "margin",
-                          "unsure"} or r["unsure"]
+                          "left_out", "unsure"} or r["unsure"]
         assert r["number"] == str(r["digit"]) and r["digits"][0]["box"] == r["box"]
         assert r["digit"] == labels[r["file"]]
         assert len(r["top_k"]) == 4 and r["top_k"][0] == [r["digit"], r["probability"]]

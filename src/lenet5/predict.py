@@ -27,6 +27,7 @@ from lenet5.metrics import softmax
 
 GLOB_CHARS = set("*?[")
 UNSURE_BELOW = 0.8  # without a fitted reject rule: a digit whose calibrated probability is lower is unsure
+MOST_FROM_ONE_MARK = 3  # this many digits cut from one connected mark: letters or signs, not touching digits
 PROBE_LIMIT = 1e4  # logits beyond this on plain probe inputs: the weights are damaged
 
 
@@ -165,9 +166,11 @@ class Predictor:
         The reading: ``number`` (str or None), ``digits`` [{digit, probability, box, top_k, unsure}, plus
         ``probabilities`` (10 floats) when asked], ``confidence`` (the lowest of the digits' probabilities),
         ``margin`` (how much better, in log units, the line's reading scored than its runner-up with other
-        digits, data.digits.Line; null when there was none), ``unsure`` and ``reason``; one digit also gives
-        ``digit``, ``probability``, ``top_k`` (and ``probabilities``). A reading is sure when its confidence and
-        its margin both reach the model's reject rule.
+        digits, data.digits.Line; null when there was none), ``left_out`` (marks beside the digits, heavy enough
+        for a digit, that were not read), ``unsure`` and ``reason``; one digit also gives ``digit``,
+        ``probability``, ``top_k`` (and ``probabilities``). A reading is sure when its confidence and its margin
+        both reach the model's reject rule, nothing was left unread, and no mark fell apart into the strokes of
+        something else (strokes_read_as_digits).
         """
         if not digits:
             return {"number": None, "digit": None, "probability": None, "confidence": 0.0, "digits": [],
@@ -191,10 +194,20 @@ class Predictor:
         reading["digits"] = described
         doubtful = [(i, why) for i, why in enumerate(doubts) if why]
         least_margin = self.margin_number if number else self.margin_digit
-        reading["unsure"] = bool(doubtful) or margin < least_margin
+        left_out = digits[0].left_out
+        reading["left_out"] = left_out
+        strokes = strokes_read_as_digits(digits, [d["digit"] for d in described])
+        reading["unsure"] = bool(doubtful) or margin < least_margin or left_out > 0 or strokes is not None
         if doubtful:
             i, why = doubtful[0]
             reading["reason"] = why if len(described) == 1 else f"digit {i + 1} of {len(described)}: {why}"
+        elif strokes is not None:
+            reading["reason"] = (f"{strokes} read from one mark: the strokes of a letter or a sign "
+                                 "rather than digits that touch?")
+        elif left_out:
+            reading["reason"] = (f"{left_out} mark{'s' if left_out > 1 else ''} beside the digits read "
+                                 f"{'were' if left_out > 1 else 'was'} not read: a digit that looked like an edge "
+                                 "or a line, or a mark across the number?")
         elif reading["unsure"]:
             reading["reason"] = (f"the ink could almost as well be read as {rival or 'other digits'} (that reading "
                                  f"scores {margin:.2f} less, under the {least_margin:.2f} a sure cut needs)")
@@ -236,6 +249,19 @@ class Predictor:
         if save_prepared is not None and prepared:
             write_prepared(prepared, Path(save_prepared))
         return results
+
+
+def strokes_read_as_digits(digits: list, read: list[int]) -> str | None:
+    """The digits read from one connected mark when they look like the strokes of something else (a W read
+    as 1111, an H as 11): MOST_FROM_ONE_MARK or more digits, or several that are all 1s. Touching digits are
+    mostly pairs of other digits; printed letters fall apart into 1s. None when no mark looks like that."""
+    by_mark: dict[int, list[int]] = {}
+    for d, digit in zip(digits, read):
+        by_mark.setdefault(d.mark, []).append(digit)
+    for found in by_mark.values():
+        if len(found) >= MOST_FROM_ONE_MARK or (len(found) > 1 and set(found) == {1}):
+            return "".join(map(str, found))
+    return None
 
 
 def percent(p: float, threshold: float) -> str:

@@ -49,6 +49,7 @@ JOIN_COST = 1.5  # ... and every join of separate marks into one digit: most mar
 STACK_OVERLAP = 0.25  # pieces of one digit above each other overlap across this share of the narrower
 STACK_GAP = 0.25  # ... with a gap of at most this share of the taller
 MAX_PARTS = 60  # more marks than this on a page: text or texture, not stacked pieces worth pairing up
+LEFT_OUT = 0.4  # a mark left beside a reading counts when it is this heavy against the median digit
 HOLLOW = 0.25  # a frame (a sheet's outline, a box) covers less than this share of its box with ink
 
 # uint8 (N, 28, 28) -> (N, 10) calibrated log-probabilities of the ten digits; the network is trained to spread
@@ -62,6 +63,8 @@ class Digit:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the original picture's pixels (x1, y1 exclusive)
     margin: float = float("inf")  # the line's: how much better its reading scored than the runner-up (Line)
     rival: str | None = None  # the line's: the runner-up reading's digits
+    left_out: int = 0  # the line's: marks beside the reading, heavy enough for a digit, that were not read
+    mark: int = 0  # the mark (connected ink) this digit was read from: digits cut from one mark share it
 
 
 @dataclass
@@ -115,8 +118,27 @@ def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tupl
             return [], f"no number found ({len(groups)} marks in a row: text or a scribble?)"
         if score is not None:
             line = read_line(groups, ink, score)
-            return [_digit(g, ink, line.margin, line.rival) for g in line.parts], None
+            left_out = _left_out(found, line.parts)
+            marks = line.marks or list(range(len(line.parts)))
+            return [_digit(g, ink, line.margin, line.rival, left_out, k) for g, k in zip(line.parts, marks)], None
     return [_digit(g, ink) for g in groups], None
+
+
+def _left_out(found: list[Part], read: list[Part]) -> int:
+    """How many marks beside the reading, as heavy as a good share of a digit, were not read: a digit dropped
+    for looking like an edge or a line, or a mark across the number. A reading that leaves one is unsure."""
+    top, bottom = min(p.y0 for p in read), max(p.y1 for p in read)
+    tall = bottom - top
+    x0, x1 = min(p.x0 for p in read) - tall, max(p.x1 for p in read) + tall
+    heavy = LEFT_OUT * float(np.median([p.mass for p in read]))
+
+    def used(c: Part) -> bool:  # its pixels are part of a digit read
+        return any(_overlap(c.x0, c.x1, p.x0, p.x1) and _overlap(c.y0, c.y1, p.y0, p.y1)
+                   and p.mask[max(0, c.y0 - p.y0) : c.y1 - p.y0, max(0, c.x0 - p.x0) : c.x1 - p.x0].any()
+                   for p in read)
+
+    return sum(1 for c in found if c.mass >= heavy and _overlap(c.y0, c.y1, top, bottom) >= 0.5 * min(c.height, tall)
+               and _overlap(c.x0, c.x1, x0, x1) > 0 and c.width <= 3 * tall and not used(c))
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -169,7 +191,15 @@ def _frames_others(p: Part, parts: list[Part]) -> bool:
     if p.area >= HOLLOW * p.width * p.height:
         return False
     return any(q is not p and q.x0 > p.x0 and q.x1 < p.x1 and q.y0 > p.y0 and q.y1 < p.y1
-               and q.mass >= SPECK * p.mass and q.height >= 0.1 * p.height for q in parts)
+               and q.mass >= SPECK * p.mass and q.height >= 0.1 * p.height and _surrounds(p, q) for q in parts)
+
+
+def _surrounds(p: Part, q: Part) -> bool:
+    """p has ink on all four sides of q (left and right in q's rows, above and below in q's columns): q lies
+    inside p, not just inside p's box (a piece of a digit beside a wide pair of touching digits)."""
+    rows, cols = slice(q.y0 - p.y0, q.y1 - p.y0), slice(q.x0 - p.x0, q.x1 - p.x0)
+    return bool(p.mask[rows, : cols.start].any() and p.mask[rows, cols.stop :].any()
+                and p.mask[: rows.start, cols].any() and p.mask[rows.stop :, cols].any())
 
 
 def _stacked(parts: list[Part]) -> list[Part]:
@@ -252,6 +282,7 @@ class Line:
     parts: list[Part]
     margin: float = float("inf")
     rival: str | None = None
+    marks: list[int] | None = None  # which mark (connected ink, before cutting) each part comes from
 
 
 def read_line(groups: list[Part], ink: Ink, score: Score) -> Line:
@@ -292,18 +323,21 @@ def read_line(groups: list[Part], ink: Ink, score: Score) -> Line:
                 continue  # a run too wide for a digit; the whole mark is still tried
             candidates.append((i, j, part))
     logp = np.asarray(score(np.stack([_field(p, ink) for _, _, p in candidates])), np.float64)  # (C, 10)
-    fit = logp.max(axis=1) - np.array([_wide(p, tall) + JOIN_COST * (mark[j - 1] - mark[i]) for i, j, p in candidates])
+    fit = logp.max(axis=1) - np.array([_wide(p, tall) + JOIN_COST * (mark[j - 1] - mark[i])
+                                       for i, j, p in candidates])
     read_as = logp.argmax(axis=1)
     # readings of the atoms 0..j: the best few with different digits, as (score, digits, parts)
-    beams: list[list[tuple[float, str, list[Part]]]] = [[(0.0, "", [])]]
+    beams: list[list[tuple[float, str, list[tuple[Part, int]]]]] = [[(0.0, "", [])]]
     for j in range(1, n + 1):
-        beams.append(_best_distinct([(total + fit[c] - SEGMENT_COST, text + str(read_as[c]), parts + [part])
+        beams.append(_best_distinct([(total + fit[c] - SEGMENT_COST, text + str(read_as[c]),
+                                      parts + [(part, mark[i])])
                                      for c, (i, end, part) in enumerate(candidates) if end == j
                                      for total, text, parts in beams[i]]))
-    (total, _text, parts), *rivals = beams[n]
+    (total, _text, chosen), *rivals = beams[n]
+    parts, marks = [p for p, _ in chosen], [k for _, k in chosen]
     if not rivals:
-        return Line(parts)
-    return Line(parts, total - rivals[0][0], rivals[0][1])
+        return Line(parts, marks=marks)
+    return Line(parts, total - rivals[0][0], rivals[0][1], marks)
 
 
 def _best_distinct(readings: list[tuple[float, str, list]], keep: int = 4) -> list[tuple[float, str, list]]:
@@ -393,11 +427,12 @@ def _cut(part: Part, cuts: list[tuple[float, float]]) -> list[Part]:
 
 
 # ------------------------------------------------------------------------------------------------ fields
-def _digit(part: Part, ink: Ink, margin: float = float("inf"), rival: str | None = None) -> Digit:
+def _digit(part: Part, ink: Ink, margin: float = float("inf"), rival: str | None = None, left_out: int = 0,
+           mark: int = 0) -> Digit:
     s, m = ink.scale, ink.margin
     box = (max(0, int((part.x0 - m) * s)), max(0, int((part.y0 - m) * s)), int(np.ceil((part.x1 - m) * s)),
            int(np.ceil((part.y1 - m) * s)))
-    return Digit(_field(part, ink), box, margin, rival)
+    return Digit(_field(part, ink), box, margin, rival, left_out, mark)
 
 
 def _field(part: Part, ink: Ink) -> np.ndarray:
