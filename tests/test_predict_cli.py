@@ -140,3 +140,13 @@ def test_exported_onnx_model_predicts_the_same(trained_checkpoint, samples, tmp_
     from_numpy = json.loads(lenet5("predict", "--model", str(trained_checkpoint), *files, "--json").stdout)
     assert [r["digit"] for r in from_onnx] == [r["digit"] for r in from_numpy]
     assert all(abs(a["probability"] - b["probability"]) < 1e-4 for a, b in zip(from_onnx, from_numpy))
+
+
+def test_save_prepared_tells_files_with_the_same_stem_apart(mnist, tmp_path):
+    """x.png and x.jpg are saved as x_png.png and x_jpg.png, not x.png and x-2.png."""
+    digit = Image.fromarray(255 - mnist.test_images[0])
+    digit.save(tmp_path / "x.png")
+    digit.convert("RGB").save(tmp_path / "x.jpg", quality=95)
+    out = tmp_path / "seen"
+    lenet5("predict", tmp_path / "x.png", tmp_path / "x.jpg", "--save-prepared", out, check=True)
+    assert sorted(p.name for p in out.iterdir()) == ["x_jpg.png", "x_png.png"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import math
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +227,14 @@ class Predictor:
 
         results: list[dict] = []
         prepared: list[tuple[str, np.ndarray]] = []  # (file name stem for --save-prepared, uint8 (28, 28))
-        for name, problem in expand_inputs(inputs):
+        found = expand_inputs(inputs)
+        stems = Counter(Path(name).stem for name, problem in found if not problem)
+
+        def stem_of(name: str) -> str:  # x.png and x.jpg -> x_png and x_jpg, so that one can tell which is which
+            path = Path(name)
+            return path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+
+        for name, problem in found:
             if problem:
                 results.append({"file": name, "error": problem})
                 continue
@@ -237,14 +245,14 @@ class Predictor:
                     for i, (digit, p, why) in enumerate(zip(stack, probs, doubts)):
                         row = {"file": f"{name}[{i}]", **describe(p, top_k), "unsure": why is not None}
                         results.append({**row, "reason": why} if why else row)
-                        prepared.append((f"{Path(name).stem}_{i}", digit))
+                        prepared.append((f"{stem_of(name)}_{i}", digit))
                     continue
                 reading, fields = self.read_image_bytes(read_file_bytes(Path(name)), name, top_k)
             except ImageError as exc:
                 results.append({"file": name, "error": str(exc)})
                 continue
             results.append({"file": name, **reading})
-            stem = Path(name).stem
+            stem = stem_of(name)
             prepared.extend((stem if len(fields) == 1 else f"{stem}_{i + 1}", f) for i, f in enumerate(fields))
         if save_prepared is not None and prepared:
             write_prepared(prepared, Path(save_prepared))

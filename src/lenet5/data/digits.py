@@ -381,16 +381,17 @@ def _cut_lines(part: Part, most: int) -> list[tuple[float, float]]:
     minima = [int(c) for c in inner[np.argsort(profile[inner], kind="stable")]
               if profile[c] <= profile[c - 1] and profile[c] <= profile[c + 1]]
     even = list(range(lo, hi, max(1, round(CUT_STEP * h))))
+    columns = np.array(minima + even, np.float64)  # (C,)
     rows = np.arange(h) - (h - 1) / 2.0
-    tried: list[tuple[float, float, float]] = []  # (ink crossed, column, slope)
-    for c in minima + even:
-        crossings = []
-        for slope in SLOPES:
-            xs = np.round(c + slope * rows).astype(int)
-            inside = (xs >= 0) & (xs < w)
-            crossings.append((float(mask[np.arange(h)[inside], xs[inside]].sum()), slope))
-        ink, slope = min(crossings)
-        tried.append((ink + (0.0 if c in minima else 0.5), float(c), slope))
+    padded = np.pad(mask, ((0, 0), (0, 1)))  # column w: no ink, where a slanted line leaves the mark
+    crossed = np.empty((len(SLOPES), len(columns)))  # ink under each line
+    for k, slope in enumerate(SLOPES):
+        xs = np.round(columns[:, None] + slope * rows[None, :]).astype(np.int64)  # (C, h)
+        xs[(xs < 0) | (xs >= w)] = w
+        crossed[k] = padded[np.arange(h)[None, :], xs].sum(axis=1)
+    best = crossed.argmin(axis=0)  # the first slope (upright) wins ties
+    tried = [(float(crossed[b, i]) + (0.0 if i < len(minima) else 0.5), float(c), SLOPES[b])
+             for i, (c, b) in enumerate(zip(columns, best))]  # (ink crossed, column, slope)
     apart = max(2.0, 0.2 * h)
     chosen: list[tuple[float, float]] = []
     for _ink, c, slope in sorted(tried):

@@ -298,8 +298,9 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             from lenet5.models import summary_lines
 
             say("\n".join(summary_lines(cfg.model.name)))
-            say(f"training a {cfg.model.name} LeNet-5 with the {cfg.train.engine} engine for {cfg.train.epochs} "
-                f"epochs (batch {cfg.train.batch_size}, {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, "
+            epochs = f"{cfg.train.epochs} epoch{'' if cfg.train.epochs == 1 else 's'}"
+            say(f"training a {cfg.model.name} LeNet-5 with the {cfg.train.engine} engine for {epochs} "
+                f"(batch {cfg.train.batch_size}, {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, "
                 f"{cfg.schedule.name} schedule, seed {cfg.train.seed}) -> {run_dir}")
         try:
             result = trainer.fit()
