@@ -66,7 +66,12 @@ def _one(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator, style: H
     if rng.random() < style.neighbour:
         ink = _with_neighbour(ink, box, pool[rng.integers(len(pool))], rng, style)
     x0, y0, x1, y1 = box
-    crop = ink[y0:y1, x0:x1]
+    return as_read(ink[y0:y1, x0:x1], rng, style)
+
+
+def as_read(crop: np.ndarray, rng: np.random.Generator, style: HandStyle) -> np.ndarray:
+    """float (h, w) ink cropped to its box -> uint8 (28, 28) as the reader would hand it to the network: maybe
+    saturated, the reader's recipe with a box a little off and a shift, maybe a little blurred."""
     if rng.random() < style.saturate:
         crop = np.clip(crop * rng.uniform(1.3, 2.5), 0.0, 1.0)
     field = field_of(crop, rng.uniform(*style.box), rng.uniform(-style.shift, style.shift, 2))

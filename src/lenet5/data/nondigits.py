@@ -26,7 +26,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lenet5.data.hands import WORK, HandStyle, _affine, _redraw, field_of
+from lenet5.data.hands import WORK, HandStyle, _affine, _redraw, as_read
 
 # Letters and signs in a unit box (x right, y down): a list of strokes, each a list of points; "arc" strokes
 # are (cx, cy, rx, ry, from_degrees, to_degrees).
@@ -125,13 +125,7 @@ def _draw(kind: str, rng: np.random.Generator, digits: np.ndarray, style: HandSt
         ink = _canvas(_strokes("scribble", rng), rng)
         ys, xs = np.nonzero(ink > 0.2)
     crop = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    crop = crop / crop.max()  # the page cleaning makes a stroke's core full strength
-    if rng.random() < style.saturate:
-        crop = np.clip(crop * rng.uniform(1.3, 2.5), 0.0, 1.0)
-    field = field_of(crop, rng.uniform(*style.box), rng.uniform(-style.shift, style.shift, 2))
-    if rng.random() < style.blur:
-        field = cv2.GaussianBlur(field, (3, 3), rng.uniform(0.4, 0.8))
-    return np.round(np.clip(field, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return as_read(crop / crop.max(), rng, style)  # the page cleaning makes a stroke's core full strength
 
 
 def _strokes(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
