@@ -69,8 +69,9 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     scale /= up
     if _light_ink(g):
         g = 1.0 - g
+    clean = _two_levels(g)  # paper and ink only (or a sheet on a dark table): no shade to follow
     sheet = _sheet(g)
-    paper, k = _paper_brightness(g)
+    paper, k = _paper_brightness(g, clean)
     strength = np.clip(1.0 - g / np.maximum(paper, 1e-3), 0.0, 1.0)
     if sheet is not None:
         strength[~sheet] = 0.0
@@ -78,7 +79,7 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     strength[objects] = 0.0
     mask, faint, level, problem = _threshold(strength)
     if problem is None:
-        mask = _remove_lines(mask, faint)
+        mask = mask if clean and sheet is None else _remove_lines(mask, faint)  # a drawing has no ruled lines
         mask = _apart_from(mask, objects)
         if not mask.any():
             problem = "no digit found (only ruled lines, edges or objects)"
@@ -176,11 +177,11 @@ def _sheet(g: np.ndarray) -> np.ndarray | None:
     return full.astype(bool)
 
 
-def _paper_brightness(g: np.ndarray) -> tuple[np.ndarray, int]:
+def _paper_brightness(g: np.ndarray, clean: bool) -> tuple[np.ndarray, int]:
     """float32 (H, W): the paper's local brightness, a grey closing wider than any stroke, then smoothed;
-    and the closing's size (thumbnail pixels, 0 for a small image)."""
+    and the closing's size (thumbnail pixels, 0 for a small image). ``clean``: paper and ink only (_two_levels)."""
     h, w = g.shape
-    if min(h, w) < 48 or _two_levels(g):  # a small or clean image (a drawing, a scan): one paper level
+    if min(h, w) < 48 or clean:  # a small or clean image (a drawing, a scan): one paper level
         return np.full_like(g, max(float(np.percentile(g, 95)), 1e-3)), 0
     t = _thumb(g)
     k = round(float(np.clip(3.0 * _stroke_width(t), 0.05 * min(t.shape), 0.2 * min(t.shape))))
