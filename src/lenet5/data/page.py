@@ -69,7 +69,7 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     scale /= up
     if _light_ink(g):
         g = 1.0 - g
-    clean = _two_levels(g)  # paper and ink only (or a sheet on a dark table): no shade to follow
+    clean = _two_levels(g)  # paper and ink only (or a sheet on a dark table): one paper level, no shade
     sheet = _sheet(g)
     paper, k = _paper_brightness(g, clean)
     strength = np.clip(1.0 - g / np.maximum(paper, 1e-3), 0.0, 1.0)
@@ -79,7 +79,7 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     strength[objects] = 0.0
     mask, faint, level, problem = _threshold(strength)
     if problem is None:
-        mask = mask if clean and sheet is None else _remove_lines(mask, faint)  # a drawing has no ruled lines
+        mask = _remove_lines(mask, faint)  # a clean scan of ruled paper is two-level too: always looked for
         mask = _apart_from(mask, objects)
         if not mask.any():
             problem = "no digit found (only ruled lines, edges or objects)"
