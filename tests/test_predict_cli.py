@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,32 @@ def test_save_prepared_tells_files_with_the_same_stem_apart(mnist, tmp_path):
     out = tmp_path / "seen"
     lenet5("predict", tmp_path / "x.png", tmp_path / "x.jpg", "--save-prepared", out, check=True)
     assert sorted(p.name for p in out.iterdir()) == ["x_jpg.png", "x_png.png"]
+
+
+def test_predict_imports_nothing_of_training():
+    """Reading one image runs the network forward only: no optimizer, no worker process module, no torch."""
+    examples = Path(__file__).resolve().parents[1] / "examples" / "digits" / "seven.png"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lenet5", "predict", str(examples)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "lenet5.inference" in imported
+    for module in ("lenet5.engines.numpy.optim", "lenet5.engines.numpy.workers", "lenet5.free_cores", "torch"):
+        assert module not in imported
+
+
+def test_the_forward_only_runner_gives_the_engines_logits(trained_checkpoint, mnist):
+    from lenet5.checkpoint import load_checkpoint
+    from lenet5.config import ModelConfig, OptimizerConfig
+    from lenet5.data.datasets import normalize
+    from lenet5.engines import create_engine
+    from lenet5.inference import NumpyRunner
+
+    ckpt = load_checkpoint(trained_checkpoint)
+    engine = create_engine("numpy", ModelConfig(name=ckpt.model), OptimizerConfig(), threads=1)
+    engine.load_state_dict(ckpt.weights)
+    x = normalize(mnist.test_images[:600])  # more than one piece of the runner's
+    ours, theirs = NumpyRunner(ckpt.model, ckpt.weights).logits(x), engine.logits(x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)  # other piece sizes: other float rounding
+    assert np.array_equal(ours.argmax(axis=1), theirs.argmax(axis=1))
+    engine.close()

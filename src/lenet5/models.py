@@ -154,6 +154,23 @@ def parameter_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def check_state_dict(name: str, state: dict) -> None:
+    """A state dict for model ``name``: every parameter present, nothing else, each of its shape and a float
+    dtype; ValueError naming the first that is not."""
+    shapes = parameter_shapes(name)
+    for key in shapes:
+        if key not in state:
+            raise ValueError(f"state dict is missing '{key}' (the {name} model needs it)")
+    for key, value in state.items():
+        if key not in shapes:
+            raise ValueError(f"unexpected key '{key}' in state dict for the {name} model")
+        value = np.asarray(value)
+        if tuple(value.shape) != shapes[key]:
+            raise ValueError(f"'{key}' has shape {tuple(value.shape)}, expected {shapes[key]}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ValueError(f"'{key}' has dtype {value.dtype}, expected a floating-point array")
+
+
 def model_for_weights(names) -> str | None:
     """The model whose parameters are exactly these names, or None."""
     names = set(names)

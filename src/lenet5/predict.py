@@ -74,16 +74,23 @@ class Predictor:
             predictor.probe()
             return predictor
         from lenet5.checkpoint import load_checkpoint
-        from lenet5.config import ModelConfig, OptimizerConfig
-        from lenet5.engines import ENGINES, create_engine
+        from lenet5.engines import ENGINES
 
         if engine not in ENGINES:
             raise Lenet5Error(f"unknown engine {engine!r}; engines are: {', '.join(ENGINES)}")
 
         ckpt = load_checkpoint(path)
-        net = create_engine(engine, ModelConfig(name=ckpt.model), OptimizerConfig(), threads=threads)
         try:
-            net.load_state_dict(ckpt.weights)
+            if engine == "numpy" and threads == 1:  # a few images: forward only, in this thread
+                from lenet5.inference import NumpyRunner
+
+                net = NumpyRunner(ckpt.model, ckpt.weights)
+            else:  # the torch engine, or many images shared out to worker processes
+                from lenet5.config import ModelConfig, OptimizerConfig
+                from lenet5.engines import create_engine
+
+                net = create_engine(engine, ModelConfig(name=ckpt.model), OptimizerConfig(), threads=threads)
+                net.load_state_dict(ckpt.weights)
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         norm = ckpt.meta.get("normalization") or {}

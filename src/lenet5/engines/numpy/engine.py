@@ -28,7 +28,7 @@ from lenet5.engines.numpy.optim import create_optimizer
 from lenet5.engines.numpy.workers import LOGITS, TRAIN, Worker, WorkerProcesses, shared_block, state_layout
 from lenet5.errors import Lenet5Error
 from lenet5.free_cores import adaptive, available_cores, own_seconds, process_seconds
-from lenet5.models import NUM_CLASSES, initial_weights
+from lenet5.models import NUM_CLASSES, check_state_dict, initial_weights
 
 # Images per forward/backward pass; larger batches run in several passes. Measured (benchmarks/engine_speed.py
 # setup, batch 64 and 128): one worker is 5-7% faster with passes of 64 than of 32 or 128; two workers are
@@ -224,20 +224,9 @@ class NumpyEngine:
         return {key: view.copy() for key, view in self.net.named_views(self.net.params).items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        shapes = self.net.shapes
-        for key in shapes:
-            if key not in state:
-                raise ValueError(f"state dict is missing '{key}' (the {self.model_name} model needs it)")
-        for key, value in state.items():
-            if key not in shapes:
-                raise ValueError(f"unexpected key '{key}' in state dict for the {self.model_name} model")
-            value = np.asarray(value)
-            if tuple(value.shape) != shapes[key]:
-                raise ValueError(f"'{key}' has shape {tuple(value.shape)}, expected {shapes[key]}")
-            if not np.issubdtype(value.dtype, np.floating):
-                raise ValueError(f"'{key}' has dtype {value.dtype}, expected a floating-point array")
+        check_state_dict(self.model_name, state)
         views = self.net.named_views(self.net.params)
-        for key in shapes:
+        for key in self.net.shapes:
             views[key][...] = np.asarray(state[key], dtype=self.dtype)
         self.net.apply_masks()
 
