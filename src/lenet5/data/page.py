@@ -204,8 +204,10 @@ def _solid_objects(g: np.ndarray, k: int) -> np.ndarray:
     """bool (H, W): large dark things that are not strokes (a cup, a phone, a pen lying on the page), with a
     margin: far darker than the paper and still there after an opening wider than any stroke. The closing
     that estimates the paper follows their inside, so only their outline would look like ink."""
+    if k == 0:  # one paper level (a clean or small picture): nothing to look for
+        return np.zeros(g.shape, bool)
     t = _thumb(g)
-    if k == 0 or min(t.shape) < 100:
+    if min(t.shape) < 100:
         return np.zeros(g.shape, bool)
     dark = (t < OBJECT_DARK * float(np.percentile(t, 90))).astype(np.uint8)
     wide = max(4 * k, round(OBJECT_SIDE * min(t.shape))) | 1
