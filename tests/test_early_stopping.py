@@ -176,6 +176,7 @@ def evaluate_file(path, tiny):
     return evaluate_engine(engine, tiny.test_images, tiny.test_labels)
 
 
+@pytest.mark.slow  # trains two runs first
 def test_restore_best_tests_the_best_weights_and_reports_that_epoch(stopped_runs, tiny):
     """restore_best: true: the test set sees the best epoch's weights (model.safetensors), and metrics.json's
     validation numbers are that epoch's."""

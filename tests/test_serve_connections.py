@@ -79,6 +79,7 @@ def impatient_server(untrained_checkpoint):
         yield url, pid
 
 
+@pytest.mark.slow  # holds connections open for seconds
 def test_140_idle_connections_do_not_lock_other_clients_out(server):
     url, _ = server
     idle = open_idle(port_of(url), 140)
@@ -139,6 +140,7 @@ def test_headers_trickling_in_do_not_extend_the_deadline(impatient_server):
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
 
 
+@pytest.mark.slow  # holds connections open for seconds
 def test_a_kept_alive_connection_is_closed_after_the_idle_timeout_and_may_be_reused_before(impatient_server):
     url, _ = impatient_server
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -167,6 +169,7 @@ def small_server(untrained_checkpoint):
         os.environ.pop("LENET5_MAX_CONNECTIONS", None)
 
 
+@pytest.mark.slow  # holds connections open for seconds
 def test_beyond_the_connection_bound_the_longest_waiting_idle_connection_makes_room(small_server):
     url, _ = small_server
     idle = open_idle(port_of(url), 40)
