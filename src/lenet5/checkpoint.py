@@ -21,7 +21,7 @@ import numpy as np
 
 from lenet5 import MNIST_MEAN, MNIST_STD
 from lenet5.atomic import atomic_path
-from lenet5.errors import CheckpointError
+from lenet5.errors import CheckpointError, first_line
 from lenet5.models import MODELS, model_for_weights, parameter_shapes
 
 FORMAT = "lenet5-checkpoint"
@@ -176,7 +176,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
             raw_meta = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as exc:  # safetensors raises several error types for corrupt files
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first_line(exc)})") from None
     if raw_meta and raw_meta.get("format") not in (None, FORMAT):
         raise CheckpointError(f"{path}: not a lenet5 checkpoint (format {_clip(raw_meta.get('format'))})")
     try:
@@ -196,7 +196,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
             "calibration": _meta_json(raw_meta, "calibration", None),
         }
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({first_line(exc)})") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads "
                               f"({FORMAT_VERSION}); upgrade lenet5")
@@ -249,7 +249,7 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
                                  "data")
             entries[name] = (info["dtype"], tuple(shape), offsets[1] - offsets[0])
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (its header: {_short(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (its header: {first_line(exc)})") from None
     weights = {k: v for k, v in entries.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in entries.items() if k.startswith(OPTIMIZER_PREFIX)}
     model = meta.get("model") if isinstance(meta.get("model"), str) and meta.get("model") else None
@@ -306,7 +306,7 @@ def _meta_json(raw_meta: dict[str, str], key: str, default: Any) -> Any:
     try:
         return json.loads(text, parse_int=bounded_int)
     except ValueError as exc:
-        raise ValueError(f"{key}: {_short(exc)}") from None
+        raise ValueError(f"{key}: {first_line(exc)}") from None
 
 
 def _json_depth(text: str) -> int:
@@ -374,6 +374,4 @@ def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> No
             raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the checkpoint is damaged")
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from lenet5 import __version__
-from lenet5.errors import WRITE_ERRNOS, Lenet5Error
+from lenet5.errors import WRITE_ERRNOS, Lenet5Error, first_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except MemoryError as exc:  # NumPy's, Python's, and C++'s std::bad_alloc as Python sees it
-        _err(f"error: out of memory ({_first_line(exc) or 'MemoryError'}){_address_space_note()}")
+        _err(f"error: out of memory ({first_line(exc)}){_address_space_note()}")
         return EXIT_USER_ERROR
     except OSError as exc:
         message = _os_error_line(exc)
@@ -645,9 +645,6 @@ def _os_error_line(exc: OSError) -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else ""
 
 
 def _limit(name: str):

@@ -10,6 +10,13 @@ import errno
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut at ``limit``: what a
+    one-line error says about a library's failure."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class Lenet5Error(Exception):
     """Base class for every error caused by the user's input or environment (not by a bug)."""
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lenet5 import MNIST_MEAN, MNIST_STD, models
 from lenet5.atomic import atomic_write_bytes
-from lenet5.errors import CheckpointError, Lenet5Error
+from lenet5.errors import CheckpointError, Lenet5Error, first_line
 
 ONNX_HINT = 'ONNX export needs onnx and onnxruntime: pip install -e ".[onnx]"'
 REJECT_KEYS = ("digit", "number", "digit_margin", "number_margin")  # calibration.reject, carried as reject_<key>
@@ -160,8 +160,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a bad file
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CheckpointError(f"{self.path}: not a loadable ONNX model: {first[:200]}") from None
+            raise CheckpointError(f"{self.path}: not a loadable ONNX model: {first_line(exc)}") from None
         self.input_name, self.batch = self._check_signature()
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.model_name = self.meta.get("model", "unknown")
@@ -226,8 +225,8 @@ class OnnxModel:
         try:
             out = self.session.run(None, {self.input_name: x})[0]
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a graph that fails
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CheckpointError(f"{self.path}: the ONNX model fails on a batch of {len(x)}: {first[:200]}") from None
+            raise CheckpointError(
+                f"{self.path}: the ONNX model fails on a batch of {len(x)}: {first_line(exc)}") from None
         out = np.asarray(out)
         if out.shape != (len(x), 10) or out.dtype != np.float32:
             raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it gives {out.dtype} of shape "

@@ -37,7 +37,7 @@ from PIL import ExifTags, Image
 
 from lenet5.data.digits import SIZE, Digit, Score, find_digits
 from lenet5.data.page import WORK_SIDE, find_ink
-from lenet5.errors import ImageError
+from lenet5.errors import ImageError, first_line
 
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 4
@@ -100,8 +100,7 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
                 f"{name}: not an image this tool reads (supported: {', '.join(FORMATS)})"
             ) from None
         except Exception as exc:  # noqa: BLE001 - damaged files make Pillow raise TypeError, struct.error, ...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise ImageError(f"{name}: truncated or corrupt image ({first})") from None
+            raise ImageError(f"{name}: truncated or corrupt image ({first_line(exc, 160)})") from None
     img.info[ORIENTATION] = exif_orientation(img)
     return img
 
@@ -172,8 +171,8 @@ def to_gray(img: Image.Image, name: str = "image", factor: int = 1) -> np.ndarra
     except ImageError:
         raise
     except (ValueError, OSError, TypeError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise ImageError(f"{name}: cannot read a {img.mode} image as grey levels ({first}); save it as RGB") from None
+        raise ImageError(f"{name}: cannot read a {img.mode} image as grey levels ({first_line(exc, 120)}); "
+                         "save it as RGB") from None
     return _orient(g, img.info.get(ORIENTATION, 1))
 
 
@@ -350,8 +349,7 @@ def load_npy(path: Path) -> np.ndarray:
         _check_npy_header(path)
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ImageError(f"{path}: not a readable .npy array ({first})") from None
+        raise ImageError(f"{path}: not a readable .npy array ({first_line(exc, 160)})") from None
     return digits_from_array(arr, str(path))
 
 

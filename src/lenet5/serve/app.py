@@ -62,7 +62,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lenet5.data.digits import Digit
 from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, open_image, read_gray, read_image
-from lenet5.errors import ImageError, Lenet5Error
+from lenet5.errors import ImageError, Lenet5Error, first_line
 from lenet5.predict import Predictor
 from lenet5.serve.guard import HEADER_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, connection_limit, guarded_protocol
 
@@ -473,4 +473,4 @@ def _check_pixel_types(pixels) -> None:
 
 
 def _first_line(exc: Exception) -> str:
-    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+    return first_line(exc, 160)

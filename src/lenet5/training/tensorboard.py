@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from lenet5.config import dump_yaml
-from lenet5.errors import Lenet5Error
+from lenet5.errors import Lenet5Error, first_line
 from lenet5.training.callbacks import HISTORY_FIELDS, Callback
 
 STEP_EVERY = 50  # steps between two step/ points: ~17 points per epoch of 55,000 digits at batch 64
@@ -49,8 +49,7 @@ def require_tensorboard():
         raise Lenet5Error(
             HINT if missing.split(".")[0] == "tensorboard" else f"{HINT} ({missing} is missing)") from None
     except Exception as exc:  # noqa: BLE001  (an installed but broken tensorboard or protobuf: still one line)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Lenet5Error(f"{HINT} (it is installed but does not load: {first})") from None
+        raise Lenet5Error(f"{HINT} (it is installed but does not load: {first_line(exc)})") from None
     return _Modules(event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2, text_metadata, EventFileWriter)
 
 
