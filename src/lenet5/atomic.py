@@ -7,9 +7,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+# A write in progress: ``.<name>.[<pid>.]<8 random>.tmp`` beside the file it becomes (the one format; what a
+# killed process leaves is recognised by it and removed by the run folder and the data cache).
+_TEMPORARY = re.compile(r"\.[\w.-]+?\.(?:\d+\.)?[0-9a-z_]{8}\.tmp")
+_TAIL = re.compile(r"(?:\d+\.)?[0-9a-z_]{8}\.tmp")  # what follows ".<name>."
+
+
+def temporary_name(name: str, tag: str | None = None) -> str:
+    """A fresh hidden name for a write in progress of file ``name`` (``tag``: e.g. the writer's pid)."""
+    return f".{name}.{tag + '.' if tag else ''}{secrets.token_hex(4)}.tmp"
+
+
+def is_temporary(filename: str, names: Iterable[str] | None = None) -> bool:
+    """Whether ``filename`` is a write in progress (temporary_name's form), of one of ``names`` when given."""
+    if names is None:
+        return _TEMPORARY.fullmatch(filename) is not None
+    return any(filename.startswith(f".{n}.") and _TAIL.fullmatch(filename[len(n) + 2 :]) for n in names)
 
 
 @contextlib.contextmanager
@@ -22,7 +40,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # an exclusive create under a random name, with the mode open() gives (0666 less the umask; the
         # kernel applies it, so the process umask is never changed while other threads create files)
         while tmp is None:
-            candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+            candidate = path.parent / temporary_name(path.name)
             try:
                 os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
                 tmp = candidate

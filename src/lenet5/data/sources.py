@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet5.atomic import atomic_write_bytes, atomic_write_text
+from lenet5.atomic import atomic_write_bytes, atomic_write_text, is_temporary
 from lenet5.data.idx import MAX_IDX_BYTES, NotARegularFile, gunzip_bytes, open_regular, parse_idx, read_bytes
 from lenet5.errors import DataError, IDXError
 
@@ -67,7 +67,6 @@ MAX_SOURCES_BYTES = 64 * 1024  # a real sources.json is ~300 bytes
 LOCK_FILE = ".lock"
 # Our own temporaries in the cache folder: atomic_path's ``.<name>.<8 random>.tmp`` and npm's work folder.
 # Every writer holds the lock, so whoever holds it may remove them: they belong to a run that was killed.
-_TEMP_FILE = re.compile(r"\.(?:" + "|".join(re.escape(n) for n in (*FILES, SOURCES_FILE)) + r")\.[a-z0-9_]{8}\.tmp")
 _NPM_TEMP_PREFIX, _NPM_TEMP_SUFFIX = ".npm-", ".tmp"
 _NPM_TEMP_DIR = re.compile(r"\.npm-[a-z0-9_]{8}\.tmp")
 STALE_AFTER = 600.0  # seconds; where there is no lock (Windows), a temporary this old is a dead run's
@@ -233,7 +232,7 @@ def _remove_stale_temporaries(folder: Path, min_age: float = STALE_AFTER) -> Non
         return
     now = time.time()
     for entry in entries:
-        is_file, is_dir = _TEMP_FILE.fullmatch(entry.name), _NPM_TEMP_DIR.fullmatch(entry.name)
+        is_file, is_dir = is_temporary(entry.name, (*FILES, SOURCES_FILE)), _NPM_TEMP_DIR.fullmatch(entry.name)
         if not (is_file or is_dir):
             continue
         with contextlib.suppress(OSError):

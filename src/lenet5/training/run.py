@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import secrets
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lenet5.atomic import is_temporary, temporary_name
 from lenet5.config import Config, apply_dict, config_from_dict, dump_yaml
 from lenet5.errors import WRITE_ERRNOS, ConfigError, Lenet5Error, TrainingError
 from lenet5.training.callbacks import BEST_FILE, CONFIG_FILE, LAST_FILE, run_folder_callbacks
@@ -153,15 +152,13 @@ def _resume_locked(run_dir: Path, flags: dict) -> Resume:
     return Resume(last_path.parent, cfg, last, best)
 
 
-# What a killed run leaves beside its files: atomic_path's ``.<name>.<8 hex>.tmp`` and a claim's config copy.
-STALE_TEMPORARY = re.compile(r"\.[\w.-]+?\.(\d+\.)?[0-9a-f]{8}\.tmp")
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[str]:
     """Delete the temporaries a killed run left in its folder (our own names only, regular files only)."""
     removed = []
     for p in run_dir.iterdir():
-        if STALE_TEMPORARY.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+        if is_temporary(p.name) and p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed
@@ -217,7 +214,7 @@ def _claim(run_dir: Path, config_text: bytes) -> RunLock | None:
         return None
 
     def leftover(name: str) -> bool:  # what a claim killed before its config.yaml existed leaves
-        return name == RUN_LOCK or (name.startswith(f".{CONFIG_FILE}.") and name.endswith(".tmp"))
+        return name == RUN_LOCK or is_temporary(name, [CONFIG_FILE])
 
     if any(not leftover(p.name) for p in run_dir.iterdir()):
         return None  # a folder with anything in it but a killed claim's leftover is somebody's
@@ -227,7 +224,7 @@ def _claim(run_dir: Path, config_text: bytes) -> RunLock | None:
         return None
     if lock is None:  # another process is claiming it right now
         return None
-    tmp = run_dir / f".{CONFIG_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = run_dir / temporary_name(CONFIG_FILE, str(os.getpid()))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
