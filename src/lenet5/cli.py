@@ -264,13 +264,15 @@ def cmd_evaluate(args) -> int:
         return 0
     print(f"{describe_model(path)} ({runner}): test accuracy {100 * result.accuracy:.2f}%  "
           f"test loss {result.loss:.4f}  on {len(result.labels)} images")
+    from lenet5.models import NUM_CLASSES
+
     scores = per_class_scores(result.confusion)
     print("class  precision  recall     f1  support")
-    for c in range(10):
+    for c in range(NUM_CLASSES):
         print(f"{c:>5}  {scores['precision'][c]:9.4f}  {scores['recall'][c]:6.4f}  {scores['f1'][c]:5.4f}  "
               f"{int(scores['support'][c]):7d}")
     print("confusion matrix (rows: true, columns: predicted)")
-    print("      " + " ".join(f"{c:>5}" for c in range(10)))
+    print("      " + " ".join(f"{c:>5}" for c in range(NUM_CLASSES)))
     for c, row in enumerate(result.confusion):
         print(f"{c:>5} " + " ".join(f"{v:>5}" for v in row))
     if args.out:
@@ -356,10 +358,11 @@ def cmd_export(args) -> int:
 
 # ------------------------------------------------------------------------------------ predict, serve
 def cmd_predict(args) -> int:
+    from lenet5.models import NUM_CLASSES
     from lenet5.predict import Predictor
 
-    if args.top_k < 1 or args.top_k > 10:
-        raise Lenet5Error(f"--top-k must be between 1 and 10, got {args.top_k}")
+    if args.top_k < 1 or args.top_k > NUM_CLASSES:
+        raise Lenet5Error(f"--top-k must be between 1 and {NUM_CLASSES}, got {args.top_k}")
     predictor = Predictor.from_checkpoint(_model_path(args), engine=args.engine)
     results = predictor.classify_files(args.images, top_k=args.top_k, save_prepared=args.save_prepared)
     failed = sum("error" in r for r in results)

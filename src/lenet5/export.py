@@ -106,9 +106,9 @@ def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int =
     x = "image"
     for k, spec in enumerate(specs):
         x = g.layer(x, spec, w, "logits" if k == len(specs) - 1 else None)
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", *models.INPUT_SHAPE])
     image.doc_string = f"grayscale digits, white on black, normalized as (x/255 - {MNIST_MEAN}) / {MNIST_STD}"
-    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", models.NUM_CLASSES])
     graph = helper.make_graph(g.nodes, f"lenet5_{model_name}", [image], [logits], initializer=g.inits)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="lenet5")
@@ -189,7 +189,7 @@ class OnnxModel:
             raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it has {len(inputs)} input(s) and "
                                   f"{len(outputs)} output(s); {want}")
         (x,), (y,) = inputs, outputs
-        for what, arg, rank, tail in (("input", x, 4, [1, 28, 28]), ("output", y, 2, [10])):
+        for what, arg, rank, tail in (("input", x, 4, [*models.INPUT_SHAPE]), ("output", y, 2, [models.NUM_CLASSES])):
             shape = list(arg.shape) if arg.shape is not None else None
             if arg.type != "tensor(float)" or shape is None or len(shape) != rank or shape[1:] != tail:
                 dims = () if shape is None else ("?" if d is None else str(d) for d in shape)
@@ -219,7 +219,7 @@ class OnnxModel:
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
             parts.append(self._run(chunk)[: self.batch - pad])
-        return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, models.NUM_CLASSES), np.float32)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         try:
@@ -228,7 +228,7 @@ class OnnxModel:
             raise CheckpointError(
                 f"{self.path}: the ONNX model fails on a batch of {len(x)}: {first_line(exc)}") from None
         out = np.asarray(out)
-        if out.shape != (len(x), 10) or out.dtype != np.float32:
+        if out.shape != (len(x), models.NUM_CLASSES) or out.dtype != np.float32:
             raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it gives {out.dtype} of shape "
                                   f"{tuple(out.shape)} for {len(x)} images, not float32 ({len(x)}, 10)")
         return out

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NUM_CLASSES = 10
+from lenet5.models import NUM_CLASSES
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

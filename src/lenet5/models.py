@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 NUM_CLASSES = 10
-INPUT_SHAPE = (1, 28, 28)  # one grey 28x28 digit, (C, H, W)
+IMAGE_SIZE = 28  # MNIST's digits are IMAGE_SIZE x IMAGE_SIZE grey pixels
+INPUT_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # one grey digit, (C, H, W)
 
 
 # --------------------------------------------------------------------------------------------- layers

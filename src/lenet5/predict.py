@@ -25,6 +25,7 @@ import numpy as np
 from lenet5 import MNIST_MEAN, MNIST_STD
 from lenet5.errors import CheckpointError, ImageError, Lenet5Error
 from lenet5.metrics import softmax
+from lenet5.models import IMAGE_SIZE, NUM_CLASSES
 
 GLOB_CHARS = set("*?[")
 UNSURE_BELOW = 0.8  # without a fitted reject rule: a digit whose calibrated probability is lower is unsure
@@ -103,11 +104,11 @@ class Predictor:
     def probe(self) -> None:
         """Read a blank field and a bar once: a model whose outputs are not finite and moderate there (weights
         or normalization out of range) would answer every image with nonsense; CheckpointError now instead."""
-        bar = np.zeros((2, 28, 28), np.uint8)
-        bar[1, 4:24, 12:16] = 255
+        bar = np.zeros((2, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        bar[1, 4:-4, IMAGE_SIZE // 2 - 2 : IMAGE_SIZE // 2 + 2] = 255
         with self._lock, np.errstate(all="ignore"):
             logits = np.asarray(self.model.logits(self.normalize(bar)), dtype=np.float64)
-        if logits.shape != (2, 10) or not np.isfinite(logits).all() or np.abs(logits).max() > PROBE_LIMIT:
+        if logits.shape != (2, NUM_CLASSES) or not np.isfinite(logits).all() or np.abs(logits).max() > PROBE_LIMIT:
             raise CheckpointError(f"{self.path.name}: the model's outputs are out of range on a plain test input "
                                   "(damaged weights or normalization); retrain it or use another checkpoint")
 
@@ -129,7 +130,7 @@ class Predictor:
         images = np.asarray(images)
         if images.ndim == 2:
             images = images[None]
-        if images.ndim != 3 or images.shape[1:] != (28, 28):
+        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected uint8 (N, 28, 28), got shape {images.shape}")
         with self._lock, np.errstate(over="ignore", invalid="ignore"):  # judged below, not warned about
             logits = np.asarray(self.model.logits(self.normalize(images)), dtype=np.float64)

@@ -29,7 +29,7 @@ from lenet5.engines.torch import distributed as ddp
 from lenet5.engines.torch.model import LeNet5
 from lenet5.errors import Lenet5Error
 from lenet5.free_cores import adaptive
-from lenet5.models import initial_weights
+from lenet5.models import NUM_CLASSES, initial_weights
 
 DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's own count (the cores, or OMP_NUM_THREADS), before we change it
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -190,7 +190,7 @@ class TorchEngine:
                 if self._threads is not None:
                     self._threads.tick()
                 outs.append(self.model(self._tensor(x[i : i + EVAL_CHUNK])).cpu().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, 10), self.np_dtype)
+        return np.concatenate(outs) if outs else np.zeros((0, NUM_CLASSES), self.np_dtype)
 
     # --- state --------------------------------------------------------------------------------------------
 
