@@ -20,7 +20,6 @@ import json
 import os
 import selectors
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, payloads, start_server, untrained_checkpoint  # noqa: E402
+from serve_load import free_port, latency_summary, payloads, start_server, untrained_checkpoint  # noqa: E402
 
 HALF_SENT = b"POST /predict HTTP/1.1\r\nHost: x\r\n"
 
@@ -106,16 +105,7 @@ def normal_client(url: str, seconds: float) -> dict:
             except httpx.TransportError:
                 status = 0  # no answer in time, or the connection was refused or reset
             results[name].append((time.perf_counter() - t, status))
-    report = {}
-    for name, rows in results.items():
-        lat = sorted(t for t, _ in rows)
-        statuses: dict[str, int] = {}
-        for _, s in rows:
-            statuses[str(s)] = statuses.get(str(s), 0) + 1
-        report[name] = {"requests": len(rows), "success": round(statuses.get("200", 0) / max(1, len(rows)), 4),
-                        "p50_ms": round(1000 * statistics.median(lat), 1),
-                        "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1), "statuses": statuses}
-    return report
+    return {name: latency_summary(rows, only_ok=False) for name, rows in results.items()}
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import math
 import os
 import shlex
 import socket
@@ -91,6 +92,21 @@ def start_server(model: str, port: int) -> subprocess.Popen:
             time.sleep(0.1)
     proc.kill()
     sys.exit("server did not start in 30 s")
+
+
+def latency_summary(rows: list[tuple[float, int]], only_ok: bool = True) -> dict:
+    """(seconds, HTTP status or 0 for no answer) per request -> requests, statuses, the share answered 200, and
+    p50/p99/max latency in ms, of the 200s (``only_ok``) or of every request."""
+    statuses: dict[str, int] = {}
+    for _, s in rows:
+        statuses[str(s)] = statuses.get(str(s), 0) + 1
+    out = {"requests": len(rows), "statuses": statuses, "success": round(statuses.get("200", 0) / max(1, len(rows)), 4)}
+    lat = sorted(t for t, s in rows if s == 200 or not only_ok)
+    if lat:
+        p99 = lat[max(0, math.ceil(0.99 * len(lat)) - 1)]  # nearest rank
+        out.update(p50_ms=round(1000 * statistics.median(lat), 1), p99_ms=round(1000 * p99, 1),
+                   max_ms=round(1000 * lat[-1], 1))
+    return out
 
 
 def untrained_checkpoint(folder: Path) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_jiffies, process_jiffies  # noqa: E402
-from serve_load import free_port, payloads, start_server, untrained_checkpoint  # noqa: E402
+from serve_load import free_port, latency_summary, payloads, start_server, untrained_checkpoint  # noqa: E402
 from serve_memory import worst_image  # noqa: E402
 
 
@@ -42,18 +41,6 @@ def client(url: str, body: bytes, until: float, rows: list) -> None:
             rows.append((time.perf_counter() - t, status))
             if status == 503:
                 time.sleep(0.5)  # what Retry-After asks for, roughly: a busy answer is not retried at once
-
-
-def summary(rows: list) -> dict:
-    ok = sorted(t for t, s in rows if s == 200)
-    statuses: dict[str, int] = {}
-    for _, s in rows:
-        statuses[str(s)] = statuses.get(str(s), 0) + 1
-    out = {"requests": len(rows), "statuses": statuses}
-    if ok:
-        out.update(p50_ms=round(1000 * statistics.median(ok), 1), p99_ms=round(1000 * ok[int(0.99 * (len(ok) - 1))], 1),
-                   max_ms=round(1000 * ok[-1], 1))
-    return out
 
 
 def main() -> None:
@@ -93,7 +80,8 @@ def main() -> None:
             server.wait(timeout=30)
     print(json.dumps({"command": " ".join([sys.executable, *sys.argv]), "cpus": os.cpu_count(),
                       "big_bytes": len(big), "small_bytes": len(small), "seconds": args.seconds,
-                      "others_cpu_share": round(others, 3), "small": summary(small_rows), "big": summary(big_rows)},
+                      "others_cpu_share": round(others, 3), "small": latency_summary(small_rows),
+                      "big": latency_summary(big_rows)},
                      indent=1))
 
 

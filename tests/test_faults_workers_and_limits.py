@@ -31,9 +31,9 @@ import pytest
 from conftest import LENET5, lenet5, opt, write_mnist_subset
 from lenet5.config import ModelConfig
 from lenet5.data.datasets import normalize
-from lenet5.engines.numpy import engine as numpy_engine
 from lenet5.engines.numpy import workers
 from lenet5.engines.numpy.engine import NumpyEngine
+from worker_processes import engine_with_processes, gone
 
 # `lenet5 ARGS` with every worker process given its pieces however busy the machine is (the free-cores policy
 # would otherwise keep them idle while other test runners hold the cores)
@@ -54,26 +54,6 @@ def batch(mnist):
 @pytest.fixture(scope="module")
 def digits(mnist, tmp_path_factory) -> Path:
     return write_mnist_subset(mnist, tmp_path_factory.mktemp("digits"), 6000, 500)
-
-
-def engine_with_processes(threads: int = 2) -> NumpyEngine:
-    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=threads)
-    engine._free, engine._in_use = None, len(engine._state.arrays["grads"])
-    engine._processes.ready(numpy_engine.LOGITS_ROUND, (1, 28, 28))
-    return engine
-
-
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def children(pid: int) -> set[int]:

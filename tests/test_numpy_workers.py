@@ -19,6 +19,7 @@ from lenet5.data.datasets import normalize
 from lenet5.engines.numpy import engine as numpy_engine
 from lenet5.engines.numpy.engine import NumpyEngine
 from lenet5.engines.numpy.workers import TRAIN
+from worker_processes import engine_with_processes, gone
 
 
 @pytest.fixture(scope="module")
@@ -28,29 +29,6 @@ def batch(mnist):
 
 def worker_pids(engine: NumpyEngine) -> list[int]:
     return engine._processes.pids()
-
-
-def engine_with_processes(threads: int, **settings) -> NumpyEngine:
-    """A NumpyEngine whose worker processes always get their pieces (the free-cores policy would hand them to
-    the calling thread while the other test runners keep the cores busy)."""
-    engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=threads, **settings)
-    engine._free, engine._in_use = None, len(engine._state.arrays["grads"])
-    engine._processes.ready(numpy_engine.LOGITS_ROUND, (1, 28, 28))  # up now: they get the very first pieces
-    return engine
-
-
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once pid has exited (and been reaped, or is a zombie nobody waits for)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_two_workers_compute_what_one_does(batch):

@@ -254,15 +254,7 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in entries.items() if k.startswith(OPTIMIZER_PREFIX)}
     model = meta.get("model") if isinstance(meta.get("model"), str) and meta.get("model") else None
     model = model or _infer_model(weights, path)
-    try:
-        expected = parameter_shapes(model)
-    except (KeyError, ValueError):
-        raise CheckpointError(f"{path}: unknown model {_clip(model)} in checkpoint metadata") from None
-    missing = [k for k in expected if k not in weights]
-    extra = [k for k in weights if k not in expected]
-    if missing or extra:
-        what = f"missing {missing}" if missing else f"unexpected {[k[:60] for k in extra[:4]]}"
-        raise CheckpointError(f"{path}: does not fit the {model} LeNet-5 ({what})")
+    expected = _expected_shapes(model, weights, path)
     n_params = sum(math.prod(shape) for shape in expected.values())
     for name, (dtype, shape, nbytes) in entries.items():
         shown = name if len(name) <= 60 else name[:57] + "..."
@@ -353,16 +345,23 @@ def _infer_model(weights: dict[str, np.ndarray], path: Path) -> str:
     return model
 
 
-def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> None:
+def _expected_shapes(model: str, names, path: Path) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of ``model``; CheckpointError when it is unknown or ``names`` are not exactly its
+    parameters."""
     try:
         expected = parameter_shapes(model)
     except (KeyError, ValueError):
-        raise CheckpointError(f"{path}: unknown model {model!r} in checkpoint metadata") from None
-    missing = [k for k in expected if k not in weights]
-    extra = [k for k in weights if k not in expected]
+        raise CheckpointError(f"{path}: unknown model {_clip(model)} in checkpoint metadata") from None
+    missing = [k for k in expected if k not in names]
+    extra = [k for k in names if k not in expected]
     if missing or extra:
-        what = f"missing {missing}" if missing else f"unexpected {extra}"
+        what = f"missing {missing}" if missing else f"unexpected {[k[:60] for k in extra[:4]]}"
         raise CheckpointError(f"{path}: does not fit the {model} LeNet-5 ({what})")
+    return expected
+
+
+def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> None:
+    expected = _expected_shapes(model, weights, path)
     for name, shape in expected.items():
         value = weights[name]
         if tuple(value.shape) != tuple(shape):
