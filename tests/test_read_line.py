@@ -70,7 +70,7 @@ def test_a_frame_around_the_writing_is_not_a_digit():
     assert len(digits) == 1 and digits[0].box[0] >= 120
 
 
-def test_without_a_scorer_each_mark_is_a_digit():
+def test_without_a_network_a_mark_is_never_cut():
     canvas = np.zeros((90, 140), np.uint8)
     for x in (10, 38, 66):
         ring(canvas, x)

@@ -3,6 +3,9 @@ things that are not digits; and the reject rule chosen from a risk-coverage curv
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -93,3 +96,23 @@ def test_threshold_holds_its_risk_on_fresh_samples_from_the_same_source():
 def test_a_damaged_reject_rule_is_refused(reject):
     with pytest.raises(ValueError, match="reject"):
         check_reject(reject)
+
+
+@pytest.mark.slow  # a real (short) run of the reader's training: about 20 s
+def test_a_short_reader_run_learns_and_never_overwrites_another(tmp_path):
+    pytest.importorskip("torch")
+    from conftest import LENET5
+    from lenet5.checkpoint import load_checkpoint
+    from lenet5.predict import Predictor
+
+    out = tmp_path / "reader"
+    cmd = [LENET5[0], "-m", "lenet5.training.reader", "--epochs", "2", "--limit", "3000", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = load_checkpoint(out / "model.safetensors").meta
+    assert meta["metrics"]["test_accuracy"] > 0.8  # 3,000 digits, two epochs: far above a guess's 10%
+    history = json.loads((out / "history.json").read_text())["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    Predictor.from_checkpoint(out / "model.safetensors")  # loads and passes the probe
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and again.stderr.startswith("error:") and "Traceback" not in again.stderr

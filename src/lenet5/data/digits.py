@@ -125,7 +125,7 @@ def find_digits(ink: Ink, score: Score | None = None, one: bool = False) -> tupl
             left_out = _left_out(found, line.parts)
             marks = line.marks or list(range(len(line.parts)))
             return [_digit(g, ink, line.margin, line.rival, left_out, k) for g, k in zip(line.parts, marks)], None
-    return [_digit(g, ink) for g in groups], None
+    return [_digit(g, ink, mark=k) for k, g in enumerate(groups)], None  # no network: each mark one digit
 
 
 def _left_out(found: list[Part], read: list[Part]) -> int:

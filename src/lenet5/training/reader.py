@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -70,16 +71,40 @@ def epoch_data(images: np.ndarray, labels: np.ndarray, seed: int, epoch: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lenet5.training.reader", description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--out", default="runs/reader", help="folder for model.safetensors and history.json")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split, the init and the data (default 0)")
+    ap.add_argument("--epochs", type=int, default=40, help="epochs (default 40)")
+    ap.add_argument("--out", default="runs/reader", help="a new folder for model.safetensors and history.json")
     ap.add_argument("--threads", type=int, default=1, help="PyTorch threads (the data is drawn in one more process)")
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--limit", type=int, default=None, help="train on the first N training digits only (a smoke run)")
+    ap.add_argument("--data-dir", default=None, help="where MNIST is (default: lenet5's cache)")
     args = ap.parse_args(argv)
+    if not 1 <= args.epochs <= 1000 or not 1 <= args.threads <= 64 or not 0 <= args.seed < 2**32:
+        ap.error("--epochs must be 1..1000, --threads 1..64 and --seed 0..2^32-1")
+    if args.limit is not None and args.limit < 1:
+        ap.error("--limit must be at least 1")
+    from lenet5.errors import Lenet5Error
 
-    import torch
-    import torch.nn.functional as F
+    try:
+        return train(args)
+    except Lenet5Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
+
+def train(args: argparse.Namespace) -> int:
+    """The run main() describes; Lenet5Error for what a user can mend (a used folder, missing data or torch)."""
+    from lenet5.errors import Lenet5Error
+
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        raise Lenet5Error('the reader is trained with PyTorch: pip install -e ".[torch]"') from None
+
+    from lenet5.atomic import atomic_write_text
     from lenet5.calibration import calibrate
     from lenet5.checkpoint import save_checkpoint
     from lenet5.data.datasets import load_mnist, normalize, split_train_val
@@ -87,10 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     from lenet5.engines.torch.model import LeNet5
     from lenet5.models import initial_weights
 
+    out = Path(args.out)
+    used = f"{out} exists and is not an empty folder; name a new one with --out (a run never overwrites another)"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise Lenet5Error(used)
+    try:  # claim the folder: of two runs started together, one creates history.json, the other stops here
+        out.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(out / "history.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        raise Lenet5Error(used) from None
+    except OSError as exc:
+        raise Lenet5Error(f"{out}: cannot create the run folder ({exc.strerror or exc})") from None
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     mnist = load_mnist(args.data_dir)
     tx, ty, vx, vy = split_train_val(mnist.train_images, mnist.train_labels, VAL_SIZE, args.seed)
+    if args.limit is not None:
+        tx, ty = tx[: args.limit], ty[: args.limit]
     vx_hand = hand_style(vx, np.random.default_rng([args.seed, 10**6]), neighbours=tx)
     net = LeNet5("modern")
     start = initial_weights("modern", "kaiming_uniform", args.seed)
@@ -106,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
             out = [net(torch.from_numpy(normalize(images[i : i + 2000]))).numpy() for i in range(0, len(images), 2000)]
         return np.concatenate(out).astype(np.float64)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     history, best, best_state = [], -1.0, None
     started = time.perf_counter()
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
@@ -154,13 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     recipe = {"recipe": "lenet5.training.reader", "seed": args.seed, "epochs": args.epochs, "batch_size": batch,
+              "limit": args.limit,
               "optimizer": "sgd nesterov 0.9, one-cycle lr 0.05, l2 5e-4", "hand_share": HAND_SHARE,
               "cool_share": COOL_SHARE, "cool_down": COOL_DOWN,
               "non_digit_share": NON_DIGIT_SHARE}
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
-    save_checkpoint(out / "model.safetensors", weights, engine="torch", model="modern", config=recipe,
-                    epoch=best_epoch["epoch"], metrics=metrics, calibration=calibration)
-    (out / "history.json").write_text(json.dumps({"history": history, "metrics": metrics}, indent=1))
+    try:
+        save_checkpoint(out / "model.safetensors", weights, engine="torch", model="modern", config=recipe,
+                        epoch=best_epoch["epoch"], metrics=metrics, calibration=calibration)
+        atomic_write_text(out / "history.json", json.dumps({"history": history, "metrics": metrics}, indent=1))
+    except OSError as exc:
+        raise Lenet5Error(f"{out}: cannot write the model ({exc.strerror or exc})") from None
     print(json.dumps(metrics))
     return 0
 
