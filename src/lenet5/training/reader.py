@@ -23,6 +23,7 @@ The result is a checkpoint like any other (``lenet5 evaluate --model runs/reader
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -104,14 +105,6 @@ def train(args: argparse.Namespace) -> int:
     except ImportError:
         raise Lenet5Error('the reader is trained with PyTorch: pip install -e ".[torch]"') from None
 
-    from lenet5.atomic import atomic_write_text
-    from lenet5.calibration import calibrate
-    from lenet5.checkpoint import save_checkpoint
-    from lenet5.data.datasets import load_mnist, normalize, split_train_val
-    from lenet5.data.hands import hand_style
-    from lenet5.engines.torch.model import LeNet5
-    from lenet5.models import initial_weights
-
     out = Path(args.out)
     used = f"{out} exists and is not an empty folder; name a new one with --out (a run never overwrites another)"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -123,6 +116,28 @@ def train(args: argparse.Namespace) -> int:
         raise Lenet5Error(used) from None
     except OSError as exc:
         raise Lenet5Error(f"{out}: cannot create the run folder ({exc.strerror or exc})") from None
+    try:
+        return _fit(args, out, torch, F)
+    except BaseException:  # a failed or interrupted run gives its folder back, as it found it
+        placeholder = out / "history.json"
+        with contextlib.suppress(OSError):
+            if placeholder.stat().st_size == 0:
+                placeholder.unlink()
+                out.rmdir()  # only if nothing else is in it
+        raise
+
+
+def _fit(args: argparse.Namespace, out: Path, torch, F) -> int:
+    """Train, calibrate and write ``out``/model.safetensors and history.json (the folder is claimed)."""
+    from lenet5.atomic import atomic_write_text
+    from lenet5.calibration import calibrate
+    from lenet5.checkpoint import save_checkpoint
+    from lenet5.data.datasets import load_mnist, normalize, split_train_val
+    from lenet5.data.hands import hand_style
+    from lenet5.engines.torch.model import LeNet5
+    from lenet5.errors import Lenet5Error
+    from lenet5.models import initial_weights
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     mnist = load_mnist(args.data_dir)
