@@ -54,8 +54,11 @@ def run_recipe(train_args: list[str], seeds: list[int], out: str) -> RecipeResul
         m = json.loads(result.stdout)
         accuracy.append(100 * m["test_accuracy"])
         seconds.append(m["train_seconds"])
-        print(f"  seed {seed}: test accuracy {accuracy[-1]:.2f}%  (test error {100 - accuracy[-1]:.2f}%, "
-              f"best epoch {m['best_epoch']}/{m['epochs']}, {m['train_seconds']:.0f} s)  {m['run_dir']}", flush=True)
+        print(
+            f"  seed {seed}: test accuracy {accuracy[-1]:.2f}%  (test error {100 - accuracy[-1]:.2f}%, "
+            f"best epoch {m['best_epoch']}/{m['epochs']}, {m['train_seconds']:.0f} s)  {m['run_dir']}",
+            flush=True,
+        )
     busy1, total1 = cpu_jiffies()
     others = (busy1 - busy0) - (children_jiffies() - ours0)
     share = max(0.0, others / (total1 - total0)) if total1 > total0 else 0.0
@@ -64,11 +67,13 @@ def run_recipe(train_args: list[str], seeds: list[int], out: str) -> RecipeResul
 
 def summary_line(r: RecipeResult) -> str:
     noisy = "  NOISY: times are not comparable" if r.others_share > NOISY else ""
-    return (f"mean test accuracy {statistics.mean(r.accuracy):.2f}% +- {r.spread:.2f} "
-            f"(std over {len(r.accuracy)} seeds; "
-            f"min {min(r.accuracy):.2f}, max {max(r.accuracy):.2f}); test error {r.mean_error:.2f}%; "
-            f"median training time {statistics.median(r.train_seconds):.0f} s; "
-            f"other processes took {100 * r.others_share:.0f}% of the CPU{noisy}")
+    return (
+        f"mean test accuracy {statistics.mean(r.accuracy):.2f}% +- {r.spread:.2f} "
+        f"(std over {len(r.accuracy)} seeds; "
+        f"min {min(r.accuracy):.2f}, max {max(r.accuracy):.2f}); test error {r.mean_error:.2f}%; "
+        f"median training time {statistics.median(r.train_seconds):.0f} s; "
+        f"other processes took {100 * r.others_share:.0f}% of the CPU{noisy}"
+    )
 
 
 def main() -> None:

@@ -47,8 +47,11 @@ def window(kind: str, engine, images, labels, batch_size: int, seed: int, transf
     rng = np.random.default_rng([seed, 1])
     before, t0 = cpu_snapshot(), time.perf_counter()
     if kind.startswith("train"):
-        transform = {"train": None, "train+affine": transforms["affine"],
-                     "train+elastic": transforms["affine+elastic"]}[kind]
+        transform = {
+            "train": None,
+            "train+affine": transforms["affine"],
+            "train+elastic": transforms["affine+elastic"],
+        }[kind]
         for x, y in iterate_batches(images, labels, batch_size, rng, transform=transform):
             engine.train_step(x, y, 0.01)
     else:  # the transform alone, on the batches iterate_batches would hand it
@@ -80,9 +83,11 @@ def main() -> None:
     transforms = {"affine": make_augmenter(AFFINE), "affine+elastic": make_augmenter(ELASTIC)}
     blas = ",".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas")
     print("command: " + shlex.join([os.path.basename(sys.executable)] + sys.argv))
-    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, batch {args.batch_size}, {n:,} real MNIST images per "
-          f"window, {rounds} rounds; engine threads {getattr(engine, 'threads', args.threads)} (BLAS 1 inside the "
-          f"engine), BLAS outside {blas} (the elastic smoothing limits itself to 1)")
+    print(
+        f"numpy {np.__version__}, {os.cpu_count()} CPUs, batch {args.batch_size}, {n:,} real MNIST images per "
+        f"window, {rounds} rounds; engine threads {getattr(engine, 'threads', args.threads)} (BLAS 1 inside the "
+        f"engine), BLAS outside {blas} (the elastic smoothing limits itself to 1)"
+    )
 
     training = ["train", "train+affine", "train+elastic"]
     kinds = training + ["affine", "affine+elastic"]
@@ -91,13 +96,17 @@ def main() -> None:
     times = {k: [] for k in kinds}
     shares = {k: [] for k in kinds}
     for r in range(rounds):
-        alone = kinds[len(training):]
-        for kind in training[r % len(training):] + training[: r % len(training)] + alone:
+        alone = kinds[len(training) :]
+        for kind in training[r % len(training) :] + training[: r % len(training)] + alone:
             seconds, share = window(kind, engine, images, labels, args.batch_size, r, transforms)
             times[kind].append(seconds)
             shares[kind].append(share)
-            print(f"  round {r + 1} {kind:<15} {seconds:6.2f} s/epoch  [others {100 * share:3.0f}%"
-                  f"{' NOISY' if share > NOISY else ''}]", file=sys.stderr, flush=True)
+            print(
+                f"  round {r + 1} {kind:<15} {seconds:6.2f} s/epoch  [others {100 * share:3.0f}%"
+                f"{' NOISY' if share > NOISY else ''}]",
+                file=sys.stderr,
+                flush=True,
+            )
 
     print(f"\n## Seconds per epoch of {EPOCH:,} images (median of {rounds}; [max share of CPU used by others])")
     print(f"{'window':<15} {'s/epoch':>8}  {'others':>12}  vs train (median of per-round ratios)")
@@ -105,8 +114,10 @@ def main() -> None:
         ratio = statistics.median(a / b for a, b in zip(times[kind], times["train"]))
         noisy = sum(s > NOISY for s in shares[kind])
         flag = f" NOISY x{noisy}" if noisy else ""
-        print(f"{kind:<15} {statistics.median(times[kind]):8.2f}  [{100 * max(shares[kind]):3.0f}%{flag:>8}]  "
-              f"{ratio:5.2f}x")
+        print(
+            f"{kind:<15} {statistics.median(times[kind]):8.2f}  [{100 * max(shares[kind]):3.0f}%{flag:>8}]  "
+            f"{ratio:5.2f}x"
+        )
     close = getattr(engine, "close", None)
     if close:
         close()

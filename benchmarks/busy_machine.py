@@ -33,17 +33,18 @@ BATCH = 64
 # imports torch itself does: whatever the engine package puts in os.environ is then too late.
 POLICIES = {
     "numpy": ("numpy", 0, {}, 0, False),
-    "torch-default": ("torch", 0, {}, 0, False),              # TorchEngine(threads=0): the engine's own policy
-    "torch-2-spin": ("torch", 2, {}, 0, True),                # PyTorch's defaults: 2 threads, libgomp spins
-    "torch-1": ("torch", 1, {}, 0, True),                     # torch.set_num_threads(1)
+    "torch-default": ("torch", 0, {}, 0, False),  # TorchEngine(threads=0): the engine's own policy
+    "torch-2-spin": ("torch", 2, {}, 0, True),  # PyTorch's defaults: 2 threads, libgomp spins
+    "torch-1": ("torch", 1, {}, 0, True),  # torch.set_num_threads(1)
     "torch-2-passive": ("torch", 2, {"OMP_WAIT_POLICY": "PASSIVE"}, 0, True),
-    "torch-2-interop1": ("torch", 2, {}, 1, True),            # torch.set_num_interop_threads(1)
+    "torch-2-interop1": ("torch", 2, {}, 1, True),  # torch.set_num_interop_threads(1)
     "torch-1-passive": ("torch", 1, {"OMP_WAIT_POLICY": "PASSIVE"}, 0, True),
 }
 DEFAULT_POLICIES = ("numpy", "torch-default", "torch-2-spin", "torch-1", "torch-2-passive")
 
 
 # --- the worker: one engine, timed on request -------------------------------------------------------------
+
 
 def worker(policy: str, steps: int) -> None:
     engine_name, threads, _, interop, torch_first = POLICIES[policy]
@@ -59,7 +60,7 @@ def worker(policy: str, steps: int) -> None:
     mnist = load_mnist()
     x = normalize(mnist.train_images[: steps * BATCH])
     y = mnist.train_labels[: steps * BATCH].astype("int64")
-    batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, steps * BATCH, BATCH)]
+    batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, steps * BATCH, BATCH)]
 
     def build():
         return create_engine(engine_name, ModelConfig(), OptimizerConfig(), seed=0, threads=threads, device="cpu")
@@ -82,8 +83,10 @@ def worker(policy: str, steps: int) -> None:
         t0, c0 = time.perf_counter(), cpu()
         for bx, by in batches:
             engine.train_step(bx, by, 0.01)
-        print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0, "threads": _threads(engine)}),
-              flush=True)
+        print(
+            json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0, "threads": _threads(engine)}),
+            flush=True,
+        )
 
 
 def _threads(engine) -> int:
@@ -95,6 +98,7 @@ def _threads(engine) -> int:
 
 
 # --- the parent: alternate quiet and busy ------------------------------------------------------------------
+
 
 def start_busy_loop() -> subprocess.Popen:
     def pin():
@@ -125,7 +129,11 @@ def main() -> None:
         env.update(POLICIES[name][2])
         workers[name] = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", name, "--steps", str(args.steps)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
     for w in workers.values():  # each worker says it is ready with a first line
         json.loads(w.stdout.readline())
     results = {name: {"quiet": [], "busy": []} for name in workers}  # (seconds, cpu, others' share, threads)
@@ -148,14 +156,18 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for name in workers:  # quiet and busy back to back, in turns: busy first in every other round
-                for condition in (("quiet", "busy") if r % 2 == 0 else ("busy", "quiet")):
+                for condition in ("quiet", "busy") if r % 2 == 0 else ("busy", "quiet"):
                     if condition == "busy":
                         loop = start_busy_loop()
                         time.sleep(0.5)
                     results[name][condition].append(window(name))
                     s = results[name][condition][-1]
-                    print(f"round {r + 1} {condition:5} {name:18} {s[0]:7.2f} s  cpu {s[1]:6.2f} s  "
-                          f"threads {s[3]}  others {s[2]:4.0%}", file=sys.stderr, flush=True)
+                    print(
+                        f"round {r + 1} {condition:5} {name:18} {s[0]:7.2f} s  cpu {s[1]:6.2f} s  "
+                        f"threads {s[3]}  others {s[2]:4.0%}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if loop:
                         loop.kill()
                         loop.wait()
@@ -171,14 +183,18 @@ def main() -> None:
 
     load = os.getloadavg()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"{os.cpu_count()} CPUs; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-          f"{args.steps} steps of batch {BATCH} per window, {args.rounds} rounds, median per condition; "
-          "busy = a `while True: pass` process pinned to CPU 0; busy/quiet = median of the per-round ratios; "
-          "clean pairs: "
-          f"the same over rounds where other processes took at most {NOISY:.0%} of the CPU in both windows (how many); "
-          f"others: median share of the CPU used by other processes (windows above {NOISY:.0%} counted as noisy)")
-    print("| policy | threads quiet / busy | quiet s | busy s | busy/quiet | clean pairs | cpu s quiet / busy "
-          "| others quiet / busy |")
+    print(
+        f"{os.cpu_count()} CPUs; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"{args.steps} steps of batch {BATCH} per window, {args.rounds} rounds, median per condition; "
+        "busy = a `while True: pass` process pinned to CPU 0; busy/quiet = median of the per-round ratios; "
+        "clean pairs: "
+        f"the same over rounds where other processes took at most {NOISY:.0%} of the CPU in both windows (how many); "
+        f"others: median share of the CPU used by other processes (windows above {NOISY:.0%} counted as noisy)"
+    )
+    print(
+        "| policy | threads quiet / busy | quiet s | busy s | busy/quiet | clean pairs | cpu s quiet / busy "
+        "| others quiet / busy |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, res in results.items():
         q, b = res["quiet"], res["busy"]
@@ -187,11 +203,13 @@ def main() -> None:
         clean_txt = f"{statistics.median(clean):.2f} ({len(clean)})" if clean else "- (0)"
         used = "/".join(",".join(map(str, sorted({s[3] for s in c}))) for c in (q, b))
         noisy = sum(s[2] > NOISY for s in q + b)
-        print(f"| {name} | {used} | {statistics.median(s[0] for s in q):.2f} | "
-              f"{statistics.median(s[0] for s in b):.2f} | {ratio:.2f} | {clean_txt} | "
-              f"{statistics.median(s[1] for s in q):.2f} / {statistics.median(s[1] for s in b):.2f} | "
-              f"{statistics.median(s[2] for s in q):.0%} / {statistics.median(s[2] for s in b):.0%}"
-              f"{f' (noisy x{noisy})' if noisy else ''} |")
+        print(
+            f"| {name} | {used} | {statistics.median(s[0] for s in q):.2f} | "
+            f"{statistics.median(s[0] for s in b):.2f} | {ratio:.2f} | {clean_txt} | "
+            f"{statistics.median(s[1] for s in q):.2f} / {statistics.median(s[1] for s in b):.2f} | "
+            f"{statistics.median(s[2] for s in q):.0%} / {statistics.median(s[2] for s in b):.0%}"
+            f"{f' (noisy x{noisy})' if noisy else ''} |"
+        )
 
 
 if __name__ == "__main__":

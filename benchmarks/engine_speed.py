@@ -35,6 +35,7 @@ EPOCH = 60_000
 
 # --- the PyTorch twin -------------------------------------------------------------------------------------
 
+
 def torch_model(model: str):
     import torch
     from torch import nn
@@ -78,8 +79,9 @@ def torch_optimizer(params, cfg: OptimizerConfig):
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.l2)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.l2)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
 
 
 class TorchRunner:
@@ -106,11 +108,12 @@ class TorchRunner:
 
     def logits(self, x):
         with self.torch.inference_mode():
-            chunks = [self.net(self.torch.from_numpy(x[i:i + 1000])).numpy() for i in range(0, len(x), 1000)]
+            chunks = [self.net(self.torch.from_numpy(x[i : i + 1000])).numpy() for i in range(0, len(x), 1000)]
             return np.concatenate(chunks)
 
 
 # --- timing -----------------------------------------------------------------------------------------------
+
 
 def timed_window(step, batches, seconds: float, start: int) -> tuple[float, float, int]:
     """Run train steps for at least `seconds`; returns (seconds per epoch, others' CPU share, next batch)."""
@@ -138,13 +141,15 @@ def compare_training(mnist, model, batch_sizes, thread_counts, rounds, seconds) 
 
     pool_x = normalize(mnist.train_images[:8192])
     pool_y = mnist.train_labels[:8192].astype(np.int64)
-    print(f"\n## Training, seconds per epoch of {EPOCH:,} images (median of {rounds} windows of >= {seconds:g} s "
-          "each; [max share of CPU used by other processes])")
+    print(
+        f"\n## Training, seconds per epoch of {EPOCH:,} images (median of {rounds} windows of >= {seconds:g} s "
+        "each; [max share of CPU used by other processes])"
+    )
     print(f"{'batch':>5} {'threads':>7} | {'numpy':>28} | {'torch':>28} | numpy/torch (median of pairs)")
     for threads in thread_counts:
         torch.set_num_threads(threads)
         for bs in batch_sizes:
-            batches = [(pool_x[i:i + bs], pool_y[i:i + bs]) for i in range(0, len(pool_x) - bs + 1, bs)]
+            batches = [(pool_x[i : i + bs], pool_y[i : i + bs]) for i in range(0, len(pool_x) - bs + 1, bs)]
             npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0, threads=threads)
             tor = TorchRunner(npe.state_dict(), model)
             # warm-up: buffers, threads, the NumPy engine's worker process (started once the free-cores policy,
@@ -158,9 +163,11 @@ def compare_training(mnist, model, batch_sizes, thread_counts, rounds, seconds) 
                 b, sb, i = timed_window(tor.train_step, batches, seconds, i)
                 n_t.append(a), n_s.append(sa), t_t.append(b), t_s.append(sb), ratios.append(a / b)
             blas = [f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas"]
-            print(f"{bs:>5} {threads:>7} | {fmt(n_t, n_s):>28} | {fmt(t_t, t_s):>28} | {statistics.median(ratios):.2f}"
-                  f"   (numpy: {threads} worker(s), BLAS {','.join(blas)} outside the engine / 1 inside;"
-                  f" torch.get_num_threads()={torch.get_num_threads()})")
+            print(
+                f"{bs:>5} {threads:>7} | {fmt(n_t, n_s):>28} | {fmt(t_t, t_s):>28} | {statistics.median(ratios):.2f}"
+                f"   (numpy: {threads} worker(s), BLAS {','.join(blas)} outside the engine / 1 inside;"
+                f" torch.get_num_threads()={torch.get_num_threads()})"
+            )
             npe.close()
 
 
@@ -168,8 +175,10 @@ def compare_inference(mnist, model, thread_counts, rounds) -> None:
     import torch
 
     x = normalize(mnist.test_images)
-    print(f"\n## Inference on the {len(x):,} test images, images/s (median of {rounds}; numpy engine.logits(x) "
-          "(pieces of 32 images per worker), torch chunks of 1000 under inference_mode)")
+    print(
+        f"\n## Inference on the {len(x):,} test images, images/s (median of {rounds}; numpy engine.logits(x) "
+        "(pieces of 32 images per worker), torch chunks of 1000 under inference_mode)"
+    )
     for threads in thread_counts:
         torch.set_num_threads(threads)
         npe = NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0, threads=threads)
@@ -183,14 +192,18 @@ def compare_inference(mnist, model, thread_counts, rounds) -> None:
                 fn(x)
                 rates[name].append(len(x) / (time.perf_counter() - t0))
                 shares[name].append(others_share(before, cpu_snapshot()))
-        line = " | ".join(f"{n} {statistics.median(rates[n]):8,.0f} img/s [others {100 * max(shares[n]):3.0f}%"
-                          f"{' NOISY' if max(shares[n]) > NOISY else ''}]" for n in rates)
+        line = " | ".join(
+            f"{n} {statistics.median(rates[n]):8,.0f} img/s [others {100 * max(shares[n]):3.0f}%"
+            f"{' NOISY' if max(shares[n]) > NOISY else ''}]"
+            for n in rates
+        )
         ratio = statistics.median(a / b for a, b in zip(rates["numpy"], rates["torch"]))
         print(f"threads {threads}: {line} | numpy/torch {ratio:.2f}")
         npe.close()
 
 
 # --- memory: one subprocess per engine --------------------------------------------------------------------
+
 
 def rss_child(engine: str, model: str, steps: int) -> None:
     """A training run's shape: uint8 data in memory, batches normalized one at a time, then a full evaluation."""
@@ -202,7 +215,7 @@ def rss_child(engine: str, model: str, steps: int) -> None:
         runner = TorchRunner(NumpyEngine(ModelConfig(name=model), OptimizerConfig(), seed=0).state_dict(), model)
     order = rng.permutation(len(mnist.train_images))
     for i in range(steps):
-        idx = order[(i * 64) % 59968:][:64]
+        idx = order[(i * 64) % 59968 :][:64]
         runner.train_step(normalize(mnist.train_images[idx]), mnist.train_labels[idx].astype(np.int64), 1e-3)
     for images in (mnist.train_images[:5000], mnist.test_images):  # validation-sized and test evaluation
         runner.logits(normalize(images))
@@ -220,11 +233,17 @@ def peak_rss_kb(pid: int | str = "self") -> int:
 
 
 def compare_memory(model: str, steps: int) -> None:
-    print(f"\n## Peak RSS (VmHWM) of a training-run configuration in its own process: load MNIST, batch 64,"
-          f" {steps} steps, then logits of 5,000 + 10,000 images")
+    print(
+        f"\n## Peak RSS (VmHWM) of a training-run configuration in its own process: load MNIST, batch 64,"
+        f" {steps} steps, then logits of 5,000 + 10,000 images"
+    )
     for engine in ("numpy", "torch"):
-        out = subprocess.run([sys.executable, __file__, "--rss-child", engine, "--model", model, "--steps", str(steps)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", engine, "--model", model, "--steps", str(steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         own, workers = map(int, out.stdout.split()[-2:])
         print(f"{engine}: {own / 1024:.0f} MB" + (f" + {workers / 1024:.0f} MB in worker processes" if workers else ""))
 
@@ -252,9 +271,11 @@ def main() -> None:
 
     print("command: " + shlex.join([os.path.basename(sys.executable)] + sys.argv))
     cfg = OptimizerConfig()
-    print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, model {args.model}, "
-          f"the default optimizer ({cfg.name}, momentum {cfg.momentum}, nesterov {cfg.nesterov}, l2 {cfg.l2}), "
-          "real MNIST batches (the same for both)")
+    print(
+        f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, model {args.model}, "
+        f"the default optimizer ({cfg.name}, momentum {cfg.momentum}, nesterov {cfg.nesterov}, l2 {cfg.l2}), "
+        "real MNIST batches (the same for both)"
+    )
     mnist = load_mnist()
     compare_training(mnist, args.model, batch_sizes, args.threads, rounds, seconds)
     compare_inference(mnist, args.model, args.threads, rounds=3)

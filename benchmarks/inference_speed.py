@@ -97,12 +97,16 @@ def main() -> None:
     onnx_path = export_onnx(state, ARGS.model, Path(tmp.name) / "model.onnx")
 
     print(f"command: {shlex.join(['python', *sys.argv])}")
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, torch {torch.__version__}, "
-          f"onnxruntime {onnxruntime.__version__}; {os.cpu_count()} CPUs; "
-          f"OMP/OPENBLAS/MKL_NUM_THREADS={os.environ['OMP_NUM_THREADS']}/{os.environ['OPENBLAS_NUM_THREADS']}/"
-          f"{os.environ['MKL_NUM_THREADS']}")
-    print(f"model {ARGS.model}, {len(x)} MNIST test images, batch {ARGS.batch_size}, {ARGS.reps} windows of "
-          f">= {ARGS.min_seconds:g} s per contender and thread count, alternating\n")
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}; {os.cpu_count()} CPUs; "
+        f"OMP/OPENBLAS/MKL_NUM_THREADS={os.environ['OMP_NUM_THREADS']}/{os.environ['OPENBLAS_NUM_THREADS']}/"
+        f"{os.environ['MKL_NUM_THREADS']}"
+    )
+    print(
+        f"model {ARGS.model}, {len(x)} MNIST test images, batch {ARGS.batch_size}, {ARGS.reps} windows of "
+        f">= {ARGS.min_seconds:g} s per contender and thread count, alternating\n"
+    )
     for threads in thread_counts:
         runs = contenders(state, ARGS.model, threads, onnx_path)
         names = list(runs)
@@ -114,7 +118,7 @@ def main() -> None:
         speed = {n: [] for n in names}
         others = {n: [] for n in names}
         for rep in range(ARGS.reps):
-            order = names[rep % len(names):] + names[: rep % len(names)]
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 ips, busy = timed_window(runs[name], x, ARGS.batch_size, ARGS.min_seconds)
                 speed[name].append(ips)
@@ -124,8 +128,10 @@ def main() -> None:
         for n in names:
             lo, hi = min(speed[n]), max(speed[n])
             noisy = sum(o > NOISY for o in others[n])
-            print(f"  {n:<14}{statistics.median(speed[n]):>14,.0f}{f'{lo:,.0f} - {hi:,.0f}':>22}"
-                  f"{statistics.median(others[n]):>12.0%}{f'{noisy}/{ARGS.reps}':>7}")
+            print(
+                f"  {n:<14}{statistics.median(speed[n]):>14,.0f}{f'{lo:,.0f} - {hi:,.0f}':>22}"
+                f"{statistics.median(others[n]):>12.0%}{f'{noisy}/{ARGS.reps}':>7}"
+            )
         for a, b in [("torch eager", "numpy engine"), ("onnxruntime", "numpy engine"), ("onnxruntime", "torch eager")]:
             ratios = [sa / sb for sa, sb in zip(speed[a], speed[b])]
             print(f"  {a} / {b}: {statistics.median(ratios):.2f}x (median of per-repetition ratios)")

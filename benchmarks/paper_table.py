@@ -40,16 +40,22 @@ def main() -> None:
             continue
         seeds = " ".join(map(str, args.seeds))
         command = f"python benchmarks/accuracy.py --seeds {seeds}" + (
-            f" -- {' '.join(train_args)}" if train_args else "")
+            f" -- {' '.join(train_args)}" if train_args else ""
+        )
         print(f"{name}: {command}", flush=True)
         r = run_recipe(train_args, args.seeds, args.out)
         print(summary_line(r), flush=True)
         errors = ", ".join(f"{100 - a:.2f}" for a in r.accuracy)
         paper_cell = f"{paper:.2f}%" if paper is not None else "-"
-        table.append(f"| {name} | {paper_cell} | **{r.mean_error:.2f}% +- {r.spread:.2f}** | {errors} | "
-                     f"{statistics.median(r.train_seconds):.0f} s | `{command}` |")
-    print("\n| model | paper's test error | our test error (mean +- std, seeds " + ", ".join(map(str, args.seeds))
-          + ") | per seed | training time per run | command |")
+        table.append(
+            f"| {name} | {paper_cell} | **{r.mean_error:.2f}% +- {r.spread:.2f}** | {errors} | "
+            f"{statistics.median(r.train_seconds):.0f} s | `{command}` |"
+        )
+    print(
+        "\n| model | paper's test error | our test error (mean +- std, seeds "
+        + ", ".join(map(str, args.seeds))
+        + ") | per seed | training time per run | command |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     print("\n".join(table))
 

@@ -65,8 +65,13 @@ def read_all(predictor: Predictor, scenes) -> list[dict]:
 def scores(rows: list[dict]) -> dict:
     right = np.array([r["number"] == r["label"] for r in rows])
     sure = np.array([not r["unsure"] for r in rows])
-    return {"n": len(rows), "strict": float(np.mean(right & sure)), "raw": float(right.mean()),
-            "unsure": float(1 - sure.mean()), "wrong_sure": float((~right & sure).sum() / max(sure.sum(), 1))}
+    return {
+        "n": len(rows),
+        "strict": float(np.mean(right & sure)),
+        "raw": float(right.mean()),
+        "unsure": float(1 - sure.mean()),
+        "wrong_sure": float((~right & sure).sum() / max(sure.sum(), 1)),
+    }
 
 
 def table(rows: list[dict], what: str, kinds) -> dict:
@@ -79,8 +84,10 @@ def table(rows: list[dict], what: str, kinds) -> dict:
     for kind in [k for k in kinds if k in by_kind] + ["all"]:
         s = scores(rows if kind == "all" else by_kind[kind])
         name = f"**{kind}**" if kind == "all" else kind
-        print(f"| {name} | {s['n']} | {100 * s['strict']:.1f}% | {100 * s['raw']:.1f}% | {100 * s['unsure']:.1f}% "
-              f"| {100 * s['wrong_sure']:.1f}% |")
+        print(
+            f"| {name} | {s['n']} | {100 * s['strict']:.1f}% | {100 * s['raw']:.1f}% | {100 * s['unsure']:.1f}% "
+            f"| {100 * s['wrong_sure']:.1f}% |"
+        )
     return scores(rows)
 
 
@@ -100,14 +107,19 @@ def not_digits(predictor: Predictor) -> None:
                 ImageDraw.Draw(img).text((300, 120), sign, fill=(25, 25, 35), font=face)
                 reading = predictor.read_image_bytes(jpeg(np.asarray(img, np.float32)), sign)[0]
                 sure.append(not reading["unsure"] and reading["number"] is not None)
-    print(f"typed letters and signs ({SIGNS}, {len(fonts)} fonts, 2 sizes): {100 * np.mean(sure):.1f}% of "
-          f"{len(sure)} answered as a sure digit")
+    print(
+        f"typed letters and signs ({SIGNS}, {len(fonts)} fonts, 2 sizes): {100 * np.mean(sure):.1f}% of "
+        f"{len(sure)} answered as a sure digit"
+    )
 
 
 def touching(predictor: Predictor, images, labels, n: int = 40) -> None:
     """Two real test digits overlapping by 2 pixels (at 28 px): how often both are read, in order."""
-    right = [predictor.read_image_bytes(png(touching_pair(images[i], images[i + 1])), "pair.png")[0]["number"]
-             == f"{labels[i]}{labels[i + 1]}" for i in range(100, 100 + 2 * n, 2)]
+    right = [
+        predictor.read_image_bytes(png(touching_pair(images[i], images[i + 1])), "pair.png")[0]["number"]
+        == f"{labels[i]}{labels[i + 1]}"
+        for i in range(100, 100 + 2 * n, 2)
+    ]
     print(f"touching pairs: {100 * np.mean(right):.0f}% of {n} read right (flag ignored)")
 
 
@@ -137,11 +149,13 @@ def speed(predictor: Predictor, images, labels, runs: int) -> None:
             full.append(t2 - t1)
     w, h = Image.open(__import__("io").BytesIO(scene.data)).size
     busy = 100 * others_share(before, cpu_snapshot())
-    print(f"\none {w}x{h} phone JPEG ({len(scene.data) / 1e6:.1f} MB, number {scene.label!r}, "
-          f"read {reading['number']!r}): decode + prepare {1000 * statistics.median(prep):.0f} ms, with the network "
-          f"reading it {1000 * statistics.median(full):.0f} ms; a 280x280 drawing read in "
-          f"{1000 * statistics.median(draw_cpu):.1f} ms of CPU (medians of {runs}, one core; other processes took "
-          f"{busy:.0f}% of the CPU)")
+    print(
+        f"\none {w}x{h} phone JPEG ({len(scene.data) / 1e6:.1f} MB, number {scene.label!r}, "
+        f"read {reading['number']!r}): decode + prepare {1000 * statistics.median(prep):.0f} ms, with the network "
+        f"reading it {1000 * statistics.median(full):.0f} ms; a 280x280 drawing read in "
+        f"{1000 * statistics.median(draw_cpu):.1f} ms of CPU (medians of {runs}, one core; other processes took "
+        f"{busy:.0f}% of the CPU)"
+    )
 
 
 def main() -> None:
@@ -159,8 +173,10 @@ def main() -> None:
     predictor = Predictor.from_checkpoint(model)
     x, y = mnist.test_images, mnist.test_labels
     if not args.speed_only:
-        print(f"model {model} (temperature {predictor.temperature:.3f}, sure at p >= {predictor.sure_digit:.3f} "
-              f"for a digit, {predictor.sure_number:.3f} for each digit of a number); scenes seed {args.seed}")
+        print(
+            f"model {model} (temperature {predictor.temperature:.3f}, sure at p >= {predictor.sure_digit:.3f} "
+            f"for a digit, {predictor.sure_number:.3f} for each digit of a number); scenes seed {args.seed}"
+        )
         for name in args.sets:
             t0 = time.perf_counter()
             if name == "pen":
@@ -171,8 +187,10 @@ def main() -> None:
                 singles = read_all(predictor, digit_scenes(x, y, args.per_kind, seed=args.seed))
                 numbers = read_all(predictor, number_scenes(x, y, args.numbers, seed=args.seed))
                 kinds, what = KINDS, "MNIST test digits in photo scenes (the tuning generator, another seed)"
-            print(f"\n## {what}: {len(singles)} digit and {len(numbers)} number images read in "
-                  f"{time.perf_counter() - t0:.0f} s")
+            print(
+                f"\n## {what}: {len(singles)} digit and {len(numbers)} number images read in "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
             table(singles, f"Single digits, {what}", kinds)
             table(numbers, f"Numbers of 2-5 digits, {what}", kinds)
         print()

@@ -81,8 +81,12 @@ def main() -> None:
         envs = {name: ENV for name in commands}
         if args.baseline_src:
             commands["baseline predict png"] = commands["predict 280x280 png"]
-            envs["baseline predict png"] = {**ENV, "PYTHONPATH": os.pathsep.join(
-                [str(Path(args.baseline_src).resolve()), *filter(None, [ENV.get("PYTHONPATH")])])}
+            envs["baseline predict png"] = {
+                **ENV,
+                "PYTHONPATH": os.pathsep.join(
+                    [str(Path(args.baseline_src).resolve()), *filter(None, [ENV.get("PYTHONPATH")])]
+                ),
+            }
         for name, cmd in commands.items():  # warm the page cache and write the .pyc files
             timed(cmd, envs[name])
         times = {name: [] for name in commands}
@@ -103,11 +107,15 @@ def main() -> None:
     for name, ts in times.items():
         others = max(0.0, busy[name][0] - busy[name][1]) / max(1.0, busy[name][2])
         flag = "  noisy" if others > NOISY else ""
-        print(f"{name:<22}{1000 * statistics.median(ts):>10.0f}{1000 * min(ts):>9.0f}{1000 * max(ts):>9.0f}"
-              f"{1000 * statistics.median(cpu[name]):>9.0f}{others:>8.0%}{flag}")
+        print(
+            f"{name:<22}{1000 * statistics.median(ts):>10.0f}{1000 * min(ts):>9.0f}{1000 * max(ts):>9.0f}"
+            f"{1000 * statistics.median(cpu[name]):>9.0f}{others:>8.0%}{flag}"
+        )
     base = statistics.median(times["python -c pass"])
-    print("predict (png) minus bare interpreter: "
-          f"{1000 * (statistics.median(times['predict 280x280 png']) - base):.0f} ms")
+    print(
+        "predict (png) minus bare interpreter: "
+        f"{1000 * (statistics.median(times['predict 280x280 png']) - base):.0f} ms"
+    )
     if args.baseline_src:
         pairs = [b / a for a, b in zip(times["predict 280x280 png"], times["baseline predict png"])]
         print(f"baseline/this predict png, median of the per-turn ratios: {statistics.median(pairs):.3f}")

@@ -94,15 +94,24 @@ def main() -> None:
     print(f"{len(single)} single-digit and {len(number)} number scenes read in {time.perf_counter() - t0:.0f} s")
     (td, md, _), (tn, mn, _) = choose(single, RISK_DIGIT), choose(number, RISK_NUMBER)
     chosen = {"digit": floor6(td), "digit_margin": md, "number": floor6(tn), "number_margin": mn}
-    for what, rows, t, m, risk in (("single digits", single, td, md, RISK_DIGIT),
-                                   ("numbers", number, tn, mn, RISK_NUMBER)):
+    for what, rows, t, m, risk in (
+        ("single digits", single, td, md, RISK_DIGIT),
+        ("numbers", number, tn, mn, RISK_NUMBER),
+    ):
         right = rows[:, 2] == 1
         kept = (rows[:, 0] >= t) & (rows[:, 1] >= m)
-        print(f"{what}: p >= {t:.4f} and margin >= {m} for risk <= {risk:.0%}: coverage {kept.mean():.1%}, risk "
-              f"{(~right[kept]).mean() if kept.any() else 0:.2%}; read right (flag ignored) {right.mean():.1%}")
-    chosen.update({"risk_digit": RISK_DIGIT, "risk_number": RISK_NUMBER,
-                   "fitted_on": f"photo-like scenes of MNIST test digits, seed {TUNING_SEED} "
-                                f"({len(single)} digits, {len(number)} numbers)"})
+        print(
+            f"{what}: p >= {t:.4f} and margin >= {m} for risk <= {risk:.0%}: coverage {kept.mean():.1%}, risk "
+            f"{(~right[kept]).mean() if kept.any() else 0:.2%}; read right (flag ignored) {right.mean():.1%}"
+        )
+    chosen.update(
+        {
+            "risk_digit": RISK_DIGIT,
+            "risk_number": RISK_NUMBER,
+            "fitted_on": f"photo-like scenes of MNIST test digits, seed {TUNING_SEED} "
+            f"({len(single)} digits, {len(number)} numbers)",
+        }
+    )
     print(json.dumps(chosen))
     if args.plot:
         plot(single, number, chosen, Path(args.plot))
@@ -110,9 +119,16 @@ def main() -> None:
         ckpt = load_checkpoint(args.model)
         calibration = dict(ckpt.meta.get("calibration") or {})
         calibration["reject"] = chosen
-        save_checkpoint(args.write, ckpt.weights, engine=ckpt.meta.get("engine", "numpy"), model=ckpt.model,
-                        config=ckpt.meta.get("config"), epoch=int(ckpt.meta.get("epoch", 0)),
-                        metrics=ckpt.meta.get("metrics"), calibration=calibration)
+        save_checkpoint(
+            args.write,
+            ckpt.weights,
+            engine=ckpt.meta.get("engine", "numpy"),
+            model=ckpt.model,
+            config=ckpt.meta.get("config"),
+            epoch=int(ckpt.meta.get("epoch", 0)),
+            metrics=ckpt.meta.get("metrics"),
+            calibration=calibration,
+        )
         print(f"wrote {args.write}")
 
 
@@ -123,8 +139,10 @@ def plot(single: np.ndarray, number: np.ndarray, chosen: dict, path: Path) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for rows, label, key, risk, colour in ((single, "single digits", "digit", RISK_DIGIT, "C0"),
-                                           (number, "numbers of 2-5 digits", "number", RISK_NUMBER, "C1")):
+    for rows, label, key, risk, colour in (
+        (single, "single digits", "digit", RISK_DIGIT, "C0"),
+        (number, "numbers of 2-5 digits", "number", RISK_NUMBER, "C1"),
+    ):
         right = rows[:, 2] == 1
         keep = rows[:, 1] >= chosen[f"{key}_margin"]
         conf = np.where(keep, rows[:, 0], -1.0)  # below the margin: never kept

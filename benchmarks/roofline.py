@@ -42,6 +42,7 @@ BATCH = 64
 
 # --- 1. FLOPs -----------------------------------------------------------------------------------------------
 
+
 def count_flops(model: str = "modern") -> list[dict]:
     """Per layer, for one image: matmul FLOPs forward, backward (weight grad, input grad), element-wise FLOPs."""
     c, h, w = models.INPUT_SHAPE
@@ -50,16 +51,28 @@ def count_flops(model: str = "modern") -> list[dict]:
         row = {"layer": "", "out": None, "fwd": 0, "bwd_w": 0, "bwd_x": 0, "elem_fwd": 0, "elem_bwd": 0}
         if isinstance(spec, models.Conv):
             h, w = h + 2 * spec.padding - spec.kernel + 1, w + 2 * spec.padding - spec.kernel + 1
-            in_per_out = (spec.table.sum(axis=1).mean() if spec.table is not None else spec.in_channels)
-            macs = int(spec.out_channels * h * w * in_per_out * spec.kernel ** 2)
+            in_per_out = spec.table.sum(axis=1).mean() if spec.table is not None else spec.in_channels
+            macs = int(spec.out_channels * h * w * in_per_out * spec.kernel**2)
             c = spec.out_channels
-            row.update(layer=f"{spec.name} conv {spec.kernel}x{spec.kernel}", fwd=2 * macs, bwd_w=2 * macs,
-                       bwd_x=0 if i == 0 else 2 * macs, elem_fwd=c * h * w, elem_bwd=c * h * w)  # bias add / sum
+            row.update(
+                layer=f"{spec.name} conv {spec.kernel}x{spec.kernel}",
+                fwd=2 * macs,
+                bwd_w=2 * macs,
+                bwd_x=0 if i == 0 else 2 * macs,
+                elem_fwd=c * h * w,
+                elem_bwd=c * h * w,
+            )  # bias add / sum
         elif isinstance(spec, models.Dense):
             macs = spec.n_in * spec.n_out
             c, h, w = spec.n_out, 1, 1
-            row.update(layer=f"{spec.name} dense", fwd=2 * macs, bwd_w=2 * macs, bwd_x=2 * macs,
-                       elem_fwd=spec.n_out, elem_bwd=spec.n_out)
+            row.update(
+                layer=f"{spec.name} dense",
+                fwd=2 * macs,
+                bwd_w=2 * macs,
+                bwd_x=2 * macs,
+                elem_fwd=spec.n_out,
+                elem_bwd=spec.n_out,
+            )
         elif isinstance(spec, models.Pool):
             n_in = c * h * w
             h, w = h // spec.size, w // spec.size
@@ -80,23 +93,32 @@ def print_flops(rows) -> tuple[float, float]:
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         cell = lambda v: f"{v:,}" if v else "-"  # noqa: E731
-        print(f"| {r['layer']} | {'x'.join(map(str, r['out']))} | {cell(r['fwd'])} | {cell(r['bwd_w'])} | "
-              f"{cell(r['bwd_x'])}{' (skipped)' if r['layer'].startswith('conv1') else ''} | "
-              f"{cell(r['elem_fwd'] + r['elem_bwd'])} |")
+        print(
+            f"| {r['layer']} | {'x'.join(map(str, r['out']))} | {cell(r['fwd'])} | {cell(r['bwd_w'])} | "
+            f"{cell(r['bwd_x'])}{' (skipped)' if r['layer'].startswith('conv1') else ''} | "
+            f"{cell(r['elem_fwd'] + r['elem_bwd'])} |"
+        )
     fwd = sum(r["fwd"] for r in rows)
     bwd = sum(r["bwd_w"] + r["bwd_x"] for r in rows)
     elem = sum(r["elem_fwd"] + r["elem_bwd"] for r in rows)
-    print(f"| **total** | | **{fwd:,}** | **{sum(r['bwd_w'] for r in rows):,}** | "
-          f"**{sum(r['bwd_x'] for r in rows):,}** | **{elem:,}** |")
-    print(f"\nper image: forward {fwd / 1e6:.3f} MFLOP, backward {bwd / 1e6:.3f} MFLOP, "
-          f"train step {(fwd + bwd) / 1e6:.3f} MFLOP (+ {elem / 1e6:.3f} M element-wise, "
-          f"{100 * elem / (fwd + bwd):.0f}% more)")
-    print(f"per epoch of {TRAIN_IMAGES:,} images: {(fwd + bwd) * TRAIN_IMAGES / 1e9:.1f} GFLOP "
-          f"({(fwd + bwd) * 60_000 / 1e9:.1f} GFLOP for all 60,000)")
+    print(
+        f"| **total** | | **{fwd:,}** | **{sum(r['bwd_w'] for r in rows):,}** | "
+        f"**{sum(r['bwd_x'] for r in rows):,}** | **{elem:,}** |"
+    )
+    print(
+        f"\nper image: forward {fwd / 1e6:.3f} MFLOP, backward {bwd / 1e6:.3f} MFLOP, "
+        f"train step {(fwd + bwd) / 1e6:.3f} MFLOP (+ {elem / 1e6:.3f} M element-wise, "
+        f"{100 * elem / (fwd + bwd):.0f}% more)"
+    )
+    print(
+        f"per epoch of {TRAIN_IMAGES:,} images: {(fwd + bwd) * TRAIN_IMAGES / 1e9:.1f} GFLOP "
+        f"({(fwd + bwd) * 60_000 / 1e9:.1f} GFLOP for all 60,000)"
+    )
     return fwd, bwd
 
 
 # --- 2. sgemm peak ------------------------------------------------------------------------------------------
+
 
 def sgemm_peak(threads: int, n: int, repeats: int) -> dict[str, tuple[float, float]]:
     """{'numpy (OpenBLAS)': (GFLOP/s best, others' share), 'torch (MKL)': ...} for one n x n @ n x n."""
@@ -109,12 +131,14 @@ def sgemm_peak(threads: int, n: int, repeats: int) -> dict[str, tuple[float, flo
     out = np.empty_like(a)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     to = torch.empty_like(ta)
-    flops = 2 * n ** 3
+    flops = 2 * n**3
     results = {}
     with threadpool_limits(limits=threads, user_api="blas"):
         torch.set_num_threads(threads)
-        for name, mm in (("numpy (OpenBLAS)", lambda: np.matmul(a, b, out=out)),
-                         ("torch (MKL)", lambda: torch.mm(ta, tb, out=to))):
+        for name, mm in (
+            ("numpy (OpenBLAS)", lambda: np.matmul(a, b, out=out)),
+            ("torch (MKL)", lambda: torch.mm(ta, tb, out=to)),
+        ):
             mm()  # warm-up
             before, best = cpu_snapshot(), float("inf")
             for _ in range(repeats):
@@ -127,12 +151,16 @@ def sgemm_peak(threads: int, n: int, repeats: int) -> dict[str, tuple[float, flo
 
 # --- 3. engines ---------------------------------------------------------------------------------------------
 
+
 def engine_windows(batches, rounds: int, steps: int) -> dict[tuple[str, int], list[tuple[float, float]]]:
     """{(engine, threads): [(seconds per step, others' share) per window]}; the windows alternate."""
     import torch
 
-    engines = {(name, t): create_engine(name, ModelConfig(), OptimizerConfig(), seed=0, threads=t, device="cpu")
-               for name in ("numpy", "torch") for t in (1, 2)}
+    engines = {
+        (name, t): create_engine(name, ModelConfig(), OptimizerConfig(), seed=0, threads=t, device="cpu")
+        for name in ("numpy", "torch")
+        for t in (1, 2)
+    }
     times: dict = {key: [] for key in engines}
     for r in range(rounds + 1):  # round 0: warm-up, not kept
         for (name, t), eng in engines.items():
@@ -148,6 +176,7 @@ def engine_windows(batches, rounds: int, steps: int) -> dict[tuple[str, int], li
 
 
 # --- 4. per-layer profile -----------------------------------------------------------------------------------
+
 
 def layer_profile(batches, steps: int):
     """NumPy engine, threads=1: [(layer name, forward s, backward s)] summed over `steps` steps, and the total s."""
@@ -165,6 +194,7 @@ def layer_profile(batches, steps: int):
                     return fn(*args, **kwargs)
                 finally:
                     slot[k] += time.perf_counter() - t0
+
             return wrapper
 
         layer.forward = timed(layer.forward, 1)  # instance attributes: the class stays as it is
@@ -182,6 +212,7 @@ def layer_profile(batches, steps: int):
 
 # --- 5. inside the convolutions ----------------------------------------------------------------------------
 
+
 def conv_parts(repeats: int) -> None:
     """The steps of layers.Conv2D's forward/backward replayed alone on one piece of 32 images (what one NumPy
     thread works on), ms per step of batch 64 (2 pieces), warm cache; GFLOP/s for the matmuls."""
@@ -190,10 +221,14 @@ def conv_parts(repeats: int) -> None:
     from lenet5.workspace import Workspace
 
     rng, n, k = np.random.default_rng(0), 32, 5
-    print(f"\n## Inside the NumPy engine's convolutions: each step of Conv2D alone (the library's own helpers), "
-          f"pieces of {n}, ms per step of batch 64 [GFLOP/s]\n")
-    print("| layer | im2col copy | forward matmul | weight-grad matmul | input grad: shifted copies of dy "
-          "| input-grad matmul | input grad: row adds |")
+    print(
+        f"\n## Inside the NumPy engine's convolutions: each step of Conv2D alone (the library's own helpers), "
+        f"pieces of {n}, ms per step of batch 64 [GFLOP/s]\n"
+    )
+    print(
+        "| layer | im2col copy | forward matmul | weight-grad matmul | input grad: shifted copies of dy "
+        "| input-grad matmul | input grad: row adds |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, c, f, h, p in (("conv1", 1, 6, 28, 2), ("conv2", 6, 16, 14, 0)):
         ho, kk = h + 2 * p - k + 1, c * k * k
@@ -213,24 +248,29 @@ def conv_parts(repeats: int) -> None:
         def im2col():
             xc = x
             if p:
-                padded[:, p:p + h, p:p + h] = x
+                padded[:, p : p + h, p : p + h] = x
                 xc = padded
             np.copyto(cols[:kk].reshape(c, k, k, ho, ho, n), layers._windows(ws, xc, k, 1))
 
         def shift_copies():
-            spread[:, :, k - 1:k - 1 + ho] = dy.reshape(f, ho, ho, n)
+            spread[:, :, k - 1 : k - 1 + ho] = dy.reshape(f, ho, ho, n)
             for j in range(k):
-                shifted[:, j] = spread[:, :, k - 1 - j:k - 1 - j + wc]
+                shifted[:, j] = spread[:, :, k - 1 - j : k - 1 - j + wc]
 
         def row_adds():
             dx.fill(0)
             r = rows.reshape(c, k, ho, wc, n)
             for i in range(k):
-                dx[:, i:i + ho, :wc] += r[:, i]
+                dx[:, i : i + ho, :wc] += r[:, i]
 
-        parts = [(im2col, 0), (lambda: layers._matmul_by_columns(w, cols, out), 1),
-                 (lambda: layers._weight_gradient(dy, cols, dw, ws), 1), (shift_copies, 0),
-                 (lambda: np.matmul(w_rows, shifted.reshape(f * k, -1), out=rows), 1), (row_adds, 0)]
+        parts = [
+            (im2col, 0),
+            (lambda: layers._matmul_by_columns(w, cols, out), 1),
+            (lambda: layers._weight_gradient(dy, cols, dw, ws), 1),
+            (shift_copies, 0),
+            (lambda: np.matmul(w_rows, shifted.reshape(f * k, -1), out=rows), 1),
+            (row_adds, 0),
+        ]
         cells = []
         with single_threaded_blas():
             for fn, is_mm in parts:
@@ -255,46 +295,62 @@ def main() -> None:
 
     print("command: " + shlex.join([os.path.basename(sys.executable)] + sys.argv))
     import torch
-    print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+
+    print(
+        f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
 
     rows = count_flops()
     fwd, bwd = print_flops(rows)
     per_step = (fwd + bwd) * BATCH
 
-    print(f"\n## sgemm peak: float32 2048x2048 @ 2048x2048, best of {5 if args.quick else 10}, GFLOP/s "
-          "[others' CPU share]\n")
+    print(
+        f"\n## sgemm peak: float32 2048x2048 @ 2048x2048, best of {5 if args.quick else 10}, GFLOP/s "
+        "[others' CPU share]\n"
+    )
     print("| BLAS | 1 thread | 2 threads |")
     print("| --- | ---: | ---: |")
     peaks = {t: sgemm_peak(t, 2048, 5 if args.quick else 10) for t in (1, 2)}
     for name in peaks[1]:
-        print(f"| {name} | " + " | ".join(f"{peaks[t][name][0]:.1f} [{100 * peaks[t][name][1]:.0f}%]"
-                                          for t in (1, 2)) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{peaks[t][name][0]:.1f} [{100 * peaks[t][name][1]:.0f}%]" for t in (1, 2))
+            + " |"
+        )
     peak = {t: max(v[0] for v in peaks[t].values()) for t in (1, 2)}
 
     mnist = load_mnist()
     xs = normalize(mnist.train_images[:8192])
     ys = mnist.train_labels[:8192].astype(np.int64)
-    batches = [(xs[i:i + BATCH], ys[i:i + BATCH]) for i in range(0, len(xs) - BATCH + 1, BATCH)]
+    batches = [(xs[i : i + BATCH], ys[i : i + BATCH]) for i in range(0, len(xs) - BATCH + 1, BATCH)]
 
     times = engine_windows(batches, rounds, steps)
-    print(f"\n## Training steps, batch {BATCH}: median of {rounds} alternating windows of {steps} steps; "
-          f"{per_step / 1e6:.1f} MFLOP (matmuls) per step\n")
-    print("| engine | threads | ms per step | s per epoch (55,000) | GFLOP/s | share of sgemm peak "
-          "(same threads) | others' CPU share (max) |")
+    print(
+        f"\n## Training steps, batch {BATCH}: median of {rounds} alternating windows of {steps} steps; "
+        f"{per_step / 1e6:.1f} MFLOP (matmuls) per step\n"
+    )
+    print(
+        "| engine | threads | ms per step | s per epoch (55,000) | GFLOP/s | share of sgemm peak "
+        "(same threads) | others' CPU share (max) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for (name, t), windows in times.items():
         s = statistics.median(w[0] for w in windows)
         worst = max(w[1] for w in windows)
         gflops = per_step / s / 1e9
         noisy = " NOISY" if worst > NOISY else ""
-        print(f"| {name} | {t} | {1e3 * s:.2f} | {s * TRAIN_IMAGES / BATCH:.2f} | {gflops:.1f} | "
-              f"{100 * gflops / peak[t]:.1f}% | {100 * worst:.0f}%{noisy} |")
+        print(
+            f"| {name} | {t} | {1e3 * s:.2f} | {s * TRAIN_IMAGES / BATCH:.2f} | {gflops:.1f} | "
+            f"{100 * gflops / peak[t]:.1f}% | {100 * worst:.0f}%{noisy} |"
+        )
 
     acc, total, share = layer_profile(batches, prof_steps)
     by_name = {r["layer"].split()[0]: r for r in rows if r["fwd"]}
-    print(f"\n## NumPy engine, threads=1, per-layer time: {prof_steps} steps of batch {BATCH}, ms per step "
-          f"[others' CPU share {100 * share:.0f}%{' NOISY' if share > NOISY else ''}]\n")
+    print(
+        f"\n## NumPy engine, threads=1, per-layer time: {prof_steps} steps of batch {BATCH}, ms per step "
+        f"[others' CPU share {100 * share:.0f}%{' NOISY' if share > NOISY else ''}]\n"
+    )
     print("| layer | forward ms | backward ms | share of step | GFLOP/s (fwd+bwd matmuls) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     in_layers = 0.0
@@ -302,8 +358,10 @@ def main() -> None:
         in_layers += f_s + b_s
         r = by_name.get(name)
         gf = f"{(r['fwd'] + r['bwd_w'] + r['bwd_x']) * BATCH * prof_steps / (f_s + b_s) / 1e9:.1f}" if r else "-"
-        print(f"| {name} | {1e3 * f_s / prof_steps:.3f} | {1e3 * b_s / prof_steps:.3f} | "
-              f"{100 * (f_s + b_s) / total:.1f}% | {gf} |")
+        print(
+            f"| {name} | {1e3 * f_s / prof_steps:.3f} | {1e3 * b_s / prof_steps:.3f} | "
+            f"{100 * (f_s + b_s) / total:.1f}% | {gf} |"
+        )
     rest = total - in_layers
     print(f"| outside the layers (loss, optimizer, gradient sum, Python) | | | {100 * rest / total:.1f}% | - |")
     print(f"| **step** | | | **{1e3 * total / prof_steps:.3f} ms** | {per_step * prof_steps / total / 1e9:.1f} |")

@@ -113,8 +113,12 @@ def main() -> None:
     p.add_argument("--model", default=None, help="checkpoint to serve (default: an untrained one in a temp folder)")
     p.add_argument("--idle", type=int, default=200, help="idle connections held open (default 200)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long the normal client runs (default 20)")
-    p.add_argument("--no-reconnect", dest="reconnect", action="store_false",
-                   help="do not reopen an idle connection the server closed")
+    p.add_argument(
+        "--no-reconnect",
+        dest="reconnect",
+        action="store_false",
+        help="do not reopen an idle connection the server closed",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or untrained_checkpoint(Path(tmp))
@@ -138,11 +142,23 @@ def main() -> None:
                 server.kill()
                 server.wait()
             stop_s = time.monotonic() - stop
-    print(json.dumps({"command": " ".join([sys.executable, *sys.argv]), "cpus": os.cpu_count(),
-                      "idle_connections": args.idle, "reconnect": args.reconnect, "seconds": args.seconds,
-                      "idle_held_at_end": held, "idle_closed_by_server": idle.closed_by_server,
-                      "idle_open_failures": idle.open_failures,
-                      "server_stop_seconds": round(stop_s, 2), **report}, indent=1))
+    print(
+        json.dumps(
+            {
+                "command": " ".join([sys.executable, *sys.argv]),
+                "cpus": os.cpu_count(),
+                "idle_connections": args.idle,
+                "reconnect": args.reconnect,
+                "seconds": args.seconds,
+                "idle_held_at_end": held,
+                "idle_closed_by_server": idle.closed_by_server,
+                "idle_open_failures": idle.open_failures,
+                "server_stop_seconds": round(stop_s, 2),
+                **report,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

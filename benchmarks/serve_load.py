@@ -104,8 +104,9 @@ def latency_summary(rows: list[tuple[float, int]], only_ok: bool = True) -> dict
     lat = sorted(t for t, s in rows if s == 200 or not only_ok)
     if lat:
         p99 = lat[max(0, math.ceil(0.99 * len(lat)) - 1)]  # nearest rank
-        out.update(p50_ms=round(1000 * statistics.median(lat), 1), p99_ms=round(1000 * p99, 1),
-                   max_ms=round(1000 * lat[-1], 1))
+        out.update(
+            p50_ms=round(1000 * statistics.median(lat), 1), p99_ms=round(1000 * p99, 1), max_ms=round(1000 * lat[-1], 1)
+        )
     return out
 
 
@@ -142,14 +143,24 @@ def main() -> None:
                 ours = process_jiffies(server.pid) + process_jiffies(os.getpid()) - ours0
                 others = max(0, busy1 - busy0 - ours) / max(1, total1 - total0)
                 lat.sort()
-                rows.append((name, args.requests / seconds, statistics.median(lat), lat[int(0.99 * (len(lat) - 1))],
-                             lat[-1], others))
+                rows.append(
+                    (
+                        name,
+                        args.requests / seconds,
+                        statistics.median(lat),
+                        lat[int(0.99 * (len(lat) - 1))],
+                        lat[-1],
+                        others,
+                    )
+                )
         finally:
             server.terminate()
             server.wait(timeout=10)
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"{os.cpu_count()} CPUs shared by server and client; {args.requests} requests per payload, "
-          f"{args.concurrency} in flight, keep-alive, server log level warning")
+    print(
+        f"{os.cpu_count()} CPUs shared by server and client; {args.requests} requests per payload, "
+        f"{args.concurrency} in flight, keep-alive, server log level warning"
+    )
     print(f"{'payload':<14}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'others':>9}")
     for name, rps, p50, p99, worst, others in rows:
         flag = "  noisy" if others > NOISY else ""

@@ -44,8 +44,9 @@ def worst_image(kind: str, side: int) -> bytes:
     mode, fmt = kind.split(".")
     page = Image.new("L", (side, side), 255)
     s = side / 6320
-    ImageDraw.Draw(page).line([(2000 * s, 1500 * s), (4200 * s, 1500 * s), (3000 * s, 4800 * s)], fill=0,
-                              width=max(1, round(300 * s)))
+    ImageDraw.Draw(page).line(
+        [(2000 * s, 1500 * s), (4200 * s, 1500 * s), (3000 * s, 4800 * s)], fill=0, width=max(1, round(300 * s))
+    )
     if mode == "I16":
         img = Image.fromarray(np.asarray(page, np.uint16) * 257)
     else:
@@ -114,8 +115,13 @@ def start_server(model: Path, log, env: dict, address_space: int | None) -> tupl
         if address_space:
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
-    proc = subprocess.Popen([sys.executable, "-m", "lenet5", "serve", "--model", str(model), "--port", str(port),
-                             "--log-level", "warning"], stdout=log, stderr=log, env=env, preexec_fn=cap)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lenet5", "serve", "--model", str(model), "--port", str(port), "--log-level", "warning"],
+        stdout=log,
+        stderr=log,
+        env=env,
+        preexec_fn=cap,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -136,8 +142,7 @@ def post(url: str, kind: str, body: bytes) -> tuple[int, str]:
     import httpx
 
     try:
-        r = httpx.post(url + "/predict", content=body, headers={"Content-Type": TYPES[kind.split(".")[1]]},
-                       timeout=300)
+        r = httpx.post(url + "/predict", content=body, headers={"Content-Type": TYPES[kind.split(".")[1]]}, timeout=300)
         return r.status_code, r.headers.get("retry-after", "")
     except httpx.TransportError as exc:
         return 0, type(exc).__name__  # no answer: the server died (OOM kill) or dropped the connection
@@ -185,8 +190,11 @@ def main() -> int:
     if args.max_preparing is not None:
         env["LENET5_MAX_PREPARING"] = str(args.max_preparing)
     cap = int(args.address_space_gib * 2**30) if args.address_space_gib else None
-    report: dict = {"side": args.side, "megapixels": round(args.side**2 / 1e6, 1),
-                    "file_kib": {k: round(len(b) / 1024) for k, b in bodies.items()}}
+    report: dict = {
+        "side": args.side,
+        "megapixels": round(args.side**2 / 1e6, 1),
+        "file_kib": {k: round(len(b) / 1024) for k, b in bodies.items()},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or untrained_checkpoint(Path(tmp))
         if not args.skip_single:  # each kind on a fresh server: memory freed by one request stays resident
@@ -195,8 +203,11 @@ def main() -> int:
                 with served(model, env, cap) as (proc, url, sampler, info):
                     t = time.perf_counter()
                     status, _ = post(url, k, bodies[k])
-                    single[k] = {"status": status, "peak_over_idle_mib": round((sampler.peak - info["idle"]) / 1024, 1),
-                                 "seconds": round(time.perf_counter() - t, 2)}
+                    single[k] = {
+                        "status": status,
+                        "peak_over_idle_mib": round((sampler.peak - info["idle"]) / 1024, 1),
+                        "seconds": round(time.perf_counter() - t, 2),
+                    }
                 single[k].update(info["log"])
             report["one_at_a_time"] = single
             report["one_at_a_time_max_peak_over_idle_mib"] = max(v["peak_over_idle_mib"] for v in single.values())
@@ -211,12 +222,15 @@ def main() -> int:
                 statuses[str(status)] = statuses.get(str(status), 0) + 1
             alive = proc.poll() is None
             report["concurrent"] = {
-                "requests": args.concurrency, "statuses": statuses, "seconds": round(time.perf_counter() - t, 2),
+                "requests": args.concurrency,
+                "statuses": statuses,
+                "seconds": round(time.perf_counter() - t, 2),
                 "peak_rss_mib": round(sampler.peak / 1024, 1),
                 "peak_over_idle_mib": round((sampler.peak - info["idle"]) / 1024, 1),
                 "vm_hwm_mib": round(status_kib(proc.pid, "VmHWM") / 1024, 1) if alive else None,
                 "retry_after": sorted({ra for s, ra in answers if s == 503}),
-                "server_alive": alive, "server_exit": proc.returncode,
+                "server_alive": alive,
+                "server_exit": proc.returncode,
             }
         report["concurrent"].update(info["log"])
     json.dump(report, sys.stdout, indent=1)

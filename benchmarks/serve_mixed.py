@@ -64,10 +64,12 @@ def main() -> None:
             until = time.monotonic() + args.seconds
             big_rows: list = []
             small_rows: list = []
-            threads = [threading.Thread(target=client, args=(url, big, until, big_rows))
-                       for _ in range(args.big_clients)]
-            threads += [threading.Thread(target=client, args=(url, small, until, small_rows))
-                        for _ in range(args.small_clients)]
+            threads = [
+                threading.Thread(target=client, args=(url, big, until, big_rows)) for _ in range(args.big_clients)
+            ]
+            threads += [
+                threading.Thread(target=client, args=(url, small, until, small_rows)) for _ in range(args.small_clients)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -78,11 +80,21 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(json.dumps({"command": " ".join([sys.executable, *sys.argv]), "cpus": os.cpu_count(),
-                      "big_bytes": len(big), "small_bytes": len(small), "seconds": args.seconds,
-                      "others_cpu_share": round(others, 3), "small": latency_summary(small_rows),
-                      "big": latency_summary(big_rows)},
-                     indent=1))
+    print(
+        json.dumps(
+            {
+                "command": " ".join([sys.executable, *sys.argv]),
+                "cpus": os.cpu_count(),
+                "big_bytes": len(big),
+                "small_bytes": len(small),
+                "seconds": args.seconds,
+                "others_cpu_share": round(others, 3),
+                "small": latency_summary(small_rows),
+                "big": latency_summary(big_rows),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

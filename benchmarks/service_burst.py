@@ -36,8 +36,9 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def request(method: str, path: str, host: str, body: bytes = b"", content_type: str | None = None,
-            declared: int | None = None) -> bytes:
+def request(
+    method: str, path: str, host: str, body: bytes = b"", content_type: str | None = None, declared: int | None = None
+) -> bytes:
     head = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     if content_type:
         head.append(f"Content-Type: {content_type}")
@@ -61,14 +62,23 @@ def mix(host: str) -> list[tuple[str, bytes, int]]:
     blank = buf.getvalue()
     digit = np.asarray(canvas.resize((28, 28), Image.Resampling.LANCZOS)).tolist()
     boundary = "burstboundary"
-    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"seven.png\"\r\n"
-                 f"Content-Type: image/png\r\n\r\n").encode() + seven + f"\r\n--{boundary}--\r\n".encode()
+    multipart = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="seven.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + seven
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     js = "application/json"
     return [
         ("json_ok", request("POST", "/predict", host, json.dumps({"pixels": digit}).encode(), js), 200),
         ("png_ok", request("POST", "/predict", host, seven, "image/png"), 200),
-        ("multipart_ok",
-         request("POST", "/predict", host, multipart, f"multipart/form-data; boundary={boundary}"), 200),
+        (
+            "multipart_ok",
+            request("POST", "/predict", host, multipart, f"multipart/form-data; boundary={boundary}"),
+            200,
+        ),
         ("healthz", request("GET", "/healthz", host), 200),
         ("bad_json", request("POST", "/predict", host, b'{"pixels": [[1, 2', js), 400),
         ("wrong_shape", request("POST", "/predict", host, json.dumps({"pixels": [[0] * 27] * 28}).encode(), js), 422),
@@ -153,10 +163,14 @@ async def burst(url: str, n: int, concurrency: int, seed: int, pid: int | None) 
             mismatches[key] = mismatches.get(key, 0) + 1
     q = lambda p: round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 2)  # noqa: E731
     report = {
-        "requests": len(results), "concurrency": concurrency, "seconds": round(seconds, 2),
-        "requests_per_second": round(len(results) / seconds, 1), "statuses": statuses,
+        "requests": len(results),
+        "concurrency": concurrency,
+        "seconds": round(seconds, 2),
+        "requests_per_second": round(len(results) / seconds, 1),
+        "statuses": statuses,
         "server_errors": sum(v for k, v in statuses.items() if k.startswith("5")),
-        "no_answer": statuses.get("-1", 0), "mismatches": mismatches,
+        "no_answer": statuses.get("-1", 0),
+        "mismatches": mismatches,
         "latency_ms": {"p50": q(0.50), "p99": q(0.99), "max": round(1000 * lat[-1], 2)},
     }
     if samples:

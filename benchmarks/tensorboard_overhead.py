@@ -84,17 +84,23 @@ def main() -> None:
 
     mnist = load_mnist()
     val = 5000
-    data = dataclasses.replace(mnist, train_images=mnist.train_images[: n + val],
-                               train_labels=mnist.train_labels[: n + val])
+    data = dataclasses.replace(
+        mnist, train_images=mnist.train_images[: n + val], train_labels=mnist.train_labels[: n + val]
+    )
     cfg = Config()
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1, threads=args.threads),
-                              data=dataclasses.replace(cfg.data, val_size=val))
+    cfg = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, epochs=1, threads=args.threads),
+        data=dataclasses.replace(cfg.data, val_size=val),
+    )
     probe = Trainer(cfg, data, log=lambda msg: None)
     blas = ",".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas")
     print("command: " + shlex.join([os.path.basename(sys.executable)] + sys.argv))
-    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, batch {cfg.train.batch_size}, {n:,} training + {val:,} "
-          f"validation digits per window ({probe.steps_per_epoch} steps, a point every {STEP_EVERY}), {rounds} rounds; "
-          f"engine threads {getattr(probe.engine, 'threads', args.threads)}, BLAS outside {blas}")
+    print(
+        f"numpy {np.__version__}, {os.cpu_count()} CPUs, batch {cfg.train.batch_size}, {n:,} training + {val:,} "
+        f"validation digits per window ({probe.steps_per_epoch} steps, a point every {STEP_EVERY}), {rounds} rounds; "
+        f"engine threads {getattr(probe.engine, 'threads', args.threads)}, BLAS outside {blas}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         small = dataclasses.replace(data, train_images=data.train_images[:7000], train_labels=data.train_labels[:7000])
@@ -102,16 +108,22 @@ def main() -> None:
             window(kind, cfg, small, os.path.join(tmp, "warmup"))
         runs = {k: [] for k in KINDS}
         for r in range(rounds):
-            for kind in KINDS[r % 3:] + KINDS[: r % 3]:
+            for kind in KINDS[r % 3 :] + KINDS[: r % 3]:
                 w = window(kind, cfg, data, os.path.join(tmp, f"r{r}"))
                 runs[kind].append(w)
-                print(f"  round {r + 1} {kind:<12} {w['seconds']:6.2f} s  cpu {w['cpu']:6.2f} s  [others "
-                      f"{100 * w['share']:3.0f}%"
-                      f"{' NOISY' if w['share'] > NOISY else ''}]", file=sys.stderr, flush=True)
+                print(
+                    f"  round {r + 1} {kind:<12} {w['seconds']:6.2f} s  cpu {w['cpu']:6.2f} s  [others "
+                    f"{100 * w['share']:3.0f}%"
+                    f"{' NOISY' if w['share'] > NOISY else ''}]",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-    print(f"\n## Seconds per epoch (median of {rounds}; [max share of CPU used by others]); vs none: median of the "
-          "per-round ratios (min-max). cpu: this process's CPU seconds (all its threads: the logger's writer too),\n"
-          "## steadier than wall time when other processes share the cores")
+    print(
+        f"\n## Seconds per epoch (median of {rounds}; [max share of CPU used by others]); vs none: median of the "
+        "per-round ratios (min-max). cpu: this process's CPU seconds (all its threads: the logger's writer too),\n"
+        "## steadier than wall time when other processes share the cores"
+    )
     print(f"{'logger':<12} {'s/epoch':>8}  {'others':>12}  {'wall vs none':>26}  {'cpu s':>7}  {'cpu vs none':>26}")
     for kind in KINDS:
         cells = []
@@ -122,17 +134,23 @@ def main() -> None:
         noisy = sum(w["share"] > NOISY for w in runs[kind])
         flag = f" NOISY x{noisy}" if noisy else ""
         (wall, wr, wlo, whi), (cpu, cr, clo, chi) = cells
-        print(f"{kind:<12} {wall:8.2f}  [{100 * max(w['share'] for w in runs[kind]):3.0f}%{flag:>8}]  "
-              f"{wr:6.3f}x ({wlo:.3f}-{whi:.3f})      {cpu:7.2f}  {cr:6.3f}x ({clo:.3f}-{chi:.3f})")
+        print(
+            f"{kind:<12} {wall:8.2f}  [{100 * max(w['share'] for w in runs[kind]):3.0f}%{flag:>8}]  "
+            f"{wr:6.3f}x ({wlo:.3f}-{whi:.3f})      {cpu:7.2f}  {cr:6.3f}x ({clo:.3f}-{chi:.3f})"
+        )
     tb = runs["tensorboard"]
-    print(f"\ntensorboard one-off costs (median): on_start {statistics.median(w['start'] for w in tb):.3f} s, "
-          f"on_end (test scalars + 2 pictures) {statistics.median(w['end'] for w in tb):.2f} s")
+    print(
+        f"\ntensorboard one-off costs (median): on_start {statistics.median(w['start'] for w in tb):.3f} s, "
+        f"on_end (test scalars + 2 pictures) {statistics.median(w['end'] for w in tb):.2f} s"
+    )
     per_step = statistics.median(w["seconds"] for w in runs["none"]) / probe.steps_per_epoch
     with tempfile.TemporaryDirectory() as tmp:
         direct = [on_step_cost(tmp) for _ in range(5)]
-    print(f"on_step alone, timed directly (median of 5 x 100,000 calls, a point every {STEP_EVERY}): "
-          f"{1e6 * statistics.median(direct):.2f} us per step = {100 * statistics.median(direct) / per_step:.3f}% "
-          f"of a {1e3 * per_step:.2f} ms training step (the epoch above over its steps, validation included)")
+    print(
+        f"on_step alone, timed directly (median of 5 x 100,000 calls, a point every {STEP_EVERY}): "
+        f"{1e6 * statistics.median(direct):.2f} us per step = {100 * statistics.median(direct) / per_step:.3f}% "
+        f"of a {1e3 * per_step:.2f} ms training step (the epoch above over its steps, validation included)"
+    )
 
 
 def on_step_cost(folder: str, calls: int = 100_000) -> float:

@@ -34,8 +34,9 @@ def run_once(engine_name: str, data, args, seed: int) -> dict:
     optimizer = OptimizerConfig(name="sgd", lr=args.lr, momentum=0.9, nesterov=True, l2=args.l2)
     engine = create_engine(engine_name, ModelConfig(), optimizer, seed=seed, threads=args.threads, device="cpu")
     steps_per_epoch = num_batches(len(data.train_images), args.batch_size)
-    schedule = Schedule(ScheduleConfig(name="onecycle", pct_start=0.25), args.lr, steps_per_epoch,
-                        steps_per_epoch * args.epochs)
+    schedule = Schedule(
+        ScheduleConfig(name="onecycle", pct_start=0.25), args.lr, steps_per_epoch, steps_per_epoch * args.epochs
+    )
     check_every = max(1, steps_per_epoch // args.checks_per_epoch)
     trained, step, reached, accuracy = 0.0, 0, None, 0.0
     before = cpu_snapshot()
@@ -56,8 +57,14 @@ def run_once(engine_name: str, data, args, seed: int) -> dict:
         if reached is not None:
             break
     others = others_share(before, cpu_snapshot())
-    return {"engine": engine_name, "seconds": reached, "final_accuracy": accuracy, "steps": step, "others": others,
-            "step_seconds": (reached if reached is not None else trained) / step}
+    return {
+        "engine": engine_name,
+        "seconds": reached,
+        "final_accuracy": accuracy,
+        "steps": step,
+        "others": others,
+        "step_seconds": (reached if reached is not None else trained) / step,
+    }
 
 
 def main() -> None:
@@ -76,11 +83,13 @@ def main() -> None:
     engines = args.engines.split(",")
     data = load_mnist()
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"recipe: SGD nesterov lr {args.lr} l2 {args.l2}, one-cycle over {args.epochs} epochs, "
-          f"batch {args.batch_size}, "
-          f"all 60,000 training images, seeds {' '.join(map(str, args.seeds))}; "
-          f"threads {args.threads} for each engine; "
-          f"test accuracy checked {args.checks_per_epoch}x per epoch (clock stopped)")
+    print(
+        f"recipe: SGD nesterov lr {args.lr} l2 {args.l2}, one-cycle over {args.epochs} epochs, "
+        f"batch {args.batch_size}, "
+        f"all 60,000 training images, seeds {' '.join(map(str, args.seeds))}; "
+        f"threads {args.threads} for each engine; "
+        f"test accuracy checked {args.checks_per_epoch}x per epoch (clock stopped)"
+    )
     results: dict[str, list[dict]] = {e: [] for e in engines}
     for seed in args.seeds:
         for r in range(args.repeats):
@@ -89,9 +98,12 @@ def main() -> None:
                 results[name].append(out)
                 secs = f"{out['seconds']:.1f} s" if out["seconds"] is not None else "not reached"
                 noisy = "  noisy" if out["others"] > 0.15 else ""
-                print(f"  seed {seed} repeat {r + 1} {name:>6}: {secs:>12}  (final test acc "
-                      f"{100 * out['final_accuracy']:.2f}%, {out['steps']} steps, {1e3 * out['step_seconds']:.2f} ms "
-                      f"per step, others {100 * out['others']:.0f}% CPU){noisy}", flush=True)
+                print(
+                    f"  seed {seed} repeat {r + 1} {name:>6}: {secs:>12}  (final test acc "
+                    f"{100 * out['final_accuracy']:.2f}%, {out['steps']} steps, {1e3 * out['step_seconds']:.2f} ms "
+                    f"per step, others {100 * out['others']:.0f}% CPU){noisy}",
+                    flush=True,
+                )
     print(f"\n{'engine':>8} {'median s to ' + format(args.target, '.1%'):>18} {'reached':>8} {'ms per step':>12}")
     for name, runs in results.items():
         times = [o["seconds"] for o in runs if o["seconds"] is not None]
@@ -102,8 +114,10 @@ def main() -> None:
         pairs = list(zip(results["numpy"], results["torch"]))
         ratios = [a["seconds"] / b["seconds"] for a, b in pairs if a["seconds"] and b["seconds"]]
         if ratios:
-            print(f"median per-pair ratio numpy/torch: {statistics.median(ratios):.2f} "
-                  f"(each: {', '.join(f'{r:.2f}' for r in ratios)})")
+            print(
+                f"median per-pair ratio numpy/torch: {statistics.median(ratios):.2f} "
+                f"(each: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
         step_ratios = [a["step_seconds"] / b["step_seconds"] for a, b in pairs]
         print(f"median per-pair ratio of the time per step: {statistics.median(step_ratios):.2f}")
 

@@ -44,8 +44,10 @@ def run_one(threads: int, rounds: int, steps: int) -> None:
     mnist = load_mnist()
     xs = normalize(mnist.train_images[:4096])
     ys = mnist.train_labels[:4096].astype(np.int64)
-    batches = [(torch.from_numpy(np.ascontiguousarray(xs[i:i + BATCH])), torch.from_numpy(ys[i:i + BATCH]))
-               for i in range(0, len(xs) - BATCH + 1, BATCH)]
+    batches = [
+        (torch.from_numpy(np.ascontiguousarray(xs[i : i + BATCH])), torch.from_numpy(ys[i : i + BATCH]))
+        for i in range(0, len(xs) - BATCH + 1, BATCH)
+    ]
     cfg = OptimizerConfig()
     reference = LeNet5("modern").state_dict()
 
@@ -56,8 +58,9 @@ def run_one(threads: int, rounds: int, steps: int) -> None:
         cl = "channels_last" in variant
         if cl:
             model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                              weight_decay=cfg.l2)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.l2
+        )
         fwd = torch.compile(model) if "compile" in variant else model
         vb = [(x.contiguous(memory_format=torch.channels_last) if cl else x, y) for x, y in batches]
 
@@ -101,8 +104,11 @@ def run_one(threads: int, rounds: int, steps: int) -> None:
         first = steps_fns[v][1]
         compile_s = f"{first - 3 * eager_step:.1f} s" if "compile" in v else "-"
         worst = max(shares[v])
-        print(f"| {v} | {threads} | {1e3 * med:.2f} | {ratio:.2f} | {compile_s} | "
-              f"{100 * worst:.0f}%{' NOISY' if worst > NOISY else ''} |", flush=True)
+        print(
+            f"| {v} | {threads} | {1e3 * med:.2f} | {ratio:.2f} | {compile_s} | "
+            f"{100 * worst:.0f}%{' NOISY' if worst > NOISY else ''} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -116,12 +122,17 @@ def main() -> None:
         return
 
     import torch
+
     print("command: " + shlex.join([os.path.basename(sys.executable)] + sys.argv))
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"\n## torch LeNet5('modern') train step, batch {BATCH}: median of {rounds} alternating windows of "
-          f"{steps} steps\n")
-    print("| variant | threads | ms per step | ratio to eager (median of rounds) | compile time (cold) | "
-          "others' CPU share (max) |")
+    print(
+        f"\n## torch LeNet5('modern') train step, batch {BATCH}: median of {rounds} alternating windows of "
+        f"{steps} steps\n"
+    )
+    print(
+        "| variant | threads | ms per step | ratio to eager (median of rounds) | compile time (cold) | "
+        "others' CPU share (max) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
     for threads in (1, 2):
         with tempfile.TemporaryDirectory() as cache:

@@ -48,8 +48,8 @@ def photo_of_number(digits: list[np.ndarray], rng: np.random.Generator) -> Image
         glyph = glyph.rotate(float(rng.uniform(-6, 6)), resample=Image.Resampling.BICUBIC)
         alpha = np.asarray(glyph, np.float32)[..., None] / 255.0 * 0.92
         top = int(rng.integers(30, h - size - 20))
-        region = img[top:top + size, x:x + size]
-        img[top:top + size, x:x + size] = region * (1 - alpha) + ink * alpha
+        region = img[top : top + size, x : x + size]
+        img[top : top + size, x : x + size] = region * (1 - alpha) + ink * alpha
         x += size - int(rng.integers(10, 22))  # MNIST digits have a margin: overlap the boxes a little
     photo = Image.fromarray(np.clip(img * 255.0, 0, 255).astype(np.uint8), "RGB")
     return photo.filter(ImageFilter.GaussianBlur(0.8))
@@ -71,8 +71,9 @@ def write(out: Path, test_images: np.ndarray) -> list[Path]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent),
-                   help="folder to write into (default examples/)")
+    p.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent), help="folder to write into (default examples/)"
+    )
     p.add_argument("--data-dir", default=None, help="MNIST cache folder (default: $LENET5_DATA or ~/.cache/lenet5)")
     args = p.parse_args()
     from lenet5.data.datasets import load_mnist

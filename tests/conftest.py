@@ -27,12 +27,20 @@ def pytest_collection_modifyitems(items):
 LENET5 = [sys.executable, "-m", "lenet5"]  # the CLI as a user runs it, with this interpreter
 
 
-def lenet5(*args, cwd=None, check: bool = False, env: dict | None = None, timeout: float = 600,
-           **popen) -> subprocess.CompletedProcess:
+def lenet5(
+    *args, cwd=None, check: bool = False, env: dict | None = None, timeout: float = 600, **popen
+) -> subprocess.CompletedProcess:
     """`python -m lenet5 ARGS` in a real subprocess: text output captured, unbuffered, extra ``env`` on top of
     this process's environment. ``check=True``: a non-zero exit fails the test and shows stderr."""
-    result = subprocess.run([*LENET5, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, **popen)
+    result = subprocess.run(
+        [*LENET5, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        **popen,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -40,8 +48,9 @@ def lenet5(*args, cwd=None, check: bool = False, env: dict | None = None, timeou
 
 def opt(name: str = "adam", **settings) -> OptimizerConfig:
     """An optimizer config stating every setting a test relies on (the project's defaults may change)."""
-    plain = dict(momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0,
-                 grad_clip=0.0)
+    plain = dict(
+        momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, l1=0.0, l2=0.0, weight_decay=0.0, grad_clip=0.0
+    )
     return OptimizerConfig(name=name, **{**plain, **settings})
 
 
@@ -56,8 +65,12 @@ def write_mnist_subset(mnist: MNIST, folder: Path, n_train: int, n_test: int) ->
     from lenet5.data.idx import write_idx
     from lenet5.data.sources import FILES
 
-    arrays = (mnist.train_images[:n_train], mnist.train_labels[:n_train],
-              mnist.test_images[:n_test], mnist.test_labels[:n_test])
+    arrays = (
+        mnist.train_images[:n_train],
+        mnist.train_labels[:n_train],
+        mnist.test_images[:n_test],
+        mnist.test_labels[:n_test],
+    )
     for name, array in zip(FILES, arrays):
         write_idx(folder / name, array)
     return folder
@@ -116,6 +129,13 @@ def trained_checkpoint(mnist, tmp_path_factory):
         engine.train_step(x, y, 1e-3)
     calibration = calibrate(engine_logits(engine, mnist.train_images[55000:]), mnist.train_labels[55000:])
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_checkpoint(path, engine.state_dict(), engine="numpy", model="modern", config=cfg.to_dict(), epoch=1,
-                    calibration=calibration)
+    save_checkpoint(
+        path,
+        engine.state_dict(),
+        engine="numpy",
+        model="modern",
+        config=cfg.to_dict(),
+        epoch=1,
+        calibration=calibration,
+    )
     return path

@@ -102,8 +102,14 @@ _LOOKS: dict[str, _Look] = {
     "squared": _Look(lines="squared"),
     "sheet_on_table": _Look(papers=("white", "white", "cream", "grey", "note"), on_table=True),
     "dim_room": _Look(
-        vignette=(0.15, 0.4), exposure=(0.4, 0.6), warmth=(0.15, 0.4), flare=(0.02, 0.06), noise=(0.025, 0.045),
-        blur=(0.7, 1.4), sharpen=0.3, quality=(55, 85),
+        vignette=(0.15, 0.4),
+        exposure=(0.4, 0.6),
+        warmth=(0.15, 0.4),
+        flare=(0.02, 0.06),
+        noise=(0.025, 0.045),
+        blur=(0.7, 1.4),
+        sharpen=0.3,
+        quality=(55, 85),
     ),  # fmt: skip
     "shadow": _Look(shadow=True),
     "blurry_jpeg": _Look(blur=(1.4, 2.8), motion=0.5, sharpen=0.0, quality=(40, 60)),
@@ -754,8 +760,10 @@ def with_drawing(draw_on) -> bytes:
 
 NOT_DIGITS = {
     "blank page": lambda d: None,
-    "a cup": lambda d: (d.ellipse((250, 150, 520, 470), fill=(90, 60, 50)),
-                        d.ellipse((500, 240, 600, 380), outline=(90, 60, 50), width=22)),
+    "a cup": lambda d: (
+        d.ellipse((250, 150, 520, 470), fill=(90, 60, 50)),
+        d.ellipse((500, 240, 600, 380), outline=(90, 60, 50), width=22),
+    ),
     "scribble": lambda d: d.line(tangle(), fill=(20, 20, 60), width=5),
 }
 
@@ -781,5 +789,3 @@ def touching_pair(a: np.ndarray, b: np.ndarray) -> Image.Image:
     canvas = Image.new("L", (big.width + 120, big.height + 120), 255)
     canvas.paste(big, (60, 60))
     return canvas
-
-

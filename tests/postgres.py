@@ -26,8 +26,11 @@ PREFERRED_VERSION = "15"
 def find_bindir() -> Path | None:
     """Debian's PostgreSQL binaries (15 first, else the newest installed), or initdb on PATH."""
     candidates = [f"/usr/lib/postgresql/{PREFERRED_VERSION}/bin"]
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-                         if Path(p).parent.name.isdigit() else 0, reverse=True)
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(str(Path(on_path).parent))
@@ -92,14 +95,52 @@ def running_postgres(timeout: float = 60.0):
             info = pwd.getpwnam(user)
             for path in (root, data):
                 os.chown(path, info.pw_uid, info.pw_gid)
-        _run(_as_user(user, [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                             "-E", "UTF8", "--no-locale", "--no-sync"]), cwd=root, timeout=timeout)
+        _run(
+            _as_user(
+                user,
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ],
+            ),
+            cwd=root,
+            timeout=timeout,
+        )
         port = free_port()
-        options = (f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c synchronous_commit=off "
-                   f"-c full_page_writes=off -c max_connections=50")
+        options = (
+            f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c synchronous_commit=off "
+            f"-c full_page_writes=off -c max_connections=50"
+        )
         started = True  # from here on, stop whatever may have started
-        _run(_as_user(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
-                             "-t", str(int(timeout)), "start"]), cwd=root, timeout=timeout + 10)
+        _run(
+            _as_user(
+                user,
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+            ),
+            cwd=root,
+            timeout=timeout + 10,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
         if started:
@@ -110,8 +151,11 @@ def running_postgres(timeout: float = 60.0):
 def _stop(bindir: Path, user: str | None, data: Path, root: Path) -> None:
     for mode in ("fast", "immediate"):
         try:
-            _run(_as_user(user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "20", "stop"]),
-                 cwd=root, timeout=30)
+            _run(
+                _as_user(user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "20", "stop"]),
+                cwd=root,
+                timeout=30,
+            )
             return
         except (RuntimeError, subprocess.TimeoutExpired):
             if not (data / "postmaster.pid").exists():

@@ -17,7 +17,7 @@ def conv2d_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1, p
         for f in range(F):
             for i in range(Ho):
                 for j in range(Wo):
-                    patch = xp[n, :, i * stride:i * stride + k, j * stride:j * stride + k]
+                    patch = xp[n, :, i * stride : i * stride + k, j * stride : j * stride + k]
                     out[n, f, i, j] = np.sum(patch * w[f]) + b[f]
     return out
 
@@ -32,7 +32,7 @@ def maxpool_naive(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
-                    window = x[n, c, i * k:(i + 1) * k, j * k:(j + 1) * k]
+                    window = x[n, c, i * k : (i + 1) * k, j * k : (j + 1) * k]
                     first = np.argmax(window)  # np.argmax returns the first maximum in row-major order
                     out[n, c, i, j] = window.flat[first]
                     route[n, c, i * k + first // k, j * k + first % k] = 1

@@ -50,9 +50,24 @@ def running_server(checkpoint: Path, *extra: str, timeout: float = 60.0, log=Non
     port = free_port()
     with contextlib.ExitStack() as stack:
         log = log if log is not None else stack.enter_context(tempfile.TemporaryFile())
-        proc = subprocess.Popen([sys.executable, "-m", "lenet5", "serve", "--model", str(checkpoint),
-                                 "--port", str(port), "--log-level", "warning", *extra],
-                                stdout=log, stderr=log, preexec_fn=preexec_fn)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lenet5",
+                "serve",
+                "--model",
+                str(checkpoint),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            stdout=log,
+            stderr=log,
+            preexec_fn=preexec_fn,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until_healthy(url, timeout, proc, log)

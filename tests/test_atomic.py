@@ -17,9 +17,18 @@ def test_a_temporary_name_is_recognised_as_one_of_its_file():
     assert is_temporary(tagged, ["config.yaml"]) and not is_temporary(tagged, ["yaml"])
 
 
-@pytest.mark.parametrize("other", ["model.safetensors", ".model.safetensors", ".model.safetensors.tmp",
-                                   ".model.safetensors.abc.tmp", "model.safetensors.12345678.tmp",
-                                   ".model.safetensors.12345678.tmp.bak", ".model.safetensors.123456789.tmp"])
+@pytest.mark.parametrize(
+    "other",
+    [
+        "model.safetensors",
+        ".model.safetensors",
+        ".model.safetensors.tmp",
+        ".model.safetensors.abc.tmp",
+        "model.safetensors.12345678.tmp",
+        ".model.safetensors.12345678.tmp.bak",
+        ".model.safetensors.123456789.tmp",
+    ],
+)
 def test_other_names_are_not_temporaries(other):
     """A user's file that merely looks similar is never taken for a leftover (and deleted)."""
     assert not is_temporary(other) and not is_temporary(other, ["model.safetensors"])

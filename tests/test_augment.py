@@ -67,8 +67,9 @@ def test_integer_shift_moves_pixels_exactly(mnist, dx, dy):
     params = AffineParams.identity(16)
     params.shift_x[:], params.shift_y[:] = dx, dy
     expected = np.zeros_like(x)  # positive shifts move the digit right (x) and down (y); background 0
-    expected[:, max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)] = \
-        x[:, max(-dy, 0) : 28 + min(-dy, 0), max(-dx, 0) : 28 + min(-dx, 0)]
+    expected[:, max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)] = x[
+        :, max(-dy, 0) : 28 + min(-dy, 0), max(-dx, 0) : 28 + min(-dx, 0)
+    ]
     assert np.array_equal(warp(x, params), expected)
 
 
@@ -89,8 +90,14 @@ def test_zoom_scales_the_ink_with_the_area(mnist, zoom):
     assert np.abs(ratio / zoom**2 - 1).max() < 0.1
 
 
-@pytest.mark.parametrize("kw", [{}, {"elastic_alpha": 34.0}, {"rotation": 15.0, "shear": 15.0, "scale": 0.15,
-                                                                "translate": 3.0, "elastic_alpha": 34.0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"elastic_alpha": 34.0},
+        {"rotation": 15.0, "shear": 15.0, "scale": 0.15, "translate": 3.0, "elastic_alpha": 34.0},
+    ],
+)
 def test_distortions_keep_most_ink(mnist, kw):
     x = mnist.train_images[:2000]
     ratio = ink(augmenter(**kw)(x, np.random.default_rng(1))) / ink(x)
@@ -144,9 +151,30 @@ def test_resumed_iteration_sees_the_same_augmented_batches(mnist):
 # ---------------------------------------------------------------------------------------------- CLI
 @pytest.mark.slow
 def test_training_with_augmentation_through_the_cli(small_mnist, tmp_path):
-    result = lenet5("train", "--dataset", "idx", "--data-dir", str(small_mnist), "--epochs", "2", "--batch-size", "32",
-                    "--seed", "1", "--name", "aug", "--set", "data.val_size=1000", "--set", "augment.enabled=true",
-                    "--set", "augment.elastic_alpha=20", "--json", cwd=tmp_path, check=True)
+    result = lenet5(
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(small_mnist),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--seed",
+        "1",
+        "--name",
+        "aug",
+        "--set",
+        "data.val_size=1000",
+        "--set",
+        "augment.enabled=true",
+        "--set",
+        "augment.elastic_alpha=20",
+        "--json",
+        cwd=tmp_path,
+        check=True,
+    )
     metrics = json.loads(result.stdout)
     assert metrics["test_accuracy"] > 0.9  # distorted digits still teach; chance is 0.10
     saved = (tmp_path / "runs" / "aug" / "config.yaml").read_text()
@@ -156,8 +184,18 @@ def test_training_with_augmentation_through_the_cli(small_mnist, tmp_path):
 def test_data_preview_augment_writes_a_picture(small_mnist, tmp_path):
     (tmp_path / "config.yaml").write_text("augment:\n  elastic_alpha: 30.0\n")
     out = tmp_path / "pics" / "preview.png"
-    result = lenet5("data", "--dataset", "idx", "--data-dir", str(small_mnist), "--preview-augment", str(out),
-                    "--json", cwd=tmp_path, check=True)
+    result = lenet5(
+        "data",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(small_mnist),
+        "--preview-augment",
+        str(out),
+        "--json",
+        cwd=tmp_path,
+        check=True,
+    )
     report = json.loads(result.stdout)["preview_augment"]
     assert report["path"] == str(out) and report["augment"]["elastic_alpha"] == 30.0
     assert report["augment"]["enabled"] is True

@@ -55,8 +55,17 @@ def test_predictor_divides_logits_by_the_checkpoints_temperature(trained_checkpo
     assert (plain.probabilities(x).argmax(1) == logits.argmax(1)).all()  # the answer never changes, only how sure
 
 
-@pytest.mark.parametrize("calibration", [{"temperature": -1}, {"temperature": "hot"}, {"temperature": 1e9},
-                                         {"temperature": 1.0, "energy_floor": "x"}, [1, 2], {"energy_floor": 3}])
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"temperature": -1},
+        {"temperature": "hot"},
+        {"temperature": 1e9},
+        {"temperature": 1.0, "energy_floor": "x"},
+        [1, 2],
+        {"energy_floor": 3},
+    ],
+)
 def test_damaged_calibration_is_one_clear_error(trained_checkpoint, tmp_path, calibration):
     ckpt = load_checkpoint(trained_checkpoint)
     bad = tmp_path / "bad.safetensors"

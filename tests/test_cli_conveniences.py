@@ -35,20 +35,61 @@ def test_model_resolution_takes_files_run_folders_latest_and_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_latest_and_run_folders_work_through_the_cli(small_mnist, tmp_path):
-    lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "1", "--limit-batches", "5",
-           "--threads", "1", "--name", "smoke", cwd=tmp_path, check=True)
+    lenet5(
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        small_mnist,
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "5",
+        "--threads",
+        "1",
+        "--name",
+        "smoke",
+        cwd=tmp_path,
+        check=True,
+    )
     by_folder = json.loads(lenet5("summary", "--model", "runs/smoke", "--json", cwd=tmp_path, check=True).stdout)
     by_latest = json.loads(lenet5("summary", "--model", "latest", "--json", cwd=tmp_path, check=True).stdout)
     assert by_folder == by_latest and by_folder["file"] == "runs/smoke/model.safetensors"
-    result = lenet5("evaluate", "--model", "latest", "--dataset", "idx", "--data-dir", small_mnist, "--json",
-                    cwd=tmp_path, check=True)
+    result = lenet5(
+        "evaluate",
+        "--model",
+        "latest",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        small_mnist,
+        "--json",
+        cwd=tmp_path,
+        check=True,
+    )
     assert json.loads(result.stdout)["n"] == 1000
 
 
 @pytest.mark.slow
 def test_limit_batches_makes_a_smoke_run_and_training_starts_with_a_summary(small_mnist, tmp_path):
-    result = lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "2", "--limit-batches", "3",
-                    "--threads", "1", "--name", "smoke", "--json", cwd=tmp_path, check=True)
+    result = lenet5(
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        small_mnist,
+        "--epochs",
+        "2",
+        "--limit-batches",
+        "3",
+        "--threads",
+        "1",
+        "--name",
+        "smoke",
+        "--json",
+        cwd=tmp_path,
+        check=True,
+    )
     assert "conv1 conv 5x5 pad 2" in result.stderr and "61706" in result.stderr  # the model summary
     history = (tmp_path / "runs" / "smoke" / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + 2 epochs
@@ -58,15 +99,45 @@ def test_limit_batches_makes_a_smoke_run_and_training_starts_with_a_summary(smal
 
 @pytest.mark.slow
 def test_a_batch_larger_than_the_split_is_warned_about(small_mnist, tmp_path):
-    result = lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "1", "--batch-size", "9000",
-                    "--threads", "1", "--name", "big", cwd=tmp_path, check=True)
+    result = lenet5(
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        small_mnist,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "9000",
+        "--threads",
+        "1",
+        "--name",
+        "big",
+        cwd=tmp_path,
+        check=True,
+    )
     assert "warning: batch_size 9000 is larger than the training split (1000 images)" in result.stderr
 
 
 @pytest.mark.slow
 def test_training_prints_the_next_commands_with_the_run_folder(small_mnist, tmp_path):
-    result = lenet5("train", "--dataset", "idx", "--data-dir", small_mnist, "--epochs", "1", "--limit-batches", "2",
-                    "--threads", "1", "--name", "first", cwd=tmp_path, check=True)
+    result = lenet5(
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        small_mnist,
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "2",
+        "--threads",
+        "1",
+        "--name",
+        "first",
+        cwd=tmp_path,
+        check=True,
+    )
     assert "lenet5 predict --model runs/first" in result.stdout and "lenet5 serve --model runs/first" in result.stdout
 
 

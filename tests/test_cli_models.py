@@ -116,10 +116,24 @@ def test_after_a_resume_training_time_is_told_in_all_and_for_this_command(small_
     first = lenet5("train", *common, "--epochs", "1", "--name", "r", cwd=tmp_path, check=True)
     match = re.search(r"trained in ([\d.]+)s \(this command took ([\d.]+)s\)", first.stdout)
     assert match and float(match[1]) <= float(match[2]), first.stdout
-    again = lenet5("train", "--resume", "runs/r", "--epochs", "2", "--dataset", "idx", "--data-dir", small_mnist,
-                   cwd=tmp_path, check=True)
-    match = re.search(r"trained in ([\d.]+)s in all: ([\d.]+)s before this resume and ([\d.]+)s now "
-                      r"\(this command took ([\d.]+)s\)", again.stdout)
+    again = lenet5(
+        "train",
+        "--resume",
+        "runs/r",
+        "--epochs",
+        "2",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        small_mnist,
+        cwd=tmp_path,
+        check=True,
+    )
+    match = re.search(
+        r"trained in ([\d.]+)s in all: ([\d.]+)s before this resume and ([\d.]+)s now "
+        r"\(this command took ([\d.]+)s\)",
+        again.stdout,
+    )
     assert match, again.stdout
     in_all, before, now, command = map(float, match.groups())
     assert abs(in_all - before - now) < 0.15 and now <= command

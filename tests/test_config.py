@@ -20,8 +20,11 @@ def test_shipped_config_yaml_is_the_built_in_default():
 def test_layers_apply_in_order(tmp_path):
     extra = tmp_path / "mine.yaml"
     extra.write_text("train:\n  epochs: 3\n  batch_size: 32\noptimizer:\n  lr: 0.01\n")
-    cfg = build_config([REPO / "config.yaml", extra], {"train": {"batch_size": 128}},
-                       ["schedule.name=cosine", "optimizer.nesterov=true"])
+    cfg = build_config(
+        [REPO / "config.yaml", extra],
+        {"train": {"batch_size": 128}},
+        ["schedule.name=cosine", "optimizer.nesterov=true"],
+    )
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.optimizer.lr) == (3, 128, 0.01)
     assert cfg.schedule.name == "cosine" and cfg.optimizer.nesterov is True
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -81,8 +84,11 @@ def test_cli_rejects_bad_config_in_one_line(tmp_path, args, message):
 def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
     """A 1 KB "billion laughs" file (nested aliases) would expand to gigabytes when used or printed."""
     bomb = tmp_path / "bomb.yaml"
-    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]"
-                                                      for i in range(1, 10)] + ["train:", "  epochs: *a9"]
+    lines = (
+        ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+        + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+        + ["train:", "  epochs: *a9"]
+    )
     bomb.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="YAML alias"):
         build_config([bomb])
@@ -121,16 +127,35 @@ def test_cli_layers_config_yaml_config_flags_and_set_in_that_order(mnist, tmp_pa
         "train:\n  epochs: 5\n  batch_size: 48\n  seed: 10\n"
         "optimizer:\n  name: sgd\n  lr: 0.5\n  momentum: 0.8\n"
         "schedule:\n  name: cosine\n"
-        "augment:\n  rotation: 4.0\n")
+        "augment:\n  rotation: 4.0\n"
+    )
     mine = tmp_path / "elsewhere" / "mine.yaml"  # --config: a path, not a name looked up in the cwd
     mine.parent.mkdir()
     mine.write_text(
-        "train:\n  epochs: 1\n  seed: 11\n"
-        "optimizer:\n  lr: 0.05\n  momentum: 0.5\n"
-        "schedule:\n  name: step\n")
-    result = lenet5("train", "--config", mine, "--lr", "0.02", "--seed", "12", "--dataset", "idx", "--data-dir", data,
-                    "--name", "layered", "--set", "train.seed=13", "--set", "schedule.name=constant",
-                    "--set", "data.val_size=100", cwd=work)
+        "train:\n  epochs: 1\n  seed: 11\noptimizer:\n  lr: 0.05\n  momentum: 0.5\nschedule:\n  name: step\n"
+    )
+    result = lenet5(
+        "train",
+        "--config",
+        mine,
+        "--lr",
+        "0.02",
+        "--seed",
+        "12",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        data,
+        "--name",
+        "layered",
+        "--set",
+        "train.seed=13",
+        "--set",
+        "schedule.name=constant",
+        "--set",
+        "data.val_size=100",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr
     saved = yaml.safe_load((work / "runs" / "layered" / "config.yaml").read_text())
     default = Config().to_dict()
@@ -141,8 +166,13 @@ def test_cli_layers_config_yaml_config_flags_and_set_in_that_order(mnist, tmp_pa
     assert saved["train"]["seed"] == 13  # --set over --seed and both files
     assert saved["schedule"]["name"] == "constant" and saved["data"]["val_size"] == 100  # --set over the files
     assert saved["data"]["dataset"] == "idx" and saved["data"]["data_dir"] == str(data)  # data flags
-    for section, key in [("train", "eval_batch_size"), ("model", "name"), ("optimizer", "beta1"),
-                         ("augment", "enabled"), ("early_stopping", "patience")]:  # set nowhere: the defaults
+    for section, key in [
+        ("train", "eval_batch_size"),
+        ("model", "name"),
+        ("optimizer", "beta1"),
+        ("augment", "enabled"),
+        ("early_stopping", "patience"),
+    ]:  # set nowhere: the defaults
         assert saved[section][key] == default[section][key], (section, key)
     history = (work / "runs" / "layered" / "history.csv").read_text().splitlines()
     assert len(history) == 2  # the settings were used, not only written: one epoch, as --config asked

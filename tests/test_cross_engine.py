@@ -75,11 +75,13 @@ def test_weights_of_a_plain_torch_module_give_the_same_logits_in_numpy(model):
 TRAINING = {
     "sgd-plain-f64": ({"name": "sgd", "momentum": 0.0}, "float64", 1e-9),
     "sgd-plain-f32": ({"name": "sgd", "momentum": 0.0}, "float32", 1e-4),
-    "sgd-nesterov-l1-clip": ({"name": "sgd", "momentum": 0.9, "nesterov": True, "l1": 1e-4, "grad_clip": 0.5},
-                             "float64", 1e-9),
+    "sgd-nesterov-l1-clip": (
+        {"name": "sgd", "momentum": 0.9, "nesterov": True, "l1": 1e-4, "grad_clip": 0.5},
+        "float64",
+        1e-9,
+    ),
     "adam-l2-decay": ({"name": "adam", "l2": 1e-3, "weight_decay": 1e-2}, "float64", 1e-9),
-    "adamw-l2-clip-smoothing": ({"name": "adamw", "l2": 1e-4, "weight_decay": 5e-2, "grad_clip": 1.0},
-                                "float64", 1e-9),
+    "adamw-l2-clip-smoothing": ({"name": "adamw", "l2": 1e-4, "weight_decay": 5e-2, "grad_clip": 1.0}, "float64", 1e-9),
 }
 
 

@@ -64,8 +64,10 @@ def test_corrupt_file_is_never_used_and_all_failed_message_lists_attempts(tmp_pa
 
 def test_cli_reports_failure_in_one_line_without_traceback(tmp_path):
     env = {"PATH": str(tmp_path), "LENET5_DATA": str(tmp_path / "cache")}  # no npm on PATH
-    code = ("import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',); "
-            "from lenet5.cli import main; raise SystemExit(main(['data']))")
+    code = (
+        "import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',); "
+        "from lenet5.cli import main; raise SystemExit(main(['data']))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -96,8 +98,12 @@ def test_fetches_real_mnist_through_the_real_sources(tmp_path):
     result = lenet5("data", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["counts"] == {"train_images": 60000, "train_labels": 60000,
-                                "test_images": 10000, "test_labels": 10000}
+    assert report["counts"] == {
+        "train_images": 60000,
+        "train_labels": 60000,
+        "test_images": 10000,
+        "test_labels": 10000,
+    }
     assert {n: f["sha256"] for n, f in report["files"].items()} == MNIST_SHA256
     folder = tmp_path / "mnist"
     path = folder / FILES[0]

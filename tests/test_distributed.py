@@ -32,8 +32,17 @@ def test_two_process_training_matches_one_process(mnist, tmp_path):
     rounding, and the loss falls in both (diverging runs would only compare amplified float32 noise)."""
     single, multi = tmp_path / "single.npz", tmp_path / "ddp.npz"
     run([sys.executable, str(HELPER), str(single)])
-    run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={free_port()}", str(HELPER), str(multi)])
+    run(
+        [
+            str(TORCHRUN),
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            str(HELPER),
+            str(multi),
+        ]
+    )
     ref, got = np.load(single), np.load(multi)
     assert int(ref["world_size"]) == 1 and int(got["world_size"]) == 2
     for tag in ("modern", "classic"):  # well-conditioned runs: the last steps' loss is far below the first steps'
@@ -69,11 +78,42 @@ def test_torchrun_lenet5_train_matches_single_process(mnist, tmp_path):
     from lenet5.checkpoint import load_checkpoint
 
     data = write_mnist_subset(mnist, tmp_path / "data", 2000, 500)
-    common = ["train", "--engine", "torch", "--epochs", "2", "--batch-size", "64", "--dataset", "idx",
-              "--data-dir", str(data), "--set", "data.val_size=500", "--threads", "1", "--device", "cpu"]
+    common = [
+        "train",
+        "--engine",
+        "torch",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data),
+        "--set",
+        "data.val_size=500",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     lenet5(*common, "--out", tmp_path / "single", "--name", "run", env={"OMP_NUM_THREADS": "1"}, check=True)
-    run([str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-         "-m", "lenet5", *common, "--out", str(tmp_path / "ddp"), "--name", "run"])
+    run(
+        [
+            str(TORCHRUN),
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            "-m",
+            "lenet5",
+            *common,
+            "--out",
+            str(tmp_path / "ddp"),
+            "--name",
+            "run",
+        ]
+    )
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["run"]  # one run folder, written by rank 0
     rows = [list(csv.DictReader((tmp_path / d / "run" / "history.csv").open())) for d in ("single", "ddp")]
     for a, b in zip(*rows):

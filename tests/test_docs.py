@@ -26,12 +26,26 @@ def _missing_doc_tools() -> list[str]:
 def test_the_site_builds_strictly(tmp_path):
     missing = _missing_doc_tools()
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: "
-                    "pip install -e '.[dev]' (mkdocs-material, mkdocstrings[python])")
+        pytest.skip(
+            f"{', '.join(missing)} not installed: pip install -e '.[dev]' (mkdocs-material, mkdocstrings[python])"
+        )
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-         "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "index.html").is_file()
@@ -44,7 +58,7 @@ def test_every_figure_in_the_docs_names_the_script_that_makes_it():
         for number, line in enumerate(lines):
             for target in IMAGE.findall(line):
                 assert (page.parent / target).is_file(), f"{page.name}:{number + 1}: {target} is missing"
-                caption = next((text for text in lines[number + 1:] if text.strip()), "")
+                caption = next((text for text in lines[number + 1 :] if text.strip()), "")
                 scripts = re.findall(r"python ([\w/.-]+\.py)", caption)
                 assert scripts, f"{page.name}:{number + 1}: no 'python <script>.py' under the figure {target}"
                 assert all((ROOT / script).is_file() for script in scripts), (page.name, scripts)

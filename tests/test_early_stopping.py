@@ -46,8 +46,9 @@ def test_the_other_metric_moving_does_not_count():
     assert es.update(2, {"val_accuracy": 0.99, "val_loss": 0.4}) is False
 
 
-@pytest.mark.parametrize("monitor, values", [("val_accuracy", [0.5, 0.75, 0.625, 0.875]),
-                                             ("val_loss", [1.0, 0.75, 0.875, 0.625])])
+@pytest.mark.parametrize(
+    "monitor, values", [("val_accuracy", [0.5, 0.75, 0.625, 0.875]), ("val_loss", [1.0, 0.75, 0.875, 0.625])]
+)
 def test_an_improvement_must_beat_the_best_by_more_than_min_delta(monitor, values):
     """min_delta 0.25: a gain of exactly 0.25 is no improvement; the reference stays the best value, so the
     fourth epoch counts (0.375 better than the best) though it is only 0.125 better than the second."""
@@ -112,8 +113,7 @@ def tiny(mnist):
     """1,500 real training digits (500 of them held out for validation) and 500 real test digits."""
     from lenet5.data.datasets import MNIST
 
-    return MNIST(mnist.train_images[:1500], mnist.train_labels[:1500], mnist.test_images[:500],
-                 mnist.test_labels[:500])
+    return MNIST(mnist.train_images[:1500], mnist.train_labels[:1500], mnist.test_images[:500], mnist.test_labels[:500])
 
 
 def run_until_stopped(tiny, tmp_path_factory, restore_best: bool):
@@ -123,12 +123,24 @@ def run_until_stopped(tiny, tmp_path_factory, restore_best: bool):
     from lenet5.training.callbacks import run_folder_callbacks
     from lenet5.training.trainer import Trainer
 
-    cfg = build_config(sets=[f"train.epochs={EPOCHS}", "train.batch_size=32", "train.seed=2", "train.threads=1",
-                             "data.val_size=500", "optimizer.name=adam", "optimizer.lr=0.003",
-                             "schedule.name=constant", "augment.enabled=false", "early_stopping.enabled=true",
-                             "early_stopping.monitor=val_loss", f"early_stopping.patience={PATIENCE}",
-                             "early_stopping.min_delta=0.001",
-                             f"early_stopping.restore_best={str(restore_best).lower()}"])
+    cfg = build_config(
+        sets=[
+            f"train.epochs={EPOCHS}",
+            "train.batch_size=32",
+            "train.seed=2",
+            "train.threads=1",
+            "data.val_size=500",
+            "optimizer.name=adam",
+            "optimizer.lr=0.003",
+            "schedule.name=constant",
+            "augment.enabled=false",
+            "early_stopping.enabled=true",
+            "early_stopping.monitor=val_loss",
+            f"early_stopping.patience={PATIENCE}",
+            "early_stopping.min_delta=0.001",
+            f"early_stopping.restore_best={str(restore_best).lower()}",
+        ]
+    )
     run_dir = tmp_path_factory.mktemp(f"early-stop-{restore_best}")
     return Trainer(cfg, tiny, callbacks=run_folder_callbacks(run_dir), log=lambda msg: None).fit(), run_dir
 
@@ -151,9 +163,10 @@ def test_training_stops_after_patience_epochs_without_a_better_val_loss(stopped_
     best = losses[result.best_epoch - 1]
     assert result.best_epoch > 1  # the loss fell before it stopped falling
     assert all(loss > best for loss in losses[: result.best_epoch - 1])  # the best beat every epoch before it
-    assert all(loss > best - 0.001 for loss in losses[result.best_epoch:])  # no later epoch beat it by min_delta
-    assert [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]] == \
-        list(range(1, len(history) + 1))
+    assert all(loss > best - 0.001 for loss in losses[result.best_epoch :])  # no later epoch beat it by min_delta
+    assert [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]] == list(
+        range(1, len(history) + 1)
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stopped_early"] is True and metrics["epochs"] == len(history)
     assert metrics["best_epoch"] == result.best_epoch

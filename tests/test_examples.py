@@ -49,8 +49,7 @@ def test_the_script_makes_the_same_images_from_mnist_test_digits(mnist, tmp_path
 @pytest.mark.slow  # trains six epochs, about 30 s
 def test_the_minimal_example_reaches_99_percent():
     """examples/minimal.py: the models, the NumPy engine and a plain loop, to 99% on MNIST's test set."""
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "minimal.py")], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "minimal.py")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     accuracy = float(proc.stdout.strip().splitlines()[-1].split()[-1].rstrip("%")) / 100
     assert accuracy >= 0.99, proc.stdout

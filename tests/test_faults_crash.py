@@ -42,11 +42,29 @@ def tiny_idx(mnist, tmp_path_factory) -> Path:
 
 def train_cmd(data_dir: Path, name: str, resume: Path | None = None) -> list[str]:
     if resume is not None:
-        return [*LENET5, "train", "--resume", str(resume), "--dataset", "idx",
-                "--data-dir", str(data_dir)]
-    return [*LENET5, "train", "--dataset", "idx", "--data-dir", str(data_dir), "--engine",
-            "numpy", "--epochs", str(EPOCHS), "--batch-size", "32", "--seed", "5", "--name", name,
-            "--set", "data.val_size=500", "--set", "train.threads=1"]
+        return [*LENET5, "train", "--resume", str(resume), "--dataset", "idx", "--data-dir", str(data_dir)]
+    return [
+        *LENET5,
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--engine",
+        "numpy",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "32",
+        "--seed",
+        "5",
+        "--name",
+        name,
+        "--set",
+        "data.val_size=500",
+        "--set",
+        "train.threads=1",
+    ]
 
 
 def cut_cmd(data_dir: Path, run: Path) -> list[str]:
@@ -165,7 +183,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
             continue  # every epoch's checkpoint is written: no write is ahead to be killed in
         proc = start(cut_cmd(tiny_idx, run), tmp_path)
         if how == "time":  # the final test only when no write kill is left to do: it ends all the writes
-            moment = rng.choice(moments(last_epoch, final="write" not in plan[i + 1:]))
+            moment = rng.choice(moments(last_epoch, final="write" not in plan[i + 1 :]))
             killed = kill_at(proc, tmp_path / "stderr.log", moment, rng)
         else:
             skip = rng.randrange(2) if last_epoch < EPOCHS - 2 else 0
@@ -186,8 +204,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tiny_idx, tmp_path):
     if not finished:  # the last resume, left to end
         finish(start(cut_cmd(tiny_idx, run), tmp_path), tmp_path)
 
-    print(f"\n{kills} SIGKILLs ({hits} inside a last.safetensors write), last.safetensors epoch at each kill: "
-          f"{epochs_at_kill}")
+    print(
+        f"\n{kills} SIGKILLs ({hits} inside a last.safetensors write), last.safetensors epoch at each kill: "
+        f"{epochs_at_kill}"
+    )
     assert kills >= KILLS_AT_RANDOM_TIMES and hits >= 1  # the schedule really interrupted the run, mid-write too
     assert not list(run.glob(".*.tmp"))
     a = load_checkpoint(tmp_path / "runs" / "straight" / "last.safetensors")

@@ -42,8 +42,26 @@ def tiny_idx(mnist, tmp_path_factory) -> Path:
 
 
 def train_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", "idx", "--data-dir", str(data_dir), "--out", str(out), "--name", "run",
-            "--batch-size", "32", "--seed", "1", "--set", "data.val_size=200", "--set", "train.threads=1", *extra]
+    return [
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--name",
+        "run",
+        "--batch-size",
+        "32",
+        "--seed",
+        "1",
+        "--set",
+        "data.val_size=200",
+        "--set",
+        "train.threads=1",
+        *extra,
+    ]
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -60,8 +78,9 @@ def tmpfs(path: Path, size: str):
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -97,8 +116,13 @@ def test_a_full_disk_during_training_keeps_the_last_good_checkpoint(tiny_idx, tm
     disk = tmp_path / "disk"
     with tmpfs(disk, "16m"):
         run = disk / "runs" / "run"
-        proc = subprocess.Popen([*LENET5, *train_args(tiny_idx, disk / "runs", "--epochs", str(EPOCHS))],
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*LENET5, *train_args(tiny_idx, disk / "runs", "--epochs", str(EPOCHS))],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:  # the moment epoch 1's checkpoint exists: freeze the run, fill the disk, let it go on
             deadline = time.monotonic() + 120
             while not (run / "last.safetensors").exists():
@@ -131,6 +155,7 @@ def limit_file_size(max_bytes: int):
     def apply() -> None:  # in the child, before exec: writes past max_bytes fail with EFBIG, not a signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
     return apply
 
 
@@ -140,8 +165,19 @@ def test_a_file_size_limit_gives_one_line_and_keeps_the_checkpoint(tiny_idx, tmp
     run = tmp_path / "runs" / "run"
     kept = (run / "last.safetensors").read_bytes()
     # model.safetensors (~250 kB) still fits under 400 kB; last.safetensors (~500 kB, with Adam/momentum) does not
-    result = lenet5("train", "--resume", str(run), "--epochs", "3", "--dataset", "idx", "--data-dir", str(tiny_idx),
-                    cwd=tmp_path, preexec_fn=limit_file_size(400_000))
+    result = lenet5(
+        "train",
+        "--resume",
+        str(run),
+        "--epochs",
+        "3",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(tiny_idx),
+        cwd=tmp_path,
+        preexec_fn=limit_file_size(400_000),
+    )
     line = one_error_line(result)
     print("\n" + line)
     assert line.startswith(f"error: cannot write {run / 'last.safetensors'}: File too large"), line
@@ -149,8 +185,9 @@ def test_a_file_size_limit_gives_one_line_and_keeps_the_checkpoint(tiny_idx, tmp
     assert (run / "last.safetensors").read_bytes() == kept
     assert_no_half_files(run)
 
-    fresh = lenet5(*train_args(tiny_idx, tmp_path / "other", "--epochs", "1"), cwd=tmp_path,
-                   preexec_fn=limit_file_size(100_000))
+    fresh = lenet5(
+        *train_args(tiny_idx, tmp_path / "other", "--epochs", "1"), cwd=tmp_path, preexec_fn=limit_file_size(100_000)
+    )
     line = one_error_line(fresh)
     assert "File too large" in line and "no checkpoint had been written yet" in line, line
     assert_no_half_files(tmp_path / "other" / "run")
@@ -191,12 +228,22 @@ def test_a_read_only_run_folder_gives_one_clear_line(tiny_idx, tmp_path):
     run = out / "run"
     with read_only(out) as how:
         kept = (run / "last.safetensors").read_bytes()
-        resumed = lenet5("train", "--resume", str(run), "--epochs", "2", "--dataset", "idx",
-                         "--data-dir", str(tiny_idx), cwd=tmp_path)
+        resumed = lenet5(
+            "train",
+            "--resume",
+            str(run),
+            "--epochs",
+            "2",
+            "--dataset",
+            "idx",
+            "--data-dir",
+            str(tiny_idx),
+            cwd=tmp_path,
+        )
         line = one_error_line(resumed)
         print("\n" + how + ": " + line)
         assert line.startswith(f"error: cannot write {run}"), (how, line)
-        assert ("Read-only file system" in line or "Operation not permitted" in line), (how, line)
+        assert "Read-only file system" in line or "Operation not permitted" in line, (how, line)
         assert "the last good checkpoint is kept" in line
         assert (run / "last.safetensors").read_bytes() == kept
         new = lenet5(*train_args(tiny_idx, out / "sub", "--epochs", "1"), cwd=tmp_path)
@@ -240,11 +287,21 @@ def test_two_data_commands_filling_one_cache_at_once(mnist, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     mirror = f"http://127.0.0.1:{server.server_address[1]}/"
     cache = tmp_path / "cache"  # empty: both processes must fetch
-    code = ("import sys, lenet5.data.sources as s; s.MIRRORS = (sys.argv[1],); from lenet5.cli import main; "
-            "sys.exit(main(['data', '--data-dir', sys.argv[2], '--json']))")
+    code = (
+        "import sys, lenet5.data.sources as s; s.MIRRORS = (sys.argv[1],); from lenet5.cli import main; "
+        "sys.exit(main(['data', '--data-dir', sys.argv[2], '--json']))"
+    )
     try:
-        procs = [subprocess.Popen([sys.executable, "-c", code, mirror, str(cache)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, cwd=tmp_path) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, mirror, str(cache)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,
+            )
+            for _ in range(2)
+        ]
         outputs = [p.communicate(timeout=240) for p in procs]
     finally:
         server.shutdown()

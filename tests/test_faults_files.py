@@ -34,9 +34,13 @@ from lenet5.data.images import MAX_PIXELS, load_npy, prepare_bytes
 from lenet5.errors import CheckpointError, IDXError, ImageError
 
 FUZZ_EXAMPLES = int(os.environ.get("LENET5_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-                derandomize="LENET5_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize="LENET5_FUZZ_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 WORK = Path(tempfile.mkdtemp(prefix="lenet5-faults-"))
 
 
@@ -48,8 +52,15 @@ def _weights(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 WEIGHTS = _weights()
-GOOD_PATH = save_checkpoint(WORK / "good.safetensors", WEIGHTS, engine="numpy", model="modern",
-                            config={"train": {"epochs": 1}}, epoch=1, metrics={"val_accuracy": 0.5})
+GOOD_PATH = save_checkpoint(
+    WORK / "good.safetensors",
+    WEIGHTS,
+    engine="numpy",
+    model="modern",
+    config={"train": {"epochs": 1}},
+    epoch=1,
+    metrics={"val_accuracy": 0.5},
+)
 GOOD = GOOD_PATH.read_bytes()
 HEADER_END = 8 + struct.unpack("<Q", GOOD[:8])[0]
 
@@ -85,8 +96,10 @@ def test_checkpoint_truncated_at_every_header_cut_and_many_data_cuts():
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 7)), min_size=1, max_size=8),
-       in_header=st.booleans())
+@given(
+    flips=st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 7)), min_size=1, max_size=8),
+    in_header=st.booleans(),
+)
 def test_fuzz_checkpoint_bit_flips_load_or_refuse(flips, in_header):
     data = bytearray(GOOD)
     for pos, bit in flips:
@@ -198,8 +211,11 @@ def _pickled_payloads(marker: Path) -> dict[str, bytes]:
     import torch
 
     evil = {"conv1.weight": CodeRunner(marker), "conv1.bias": torch.zeros(6)}
-    out = {"raw_pickle.pth": pickle.dumps(evil), "raw_pickle.pt": pickle.dumps(CodeRunner(marker), protocol=2),
-           "raw_pickle.safetensors": pickle.dumps(evil)}
+    out = {
+        "raw_pickle.pth": pickle.dumps(evil),
+        "raw_pickle.pt": pickle.dumps(CodeRunner(marker), protocol=2),
+        "raw_pickle.safetensors": pickle.dumps(evil),
+    }
     for name, zipped in (("torch_zip.pth", True), ("torch_legacy.pth", False)):
         buf = io.BytesIO()
         torch.save(evil, buf, _use_new_zipfile_serialization=zipped)
@@ -234,8 +250,18 @@ def test_pickles_with_code_are_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("kind", ["raw_pickle.pth", "torch_zip.pth", "giant_header_u64", "nan_weights",
-                                  "offsets_past_end", "zero_std", "bit_flipped_header"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "raw_pickle.pth",
+        "torch_zip.pth",
+        "giant_header_u64",
+        "nan_weights",
+        "offsets_past_end",
+        "zero_std",
+        "bit_flipped_header",
+    ],
+)
 def test_cli_evaluate_refuses_hostile_checkpoints_in_one_line(tmp_path, kind):
     marker = tmp_path / "code-ran"
     if kind.endswith(".pth"):
@@ -274,16 +300,19 @@ def test_idx_truncated_at_every_byte():
     print(f"\n{len(IDX_GOOD)} raw and {len(packed)} gzip truncations of an IDX file, all refused")
 
 
-@pytest.mark.parametrize("header, words", [
-    (b"\x00\x00\x08\x00", "dimensions"),
-    (b"\x00\x00\x08\x09" + b"\x00\x00\x00\x01" * 9, "dimensions"),
-    (b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" * 3, "absurd"),
-    (b"\x00\x00\x08\x02" + struct.pack(">II", 2**16, 2**15 + 1), "absurd"),  # just over 2**31 elements
-    (b"\x00\x00\x0e\x01" + struct.pack(">I", 2**30), "truncated"),  # 8 GiB of float64 declared, 0 present
-    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x00", "type"),
-    (b"\x01\x00\x08\x01\x00\x00\x00\x01\x00", "magic"),
-    (b"\x00\x00\x08\x01\x00\x00\x00\x01\x00\x00", "unexpected bytes"),
-])
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        (b"\x00\x00\x08\x00", "dimensions"),
+        (b"\x00\x00\x08\x09" + b"\x00\x00\x00\x01" * 9, "dimensions"),
+        (b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" * 3, "absurd"),
+        (b"\x00\x00\x08\x02" + struct.pack(">II", 2**16, 2**15 + 1), "absurd"),  # just over 2**31 elements
+        (b"\x00\x00\x0e\x01" + struct.pack(">I", 2**30), "truncated"),  # 8 GiB of float64 declared, 0 present
+        (b"\x00\x00\x07\x01\x00\x00\x00\x01\x00", "type"),
+        (b"\x01\x00\x08\x01\x00\x00\x00\x01\x00", "magic"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x01\x00\x00", "unexpected bytes"),
+    ],
+)
 def test_idx_headers_that_lie(header, words):
     with pytest.raises(IDXError, match=words):
         parse_idx(header, "x")
@@ -308,8 +337,12 @@ def test_idx_gzip_bomb_is_refused_without_inflating_it():
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=600),
-                 st.lists(st.tuples(st.integers(0, len(IDX_GOOD) - 1), st.integers(0, 255)), min_size=1, max_size=6)))
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.lists(st.tuples(st.integers(0, len(IDX_GOOD) - 1), st.integers(0, 255)), min_size=1, max_size=6),
+    )
+)
 def test_fuzz_idx_reader(mutation):
     if isinstance(mutation, bytes):
         data = mutation
@@ -318,8 +351,11 @@ def test_fuzz_idx_reader(mutation):
         for pos, value in mutation:
             buf[pos % 40] = value  # aim at the header
         data = bytes(buf)
-    for raw, name in ((data, "x-idx3-ubyte"), (gzip.compress(data, mtime=0), "x-idx3-ubyte.gz"),
-                      (data, "y-idx3-ubyte.gz")):
+    for raw, name in (
+        (data, "x-idx3-ubyte"),
+        (gzip.compress(data, mtime=0), "x-idx3-ubyte.gz"),
+        (data, "y-idx3-ubyte.gz"),
+    ):
         path = WORK / name
         path.write_bytes(raw)
         try:
@@ -333,12 +369,14 @@ def test_fuzz_idx_reader(mutation):
 # ------------------------------------------------------------------------------------------- images
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR declares width x height, with one tiny IDAT: the classic bomb header."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _bmp_declaring(width: int, height: int) -> bytes:
@@ -375,15 +413,19 @@ def _real_png_bomb() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: _png_header_only(6325, 6325),  # 40.0 MP: just over the 40-megapixel limit
-    lambda: _png_header_only(100_000, 100_000),
-    lambda: _png_header_only(2**31 - 1, 2**31 - 1),
-    lambda: _bmp_declaring(50_000, 50_000),
-    lambda: _gif_declaring(65535, 65535),
-    lambda: _jpeg_declaring(65535, 65535),
-    _real_png_bomb,
-], ids=["png-just-over", "png-10gp", "png-max", "bmp", "gif", "jpeg", "png-real"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _png_header_only(6325, 6325),  # 40.0 MP: just over the 40-megapixel limit
+        lambda: _png_header_only(100_000, 100_000),
+        lambda: _png_header_only(2**31 - 1, 2**31 - 1),
+        lambda: _bmp_declaring(50_000, 50_000),
+        lambda: _gif_declaring(65535, 65535),
+        lambda: _jpeg_declaring(65535, 65535),
+        _real_png_bomb,
+    ],
+    ids=["png-just-over", "png-10gp", "png-max", "bmp", "gif", "jpeg", "png-real"],
+)
 def test_decompression_bombs_are_refused_before_decoding(make, monkeypatch):
     data = make()
     decoded = []  # every image Pillow decodes goes through ImageFile.load
@@ -415,8 +457,16 @@ def _seed_images() -> list[bytes]:
     digit = np.zeros((28, 28), np.uint8)
     digit[5:23, 12:17] = 255
     out = []
-    for fmt, mode in (("PNG", "L"), ("PNG", "RGBA"), ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB"), ("TIFF", "L"),
-                      ("WEBP", "RGB"), ("PNG", "I;16")):
+    for fmt, mode in (
+        ("PNG", "L"),
+        ("PNG", "RGBA"),
+        ("JPEG", "RGB"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("TIFF", "L"),
+        ("WEBP", "RGB"),
+        ("PNG", "I;16"),
+    ):
         img = Image.fromarray(digit).convert(mode) if mode != "I;16" else Image.fromarray(digit.astype(np.uint16) * 257)
         buf = io.BytesIO()
         img.save(buf, format=fmt)
@@ -433,9 +483,11 @@ SEEDS = _seed_images()
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on damaged TIFF tags and EXIF
 @FUZZ
-@given(seed=st.integers(0, len(SEEDS) - 1),
-       edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
-       cut=st.one_of(st.none(), st.integers(0, 10**6)))
+@given(
+    seed=st.integers(0, len(SEEDS) - 1),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+    cut=st.one_of(st.none(), st.integers(0, 10**6)),
+)
 def test_fuzz_image_loader(seed, edits, cut):
     data = bytearray(SEEDS[seed])
     for pos, value in edits:
@@ -465,8 +517,9 @@ def test_cli_refuses_hostile_idx_files_in_one_line(tmp_path, damage):
     elif damage == "bomb":
         target.unlink()
         member = gzip.compress(b"\x00" * (1 << 20))
-        (tmp_path / (TRAIN_IMAGES + ".gz")).write_bytes(gzip.compress(encode_idx(np.zeros((20, 28, 28), np.uint8)))
-                                                        + member * 1024)
+        (tmp_path / (TRAIN_IMAGES + ".gz")).write_bytes(
+            gzip.compress(encode_idx(np.zeros((20, 28, 28), np.uint8))) + member * 1024
+        )
     else:
         target.write_bytes(encode_idx(np.zeros((20, 32, 32), np.uint8)))
     result = lenet5("data", "--dataset", "idx", "--data-dir", str(tmp_path), cwd=tmp_path)

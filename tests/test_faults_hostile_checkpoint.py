@@ -44,12 +44,19 @@ def refused(path: Path, *words: str) -> str:
 
 
 def load_in_subprocess(path: Path) -> subprocess.CompletedProcess:
-    code = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))\n"
-            "from lenet5.checkpoint import load_checkpoint\nfrom lenet5.errors import CheckpointError\n"
-            f"try:\n    load_checkpoint({str(path)!r})\nexcept CheckpointError as exc:\n"
-            "    print(exc); raise SystemExit(3)\n")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    code = (
+        f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))\n"
+        "from lenet5.checkpoint import load_checkpoint\nfrom lenet5.errors import CheckpointError\n"
+        f"try:\n    load_checkpoint({str(path)!r})\nexcept CheckpointError as exc:\n"
+        "    print(exc); raise SystemExit(3)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    )
 
 
 def state_dict(**replace) -> dict:
@@ -59,10 +66,14 @@ def state_dict(**replace) -> dict:
 
 
 # --------------------------------------------------------------------------- 7. .pth sizes that lie
-@pytest.mark.parametrize("make", [
-    lambda: torch.zeros(1).expand(100_000, 100_000),            # 37 GiB as float32 from a 250 KB file
-    lambda: torch.zeros(120, 1).expand(120, 10**8),              # a legal name, a 45 GiB view of 120 floats
-], ids=["37GiB", "long-row"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.zeros(1).expand(100_000, 100_000),  # 37 GiB as float32 from a 250 KB file
+        lambda: torch.zeros(120, 1).expand(120, 10**8),  # a legal name, a 45 GiB view of 120 floats
+    ],
+    ids=["37GiB", "long-row"],
+)
 def test_a_stride0_pth_tensor_is_refused_before_conversion(tmp_path, make):
     path = tmp_path / "expanded.pth"
     torch.save(state_dict(**{"conv3.weight": make()}), path)
@@ -72,13 +83,17 @@ def test_a_stride0_pth_tensor_is_refused_before_conversion(tmp_path, make):
     assert str(path) in result.stdout and "LeNet-5" in result.stdout and len(result.stdout.splitlines()) == 1
 
 
-@pytest.mark.parametrize("make, words", [
-    # one more than conv3.weight
-    (lambda: torch.zeros(1).expand(48_001), ("conv3.weight", "more than any LeNet-5 tensor")),
-    # more dimensions than any LeNet-5 tensor
-    (lambda: torch.zeros(2, 1, 1, 1, 1).expand(2, 3, 4, 5, 6), ("conv3.weight", "dimensions")),
-    (lambda: torch.zeros(0, 2**40), ("LeNet-5",)),  # empty: cheap, and still not a LeNet-5 tensor
-], ids=["just-too-many", "five-dims", "empty"])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        # one more than conv3.weight
+        (lambda: torch.zeros(1).expand(48_001), ("conv3.weight", "more than any LeNet-5 tensor")),
+        # more dimensions than any LeNet-5 tensor
+        (lambda: torch.zeros(2, 1, 1, 1, 1).expand(2, 3, 4, 5, 6), ("conv3.weight", "dimensions")),
+        (lambda: torch.zeros(0, 2**40), ("LeNet-5",)),  # empty: cheap, and still not a LeNet-5 tensor
+    ],
+    ids=["just-too-many", "five-dims", "empty"],
+)
 def test_a_pth_tensor_no_lenet5_has_is_refused(tmp_path, make, words):
     path = tmp_path / "odd.pth"
     torch.save(state_dict(**{"conv3.weight": make()}), path)
@@ -201,10 +216,21 @@ def test_hostile_metadata_gives_one_checkpoint_error_line(tmp_path, kind):
 
 
 def test_metadata_within_the_bounds_still_loads(tmp_path):
-    state = {"epoch": 3, "seed": 2**127, "history": [{"epoch": i, "nested": [[[{"x": [1]}]]]} for i in range(500)],
-             "text": "brackets in strings do not count: " + "[{" * 1000}
-    path = save_checkpoint(tmp_path / "ok.safetensors", WEIGHTS, engine="numpy", model="modern",
-                           config={"train": {"seed": 2**63}}, epoch=3, metrics={"val_accuracy": 0.5},
-                           trainer_state=state)
+    state = {
+        "epoch": 3,
+        "seed": 2**127,
+        "history": [{"epoch": i, "nested": [[[{"x": [1]}]]]} for i in range(500)],
+        "text": "brackets in strings do not count: " + "[{" * 1000,
+    }
+    path = save_checkpoint(
+        tmp_path / "ok.safetensors",
+        WEIGHTS,
+        engine="numpy",
+        model="modern",
+        config={"train": {"seed": 2**63}},
+        epoch=3,
+        metrics={"val_accuracy": 0.5},
+        trainer_state=state,
+    )
     ckpt = load_checkpoint(path)
     assert ckpt.meta["trainer_state"]["seed"] == 2**127 and ckpt.meta["epoch"] == 3

@@ -40,8 +40,9 @@ def test_deep_nesting_in_a_config_file_is_one_line_at_once(tmp_path, text):
     assert time.perf_counter() - started < 5
 
 
-@pytest.mark.parametrize("value", ["[" * 5000, "{a: " * 2000, "- " * 2000 + "1"],
-                         ids=["brackets", "mappings", "dashes"])
+@pytest.mark.parametrize(
+    "value", ["[" * 5000, "{a: " * 2000, "- " * 2000 + "1"], ids=["brackets", "mappings", "dashes"]
+)
 def test_deep_nesting_through_set_is_one_line(value):
     with pytest.raises(ConfigError, match="--set train.seed is nested more than"):
         build_config(sets=[f"train.seed={value}"])
@@ -69,11 +70,15 @@ def test_a_5000_digit_integer_is_refused_before_it_is_built(tmp_path):
         build_config(sets=["train.seed=" + "9" * 60])
 
 
-@pytest.mark.parametrize("text, key, line", [
-    ("train:\n  seed: 1\n  seed: 2\n", "'seed'", 3),
-    ("train:\n  seed: 1\noptimizer:\n  lr: 0.1\ntrain:\n  epochs: 2\n", "'train'", 5),
-    ("train: {epochs: 1, epochs: 2}\n", "'epochs'", 1),
-], ids=["key", "section", "flow"])
+@pytest.mark.parametrize(
+    "text, key, line",
+    [
+        ("train:\n  seed: 1\n  seed: 2\n", "'seed'", 3),
+        ("train:\n  seed: 1\noptimizer:\n  lr: 0.1\ntrain:\n  epochs: 2\n", "'train'", 5),
+        ("train: {epochs: 1, epochs: 2}\n", "'epochs'", 1),
+    ],
+    ids=["key", "section", "flow"],
+)
 def test_a_key_given_twice_is_refused(tmp_path, text, key, line):
     path = tmp_path / "twice.yaml"
     path.write_text(text)

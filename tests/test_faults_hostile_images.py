@@ -27,8 +27,7 @@ from lenet5.predict import Predictor
 
 SIDE = 120
 STROKE = (50, 20, 70, 100)  # x0, y0, x1, y1 of a thick vertical bar: a "1"
-EXTRA_MODES = ["I;16B", "I;16L", "I;16N", "La", "PA", "RGBa", "HSV", "LAB", "CMYK", "YCbCr", "F", "I", "1", "P",
-               "RGBX"]
+EXTRA_MODES = ["I;16B", "I;16L", "I;16N", "La", "PA", "RGBa", "HSV", "LAB", "CMYK", "YCbCr", "F", "I", "1", "P", "RGBX"]
 MODES = sorted(set(Image.MODES) | set(EXTRA_MODES)) + ["P+transparency", "L+transparency", "RGB+transparency"]
 REFUSED = {"LAB"}  # turned away in one line (tests/test_images.py pins it); every other mode is read
 
@@ -109,8 +108,11 @@ def encoded(mode: str) -> tuple[bytes, str] | None:
     for fmt in ("TIFF", "PNG"):
         buf = io.BytesIO()
         try:
-            img.save(buf, format=fmt, **({"transparency": img.info["transparency"]} if "transparency" in img.info
-                                          and fmt == "PNG" else {}))
+            img.save(
+                buf,
+                format=fmt,
+                **({"transparency": img.info["transparency"]} if "transparency" in img.info and fmt == "PNG" else {}),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue
         return buf.getvalue(), Image.open(io.BytesIO(buf.getvalue())).mode
@@ -123,14 +125,16 @@ def test_every_mode_is_read_or_refused_in_one_line(mode):
     if mode.split("+")[0] in REFUSED:
         with pytest.raises(ImageError) as err:
             read_image(img, f"page.{mode}")
-        assert str(err.value) == (f"page.{mode}: cannot read a {mode} image as grey levels (a CIE L*a*b* image); "
-                                  "save it as RGB")
+        assert str(err.value) == (
+            f"page.{mode}: cannot read a {mode} image as grey levels (a CIE L*a*b* image); save it as RGB"
+        )
         return
     digits, problem = read_image(img, f"page.{mode}")
     assert problem is None and len(digits) == 1, (mode, problem)
     x0, y0, x1, y1 = digits[0].box
-    assert (abs(x0 - STROKE[0]) <= 2 and abs(x1 - STROKE[2]) <= 2
-            and abs(y0 - STROKE[1]) <= 2 and abs(y1 - STROKE[3]) <= 2)
+    assert (
+        abs(x0 - STROKE[0]) <= 2 and abs(x1 - STROKE[2]) <= 2 and abs(y0 - STROKE[1]) <= 2 and abs(y1 - STROKE[3]) <= 2
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -153,15 +157,17 @@ def test_every_mode_pillow_writes_is_one_result_per_file_in_predict(tmp_path, un
             name = f"{mode.replace(';', '_').replace('+', '_')}.{'tif' if made[0][:2] in (b'II', b'MM') else 'png'}"
             (tmp_path / name).write_bytes(made[0])
             written[name] = made[1]
-    assert {"LAB", "La", "CMYK", "I;16", "I;16B", "F", "I", "1", "P", "RGBA", "LA", "YCbCr"} <= set(written.values()), \
-        written  # the modes of issue 13 reach predict as files (PA is written as RGBA, RGBa opens as RGBA)
+    assert {"LAB", "La", "CMYK", "I;16", "I;16B", "F", "I", "1", "P", "RGBA", "LA", "YCbCr"} <= set(written.values()), (
+        written
+    )  # the modes of issue 13 reach predict as files (PA is written as RGBA, RGBa opens as RGBA)
     results = Predictor.from_checkpoint(untrained).classify_files([str(tmp_path)])
     assert len(results) == len(written)
     for r in results:
         name = Path(r["file"]).name
         if written[name] in REFUSED:
-            assert r["error"] == (f"{r['file']}: cannot read a {written[name]} image as grey levels "
-                                  "(a CIE L*a*b* image); save it as RGB")
+            assert r["error"] == (
+                f"{r['file']}: cannot read a {written[name]} image as grey levels (a CIE L*a*b* image); save it as RGB"
+            )
         else:
             assert "error" not in r and r["number"] is not None and len(r["digits"]) == 1, (name, written[name], r)
 
@@ -267,8 +273,9 @@ print(before, status("VmHWM"), len(digits))
 def test_a_40_megapixel_image_costs_about_its_decoded_size(mode, decoded_mib, big_files):
     """All memory, Pillow's too, in a fresh process: the decoded image plus at most 96 MiB (before: 990 MiB
     for the 16-bit PNG, 310 MiB for the float TIFF, 320 MiB for the RGBA PNG)."""
-    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(big_files[mode])], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(big_files[mode])], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     before, peak, found = map(int, proc.stdout.split())
     assert found >= 1
@@ -293,8 +300,11 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("size", [(1_000_000, 40), (40, 1_000_000), (4_990_000, 8), (51 * 20, 20)],
-                         ids=["40-high", "40-wide", "8-high", "51-to-1"])
+@pytest.mark.parametrize(
+    "size",
+    [(1_000_000, 40), (40, 1_000_000), (4_990_000, 8), (51 * 20, 20)],
+    ids=["40-high", "40-wide", "8-high", "51-to-1"],
+)
 def test_a_thin_strip_is_refused_before_decoding(size, monkeypatch):
     """A 40 KB PNG of 40 x 1,000,000 pixels made predict peak at 4 GB (each band padded to a whole block of
     1,000,000 // 1024 rows); 8 x 4,990,000 asked for 90 GiB. Past 50:1 there is no digit to read."""
@@ -306,8 +316,10 @@ def test_a_thin_strip_is_refused_before_decoding(size, monkeypatch):
     with pytest.raises(ImageError) as info:
         read_bytes(data, "strip.png")
     assert not decoded
-    assert str(info.value) == (f"strip.png: image is {size[0]}x{size[1]} pixels, more than {images.MAX_ASPECT} "
-                               "times as long as it is wide; crop it to the digits")
+    assert str(info.value) == (
+        f"strip.png: image is {size[0]}x{size[1]} pixels, more than {images.MAX_ASPECT} "
+        "times as long as it is wide; crop it to the digits"
+    )
 
 
 def test_the_box_mean_of_a_band_thinner_than_a_block_pads_no_more_than_its_pixels():
@@ -353,8 +365,11 @@ def test_a_big_webp_is_refused_before_pillow_opens_it(options, monkeypatch):
     data = _webp(6300, **options)
     opened = []
     monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "_open", lambda img: opened.append(1))
-    with pytest.raises(ImageError, match=r"^big.webp: WebP image is 6300x6300 = 39.7 megapixels, over the "
-                                         r"12.6-megapixel limit; save it as PNG or JPEG, or smaller$"):
+    with pytest.raises(
+        ImageError,
+        match=r"^big.webp: WebP image is 6300x6300 = 39.7 megapixels, over the "
+        r"12.6-megapixel limit; save it as PNG or JPEG, or smaller$",
+    ):
         read_bytes(data, "big.webp")
     assert not opened
 
@@ -408,7 +423,8 @@ def test_predict_prints_no_pillow_warning_for_a_corrupt_exif_block(untrained, tm
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
 def test_a_sideways_photo_is_turned_like_every_viewer_does(fmt, orientation):
     img = Image.fromarray(page()).transpose(
-        Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+        Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270
+    )
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()

@@ -25,8 +25,13 @@ IMAGE = ["batch", 1, 28, 28]
 
 def graph_file(path: Path, inputs, outputs, nodes, inits=(), opset: int = 17) -> Path:
     """Write a model of these value infos, nodes and initializers (numpy arrays by name)."""
-    graph = helper.make_graph(list(nodes), "hostile", list(inputs), list(outputs),
-                              initializer=[numpy_helper.from_array(v, k) for k, v in dict(inits).items()])
+    graph = helper.make_graph(
+        list(nodes),
+        "hostile",
+        list(inputs),
+        list(outputs),
+        initializer=[numpy_helper.from_array(v, k) for k, v in dict(inits).items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())
@@ -36,8 +41,10 @@ def graph_file(path: Path, inputs, outputs, nodes, inits=(), opset: int = 17) ->
 def linear(classes: int, src: str = "image", in_features: int = 784, out: str = "logits"):
     """src -> Flatten -> Gemm to ``classes`` outputs."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Flatten", [src], ["flat"], axis=1),
-             helper.make_node("Gemm", ["flat", "w", "b"], [out], transB=1)]
+    nodes = [
+        helper.make_node("Flatten", [src], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w", "b"], [out], transB=1),
+    ]
     inits = {"w": rng.normal(0, 0.01, (classes, in_features)).astype(np.float32), "b": np.zeros(classes, np.float32)}
     return nodes, inits
 
@@ -46,59 +53,102 @@ def one_d_output(path):
     nodes, inits = linear(10, out="l2")
     nodes.append(helper.make_node("ReduceMax", ["l2", "axes"], ["logits"], keepdims=0))
     inits["axes"] = np.array([1], np.int64)
-    return graph_file(path, [helper.make_tensor_value_info("image", F, IMAGE)],
-                      [helper.make_tensor_value_info("logits", F, ["batch"])], nodes, inits, opset=18)
+    return graph_file(
+        path,
+        [helper.make_tensor_value_info("image", F, IMAGE)],
+        [helper.make_tensor_value_info("logits", F, ["batch"])],
+        nodes,
+        inits,
+        opset=18,
+    )
 
 
 def double_input(path):
     nodes, inits = linear(10, src="as_float")
     nodes.insert(0, helper.make_node("Cast", ["image"], ["as_float"], to=F))
-    return graph_file(path, [helper.make_tensor_value_info("image", D, IMAGE)],
-                      [helper.make_tensor_value_info("logits", F, ["batch", 10])], nodes, inits)
+    return graph_file(
+        path,
+        [helper.make_tensor_value_info("image", D, IMAGE)],
+        [helper.make_tensor_value_info("logits", F, ["batch", 10])],
+        nodes,
+        inits,
+    )
 
 
 def five_classes(path):
     nodes, inits = linear(5)
-    return graph_file(path, [helper.make_tensor_value_info("image", F, IMAGE)],
-                      [helper.make_tensor_value_info("logits", F, ["batch", 5])], nodes, inits)
+    return graph_file(
+        path,
+        [helper.make_tensor_value_info("image", F, IMAGE)],
+        [helper.make_tensor_value_info("logits", F, ["batch", 5])],
+        nodes,
+        inits,
+    )
 
 
 def two_inputs(path):
     nodes, inits = linear(10, src="sum")
     nodes.insert(0, helper.make_node("Add", ["image", "other"], ["sum"]))
-    return graph_file(path, [helper.make_tensor_value_info("image", F, IMAGE),
-                             helper.make_tensor_value_info("other", F, IMAGE)],
-                      [helper.make_tensor_value_info("logits", F, ["batch", 10])], nodes, inits)
+    return graph_file(
+        path,
+        [helper.make_tensor_value_info("image", F, IMAGE), helper.make_tensor_value_info("other", F, IMAGE)],
+        [helper.make_tensor_value_info("logits", F, ["batch", 10])],
+        nodes,
+        inits,
+    )
 
 
 def two_outputs(path):
     nodes, inits = linear(10)
     nodes.append(helper.make_node("Identity", ["logits"], ["again"]))
-    return graph_file(path, [helper.make_tensor_value_info("image", F, IMAGE)],
-                      [helper.make_tensor_value_info("logits", F, ["batch", 10]),
-                       helper.make_tensor_value_info("again", F, ["batch", 10])], nodes, inits)
+    return graph_file(
+        path,
+        [helper.make_tensor_value_info("image", F, IMAGE)],
+        [
+            helper.make_tensor_value_info("logits", F, ["batch", 10]),
+            helper.make_tensor_value_info("again", F, ["batch", 10]),
+        ],
+        nodes,
+        inits,
+    )
 
 
 def shaped_input(shape, in_features=784):
     def make(path):
         nodes, inits = linear(10, in_features=in_features)
-        return graph_file(path, [helper.make_tensor_value_info("image", F, shape)],
-                          [helper.make_tensor_value_info("logits", F, ["batch", 10])], nodes, inits)
+        return graph_file(
+            path,
+            [helper.make_tensor_value_info("image", F, shape)],
+            [helper.make_tensor_value_info("logits", F, ["batch", 10])],
+            nodes,
+            inits,
+        )
+
     return make
 
 
 def lying_output(path):
     """Declares (batch, 10) but gives (batch, 5): onnxruntime sees through it (batch, ?)."""
     nodes, inits = linear(5)
-    return graph_file(path, [helper.make_tensor_value_info("image", F, IMAGE)],
-                      [helper.make_tensor_value_info("logits", F, ["batch", 10])], nodes, inits)
+    return graph_file(
+        path,
+        [helper.make_tensor_value_info("image", F, IMAGE)],
+        [helper.make_tensor_value_info("logits", F, ["batch", 10])],
+        nodes,
+        inits,
+    )
 
 
 def double_output(path):
     nodes, inits = linear(10, out="l")
     nodes.append(helper.make_node("Cast", ["l"], ["logits"], to=D))
-    return graph_file(path, [helper.make_tensor_value_info("image", F, IMAGE)],
-                      [helper.make_tensor_value_info("logits", D, ["batch", 10])], nodes, inits)
+    return graph_file(
+        path,
+        [helper.make_tensor_value_info("image", F, IMAGE)],
+        [helper.make_tensor_value_info("logits", D, ["batch", 10])],
+        nodes,
+        inits,
+    )
 
 
 HOSTILE = {
@@ -160,6 +210,7 @@ def test_evaluate_and_predict_say_one_line_for_a_hostile_graph(case, tmp_path):
         assert proc.returncode != 0, (args, proc.stdout)
         assert "Traceback" not in proc.stderr, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert (len(lines) == 1 and lines[0].startswith("error: ")
-                and "not a LeNet-5 ONNX model" in lines[0]), proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "not a LeNet-5 ONNX model" in lines[0], (
+            proc.stderr
+        )
         assert proc.stdout.strip() == "", proc.stdout  # no reading over the wrong number of classes

@@ -79,8 +79,11 @@ def post(url: str, body: bytes, content_type: str) -> httpx.Response:
 @pytest.mark.slow
 def test_many_huge_uploads_at_once_get_200_or_503_and_memory_stays_bounded(server):
     url, pid = server
-    bodies = [(big_page("F", "TIFF"), "image/tiff"), (big_page("I;16", "PNG"), "image/png"),
-              (big_page("RGBA", "PNG"), "image/png")]
+    bodies = [
+        (big_page("F", "TIFF"), "image/tiff"),
+        (big_page("I;16", "PNG"), "image/png"),
+        (big_page("RGBA", "PNG"), "image/png"),
+    ]
     assert max(len(b) for b, _ in bodies) < 400_000
     assert post(url, *bodies[0]).status_code == 200  # warm-up: the first huge image, alone
     idle = vm_kib(pid, "VmRSS")
@@ -165,20 +168,24 @@ def test_every_mode_as_an_upload_is_a_reading_or_one_4xx_line(mode, server):
     r = post(url, data, kind)
     if opened_as in REFUSED:
         assert r.status_code == 400 and r.json()["detail"] == (
-            f"image: cannot read a {opened_as} image as grey levels (a CIE L*a*b* image); save it as RGB")
+            f"image: cannot read a {opened_as} image as grey levels (a CIE L*a*b* image); save it as RGB"
+        )
     else:
         assert r.status_code == 200, r.text
         assert r.json()["number"] is not None
 
 
-@pytest.mark.parametrize("content_type, body", [
-    ("image/svg+xml", b'<svg xmlns="http://www.w3.org/2000/svg"><text>7</text></svg>'),
-    ("image/heic", b"\x00\x00\x00\x18ftypheic"),
-    ("image/avif", b"\x00\x00\x00\x18ftypavif"),
-    ("text/plain", b"7"),
-    ("application/octet-stream", b"\x89PNG\r\n\x1a\n"),
-    ("", b"7"),
-])
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("image/svg+xml", b'<svg xmlns="http://www.w3.org/2000/svg"><text>7</text></svg>'),
+        ("image/heic", b"\x00\x00\x00\x18ftypheic"),
+        ("image/avif", b"\x00\x00\x00\x18ftypavif"),
+        ("text/plain", b"7"),
+        ("application/octet-stream", b"\x89PNG\r\n\x1a\n"),
+        ("", b"7"),
+    ],
+)
 def test_a_content_type_the_service_does_not_read_is_415(content_type, body, server):
     url, _ = server
     headers = {"Content-Type": content_type} if content_type else {}
@@ -209,10 +216,12 @@ def test_beyond_the_connection_limit_idle_connections_make_room_for_new_requests
 @contextlib.contextmanager
 def server_with_few_files(checkpoint: Path, files: int):
     """The real server with RLIMIT_NOFILE = files; yields (url, a function returning its log so far)."""
+
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
     with tempfile.TemporaryFile() as log:
+
         def text() -> str:
             log.seek(0)
             return log.read().decode(errors="replace")
@@ -250,8 +259,10 @@ def test_a_flood_of_one_log_line_gets_through_once_per_period():
     from lenet5.serve.app import ACCEPT_FLOOD, OncePer
 
     once = OncePer(ACCEPT_FLOOD, seconds=60)
-    records = [logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
-                                 None, None) for _ in range(1000)]
+    records = [
+        logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource", None, None)
+        for _ in range(1000)
+    ]
     passed = [r for r in records if once.filter(r)]
     assert len(passed) == 1 and passed[0].getMessage().endswith("; too many open connections?")
     other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "something else", None, None)

@@ -87,16 +87,19 @@ class FixedLogits:
         return np.repeat(self.out[None], len(x), axis=0)
 
 
-@pytest.mark.parametrize("logits, winner", [
-    ([1e308, -1e308, 0, 0, 0, 0, 0, 0, 0, 0], 0),
-    ([0, 0, 0, 3e38, 0, 0, 0, 0, 0, -3e38], 3),
-    ([0, 0, INF, 0, 0, 0, 0, 0, 0, 0], 2),
-    ([INF, 0, 0, 0, 0, 0, 0, 0, INF, -INF], 0),
-    ([-INF] * 9 + [5.0], 9),
-    ([-INF] * 10, 0),
-    ([1e-320] * 10, 0),
-    ([np.float32(3.4e38)] * 10, 0),
-])
+@pytest.mark.parametrize(
+    "logits, winner",
+    [
+        ([1e308, -1e308, 0, 0, 0, 0, 0, 0, 0, 0], 0),
+        ([0, 0, 0, 3e38, 0, 0, 0, 0, 0, -3e38], 3),
+        ([0, 0, INF, 0, 0, 0, 0, 0, 0, 0], 2),
+        ([INF, 0, 0, 0, 0, 0, 0, 0, INF, -INF], 0),
+        ([-INF] * 9 + [5.0], 9),
+        ([-INF] * 10, 0),
+        ([1e-320] * 10, 0),
+        ([np.float32(3.4e38)] * 10, 0),
+    ],
+)
 def test_huge_and_infinite_logits_give_finite_probabilities(logits, winner):
     p = Predictor(FixedLogits(logits), "modern", Path("fixed")).probabilities(np.zeros((2, 28, 28), np.uint8))
     assert_probabilities(p, 2)
@@ -114,18 +117,22 @@ def test_softmax_rows_are_independent():
     np.testing.assert_allclose(p, [[1.0, 0.0], [1 / (1 + np.e), np.e / (1 + np.e)], [0.5, 0.5]])
 
 
-@pytest.mark.parametrize("array, ok", [
-    (np.zeros((28, 28), np.float32), True),
-    (np.ones((3, 28, 28), np.float64), True),
-    (np.full((28, 28), 255, np.uint8), True),
-    (np.full((28, 28), np.nan, np.float32), False),
-    (np.full((28, 28), np.inf, np.float64), False),
-    (np.full((28, 28), -np.inf, np.float32), False),
-    (np.full((28, 28), 1e30, np.float32), False),
-    (np.full((28, 28), 256, np.int64), False),
-    (np.full((28, 28), -1, np.int32), False),
-    (np.full((28, 28), 1 + 0j), False),
-], ids=["zeros", "ones-stack", "uint8-255", "nan", "inf", "-inf", "1e30", "int-256", "int-neg", "complex"])
+@pytest.mark.parametrize(
+    "array, ok",
+    [
+        (np.zeros((28, 28), np.float32), True),
+        (np.ones((3, 28, 28), np.float64), True),
+        (np.full((28, 28), 255, np.uint8), True),
+        (np.full((28, 28), np.nan, np.float32), False),
+        (np.full((28, 28), np.inf, np.float64), False),
+        (np.full((28, 28), -np.inf, np.float32), False),
+        (np.full((28, 28), 1e30, np.float32), False),
+        (np.full((28, 28), 256, np.int64), False),
+        (np.full((28, 28), -1, np.int32), False),
+        (np.full((28, 28), 1 + 0j), False),
+    ],
+    ids=["zeros", "ones-stack", "uint8-255", "nan", "inf", "-inf", "1e30", "int-256", "int-neg", "complex"],
+)
 def test_npy_extremes_through_the_predictor(model_paths, tmp_path, array, ok):
     path = tmp_path / "digits.npy"
     np.save(path, array)
@@ -154,8 +161,14 @@ def test_extremes_through_the_http_api(model_paths):
             probs = np.array(r.json()["probabilities"])
             assert np.all(np.isfinite(probs)) and abs(probs.sum() - 1) < 1e-4, (name, probs)
         rows = lambda text: '{"pixels": [' + ",".join(["[" + ",".join([text] * 28) + "]"] * 28) + "]}"  # noqa: E731
-        for body in ('{"pixels": [[NaN]]}', '{"pixels": [[Infinity]]}', rows("NaN"), rows("1e309"), rows("-1e-300"),
-                     rows("-Infinity")):
+        for body in (
+            '{"pixels": [[NaN]]}',
+            '{"pixels": [[Infinity]]}',
+            rows("NaN"),
+            rows("1e309"),
+            rows("-1e-300"),
+            rows("-Infinity"),
+        ):
             r = client.post("/predict", content=body, headers={"content-type": "application/json"})
             assert r.status_code in (400, 422) and "pixels" in r.json()["detail"], (body[:40], r.text)
         buf = io.BytesIO()

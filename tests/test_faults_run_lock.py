@@ -70,12 +70,30 @@ def test_a_planted_lock_that_is_not_a_file_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_resume_or_run_of_a_folder_in_use_gets_one_line(tiny, tmp_path):
-    args = ["train", "--dataset", "idx", "--data-dir", str(tiny), "--epochs", "500", "--batch-size", "100",
-            "--set", "data.val_size=100", "--threads", "1", "--out", str(tmp_path), "--name", "x"]
+    args = [
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(tiny),
+        "--epochs",
+        "500",
+        "--batch-size",
+        "100",
+        "--set",
+        "data.val_size=100",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "x",
+    ]
     run = tmp_path / "x"
     log = open(tmp_path / "first.log", "wb")
-    first = subprocess.Popen([*LENET5, *args], stdout=subprocess.DEVNULL, stderr=log,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = subprocess.Popen(
+        [*LENET5, *args], stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     log.close()
     try:
         deadline = time.monotonic() + 120

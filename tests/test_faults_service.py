@@ -44,8 +44,18 @@ def server(untrained_checkpoint):
 
 
 def run_burst(url: str, n: int, pid: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "service_burst.py"), "--url", url, "--requests", str(n),
-           "--concurrency", str(CONCURRENCY), "--pid", str(pid)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "service_burst.py"),
+        "--url",
+        url,
+        "--requests",
+        str(n),
+        "--concurrency",
+        str(CONCURRENCY),
+        "--pid",
+        str(pid),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -63,10 +73,12 @@ def test_a_burst_of_good_and_bad_requests_gets_no_5xx_and_no_memory_growth(serve
     before = rss_kib(pid)
     report = run_burst(url, BURST, pid)
     after = rss_kib(pid)
-    print(f"\nburst of {report['requests']} requests, {CONCURRENCY} concurrent: {report['requests_per_second']} req/s, "
-          f"latency p50 {report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms, "
-          f"max {report['latency_ms']['max']} ms; statuses {report['statuses']}; VmRSS after warm-up "
-          f"{before / 1024:.1f} MiB, peak {report['rss_kib']['peak'] / 1024:.1f} MiB, after {after / 1024:.1f} MiB")
+    print(
+        f"\nburst of {report['requests']} requests, {CONCURRENCY} concurrent: {report['requests_per_second']} req/s, "
+        f"latency p50 {report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms, "
+        f"max {report['latency_ms']['max']} ms; statuses {report['statuses']}; VmRSS after warm-up "
+        f"{before / 1024:.1f} MiB, peak {report['rss_kib']['peak'] / 1024:.1f} MiB, after {after / 1024:.1f} MiB"
+    )
     assert report["requests"] == BURST
     assert report["server_errors"] == 0 and report["no_answer"] == 0
     assert report["mismatches"] == {}, report["mismatches"]
@@ -76,15 +88,22 @@ def test_a_burst_of_good_and_bad_requests_gets_no_5xx_and_no_memory_growth(serve
     assert healthy(url)
 
 
-def slow_body(port: int, answers: dict, key: int, connected: threading.Semaphore, stop: threading.Event | None = None,
-              interval: float = 0.25) -> None:
+def slow_body(
+    port: int,
+    answers: dict,
+    key: int,
+    connected: threading.Semaphore,
+    stop: threading.Event | None = None,
+    interval: float = 0.25,
+) -> None:
     """Headers with Content-Length 5000, then one byte every ``interval`` s until ``stop`` is set or the server
     answers; ``answers[key]`` holds what the server has sent so far and, once it ends, how long it took."""
     start = time.monotonic()
     answers[key] = b""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-                  b"5000\r\n\r\n")
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        )
         connected.release()
         s.settimeout(interval)
         for _ in range(200):  # 50 s at most
@@ -104,8 +123,9 @@ def slow_body(port: int, answers: dict, key: int, connected: threading.Semaphore
     answers[key] = (answers[key], time.monotonic() - start)
 
 
-def slow_headers(port: int, connected: threading.Semaphore, stop: threading.Event, dropped: list,
-                 interval: float = 0.25) -> None:
+def slow_headers(
+    port: int, connected: threading.Semaphore, stop: threading.Event, dropped: list, interval: float = 0.25
+) -> None:
     """A request line, then one more header every ``interval`` s, never the blank line that ends them."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")

@@ -37,13 +37,17 @@ from worker_processes import engine_with_processes, gone
 
 # `lenet5 ARGS` with every worker process given its pieces however busy the machine is (the free-cores policy
 # would otherwise keep them idle while other test runners hold the cores)
-BUSY_CLI = [sys.executable, "-c", textwrap.dedent("""
+BUSY_CLI = [
+    sys.executable,
+    "-c",
+    textwrap.dedent("""
     import sys
     import lenet5.free_cores as free_cores
     free_cores.adaptive = lambda *args, **kwargs: None
     from lenet5.cli import main
     raise SystemExit(main(sys.argv[1:]))
-""")]
+"""),
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +94,10 @@ def test_a_stopped_worker_process_is_named_ended_and_its_pieces_run_here(batch, 
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     err = capsys.readouterr().err
-    assert err.startswith(f"warning: the NumPy engine's worker process {pid} has not answered for 1 s") and \
-        err.count("\n") == 1, err
+    assert (
+        err.startswith(f"warning: the NumPy engine's worker process {pid} has not answered for 1 s")
+        and err.count("\n") == 1
+    ), err
     assert same_state(engine, reference)
     engine.close()
 
@@ -116,10 +122,30 @@ def test_a_stop_request_shortens_the_wait_for_a_silent_worker(batch, capsys):
 
 @pytest.mark.slow
 def test_one_ctrl_c_stops_a_run_whose_worker_process_is_stopped_and_saves(digits, tmp_path):
-    proc = subprocess.Popen([*BUSY_CLI, "train", "--dataset", "idx", "--data-dir", str(digits), "--threads", "2",
-                             "--epochs", "200", "--out", str(tmp_path), "--name", "run", "--set", "data.val_size=100"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            *BUSY_CLI,
+            "train",
+            "--dataset",
+            "idx",
+            "--data-dir",
+            str(digits),
+            "--threads",
+            "2",
+            "--epochs",
+            "200",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "run",
+            "--set",
+            "data.val_size=100",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         deadline = time.monotonic() + 120
         while not children(proc.pid):
@@ -156,10 +182,26 @@ def test_a_worker_process_whose_engine_is_gone_leaves_quietly(when):
     engine = NumpyEngine(ModelConfig(), opt(), threads=2)
     state = engine._state
     block = workers.SharedBlock(workers.batch_layout(64, (1, 28, 28), np.float32))
-    args = [sys.executable, "-m", "lenet5.engines.numpy.workers", str(theirs.fileno()), str(state.fd), str(block.fd),
-            "modern", "float32", "0.0", "0", "1", "64", "1", "28", "28"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               pass_fds=(theirs.fileno(), state.fd, block.fd))
+    args = [
+        sys.executable,
+        "-m",
+        "lenet5.engines.numpy.workers",
+        str(theirs.fileno()),
+        str(state.fd),
+        str(block.fd),
+        "modern",
+        "float32",
+        "0.0",
+        "0",
+        "1",
+        "64",
+        "1",
+        "28",
+        "28",
+    ]
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(theirs.fileno(), state.fd, block.fd)
+    )
     theirs.close()
     if when == "after-an-order":  # an order out, its answer never read: the worker's send meets a closed socket
         assert ours.recv(workers.ANSWER.size)
@@ -172,9 +214,29 @@ def test_a_worker_process_whose_engine_is_gone_leaves_quietly(when):
 
 @pytest.mark.slow
 def test_killing_a_worker_process_and_evaluate_print_no_traceback(digits, tmp_path):
-    proc = subprocess.Popen([*BUSY_CLI, "train", "--dataset", "idx", "--data-dir", str(digits), "--threads", "2",
-                             "--epochs", "3", "--out", str(tmp_path), "--name", "run", "--set", "data.val_size=100"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *BUSY_CLI,
+            "train",
+            "--dataset",
+            "idx",
+            "--data-dir",
+            str(digits),
+            "--threads",
+            "2",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "run",
+            "--set",
+            "data.val_size=100",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not children(proc.pid):
         assert proc.poll() is None and time.monotonic() < deadline
@@ -185,8 +247,22 @@ def test_killing_a_worker_process_and_evaluate_print_no_traceback(digits, tmp_pa
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert f"warning: the NumPy engine's worker process {worker} exited with code -9" in err
     for _ in range(3):
-        done = subprocess.run([*BUSY_CLI, "evaluate", "--model", str(tmp_path / "run"), "--dataset", "idx",
-                               "--data-dir", str(digits), "--json"], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                *BUSY_CLI,
+                "evaluate",
+                "--model",
+                str(tmp_path / "run"),
+                "--dataset",
+                "idx",
+                "--data-dir",
+                str(digits),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
@@ -204,24 +280,51 @@ def test_processes_that_cannot_be_started_leave_every_worker_here_with_the_same_
     for _ in range(3):
         assert engine.train_step(x, y, 1e-3) == reference.train_step(x, y, 1e-3)
     assert same_state(engine, reference) and engine._processes.off
-    assert capsys.readouterr().err == ("warning: could not start the NumPy engine's worker processes (Resource "
-                                       "temporarily unavailable); every worker runs in this process from now on "
-                                       "(the same results)\n")
+    assert capsys.readouterr().err == (
+        "warning: could not start the NumPy engine's worker processes (Resource "
+        "temporarily unavailable); every worker runs in this process from now on "
+        "(the same results)\n"
+    )
     reference.close()
 
 
-@pytest.mark.parametrize("limit", [
-    (resource.RLIMIT_NOFILE, 10),
-    (resource.RLIMIT_FSIZE, 10_000_000),  # the batch block (13 MB) cannot grow; checkpoints still fit
-], ids=["ulimit-n", "ulimit-f"])
+@pytest.mark.parametrize(
+    "limit",
+    [
+        (resource.RLIMIT_NOFILE, 10),
+        (resource.RLIMIT_FSIZE, 10_000_000),  # the batch block (13 MB) cannot grow; checkpoints still fit
+    ],
+    ids=["ulimit-n", "ulimit-f"],
+)
 @pytest.mark.slow
 def test_a_run_under_a_tight_limit_gives_one_line_or_runs_here(digits, tmp_path, limit):
     def cap():
         resource.setrlimit(limit[0], (limit[1], limit[1]))
 
-    done = subprocess.run([*BUSY_CLI, "train", "--dataset", "idx", "--data-dir", str(digits), "--threads", "2",
-                           "--epochs", "1", "--limit-batches", "30", "--out", str(tmp_path), "--set",
-                           "data.val_size=100"], capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    done = subprocess.run(
+        [
+            *BUSY_CLI,
+            "train",
+            "--dataset",
+            "idx",
+            "--data-dir",
+            str(digits),
+            "--threads",
+            "2",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "30",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "data.val_size=100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=cap,
+    )
     assert "Traceback" not in done.stderr, done.stderr
     lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.startswith(("error:", "warning:"))]
     if done.returncode == 2:
@@ -239,11 +342,13 @@ def test_a_small_address_space_is_one_line(megabytes, tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     for args in (["summary"], ["train", "--epochs", "1"], ["predict", str(tmp_path / "x.png")]):
-        done = subprocess.run([*LENET5, *args], capture_output=True, text=True, timeout=60, preexec_fn=cap,
-                              cwd=tmp_path)
+        done = subprocess.run(
+            [*LENET5, *args], capture_output=True, text=True, timeout=60, preexec_fn=cap, cwd=tmp_path
+        )
         assert done.returncode == 2 and done.stderr == (
             f"error: this process may use {megabytes} MB of address space (ulimit -v, prlimit --as); lenet5 needs "
-            "at least 512 MB: raise the limit\n"), done.stderr
+            "at least 512 MB: raise the limit\n"
+        ), done.stderr
 
 
 def test_out_of_memory_anywhere_is_one_line(monkeypatch, capsys):
@@ -270,9 +375,13 @@ def _with_func(parser, command, func):
 
 def test_the_cli_starts_no_openblas_thread_pool():
     """Where a pids limit leaves no room for OpenBLAS's threads it raised SIGINT: a run 'interrupted' by nobody."""
-    done = subprocess.run([sys.executable, "-c", "import os, lenet5.cli; print(os.environ['OPENBLAS_NUM_THREADS'])"],
-                          capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"})
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, lenet5.cli; print(os.environ['OPENBLAS_NUM_THREADS'])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"},
+    )
     assert done.stdout.strip() == "1"
 
 
@@ -289,12 +398,34 @@ def test_a_pids_limit_is_no_interruption(digits, tmp_path):
     except OSError as exc:
         pytest.skip(f"cannot make a pids cgroup here ({exc.strerror})")
     try:
+
         def join():
             (group / "cgroup.procs").write_text(str(os.getpid()))
 
-        done = subprocess.run([*BUSY_CLI, "train", "--dataset", "idx", "--data-dir", str(digits), "--threads", "2",
-                               "--epochs", "1", "--limit-batches", "30", "--out", str(tmp_path), "--set",
-                               "data.val_size=100"], capture_output=True, text=True, timeout=300, preexec_fn=join)
+        done = subprocess.run(
+            [
+                *BUSY_CLI,
+                "train",
+                "--dataset",
+                "idx",
+                "--data-dir",
+                str(digits),
+                "--threads",
+                "2",
+                "--epochs",
+                "1",
+                "--limit-batches",
+                "30",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "data.val_size=100",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=join,
+        )
     finally:
         for _ in range(50):
             try:
@@ -303,8 +434,9 @@ def test_a_pids_limit_is_no_interruption(digits, tmp_path):
             except OSError:
                 time.sleep(0.1)
     assert done.returncode == 0 and "Traceback" not in done.stderr and "interrupted" not in done.stderr, done.stderr
-    assert "warning: could not start the NumPy engine's worker processes (Resource temporarily unavailable)" \
-        in done.stderr
+    assert (
+        "warning: could not start the NumPy engine's worker processes (Resource temporarily unavailable)" in done.stderr
+    )
 
 
 # ---------------------------------------------------------------------------------- files the OS refuses
@@ -321,8 +453,10 @@ def test_a_study_path_too_long_is_one_line(tmp_path):
     storage = f"sqlite:///{tmp_path}/{'d' * 300}/study.db"
     done = lenet5("tune", "--trials", "1", "--epochs", "1", "--storage", storage, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("error: cannot make the folder of the study database") and \
-        "File name too long" in done.stderr
+    assert (
+        done.stderr.startswith("error: cannot make the folder of the study database")
+        and "File name too long" in done.stderr
+    )
 
 
 def test_a_tensorboard_folder_that_fails_mid_run_is_one_line(mnist, tmp_path, monkeypatch, capfd):
@@ -344,9 +478,18 @@ def test_a_tensorboard_folder_that_fails_mid_run_is_one_line(mnist, tmp_path, mo
 
     monkeypatch.setattr(gfile.LocalFileSystem, "_write", read_only_after_a_while)
     data = write_mnist_subset(mnist, tmp_path / "data", 2000, 200)
-    cfg = build_config(sets=["train.epochs=3", "train.threads=1", "train.logger=tensorboard", "data.dataset=idx",
-                             f"data.data_dir={data}", f"train.out={tmp_path / 'runs'}", "train.name=run",
-                             "data.val_size=100"])
+    cfg = build_config(
+        sets=[
+            "train.epochs=3",
+            "train.threads=1",
+            "train.logger=tensorboard",
+            "data.dataset=idx",
+            f"data.data_dir={data}",
+            f"train.out={tmp_path / 'runs'}",
+            "train.name=run",
+            "data.val_size=100",
+        ]
+    )
     with pytest.raises(Lenet5Error) as info:
         train_run(cfg, log=lambda msg: None)
     message = str(info.value)

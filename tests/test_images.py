@@ -54,12 +54,18 @@ def big(a: np.ndarray, side: int) -> Image.Image:
 FORMS = {
     "black_on_white_png": (lambda a: encode(black_on_white(a)), 0.95),
     "rgba_black_ink_on_transparent": (
-        lambda a: encode(Image.merge("RGBA", [Image.new("L", (28, 28), 0)] * 3 + [Image.fromarray(a)])), 0.95),
+        lambda a: encode(Image.merge("RGBA", [Image.new("L", (28, 28), 0)] * 3 + [Image.fromarray(a)])),
+        0.95,
+    ),
     "rgba_white_ink_on_transparent": (
-        lambda a: encode(Image.merge("RGBA", [Image.new("L", (28, 28), 255)] * 3 + [Image.fromarray(a)])), 0.95),
+        lambda a: encode(Image.merge("RGBA", [Image.new("L", (28, 28), 255)] * 3 + [Image.fromarray(a)])),
+        0.95,
+    ),
     "off_centre_on_large_canvas": (lambda a: encode(_paste(black_on_white(a), (400, 300), (20, 230), 255)), 0.95),
     "very_large_1000px_jpeg": (
-        lambda a: encode(ImageOps.invert(big(a, 1000)).convert("RGB"), "JPEG", quality=90), 0.95),
+        lambda a: encode(ImageOps.invert(big(a, 1000)).convert("RGB"), "JPEG", quality=90),
+        0.95,
+    ),
     "very_small_14px": (lambda a: encode(Image.fromarray(a).resize((14, 14), Image.Resampling.BOX)), 0.9),
     "palette_gif": (lambda a: encode(black_on_white(a).convert("P"), "GIF"), 0.95),
     "grayscale_16bit_png": (lambda a: encode(Image.fromarray(a.astype(np.uint16) * 257)), 0.95),
@@ -112,7 +118,8 @@ def test_prepared_digit_is_centred_and_fits_20_pixels():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    h=st.integers(8, 120), w=st.integers(8, 120),
+    h=st.integers(8, 120),
+    w=st.integers(8, 120),
     box=st.tuples(st.floats(0, 0.7), st.floats(0, 0.7), st.floats(0.1, 0.3), st.floats(0.1, 0.3)),
     light=st.booleans(),
 )
@@ -211,10 +218,13 @@ def test_npy_that_is_not_an_array_is_refused(tmp_path):
         prepare_file(tmp_path / "x.npy")
 
 
-@pytest.mark.parametrize("descr, shape, message", [
-    ("|u1", (30_000_000, 28, 28), "more than 100000 digits"),  # 23 GB claimed by a tiny file
-    ("<f8", (100, 28, 28), "but the file holds"),  # a header that lies about how much data follows
-])
+@pytest.mark.parametrize(
+    "descr, shape, message",
+    [
+        ("|u1", (30_000_000, 28, 28), "more than 100000 digits"),  # 23 GB claimed by a tiny file
+        ("<f8", (100, 28, 28), "but the file holds"),  # a header that lies about how much data follows
+    ],
+)
 def test_npy_whose_header_lies_is_refused_before_allocating(tmp_path, descr, shape, message):
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})

@@ -1,5 +1,5 @@
-"""Style is never a review topic: `ruff check` (configured in pyproject.toml) passes on the code, the tests, the
-benchmarks and the examples."""
+"""Style is never a review topic: `ruff check` and `ruff format --check` (configured in pyproject.toml) pass on the
+code, the tests, the benchmarks and the examples."""
 
 from __future__ import annotations
 
@@ -13,9 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ruff_check_passes():
+PARTS = ["src", "tests", "benchmarks", "examples"]
+
+
+@pytest.mark.parametrize(
+    "command", [["check", "--no-cache"], ["format", "--check", "--no-cache"]], ids=["lint", "format"]
+)
+def test_ruff_passes(command):
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed: pip install -e '.[dev]'")
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks",
-                             "examples"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, *PARTS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

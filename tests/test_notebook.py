@@ -29,16 +29,18 @@ def test_python3_kernel_is_this_environments_ipykernel():
     # ipykernel's own spec: "python" (jupyter_client starts it with sys.executable) or this interpreter itself
     assert spec.argv[0] in ("python", "python3", sys.executable), spec.argv
     assert spec.argv[1:3] == ["-m", "ipykernel_launcher"]
-    assert (Path(spec.resource_dir).resolve().is_relative_to(Path(sys.prefix).resolve())
-            or spec.argv[0] == sys.executable)
+    assert (
+        Path(spec.resource_dir).resolve().is_relative_to(Path(sys.prefix).resolve()) or spec.argv[0] == sys.executable
+    )
 
 
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom(mnist, tmp_path):
     """Every cell runs in this environment's kernel (a cell stuck for 120 s fails) and shows what it should."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"python {sys.executable}" in text  # the kernel is this interpreter, not one outside the venv

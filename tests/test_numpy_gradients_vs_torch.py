@@ -75,8 +75,7 @@ def check_against_torch(engine: NumpyEngine, x, y, smoothing: float, dtype: str)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_loss_logits_and_gradients_match_torch_on_ties(model, dtype, threads):
     rng = np.random.default_rng(3)
-    engine = NumpyEngine(ModelConfig(name=model), opt(), seed=1, dtype=dtype,
-                         label_smoothing=0.1, threads=threads)
+    engine = NumpyEngine(ModelConfig(name=model), opt(), seed=1, dtype=dtype, label_smoothing=0.1, threads=threads)
     x, y = tie_batch(rng)
     check_against_torch(engine, x, y, 0.1, dtype)
 
@@ -131,22 +130,49 @@ def test_pooling_layers_match_torch_on_ties(k, pool, torch_pool):
 
 # (name, OptimizerConfig overrides, torch optimizer factory(params, cfg), manual: penalties/clip/decay done by hand)
 OPTIMIZERS = [
-    ("sgd_momentum_l2", dict(name="sgd", momentum=0.9, l2=1e-3),
-     lambda ps, c: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=c.l2), False),
-    ("sgd_nesterov_l2", dict(name="sgd", momentum=0.9, nesterov=True, l2=1e-3),
-     lambda ps, c: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=c.l2), False),
-    ("sgd_plain_decay_clip", dict(name="sgd", momentum=0.0, weight_decay=0.05, grad_clip=0.3),
-     lambda ps, c: torch.optim.SGD(ps, lr=0.1), True),
-    ("sgd_momentum_l1_clip", dict(name="sgd", momentum=0.5, l1=1e-3, grad_clip=0.3),
-     lambda ps, c: torch.optim.SGD(ps, lr=0.1, momentum=0.5), True),
-    ("adam_l2", dict(name="adam", l2=1e-3),
-     lambda ps, c: torch.optim.Adam(ps, lr=0.1, weight_decay=c.l2), False),
-    ("adamw_decay", dict(name="adamw", weight_decay=0.05, beta1=0.8, beta2=0.99),
-     lambda ps, c: torch.optim.AdamW(ps, lr=0.1, weight_decay=c.weight_decay, betas=(0.8, 0.99)), False),
-    ("adam_decoupled_decay_is_adamw", dict(name="adam", weight_decay=0.05),
-     lambda ps, c: torch.optim.AdamW(ps, lr=0.1, weight_decay=c.weight_decay), False),
-    ("adam_l1_l2_clip", dict(name="adam", l1=1e-4, l2=1e-3, grad_clip=0.3),
-     lambda ps, c: torch.optim.Adam(ps, lr=0.1), True),
+    (
+        "sgd_momentum_l2",
+        dict(name="sgd", momentum=0.9, l2=1e-3),
+        lambda ps, c: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=c.l2),
+        False,
+    ),
+    (
+        "sgd_nesterov_l2",
+        dict(name="sgd", momentum=0.9, nesterov=True, l2=1e-3),
+        lambda ps, c: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=c.l2),
+        False,
+    ),
+    (
+        "sgd_plain_decay_clip",
+        dict(name="sgd", momentum=0.0, weight_decay=0.05, grad_clip=0.3),
+        lambda ps, c: torch.optim.SGD(ps, lr=0.1),
+        True,
+    ),
+    (
+        "sgd_momentum_l1_clip",
+        dict(name="sgd", momentum=0.5, l1=1e-3, grad_clip=0.3),
+        lambda ps, c: torch.optim.SGD(ps, lr=0.1, momentum=0.5),
+        True,
+    ),
+    ("adam_l2", dict(name="adam", l2=1e-3), lambda ps, c: torch.optim.Adam(ps, lr=0.1, weight_decay=c.l2), False),
+    (
+        "adamw_decay",
+        dict(name="adamw", weight_decay=0.05, beta1=0.8, beta2=0.99),
+        lambda ps, c: torch.optim.AdamW(ps, lr=0.1, weight_decay=c.weight_decay, betas=(0.8, 0.99)),
+        False,
+    ),
+    (
+        "adam_decoupled_decay_is_adamw",
+        dict(name="adam", weight_decay=0.05),
+        lambda ps, c: torch.optim.AdamW(ps, lr=0.1, weight_decay=c.weight_decay),
+        False,
+    ),
+    (
+        "adam_l1_l2_clip",
+        dict(name="adam", l1=1e-4, l2=1e-3, grad_clip=0.3),
+        lambda ps, c: torch.optim.Adam(ps, lr=0.1),
+        True,
+    ),
 ]
 
 

@@ -80,9 +80,18 @@ def make_conv(rng, C, F, k, stride, padding, mask=None):
 
 
 @FAST
-@given(seed=seeds, N=st.integers(1, 2), C=st.integers(1, 3), F=st.integers(1, 3), H=st.integers(3, 8),
-       W=st.integers(3, 8), k=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 2),
-       stored_batch_last=st.booleans())
+@given(
+    seed=seeds,
+    N=st.integers(1, 2),
+    C=st.integers(1, 3),
+    F=st.integers(1, 3),
+    H=st.integers(3, 8),
+    W=st.integers(3, 8),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    stored_batch_last=st.booleans(),
+)
 def test_conv_gradients_match_finite_differences(seed, N, C, F, H, W, k, stride, padding, stored_batch_last):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W))
@@ -90,8 +99,17 @@ def test_conv_gradients_match_finite_differences(seed, N, C, F, H, W, k, stride,
 
 
 @FAST
-@given(seed=seeds, N=st.integers(1, 3), C=st.integers(1, 4), F=st.integers(1, 4), H=st.integers(1, 11),
-       W=st.integers(1, 11), k=st.integers(1, 5), stride=st.integers(1, 3), padding=st.integers(0, 2))
+@given(
+    seed=seeds,
+    N=st.integers(1, 3),
+    C=st.integers(1, 4),
+    F=st.integers(1, 4),
+    H=st.integers(1, 11),
+    W=st.integers(1, 11),
+    k=st.integers(1, 5),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+)
 def test_conv_forward_matches_naive_loops(seed, N, C, F, H, W, k, stride, padding):
     if H + 2 * padding < k or W + 2 * padding < k:
         return
@@ -130,8 +148,16 @@ def test_masked_conv_ignores_and_never_trains_masked_weights(rng):
 
 
 @FAST
-@given(seed=seeds, N=st.integers(1, 2), C=st.integers(1, 3), H=st.integers(2, 9), W=st.integers(2, 9),
-       k=st.sampled_from([2, 3]), pool=st.sampled_from([MaxPool2D, AvgPool2D]), stored_batch_last=st.booleans())
+@given(
+    seed=seeds,
+    N=st.integers(1, 2),
+    C=st.integers(1, 3),
+    H=st.integers(2, 9),
+    W=st.integers(2, 9),
+    k=st.sampled_from([2, 3]),
+    pool=st.sampled_from([MaxPool2D, AvgPool2D]),
+    stored_batch_last=st.booleans(),
+)
 def test_pooling_gradients_match_finite_differences(seed, N, C, H, W, k, pool, stored_batch_last):
     if H < k or W < k:
         return
@@ -162,8 +188,9 @@ def test_dense_gradients_match_finite_differences(seed, N, n_in, n_out):
 
 
 @FAST
-@given(seed=seeds, shape=st.sampled_from([(3, 7), (2, 3, 4, 5)]),
-       make=st.sampled_from([ReLU, Tanh, ScaledTanh, Flatten]))
+@given(
+    seed=seeds, shape=st.sampled_from([(3, 7), (2, 3, 4, 5)]), make=st.sampled_from([ReLU, Tanh, ScaledTanh, Flatten])
+)
 def test_elementwise_and_flatten_gradients_match_finite_differences(seed, shape, make):
     rng = np.random.default_rng(seed)
     check_layer_gradients(make(), rng.standard_normal(shape) * 2, rng)
@@ -180,8 +207,13 @@ def test_flatten_uses_torchs_order_for_batch_last_storage(rng):
 
 
 @FAST
-@given(seed=seeds, N=st.integers(1, 6), K=st.integers(2, 10), smoothing=st.sampled_from([0.0, 0.1, 0.3]),
-       scale=st.sampled_from([1.0, 5.0]))  # larger logits: p - q of the true class loses digits to 1 - p
+@given(
+    seed=seeds,
+    N=st.integers(1, 6),
+    K=st.integers(2, 10),
+    smoothing=st.sampled_from([0.0, 0.1, 0.3]),
+    scale=st.sampled_from([1.0, 5.0]),
+)  # larger logits: p - q of the true class loses digits to 1 - p
 def test_cross_entropy_gradient_matches_finite_differences(seed, N, K, smoothing, scale):
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((N, K)) * scale
@@ -226,15 +258,29 @@ def test_network_gradients_match_finite_differences(model):
 
 def test_parameter_shapes_are_pytorchs():
     assert parameter_shapes("modern") == {
-        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,), "conv2.weight": (16, 6, 5, 5), "conv2.bias": (16,),
-        "fc1.weight": (120, 400), "fc1.bias": (120,), "fc2.weight": (84, 120), "fc2.bias": (84,),
-        "fc3.weight": (10, 84), "fc3.bias": (10,),
+        "conv1.weight": (6, 1, 5, 5),
+        "conv1.bias": (6,),
+        "conv2.weight": (16, 6, 5, 5),
+        "conv2.bias": (16,),
+        "fc1.weight": (120, 400),
+        "fc1.bias": (120,),
+        "fc2.weight": (84, 120),
+        "fc2.bias": (84,),
+        "fc3.weight": (10, 84),
+        "fc3.bias": (10,),
     }
     assert list(parameter_shapes("modern"))[:3] == ["conv1.weight", "conv1.bias", "conv2.weight"]  # ordered
     assert parameter_shapes("classic") == {
-        "conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,), "conv2.weight": (16, 6, 5, 5), "conv2.bias": (16,),
-        "conv3.weight": (120, 16, 5, 5), "conv3.bias": (120,), "fc1.weight": (84, 120), "fc1.bias": (84,),
-        "fc2.weight": (10, 84), "fc2.bias": (10,),
+        "conv1.weight": (6, 1, 5, 5),
+        "conv1.bias": (6,),
+        "conv2.weight": (16, 6, 5, 5),
+        "conv2.bias": (16,),
+        "conv3.weight": (120, 16, 5, 5),
+        "conv3.bias": (120,),
+        "fc1.weight": (84, 120),
+        "fc1.bias": (84,),
+        "fc2.weight": (10, 84),
+        "fc2.bias": (10,),
     }
     with pytest.raises(ValueError, match="unknown model"):
         parameter_shapes("resnet")
@@ -251,8 +297,10 @@ def test_c3_table_is_lecuns_table_one():
 
 
 def test_model_module_imports_without_torch():
-    code = ("import sys, lenet5.engines.numpy.engine, lenet5.models, lenet5.checkpoint, lenet5.export; "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys, lenet5.engines.numpy.engine, lenet5.models, lenet5.checkpoint, lenet5.export; "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -262,8 +310,12 @@ def test_initializers_draw_the_documented_spread(scheme):
     params = init_parameters(scheme, shapes, np.random.default_rng(0))
     w = params["fc1.weight"]  # 48,000 draws: the sample std is within ~1% of the target
     fan_in, fan_out = fans(w.shape)
-    std = {"kaiming": np.sqrt(2 / fan_in), "xavier": np.sqrt(2 / (fan_in + fan_out)), "lecun": np.sqrt(1 / fan_in),
-           "torch": np.sqrt(1 / (3 * fan_in))}[scheme.split("_")[0]]
+    std = {
+        "kaiming": np.sqrt(2 / fan_in),
+        "xavier": np.sqrt(2 / (fan_in + fan_out)),
+        "lecun": np.sqrt(1 / fan_in),
+        "torch": np.sqrt(1 / (3 * fan_in)),
+    }[scheme.split("_")[0]]
     assert w.std() == pytest.approx(std, rel=0.03)
     if scheme.endswith("_uniform") or scheme == "torch_default":
         assert np.abs(w).max() <= np.sqrt(3) * std

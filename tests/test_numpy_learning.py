@@ -16,8 +16,12 @@ from lenet5.engines.numpy.engine import NumpyEngine
 @pytest.fixture(scope="module")
 def digits(mnist):
     """5,000 real training digits and 1,000 held-out real test digits, normalized."""
-    return (normalize(mnist.train_images[:5000]), mnist.train_labels[:5000].astype(np.int64),
-            normalize(mnist.test_images[:1000]), mnist.test_labels[:1000].astype(np.int64))
+    return (
+        normalize(mnist.train_images[:5000]),
+        mnist.train_labels[:5000].astype(np.int64),
+        normalize(mnist.test_images[:1000]),
+        mnist.test_labels[:1000].astype(np.int64),
+    )
 
 
 def train(engine, x, y, epochs: int, batch_size: int, lr: float, seed: int = 0) -> list[float]:
@@ -26,17 +30,21 @@ def train(engine, x, y, epochs: int, batch_size: int, lr: float, seed: int = 0) 
     for _ in range(epochs):
         order = rng.permutation(len(x))
         for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             losses.append(engine.train_step(x[idx], y[idx], lr)[0])
     return losses
 
 
-@pytest.mark.parametrize("model, optimizer, lr, target", [
-    ("modern", opt(name="adam"), 2e-3, 0.93),
-    ("classic", opt(name="sgd", momentum=0.9, nesterov=True), 0.05, 0.90),
-])
-def test_short_training_on_real_digits_reaches_accuracy_only_a_working_network_can(digits, model, optimizer, lr,
-                                                                                   target):
+@pytest.mark.parametrize(
+    "model, optimizer, lr, target",
+    [
+        ("modern", opt(name="adam"), 2e-3, 0.93),
+        ("classic", opt(name="sgd", momentum=0.9, nesterov=True), 0.05, 0.90),
+    ],
+)
+def test_short_training_on_real_digits_reaches_accuracy_only_a_working_network_can(
+    digits, model, optimizer, lr, target
+):
     x, y, x_test, y_test = digits
     engine = NumpyEngine(ModelConfig(name=model), optimizer, seed=0)
     losses = train(engine, x, y, epochs=3, batch_size=64, lr=lr)
@@ -63,11 +71,10 @@ def test_same_seed_gives_bit_identical_weights_after_training(digits, threads):
     assert not np.array_equal(other.state_dict()["fc1.weight"], NumpyEngine(seed=11).state_dict()["fc1.weight"])
 
 
-@pytest.mark.parametrize("optimizer", [opt(name="adamw", weight_decay=0.01),
-                                       opt(name="sgd", momentum=0.9, l2=1e-4)])
+@pytest.mark.parametrize("optimizer", [opt(name="adamw", weight_decay=0.01), opt(name="sgd", momentum=0.9, l2=1e-4)])
 def test_resume_from_state_and_optimizer_state_is_bit_identical(digits, optimizer):
     x, y = digits[0][:960], digits[1][:960]
-    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
     lrs = np.linspace(1e-3, 1e-4, len(batches)) if optimizer.name != "sgd" else np.linspace(0.05, 0.005, len(batches))
 
     straight = NumpyEngine(ModelConfig(), optimizer, seed=5)
@@ -122,6 +129,6 @@ def test_logits_of_many_images_are_computed_in_chunks_and_agree_with_small_batch
     engine = NumpyEngine(ModelConfig(), opt(), seed=0, dtype="float64")
     x = digits[2]  # 1,000 images: several chunks, the last one partial
     all_at_once = engine.logits(x)
-    piecewise = np.concatenate([engine.logits(x[i:i + 7]) for i in range(0, len(x), 7)])
+    piecewise = np.concatenate([engine.logits(x[i : i + 7]) for i in range(0, len(x), 7)])
     assert all_at_once.shape == (1000, 10)
     np.testing.assert_allclose(all_at_once, piecewise, rtol=1e-12, atol=1e-12)

@@ -128,8 +128,10 @@ def test_a_killed_worker_process_is_one_line_its_pieces_run_here_and_the_next_st
     assert gone(pid)
     assert engine.train_step(x, y, 1e-3) == reference.train_step(x, y, 1e-3)  # its pieces done here: same bits
     err = capsys.readouterr().err
-    assert err == (f"warning: the NumPy engine's worker process {pid} exited with code -9; its pieces ran in this "
-                   "process, and a new one starts (the same results)\n")
+    assert err == (
+        f"warning: the NumPy engine's worker process {pid} exited with code -9; its pieces ran in this "
+        "process, and a new one starts (the same results)\n"
+    )
     engine._processes.ready(numpy_engine.LOGITS_ROUND, (1, 28, 28))
     assert engine.train_step(x, y, 1e-3) == reference.train_step(x, y, 1e-3)  # a fresh worker process
     assert worker_pids(engine) and worker_pids(engine) != [pid] and engine._processes.orders == 3
@@ -190,9 +192,30 @@ def test_worker_processes_exit_when_the_engine_process_is_killed(tmp_path):
 
 def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(small_mnist, tmp_path):
     process = subprocess.Popen(
-        [*LENET5, "train", "--data-dir", str(small_mnist), "--out", str(tmp_path / "runs"), "--engine", "numpy",
-         "--threads", "2", "--epochs", "50", "--batch-size", "64", "--set", "data.val_size=100"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)
+        [
+            *LENET5,
+            "train",
+            "--data-dir",
+            str(small_mnist),
+            "--out",
+            str(tmp_path / "runs"),
+            "--engine",
+            "numpy",
+            "--threads",
+            "2",
+            "--epochs",
+            "50",
+            "--batch-size",
+            "64",
+            "--set",
+            "data.val_size=100",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     children: set[int] = set()
     deadline = time.monotonic() + 120
     while not children and time.monotonic() < deadline and process.poll() is None:
@@ -223,9 +246,11 @@ def test_no_shared_memory_left_is_one_line_and_every_worker_runs_here(monkeypatc
     monkeypatch.setattr(workers, "_anonymous_file", no_memory)
     engine = NumpyEngine(ModelConfig(), opt(), threads=2)
     assert engine._processes is None and engine.threads == 2
-    assert capsys.readouterr().err == ("warning: could not make shared memory for the NumPy engine's worker processes "
-                                       "(Cannot allocate memory); every worker runs in this process (the same "
-                                       "results)\n")
+    assert capsys.readouterr().err == (
+        "warning: could not make shared memory for the NumPy engine's worker processes "
+        "(Cannot allocate memory); every worker runs in this process (the same "
+        "results)\n"
+    )
     assert NumpyEngine(ModelConfig(), opt(), threads=1).threads == 1  # one worker needs none
     assert capsys.readouterr().err == ""
 

@@ -104,8 +104,10 @@ def iou(a, b) -> float:
 def test_touching_digits_are_cut_apart(mnist, predictor):
     """Two real test digits pushed together until their strokes touch are read as two digits."""
     x, y = mnist.test_images, mnist.test_labels
-    right = [predictor.read_image_bytes(png(touching_pair(x[i], x[i + 1])), "pair.png")[0]["number"]
-             == f"{y[i]}{y[i + 1]}" for i in range(0, 40, 2)]
+    right = [
+        predictor.read_image_bytes(png(touching_pair(x[i], x[i + 1])), "pair.png")[0]["number"] == f"{y[i]}{y[i + 1]}"
+        for i in range(0, 40, 2)
+    ]
     assert np.mean(right) >= 0.35  # the README's model: 70% (benchmarks/photo_accuracy.py)
 
 
@@ -122,6 +124,7 @@ def test_most_letters_come_back_unsure(predictor):
     unsure = []
     for size in (180, 260):
         for letter in "AEFHKMNPRUVWXYaehkmnrtuvwy":
+
             def write(d, letter=letter, size=size):
                 d.text((300, 120), letter, fill=(25, 25, 35), font=ImageFont.load_default(size=size))
 
@@ -131,8 +134,9 @@ def test_most_letters_come_back_unsure(predictor):
 
 
 def test_predict_cli_prints_the_number_and_json_has_digits_and_boxes(mnist, tmp_path):
-    scene = next(s for s in number_scenes(mnist.test_images, mnist.test_labels, n=8, seed=SEED)
-                 if s.kind == "clean_scan")
+    scene = next(
+        s for s in number_scenes(mnist.test_images, mnist.test_labels, n=8, seed=SEED) if s.kind == "clean_scan"
+    )
     path = tmp_path / f"number{scene.suffix}"
     path.write_bytes(scene.data)
     cmd = ["predict", path]

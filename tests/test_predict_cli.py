@@ -45,8 +45,23 @@ def test_json_is_one_document_with_digit_probability_and_top_k(trained_checkpoin
     results = json.loads(proc.stdout)
     assert [r["file"] for r in results] == sorted(labels)  # a folder expands to its images, sorted
     for r in results:
-        assert set(r) == {"file", "digit", "probability", "top_k", "box", "number", "digits", "confidence", "margin",
-                          "left_out", "unsure"} or r["unsure"]
+        assert (
+            set(r)
+            == {
+                "file",
+                "digit",
+                "probability",
+                "top_k",
+                "box",
+                "number",
+                "digits",
+                "confidence",
+                "margin",
+                "left_out",
+                "unsure",
+            }
+            or r["unsure"]
+        )
         assert r["number"] == str(r["digit"]) and r["digits"][0]["box"] == r["box"]
         assert r["digit"] == labels[r["file"]]
         assert len(r["top_k"]) == 4 and r["top_k"][0] == [r["digit"], r["probability"]]
@@ -57,8 +72,14 @@ def test_json_is_one_document_with_digit_probability_and_top_k(trained_checkpoin
 def test_globs_and_npy_stacks(trained_checkpoint, samples, mnist, tmp_path):
     folder, labels = samples
     np.save(tmp_path / "stack.npy", mnist.test_images[:3])
-    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder / "digit_[01]_*.png"),
-                  str(tmp_path / "stack.npy"), "--json")
+    proc = lenet5(
+        "predict",
+        "--model",
+        str(trained_checkpoint),
+        str(folder / "digit_[01]_*.png"),
+        str(tmp_path / "stack.npy"),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["file"] for r in results] == sorted(labels)[:2] + [f"{tmp_path / 'stack.npy'}[{i}]" for i in range(3)]
@@ -109,8 +130,15 @@ def test_save_prepared_writes_what_the_network_saw(trained_checkpoint, samples, 
     folder, labels = samples
     out = tmp_path / "seen"
     np.save(tmp_path / "pair.npy", mnist.test_images[:2])
-    proc = lenet5("predict", "--model", str(trained_checkpoint), str(folder), str(tmp_path / "pair.npy"),
-                  "--save-prepared", str(out))
+    proc = lenet5(
+        "predict",
+        "--model",
+        str(trained_checkpoint),
+        str(folder),
+        str(tmp_path / "pair.npy"),
+        "--save-prepared",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"digit_{i}_{mnist.test_labels[i]}.png" for i in range(6)] + ["pair_0.png", "pair_1.png"])
@@ -156,8 +184,12 @@ def test_save_prepared_tells_files_with_the_same_stem_apart(mnist, tmp_path):
 def test_predict_imports_nothing_of_training():
     """Reading one image runs the network forward only: no optimizer, no worker process module, no torch."""
     examples = Path(__file__).resolve().parents[1] / "examples" / "digits" / "seven.png"
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lenet5", "predict", str(examples)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "lenet5", "predict", str(examples)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "lenet5.inference" in imported

@@ -36,10 +36,16 @@ def test_hand_style_gives_mnist_like_fields_and_is_seeded(mnist):
 
 def test_hand_style_changes_strokes_width_and_slant(mnist):
     digit = mnist.train_images[:1]  # a 5
-    thin = hand_style(digit, np.random.default_rng(0), HandStyle(width=(-2, -2), slant=(0, 0), aspect=(1, 1),
-                                                                 rotation=(0, 0), neighbour=0, saturate=0, blur=0))
-    thick = hand_style(digit, np.random.default_rng(0), HandStyle(width=(3, 3), slant=(0, 0), aspect=(1, 1),
-                                                                  rotation=(0, 0), neighbour=0, saturate=0, blur=0))
+    thin = hand_style(
+        digit,
+        np.random.default_rng(0),
+        HandStyle(width=(-2, -2), slant=(0, 0), aspect=(1, 1), rotation=(0, 0), neighbour=0, saturate=0, blur=0),
+    )
+    thick = hand_style(
+        digit,
+        np.random.default_rng(0),
+        HandStyle(width=(3, 3), slant=(0, 0), aspect=(1, 1), rotation=(0, 0), neighbour=0, saturate=0, blur=0),
+    )
     assert (thick > 128).sum() > 1.5 * (thin > 128).sum()
 
 
@@ -83,10 +89,12 @@ def test_risk_coverage_counts_the_kept_answers_and_their_errors():
 
 def test_threshold_holds_its_risk_on_fresh_samples_from_the_same_source():
     """Chosen on one sample, the threshold keeps the risk near its target on another (a curve, not one point)."""
+
     def sample(seed):
         rng = np.random.default_rng(seed)
         conf = rng.beta(5, 1, 20000)
         return conf, rng.random(20000) < conf  # right with probability = confidence
+
     t = threshold_for_risk(*sample(0), 0.02)
     conf, right = sample(1)
     assert 0.005 < (~right[conf >= t]).mean() < 0.03

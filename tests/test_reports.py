@@ -48,12 +48,17 @@ def confusion(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 def history(epochs: int, validation: bool = True) -> list[dict]:
     rows = []
     for e in range(1, epochs + 1):
-        rows.append({
-            "epoch": e, "train_loss": 0.9 / e, "train_accuracy": 1 - 0.2 / e,
-            "val_loss": 0.8 / e + 0.01 if validation else None,
-            "val_accuracy": 1 - 0.18 / e if validation else float("nan"),
-            "lr": 1e-3 * 0.5 ** (e - 1), "seconds": 12.5,
-        })
+        rows.append(
+            {
+                "epoch": e,
+                "train_loss": 0.9 / e,
+                "train_accuracy": 1 - 0.2 / e,
+                "val_loss": 0.8 / e + 0.01 if validation else None,
+                "val_accuracy": 1 - 0.18 / e if validation else float("nan"),
+                "lr": 1e-3 * 0.5 ** (e - 1),
+                "seconds": 12.5,
+            }
+        )
     return rows
 
 
@@ -135,7 +140,8 @@ def test_write_reports_writes_all_four(tmp_path, sample):
     cm = confusion(labels, probabilities)
     written = reports.write_reports(tmp_path / "run", history(3), images, labels, probabilities, cm)
     assert sorted(p.name for p in written.values()) == sorted(
-        ["training_history.png", "confusion_matrix.png", "predictions.png", "misclassified.png"])
+        ["training_history.png", "confusion_matrix.png", "predictions.png", "misclassified.png"]
+    )
     for path in written.values():
         assert_png(path, min_side=100)
     assert sorted(os.listdir(tmp_path / "run")) == sorted(p.name for p in written.values())

@@ -23,8 +23,22 @@ def tiny(mnist, tmp_path_factory):
 
 
 def train_args(data, *extra, epochs: int = 1):
-    return ["train", "--dataset", "idx", "--data-dir", data, "--epochs", str(epochs), "--batch-size", "100",
-            "--set", "data.val_size=100", "--threads", "1", *extra]
+    return [
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        data,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "100",
+        "--set",
+        "data.val_size=100",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def one_error_line(result) -> str:
@@ -44,8 +58,15 @@ def finished_run(tiny, tmp_path_factory):
 
 @pytest.mark.slow
 def test_runs_started_together_get_a_folder_each(tiny, tmp_path):
-    procs = [subprocess.Popen([*LENET5, *train_args(tiny, "--out", tmp_path, "--json")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [*LENET5, *train_args(tiny, "--out", tmp_path, "--json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     folders = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
@@ -70,12 +91,15 @@ def test_a_bad_setting_claims_no_folder(tiny, tmp_path):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--lr", "0.5"], "optimizer.lr"),
-    (["--batch-size", "32"], "train.batch_size"),
-    (["--engine", "torch"], "train.engine"),
-    (["--set", "schedule.name=cosine"], "--set"),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--lr", "0.5"], "optimizer.lr"),
+        (["--batch-size", "32"], "train.batch_size"),
+        (["--engine", "torch"], "train.engine"),
+        (["--set", "schedule.name=cosine"], "--set"),
+    ],
+)
 def test_resume_refuses_flags_it_would_not_honour(finished_run, flags, named):
     line = one_error_line(lenet5("train", "--resume", finished_run, *flags))
     assert named in line and "--epochs" in line
@@ -119,8 +143,17 @@ def _damaged_copy(run, tmp_path, change) -> object:
     state = last.meta["trainer_state"]
     state = change(state)
     meta = last.meta
-    save_checkpoint(copy / LAST_FILE, last.weights, engine=meta["engine"], model=meta["model"], config=meta["config"],
-                    epoch=meta["epoch"], metrics=meta["metrics"], optimizer=last.optimizer, trainer_state=state)
+    save_checkpoint(
+        copy / LAST_FILE,
+        last.weights,
+        engine=meta["engine"],
+        model=meta["model"],
+        config=meta["config"],
+        epoch=meta["epoch"],
+        metrics=meta["metrics"],
+        optimizer=last.optimizer,
+        trainer_state=state,
+    )
     return copy
 
 
@@ -129,21 +162,42 @@ def _with(key, value):
         state = dict(state)
         state[key] = value
         return state
+
     return change
 
 
 def _without(key):
     def change(state):
         return {k: v for k, v in state.items() if k != key}
+
     return change
 
 
-@pytest.mark.parametrize("change", [
-    _with("batch", 10**12), _with("epoch", -1), _with("epoch", "1"), _with("schedule", None),
-    _with("history", []), _with("partial", [1, 2, 3]), _without("step"), lambda state: [state],
-    _with("early_stopping", {"best": float("nan"), "best_epoch": 1, "bad_epochs": 0}),
-], ids=["huge-batch", "negative-epoch", "string-epoch", "null-schedule", "short-history", "list-partial",
-        "missing-step", "not-a-mapping", "nan-best"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        _with("batch", 10**12),
+        _with("epoch", -1),
+        _with("epoch", "1"),
+        _with("schedule", None),
+        _with("history", []),
+        _with("partial", [1, 2, 3]),
+        _without("step"),
+        lambda state: [state],
+        _with("early_stopping", {"best": float("nan"), "best_epoch": 1, "bad_epochs": 0}),
+    ],
+    ids=[
+        "huge-batch",
+        "negative-epoch",
+        "string-epoch",
+        "null-schedule",
+        "short-history",
+        "list-partial",
+        "missing-step",
+        "not-a-mapping",
+        "nan-best",
+    ],
+)
 def test_resume_checks_the_whole_saved_state_before_training(finished_run, tmp_path, tiny, change):
     copy = _damaged_copy(finished_run, tmp_path, change)
     before = (copy / LAST_FILE).read_bytes()
@@ -174,8 +228,13 @@ class Recorder(Callback):
 
 def _trainer(mnist, recorder):
     cfg = build_config(sets=["train.epochs=1", "train.batch_size=50", "data.val_size=100", "train.threads=1"])
-    small = type(mnist)(mnist.train_images[:600], mnist.train_labels[:600], mnist.test_images[:100],
-                        mnist.test_labels[:100], mnist.files)
+    small = type(mnist)(
+        mnist.train_images[:600],
+        mnist.train_labels[:600],
+        mnist.test_images[:100],
+        mnist.test_labels[:100],
+        mnist.files,
+    )
     return Trainer(cfg, small, callbacks=[recorder], log=lambda msg: None)
 
 

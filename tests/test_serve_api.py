@@ -41,17 +41,24 @@ def test_healthz_names_the_model_its_path_and_a_short_hash(client, trained_check
 
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model": "modern", "checkpoint": str(trained_checkpoint),
-                        "sha256": hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()[:12]}
+    assert r.json() == {
+        "status": "ok",
+        "model": "modern",
+        "checkpoint": str(trained_checkpoint),
+        "sha256": hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()[:12],
+    }
 
 
-@pytest.mark.parametrize(("pixels", "what"), [
-    ([["12"] * 28] * 28, "not a string (row 0, column 0"),
-    ([[True] * 28] * 28, "not true/false (row 0, column 0"),
-    ([[0] * 28] * 27 + [[0] * 27 + [False]], "not true/false (row 27, column 27"),
-    ([[0] * 28] * 27 + [[0] * 27 + [None]], "not null (row 27, column 27"),
-    ([[0] * 28] * 27 + ["0" * 28], "row 27 is a string"),
-])
+@pytest.mark.parametrize(
+    ("pixels", "what"),
+    [
+        ([["12"] * 28] * 28, "not a string (row 0, column 0"),
+        ([[True] * 28] * 28, "not true/false (row 0, column 0"),
+        ([[0] * 28] * 27 + [[0] * 27 + [False]], "not true/false (row 27, column 27"),
+        ([[0] * 28] * 27 + [[0] * 27 + [None]], "not null (row 27, column 27"),
+        ([[0] * 28] * 27 + ["0" * 28], "row 27 is a string"),
+    ],
+)
 def test_json_pixels_as_strings_or_booleans_are_refused_with_one_message(client, pixels, what):
     r = client.post("/predict", json={"pixels": pixels})
     assert r.status_code == 422, r.text
@@ -133,8 +140,16 @@ def test_body_just_under_the_limit_is_read(client):
     assert r.status_code == 400  # read in full, then refused as not an image
 
 
-@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {"content-type": "application/xml"}, {},
-                                     {"content-type": "image/svg+xml"}, {"content-type": "image/heic"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "text/plain"},
+        {"content-type": "application/xml"},
+        {},
+        {"content-type": "image/svg+xml"},
+        {"content-type": "image/heic"},
+    ],
+)
 def test_wrong_content_type_is_415(client, headers):
     r = client.post("/predict", content=b"7", headers=headers)
     assert r.status_code == 415

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 LAUNCH_ARGS = [
-    "--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -50,9 +56,7 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
 
 
 def shown_digit(page, expected: str) -> str:
-    page.wait_for_function(
-        f"document.querySelector('#digit').textContent === {expected!r}", timeout=10_000
-    )
+    page.wait_for_function(f"document.querySelector('#digit').textContent === {expected!r}", timeout=10_000)
     return page.locator("#digit").text_content()
 
 
@@ -151,8 +155,9 @@ def test_a_number_shows_the_bars_and_the_field_of_the_digit_under_the_pointer(pa
         assert 95 < sum(widths) < 105, widths  # one digit's ten probabilities
         assert str(widths.index(max(widths))) == readings[i]  # the longest bar is that digit's reading
         assert box_ink(page) > 20  # its 28x28 field, not a black box
-        selected = page.eval_on_selector_all("#readings .reading",
-                                             "els => els.map(e => e.classList.contains('selected'))")
+        selected = page.eval_on_selector_all(
+            "#readings .reading", "els => els.map(e => e.classList.contains('selected'))"
+        )
         assert selected == [k == i for k in range(3)]
     page.wait_for_timeout(300)
     ARTIFACTS.mkdir(exist_ok=True)

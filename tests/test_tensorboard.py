@@ -50,8 +50,27 @@ def test_a_run_and_its_resume_read_back_with_tensorboards_reader(mnist, tmp_path
     data = write_mnist_subset(mnist, tmp_path / "data", 2000, 500)
     monkeypatch.chdir(tmp_path)
     common = ["--dataset", "idx", "--data-dir", str(data)]
-    assert main(["train", *common, "--batch-size", "16", "--set", "data.val_size=500", "--seed", "3", "--epochs", "1",
-                 "--name", "run", "--logger", "tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--batch-size",
+                "16",
+                "--set",
+                "data.val_size=500",
+                "--seed",
+                "3",
+                "--epochs",
+                "1",
+                "--name",
+                "run",
+                "--logger",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "runs" / "run"
     (first,) = run.glob("events.out.tfevents.*")
     append_orphans(first, 150, 123.0)  # steps 95..188 are epoch 2: trained (and logged) again by the resume
@@ -108,12 +127,14 @@ def test_missing_tensorboard_is_one_line_before_training(tmp_path, monkeypatch, 
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard...` raises ImportError now
     monkeypatch.chdir(tmp_path)
-    code = main(["train", "--dataset", "idx", "--data-dir", str(tmp_path / "no-data"), "--name", "x",
-                 "--logger", "tensorboard"])
+    code = main(
+        ["train", "--dataset", "idx", "--data-dir", str(tmp_path / "no-data"), "--name", "x", "--logger", "tensorboard"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [
-        'error: train.logger tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"']
+        'error: train.logger tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"'
+    ]
     assert not (tmp_path / "runs").exists()  # before the data is read and before a run folder is claimed
 
 
@@ -121,5 +142,7 @@ def test_logger_is_a_validated_config_key(tmp_path, monkeypatch, capsys):
     assert Config().train.logger == "none"  # off by default: see the README for its measured cost
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--set", "train.logger=wandb"]) == 2
-    assert capsys.readouterr().err.strip() == \
-        "error: config key 'train.logger' must be one of none, tensorboard; got 'wandb'"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: config key 'train.logger' must be one of none, tensorboard; got 'wandb'"
+    )

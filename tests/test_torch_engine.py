@@ -246,6 +246,7 @@ def test_pth_loader_reports_a_missing_file(tmp_path):
 
 # --- threads=0: as many threads as the cores other processes leave free ------------------------------------
 
+
 def test_thread_choice_takes_only_free_cores_with_hysteresis():
     from lenet5.free_cores import choose
 

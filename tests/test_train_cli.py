@@ -16,13 +16,34 @@ from PIL import Image
 from conftest import LENET5, lenet5
 from lenet5.checkpoint import load_checkpoint
 
-RUN_FILES = {"config.yaml", "history.csv", "metrics.json", "model.safetensors", "last.safetensors",
-             "training_history.png", "confusion_matrix.png", "predictions.png", "misclassified.png"}
+RUN_FILES = {
+    "config.yaml",
+    "history.csv",
+    "metrics.json",
+    "model.safetensors",
+    "last.safetensors",
+    "training_history.png",
+    "confusion_matrix.png",
+    "predictions.png",
+    "misclassified.png",
+}
 
 
 def train_args(data_dir, *extra):
-    return ["train", "--dataset", "idx", "--data-dir", str(data_dir), "--batch-size", "32", "--set",
-            "data.val_size=1000", "--seed", "3", *extra]
+    return [
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--batch-size",
+        "32",
+        "--set",
+        "data.val_size=1000",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -41,9 +62,20 @@ def test_train_writes_a_consistent_run_folder(small_mnist, tmp_path):
     assert metrics["test_accuracy"] > 0.93  # ~470 steps on 5,000 real digits; chance is 0.10
     assert {"test_accuracy", "test_loss", "epochs", "train_seconds", "run_dir"} <= set(metrics)
     assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
-    evaluated = json.loads(lenet5("evaluate", "--model", str(run / "model.safetensors"), "--dataset", "idx",
-                                  "--data-dir", str(small_mnist), "--json", cwd=tmp_path,
-                                  check=True).stdout)
+    evaluated = json.loads(
+        lenet5(
+            "evaluate",
+            "--model",
+            str(run / "model.safetensors"),
+            "--dataset",
+            "idx",
+            "--data-dir",
+            str(small_mnist),
+            "--json",
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+    )
     assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-12)
     assert evaluated["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
     assert sum(map(sum, evaluated["confusion_matrix"])) == 1000
@@ -67,21 +99,52 @@ def tiny_mnist(mnist, tmp_path_factory):
 
 
 def resume_args(data_dir, engine, name):
-    return ["train", "--engine", engine, "--dataset", "idx", "--data-dir", str(data_dir), "--batch-size", "32",
-            "--set", "data.val_size=500", "--seed", "3", "--epochs", "3", "--threads", "1", "--name", name,
-            *(["--device", "cpu"] if engine == "torch" else [])]
+    return [
+        "train",
+        "--engine",
+        engine,
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--batch-size",
+        "32",
+        "--set",
+        "data.val_size=500",
+        "--seed",
+        "3",
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        "--name",
+        name,
+        *(["--device", "cpu"] if engine == "torch" else []),
+    ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["numpy", pytest.param("torch", marks=pytest.mark.skipif(
-    importlib.util.find_spec("torch") is None, reason="the torch engine needs torch"))])
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "numpy",
+        pytest.param(
+            "torch",
+            marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the torch engine needs torch"),
+        ),
+    ],
+)
 def test_ctrl_c_then_resume_gives_the_same_weights_bit_for_bit(tiny_mnist, tmp_path, engine):
     """Ctrl-C in the middle of epoch 2, then `lenet5 train --resume RUN`: the same weights, optimizer state,
     history and test metrics as a run that was never interrupted."""
     lenet5(*resume_args(tiny_mnist, engine, "straight"), cwd=tmp_path, check=True)
-    proc = subprocess.Popen([*LENET5, *resume_args(tiny_mnist, engine, "cut")],
-                            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [*LENET5, *resume_args(tiny_mnist, engine, "cut")],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
     for line in proc.stderr:  # interrupt in the middle of epoch 2
         lines.append(line)
@@ -109,23 +172,46 @@ def test_ctrl_c_then_resume_gives_the_same_weights_bit_for_bit(tiny_mnist, tmp_p
     assert strip(a.meta["trainer_state"]["history"]) == strip(b.meta["trainer_state"]["history"])
     ma = json.loads((tmp_path / "runs" / "straight" / "metrics.json").read_text())
     mb = json.loads((cut / "metrics.json").read_text())
-    assert ((ma["test_accuracy"], ma["test_loss"], ma["best_epoch"])
-            == (mb["test_accuracy"], mb["test_loss"], mb["best_epoch"]))
+    assert (ma["test_accuracy"], ma["test_loss"], ma["best_epoch"]) == (
+        mb["test_accuracy"],
+        mb["test_loss"],
+        mb["best_epoch"],
+    )
 
 
 @pytest.mark.slow
 def test_same_seed_same_history(small_mnist, tmp_path):
     for name in ("a", "b"):
-        lenet5(*train_args(small_mnist, "--epochs", "1", "--name", name, "--set", "schedule.name=cosine"), cwd=tmp_path,
-               check=True)
-    read = lambda n: [{k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
-                      for r in csv.DictReader((tmp_path / "runs" / n / "history.csv").open())]
+        lenet5(
+            *train_args(small_mnist, "--epochs", "1", "--name", name, "--set", "schedule.name=cosine"),
+            cwd=tmp_path,
+            check=True,
+        )
+
+    def read(name):
+        rows = csv.DictReader((tmp_path / "runs" / name / "history.csv").open())
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
     assert read("a") == read("b")
 
 
 def test_nan_loss_stops_with_a_clear_message(small_mnist, tmp_path):
-    result = lenet5(*train_args(small_mnist, "--epochs", "1", "--optimizer", "sgd", "--lr", "1e6", "--set",
-                                "schedule.name=constant", "--name", "nan"), cwd=tmp_path)
+    result = lenet5(
+        *train_args(
+            small_mnist,
+            "--epochs",
+            "1",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e6",
+            "--set",
+            "schedule.name=constant",
+            "--name",
+            "nan",
+        ),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the training loss became") and "--lr" in last

@@ -29,8 +29,22 @@ def small_mnist(mnist, tmp_path_factory) -> Path:
 
 
 def tune_args(data_dir, storage, *extra) -> list[str]:
-    return ["tune", "--dataset", "idx", "--data-dir", str(data_dir), "--epochs", "1", "--train-size", "1500",
-            "--storage", storage, "--set", "train.threads=1", *extra]
+    return [
+        "tune",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "1",
+        "--train-size",
+        "1500",
+        "--storage",
+        storage,
+        "--set",
+        "train.threads=1",
+        *extra,
+    ]
 
 
 def load(storage: str, name: str = "lenet5"):
@@ -51,8 +65,9 @@ def test_a_tiny_study_writes_a_loadable_best_config(small_mnist, tmp_path):
     assert cfg.data.val_size == Config().data.val_size  # the full-data settings, not the quick study's subset
     assert (tmp_path / "runs" / "tune" / "lenet5" / "trials.csv").read_text().count("\n") == 4
     # Run again: the study already holds 3 finished trials, so nothing more runs, and the answer stays.
-    again = json.loads(lenet5(*tune_args(small_mnist, storage, "--trials", "3", "--json"), cwd=tmp_path,
-                              check=True).stdout)
+    again = json.loads(
+        lenet5(*tune_args(small_mnist, storage, "--trials", "3", "--json"), cwd=tmp_path, check=True).stdout
+    )
     assert again["trials"] == summary["trials"] and again["best"] == summary["best"]
 
 
@@ -61,11 +76,18 @@ def test_trials_are_scored_on_validation_and_never_see_the_test_split(mnist, tmp
 
     seen = []
     real = trainer_module.evaluate_engine
-    monkeypatch.setattr(trainer_module, "evaluate_engine",
-                        lambda e, x, y, b=1000: seen.append(len(x)) or real(e, x, y, b))
+    monkeypatch.setattr(
+        trainer_module, "evaluate_engine", lambda e, x, y, b=1000: seen.append(len(x)) or real(e, x, y, b)
+    )
     data = type(mnist)(mnist.train_images[:1200], mnist.train_labels[:1200], mnist.test_images, mnist.test_labels)
-    settings = TuneSettings(storage=f"sqlite:///{tmp_path / 's.db'}", trials=2, epochs=2, train_size=1200,
-                            out=str(tmp_path / "out"), sampler_seed=0)
+    settings = TuneSettings(
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        trials=2,
+        epochs=2,
+        train_size=1200,
+        out=str(tmp_path / "out"),
+        sampler_seed=0,
+    )
     summary = run_study(Config(), data, settings, log=lambda msg: None)
     assert seen and set(seen) == {200}  # validation = min(5000, 1200 // 6); never the 10,000 test images
     study = load(settings.storage)
@@ -93,8 +115,12 @@ def test_search_space_covers_the_declared_choices():
             assert o["optimizer"]["weight_decay"] == 0.0
         build_config(overrides=o)  # every point is a valid config
         study.tell(trial, 0.5)
-    assert seen == {"optimizer": {"sgd", "adam", "adamw"}, "batch_size": {32, 64, 128},
-                    "schedule": {"onecycle", "cosine"}, "augment": {True, False}}
+    assert seen == {
+        "optimizer": {"sgd", "adam", "adamw"},
+        "batch_size": {32, 64, 128},
+        "schedule": {"onecycle", "cosine"},
+        "augment": {True, False},
+    }
 
 
 @pytest.mark.slow
@@ -102,8 +128,10 @@ def test_two_worker_processes_share_one_sqlite_study(small_mnist, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     cmd = [*LENET5, *tune_args(small_mnist, storage, "--trials", "6", "--json")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    workers = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=240) for w in workers]
     for w, (_out, err) in zip(workers, outputs):
         assert w.returncode == 0, err
@@ -121,8 +149,13 @@ def test_a_killed_worker_leaves_a_study_that_a_new_worker_completes(small_mnist,
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
     args = tune_args(small_mnist, storage, "--heartbeat", "1")
     args[args.index("--epochs") + 1] = "3"
-    proc = subprocess.Popen([*LENET5, *args, "--trials", "50"], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [*LENET5, *args, "--trials", "50"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     # kill it in the middle of its third trial or a later one (a diverging trial has no epochs)
     for line in proc.stderr:
         words = line.split()

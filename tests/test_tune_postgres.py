@@ -56,16 +56,43 @@ def tune_data(mnist, tmp_path_factory) -> Path:
 
 
 def tune_cmd(data_dir: Path, url: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "lenet5", "tune", "--dataset", "idx", "--data-dir", str(data_dir),
-            "--engine", "numpy", "--threads", "1", "--epochs", "1", "--train-size", "2000",
-            "--storage", url, "--study-name", "shared", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "lenet5",
+        "tune",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--engine",
+        "numpy",
+        "--threads",
+        "1",
+        "--epochs",
+        "1",
+        "--train-size",
+        "2000",
+        "--storage",
+        url,
+        "--study-name",
+        "shared",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def start(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen:
     """A worker whose stderr (its log) goes to `log` and stdout to log.out: files, never pipes (a pipe nobody
     reads could fill up and stall it)."""
-    return subprocess.Popen(cmd, cwd=cwd, stdout=log.with_suffix(".out").open("w"), stderr=log.open("w"),
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=log.with_suffix(".out").open("w"),
+        stderr=log.open("w"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def summary_of(log: Path) -> dict:
@@ -115,8 +142,13 @@ def test_postgres_urls_go_to_the_installed_driver(monkeypatch):
 
 def test_an_unreachable_server_is_one_error_line_without_the_password(tune_data, tmp_path):
     url = f"postgresql://bob:secret@127.0.0.1:{free_port()}/nowhere"  # nothing listens there
-    result = subprocess.run(tune_cmd(tune_data, url, tmp_path / "out", "--trials", "1"), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=DEADLINE)
+    result = subprocess.run(
+        tune_cmd(tune_data, url, tmp_path / "out", "--trials", "1"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the study database "), result.stderr
@@ -174,8 +206,9 @@ def test_a_killed_worker_is_failed_by_the_next_worker_which_completes_the_study(
         if proc.poll() is not None:
             pytest.fail(f"the worker exited early ({proc.returncode}):\n{log.read_text()}")
         lines = log.read_text().splitlines()
-        return any(line.split()[:1] == ["trial"] and int(line.split()[1]) >= 1 and " epoch 1/3:" in line
-                   for line in lines)
+        return any(
+            line.split()[:1] == ["trial"] and int(line.split()[1]) >= 1 and " epoch 1/3:" in line for line in lines
+        )
 
     wait_for(in_a_trial, "the first worker to be in the middle of a trial")
     proc.send_signal(signal.SIGKILL)
@@ -193,8 +226,9 @@ def test_a_killed_worker_is_failed_by_the_next_worker_which_completes_the_study(
 
     # Start the second worker once the dead trial is stale by the database's clock (silent for 3 x heartbeat),
     # the same rule the workers apply; Optuna's RDBStorage answers it (a private method: the exact rule).
-    wait_for(lambda: dead._trial_id in storage._get_stale_trial_ids(study._study_id), "the dead trial to go stale",
-             every=0.1)
+    wait_for(
+        lambda: dead._trial_id in storage._get_stale_trial_ids(study._study_id), "the dead trial to go stale", every=0.1
+    )
     stale_after = time.monotonic() - killed_at
 
     second_log = tmp_path / "second.log"
@@ -216,5 +250,7 @@ def test_a_killed_worker_is_failed_by_the_next_worker_which_completes_the_study(
     summary = summary_of(second_log)
     assert summary["trials"].get("fail") == 1
     build_config([Path(summary["config"])])
-    print(f"\ndead worker's trial {dead.number}: stale {stale_after:.1f} s after SIGKILL, marked FAIL by the "
-          f"next worker {failed_after:.1f} s after SIGKILL (--heartbeat 1)")
+    print(
+        f"\ndead worker's trial {dead.number}: stale {stale_after:.1f} s after SIGKILL, marked FAIL by the "
+        f"next worker {failed_after:.1f} s after SIGKILL (--heartbeat 1)"
+    )

@@ -79,15 +79,17 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> dict:
         "fitted_on": f"validation split ({len(val_labels)} images)",
         "val_ece_before": round(expected_calibration_error(softmax(val_logits), val_labels), 6),
         "val_ece_after": round(
-            expected_calibration_error(softmax(np.asarray(val_logits) / temperature), val_labels), 6),
+            expected_calibration_error(softmax(np.asarray(val_logits) / temperature), val_labels), 6
+        ),
     }
 
 
 def check_temperature(value) -> float:
     """A stored temperature must be a finite number in T_RANGE; ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (T_RANGE[0] <= value <= T_RANGE[1]):
-        raise ValueError(f"calibration temperature {str(value)[:40]} is damaged "
-                         f"(it must be in {T_RANGE[0]}..{T_RANGE[1]})")
+        raise ValueError(
+            f"calibration temperature {str(value)[:40]} is damaged (it must be in {T_RANGE[0]}..{T_RANGE[1]})"
+        )
     return float(value)
 
 
@@ -99,8 +101,9 @@ def check_calibration(calibration) -> None:
     check_temperature(calibration.get("temperature"))
     check_reject(calibration.get("reject"))
     floor = calibration.get("energy_floor")
-    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float))
-                              or not math.isfinite(floor)):
+    if floor is not None and (
+        isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor)
+    ):
         raise ValueError(f"calibration energy_floor {str(floor)[:40]} is damaged (it must be a finite number)")
 
 
@@ -115,8 +118,9 @@ def check_reject(reject) -> dict:
         raise ValueError(f"calibration reject {str(reject)[:40]} is not a mapping")
     for key, top in (("digit", 1.0), ("number", 1.0), ("digit_margin", 100.0), ("number_margin", 100.0)):
         value = reject.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0.0 <= value <= top):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= top
+        ):
             raise ValueError(f"calibration reject {key} {str(value)[:40]} is damaged (it must be in 0..{top:g})")
     return reject
 
@@ -135,8 +139,9 @@ def risk_coverage(confidence: np.ndarray, right: np.ndarray) -> tuple[np.ndarray
     return t[::-1], cov[::-1], risk[::-1]
 
 
-def threshold_for_risk(confidence: np.ndarray, right: np.ndarray, risk: float, floor: float = 0.5,
-                       min_kept: int = 0) -> float:
+def threshold_for_risk(
+    confidence: np.ndarray, right: np.ndarray, risk: float, floor: float = 0.5, min_kept: int = 0
+) -> float:
     """The lowest threshold (the highest coverage) at which at most ``risk`` of the kept answers are wrong, and
     at every higher threshold that keeps at least ``min_kept`` answers too (a curve that dips below the target
     and rises again is not trusted; over a handful of answers, one error is no trend); never below ``floor``."""

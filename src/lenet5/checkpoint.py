@@ -104,17 +104,21 @@ def resolve_model(spec: str | Path | None, runs: str | Path = "runs") -> Path:
             raise CheckpointError(f"the bundled model is missing from this install ({BUNDLED}); pass --model")
         return BUNDLED
     if str(spec) == "latest":
-        found = ([p / BEST_FILE for p in Path(runs).glob("*") if (p / BEST_FILE).is_file()]
-                 if Path(runs).is_dir() else [])
+        found = (
+            [p / BEST_FILE for p in Path(runs).glob("*") if (p / BEST_FILE).is_file()] if Path(runs).is_dir() else []
+        )
         if not found:
-            raise CheckpointError(f"--model latest: no run under {runs}/ has a {BEST_FILE} yet; train one "
-                                  "(lenet5 train) or leave out --model to use the bundled model")
+            raise CheckpointError(
+                f"--model latest: no run under {runs}/ has a {BEST_FILE} yet; train one "
+                "(lenet5 train) or leave out --model to use the bundled model"
+            )
         return max(found, key=lambda p: p.stat().st_mtime)
     path = Path(spec)
     if path.is_dir():
         if not (path / BEST_FILE).is_file():
-            raise CheckpointError(f"{path} is a folder without {BEST_FILE}; a run folder holds one once its first "
-                                  "epoch is done")
+            raise CheckpointError(
+                f"{path} is a folder without {BEST_FILE}; a run folder holds one once its first epoch is done"
+            )
         return path / BEST_FILE
     return path
 
@@ -143,8 +147,15 @@ def _load_checkpoint(path: Path, expect_model: str | None) -> Checkpoint:
         from lenet5.pth import load_pth_state_dict
 
         weights = load_pth_state_dict(path)
-        meta = {"format_version": FORMAT_VERSION, "engine": "torch", "model": None, "config": {}, "epoch": 0,
-                "metrics": {}, "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "engine": "torch",
+            "model": None,
+            "config": {},
+            "epoch": 0,
+            "metrics": {},
+            "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
+        }
         ckpt = Checkpoint(weights, meta, {}, path)
     else:
         ckpt = _load_safetensors(path)
@@ -198,12 +209,13 @@ def _load_safetensors(path: Path) -> Checkpoint:
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({first_line(exc)})") from None
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this lenet5 reads "
-                              f"({FORMAT_VERSION}); upgrade lenet5")
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is newer than this lenet5 reads ({FORMAT_VERSION}); upgrade lenet5"
+        )
     _check_normalization(meta["normalization"], path)
     _check_calibration(meta["calibration"], path)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
-    optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+    optimizer = {k[len(OPTIMIZER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return Checkpoint(weights, meta, optimizer, path)
 
 
@@ -243,15 +255,20 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
             shape, offsets = info.get("shape"), info.get("data_offsets")
             if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and len(shape) <= 8):
                 raise ValueError(f"tensor {_clip(name)} has shape {_clip(shape)}")
-            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-                    and 0 <= offsets[0] <= offsets[1] <= data_bytes):
-                raise ValueError(f"tensor {_clip(name)} has data offsets {_clip(offsets)} in {data_bytes} bytes of "
-                                 "data")
+            if not (
+                isinstance(offsets, list)
+                and len(offsets) == 2
+                and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes
+            ):
+                raise ValueError(
+                    f"tensor {_clip(name)} has data offsets {_clip(offsets)} in {data_bytes} bytes of data"
+                )
             entries[name] = (info["dtype"], tuple(shape), offsets[1] - offsets[0])
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint (its header: {first_line(exc)})") from None
     weights = {k: v for k, v in entries.items() if not k.startswith(OPTIMIZER_PREFIX)}
-    optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in entries.items() if k.startswith(OPTIMIZER_PREFIX)}
+    optimizer = {k[len(OPTIMIZER_PREFIX) :]: v for k, v in entries.items() if k.startswith(OPTIMIZER_PREFIX)}
     model = meta.get("model") if isinstance(meta.get("model"), str) and meta.get("model") else None
     model = model or _infer_model(weights, path)
     expected = _expected_shapes(model, weights, path)
@@ -260,8 +277,10 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
         shown = name if len(name) <= 60 else name[:57] + "..."
         itemsize = ITEM_SIZES.get(dtype)
         if itemsize is not None and nbytes != math.prod(shape) * itemsize:
-            raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({shown} holds {nbytes} bytes, its "
-                                  f"shape {shape} of {dtype} needs {math.prod(shape) * itemsize})")
+            raise CheckpointError(
+                f"{path}: corrupt or truncated checkpoint ({shown} holds {nbytes} bytes, its "
+                f"shape {shape} of {dtype} needs {math.prod(shape) * itemsize})"
+            )
         if name in expected:
             allowed, need = FLOAT_DTYPES, expected[name]
         elif name == OPTIMIZER_PREFIX + "step":
@@ -331,17 +350,22 @@ def _check_calibration(calibration: Any, path: Path) -> None:
 def _check_normalization(norm: Any, path: Path) -> None:
     """The (mean, std) inputs are normalized with: finite numbers, std > 0 (else every prediction is NaN)."""
     values = [norm.get(k) for k in ("mean", "std")] if isinstance(norm, dict) else [None]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) \
-            or values[1] <= 0:
-        raise CheckpointError(f"{path}: checkpoint normalization {str(norm)[:80]} is damaged "
-                              "(it needs a finite mean and a std > 0)")
+    if (
+        not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        or values[1] <= 0
+    ):
+        raise CheckpointError(
+            f"{path}: checkpoint normalization {str(norm)[:80]} is damaged (it needs a finite mean and a std > 0)"
+        )
 
 
 def _infer_model(weights: dict[str, np.ndarray], path: Path) -> str:
     model = model_for_weights(weights)
     if model is None:
-        raise CheckpointError(f"{path}: not a LeNet-5 checkpoint (its tensors {sorted(weights)[:4]}... match none of "
-                              f"the models: {', '.join(MODELS)})")
+        raise CheckpointError(
+            f"{path}: not a LeNet-5 checkpoint (its tensors {sorted(weights)[:4]}... match none of "
+            f"the models: {', '.join(MODELS)})"
+        )
     return model
 
 
@@ -365,12 +389,10 @@ def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> No
     for name, shape in expected.items():
         value = weights[name]
         if tuple(value.shape) != tuple(shape):
-            raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the {model} LeNet-5 needs "
-                                  f"{tuple(shape)}")
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(value.shape)}, the {model} LeNet-5 needs {tuple(shape)}"
+            )
         if value.dtype.kind != "f":
             raise CheckpointError(f"{path}: {name} has dtype {value.dtype}, expected floating point")
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the checkpoint is damaged")
-
-
-

@@ -41,9 +41,18 @@ def _err(message: str) -> None:
 
 
 FLAG_KEYS = {  # flag (argparse dest) -> the config key it sets; the one flag-to-override mapping
-    "engine": "train.engine", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optimizer.lr",
-    "optimizer": "optimizer.name", "seed": "train.seed", "out": "train.out", "name": "train.name",
-    "threads": "train.threads", "device": "train.device", "data_dir": "data.data_dir", "dataset": "data.dataset",
+    "engine": "train.engine",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optimizer.lr",
+    "optimizer": "optimizer.name",
+    "seed": "train.seed",
+    "out": "train.out",
+    "name": "train.name",
+    "threads": "train.threads",
+    "device": "train.device",
+    "data_dir": "data.data_dir",
+    "dataset": "data.dataset",
     "limit_batches": "train.limit_batches",
     "logger": "train.logger",
 }
@@ -66,25 +75,43 @@ def _config_flag(p: argparse.ArgumentParser, flag: str, dest: str, help: str, al
 
     dotted = FLAG_KEYS[dest]
     default = config.default(dotted)
-    p.add_argument(flag, *aliases, dest=dest, default=None, choices=config.choices(dotted),
-                   help=f"{help} (sets {dotted}; default {'none' if default is None else default}, or the config's)",
-                   **kwargs)
+    p.add_argument(
+        flag,
+        *aliases,
+        dest=dest,
+        default=None,
+        choices=config.choices(dotted),
+        help=f"{help} (sets {dotted}; default {'none' if default is None else default}, or the config's)",
+        **kwargs,
+    )
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    _config_flag(p, "--data-dir", "data_dir", "folder with (or for) the dataset files; none: $LENET5_DATA or "
-                 "~/.cache/lenet5", aliases=("--data_dir",))
-    _config_flag(p, "--dataset", "dataset", "mnist: verified by SHA-256; idx: any four IDX files under MNIST's names "
-                 "in --data-dir")
+    _config_flag(
+        p,
+        "--data-dir",
+        "data_dir",
+        "folder with (or for) the dataset files; none: $LENET5_DATA or ~/.cache/lenet5",
+        aliases=("--data_dir",),
+    )
+    _config_flag(
+        p,
+        "--dataset",
+        "dataset",
+        "mnist: verified by SHA-256; idx: any four IDX files under MNIST's names in --data-dir",
+    )
 
 
-MODEL_HELP = ("a checkpoint (.safetensors, .pth), a run folder, 'latest' (the newest run under train.out) or an "
-              ".onnx file; default: the model bundled with lenet5 (see its MODEL_CARD.md)")
+MODEL_HELP = (
+    "a checkpoint (.safetensors, .pth), a run folder, 'latest' (the newest run under train.out) or an "
+    ".onnx file; default: the model bundled with lenet5 (see its MODEL_CARD.md)"
+)
 
 
 def _model_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "--model_path", "--model-path", dest="model", default=None, metavar="MODEL",
-                   help=MODEL_HELP)
+    p.add_argument(
+        "--model", "--model_path", "--model-path", dest="model", default=None, metavar="MODEL", help=MODEL_HELP
+    )
 
 
 def _model_path(args) -> Path:
@@ -126,8 +153,10 @@ def _latest_run(runs: Path) -> Path:
             finished, limit = _run_facts(run_dir)
             found.append(((limit == 0, finished, model.stat().st_mtime), model, finished, limit))
     if not found:
-        raise CheckpointError(f"--model latest: no run under {runs}/ (train.out) has a {BEST_FILE} yet; train one "
-                              "(lenet5 train) or leave out --model to use the bundled model")
+        raise CheckpointError(
+            f"--model latest: no run under {runs}/ (train.out) has a {BEST_FILE} yet; train one "
+            "(lenet5 train) or leave out --model to use the bundled model"
+        )
     _, model, finished, limit = max(found, key=lambda row: row[0])
     kind = f"a smoke run: --limit-batches {limit}" if limit else "a full run"
     state = "finished" if finished else "not finished: still training, or stopped before the end"
@@ -139,8 +168,12 @@ def _latest_run(runs: Path) -> Path:
 def _engine_flag(p: argparse.ArgumentParser) -> None:
     from lenet5.engines import ENGINES
 
-    p.add_argument("--engine", choices=tuple(ENGINES), default="numpy",
-                   help="engine that runs the model (default numpy; an .onnx model runs in onnxruntime)")
+    p.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        default="numpy",
+        help="engine that runs the model (default numpy; an .onnx model runs in onnxruntime)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -150,8 +183,10 @@ def cmd_data(args) -> int:
     data = load_mnist(args.data_dir, args.dataset or "mnist")
     files = data.files
     counts = {
-        "train_images": int(len(data.train_images)), "train_labels": int(len(data.train_labels)),
-        "test_images": int(len(data.test_images)), "test_labels": int(len(data.test_labels)),
+        "train_images": int(len(data.train_images)),
+        "train_labels": int(len(data.train_labels)),
+        "test_images": int(len(data.test_images)),
+        "test_labels": int(len(data.test_labels)),
     }
     report = {
         "dataset": files.dataset,
@@ -202,11 +237,15 @@ def cmd_train(args) -> int:
         run_dir, result = train_run(cfg, resume, log=_err)
     except TrainingInterrupted as stop:
         if stop.saved:
-            _err(f"interrupted at epoch {stop.epoch}, batch {stop.batch}; saved {stop.run_dir / LAST_FILE}. "
-                 f"Resume with: lenet5 train --resume {stop.run_dir}")
+            _err(
+                f"interrupted at epoch {stop.epoch}, batch {stop.batch}; saved {stop.run_dir / LAST_FILE}. "
+                f"Resume with: lenet5 train --resume {stop.run_dir}"
+            )
         else:
-            _err(f"stopped in the middle of a step at epoch {stop.epoch}; the checkpoint of the last completed epoch "
-                 f"(if any) is kept in {stop.run_dir}. Resume with: lenet5 train --resume {stop.run_dir}")
+            _err(
+                f"stopped in the middle of a step at epoch {stop.epoch}; the checkpoint of the last completed epoch "
+                f"(if any) is kept in {stop.run_dir}. Resume with: lenet5 train --resume {stop.run_dir}"
+            )
         return EXIT_INTERRUPTED
     if result is None:  # a torchrun rank that does not write
         return 0
@@ -214,19 +253,29 @@ def cmd_train(args) -> int:
     m = result.metrics
     before = _seconds_trained_before(resume)
     if args.json:
-        _print_json({**{k: v for k, v in m.items() if k not in ("per_class", "confusion_matrix")},
-                     "total_seconds": round(total, 3)})
+        _print_json(
+            {
+                **{k: v for k, v in m.items() if k not in ("per_class", "confusion_matrix")},
+                "total_seconds": round(total, 3),
+            }
+        )
     else:
-        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
-              f"(model from epoch {m['model_epoch']} of {m['epochs']})")
+        print(
+            f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
+            f"(model from epoch {m['model_epoch']} of {m['epochs']})"
+        )
         if before is None:
             print(f"trained in {m['train_seconds']:.1f}s (this command took {total:.1f}s); run folder: {run_dir}")
         else:  # train_seconds counts every session of the run; this command only ran the last one
-            print(f"trained in {m['train_seconds']:.1f}s in all: {before:.1f}s before this resume and "
-                  f"{max(0.0, m['train_seconds'] - before):.1f}s now (this command took {total:.1f}s); "
-                  f"run folder: {run_dir}")
-        print(f"next: lenet5 evaluate --model {run_dir}\n      lenet5 predict --model {run_dir} your-digit.png\n"
-              f"      lenet5 serve --model {run_dir}   (then open http://127.0.0.1:8000/)")
+            print(
+                f"trained in {m['train_seconds']:.1f}s in all: {before:.1f}s before this resume and "
+                f"{max(0.0, m['train_seconds'] - before):.1f}s now (this command took {total:.1f}s); "
+                f"run folder: {run_dir}"
+            )
+        print(
+            f"next: lenet5 evaluate --model {run_dir}\n      lenet5 predict --model {run_dir} your-digit.png\n"
+            f"      lenet5 serve --model {run_dir}   (then open http://127.0.0.1:8000/)"
+        )
     return 0
 
 
@@ -258,19 +307,31 @@ def cmd_evaluate(args) -> int:
 
         write_reports(Path(args.out), [], data.test_images, result.labels, result.probabilities, result.confusion)
     if args.json:
-        _print_json({"model": str(path), "engine": runner, "test_accuracy": result.accuracy, "test_loss": result.loss,
-                     "n": int(len(result.labels)), "per_class": summary["per_class"],
-                     "confusion_matrix": summary["confusion_matrix"]})
+        _print_json(
+            {
+                "model": str(path),
+                "engine": runner,
+                "test_accuracy": result.accuracy,
+                "test_loss": result.loss,
+                "n": int(len(result.labels)),
+                "per_class": summary["per_class"],
+                "confusion_matrix": summary["confusion_matrix"],
+            }
+        )
         return 0
-    print(f"{describe_model(path)} ({runner}): test accuracy {100 * result.accuracy:.2f}%  "
-          f"test loss {result.loss:.4f}  on {len(result.labels)} images")
+    print(
+        f"{describe_model(path)} ({runner}): test accuracy {100 * result.accuracy:.2f}%  "
+        f"test loss {result.loss:.4f}  on {len(result.labels)} images"
+    )
     from lenet5.models import NUM_CLASSES
 
     scores = per_class_scores(result.confusion)
     print("class  precision  recall     f1  support")
     for c in range(NUM_CLASSES):
-        print(f"{c:>5}  {scores['precision'][c]:9.4f}  {scores['recall'][c]:6.4f}  {scores['f1'][c]:5.4f}  "
-              f"{int(scores['support'][c]):7d}")
+        print(
+            f"{c:>5}  {scores['precision'][c]:9.4f}  {scores['recall'][c]:6.4f}  {scores['f1'][c]:5.4f}  "
+            f"{int(scores['support'][c]):7d}"
+        )
     print("confusion matrix (rows: true, columns: predicted)")
     print("      " + " ".join(f"{c:>5}" for c in range(NUM_CLASSES)))
     for c, row in enumerate(result.confusion):
@@ -291,16 +352,24 @@ def cmd_summary(args) -> int:
     ckpt = load_checkpoint(path)
     meta, metrics = ckpt.meta, ckpt.meta.get("metrics") or {}
     calibration = meta.get("calibration") or {}
-    facts = {"model": ckpt.model, "file": str(path), "engine": meta.get("engine"), "epoch": meta.get("epoch"),
-             "val_accuracy": metrics.get("val_accuracy"), "temperature": calibration.get("temperature"),
-             "parameters": sum(int(v.size) for v in ckpt.weights.values())}
+    facts = {
+        "model": ckpt.model,
+        "file": str(path),
+        "engine": meta.get("engine"),
+        "epoch": meta.get("epoch"),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "temperature": calibration.get("temperature"),
+        "parameters": sum(int(v.size) for v in ckpt.weights.values()),
+    }
     if args.json:
         _print_json(facts)
         return 0
     print("\n".join(summary_lines(ckpt.model)))
-    print(f"{describe_model(path)}: trained by the {facts['engine']} engine, epoch {facts['epoch']}"
-          + (f", validation accuracy {100 * facts['val_accuracy']:.2f}%" if facts["val_accuracy"] is not None else "")
-          + (f", calibration temperature {facts['temperature']:.3f}" if facts["temperature"] else ""))
+    print(
+        f"{describe_model(path)}: trained by the {facts['engine']} engine, epoch {facts['epoch']}"
+        + (f", validation accuracy {100 * facts['val_accuracy']:.2f}%" if facts["val_accuracy"] is not None else "")
+        + (f", calibration temperature {facts['temperature']:.3f}" if facts["temperature"] else "")
+    )
     return 0
 
 
@@ -317,9 +386,16 @@ def _summary_onnx(path: Path, as_json: bool) -> int:
         raise Lenet5Error(f'{path}: reading an .onnx model needs onnxruntime: pip install -e ".[onnx]"') from None
     onnx_model = OnnxModel(path, threads=1)
     name = onnx_model.model_name if onnx_model.model_name in MODELS else None
-    facts = {"model": name, "file": str(path), "format": "onnx", "engine": "onnxruntime", "epoch": None,
-             "val_accuracy": None, "temperature": onnx_model.temperature,
-             "parameters": sum(prod(shape) for shape in parameter_shapes(name).values()) if name else None}
+    facts = {
+        "model": name,
+        "file": str(path),
+        "format": "onnx",
+        "engine": "onnxruntime",
+        "epoch": None,
+        "val_accuracy": None,
+        "temperature": onnx_model.temperature,
+        "parameters": sum(prod(shape) for shape in parameter_shapes(name).values()) if name else None,
+    }
     if as_json:
         _print_json(facts)
         return 0
@@ -327,9 +403,11 @@ def _summary_onnx(path: Path, as_json: bool) -> int:
         print("\n".join(summary_lines(name)))
     else:
         print(f"a LeNet-5 whose architecture the file does not name (metadata model: {onnx_model.model_name!r})")
-    print(f"{path}: an ONNX export, run by onnxruntime"
-          + (f", calibration temperature {onnx_model.temperature:.3f}" if onnx_model.temperature != 1.0 else "")
-          + "; how it was trained is in the checkpoint it was exported from (lenet5 summary --model CHECKPOINT)")
+    print(
+        f"{path}: an ONNX export, run by onnxruntime"
+        + (f", calibration temperature {onnx_model.temperature:.3f}" if onnx_model.temperature != 1.0 else "")
+        + "; how it was trained is in the checkpoint it was exported from (lenet5 summary --model CHECKPOINT)"
+    )
     return 0
 
 
@@ -340,14 +418,18 @@ def cmd_export(args) -> int:
 
     path = _model_path(args)
     if path.suffix.lower() == ".onnx":
-        raise Lenet5Error(f"{path} is already an ONNX model; export reads a checkpoint (.safetensors or .pth, or a "
-                          "run folder): pass the one it was exported from")
+        raise Lenet5Error(
+            f"{path} is already an ONNX model; export reads a checkpoint (.safetensors or .pth, or a "
+            "run folder): pass the one it was exported from"
+        )
     ckpt = load_checkpoint(path)
     default = Path(path.name).with_suffix(".onnx") if path == BUNDLED else path.with_suffix(".onnx")
     output = Path(args.output) if args.output else default
     if output.resolve() == path.resolve() or (output.exists() and output.samefile(path)):
-        raise Lenet5Error(f"--output {output} is the checkpoint being exported; choose another file (for example "
-                          f"{path.with_suffix('.onnx').name})")
+        raise Lenet5Error(
+            f"--output {output} is the checkpoint being exported; choose another file (for example "
+            f"{path.with_suffix('.onnx').name})"
+        )
     export_onnx(ckpt.weights, ckpt.model, output, calibration=ckpt.meta.get("calibration"))
     if args.json:
         _print_json({"model": str(path), "format": args.format, "output": str(output)})
@@ -382,8 +464,11 @@ def _reading_line(r: dict) -> str:
     """One result of `predict` for humans: the file, the digit or number, how sure, and why not."""
     if "error" in r:
         return f"error: {r['error']}"  # the message names the file
-    doubt = (f"   NOT SURE: {r['reason']}" if r.get("unsure") and r.get("reason")
-             else ("   NOT SURE" if r.get("unsure") else ""))
+    doubt = (
+        f"   NOT SURE: {r['reason']}"
+        if r.get("unsure") and r.get("reason")
+        else ("   NOT SURE" if r.get("unsure") else "")
+    )
     if r.get("digit") is not None:
         others = ", ".join(f"{d} {p:.1%}" for d, p in r["top_k"])
         return f"{r['file']}: {r['digit']}  ({r['probability']:.1%})   top-{len(r['top_k'])}: {others}{doubt}"
@@ -400,7 +485,8 @@ def cmd_serve(args) -> int:
         from lenet5.serve.app import create_app, uvicorn_options
     except ImportError as exc:
         raise Lenet5Error(
-            f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e ".[serve]"') from None
+            f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e ".[serve]"'
+        ) from None
     import socket
 
     from lenet5.checkpoint import describe_model
@@ -409,7 +495,8 @@ def cmd_serve(args) -> int:
     for flag in ("body_timeout", "header_timeout", "idle_timeout"):
         if not getattr(args, flag) > 0:
             raise Lenet5Error(
-                f"--{flag.replace('_', '-')} must be a positive number of seconds, got {getattr(args, flag)}")
+                f"--{flag.replace('_', '-')} must be a positive number of seconds, got {getattr(args, flag)}"
+            )
     if not 1 <= args.max_body_mb <= MAX_BODY_MB:
         raise Lenet5Error(f"--max-body-mb must be between 1 and {MAX_BODY_MB}, got {args.max_body_mb:g}")
     path = _model_path(args)
@@ -421,24 +508,38 @@ def cmd_serve(args) -> int:
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
     options = uvicorn_options(header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
     _err(f"serving the {predictor.model_name} LeNet-5 from {describe_model(path)} on http://{args.host}:{args.port}/")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.log_level in ("info", "debug"), **options)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.log_level in ("info", "debug"),
+        **options,
+    )
     return 0
 
 
 def _add_predict_serve_parsers(sub) -> None:
     p = sub.add_parser(
-        "predict", help="classify your own digit images (PNG, JPEG, BMP, GIF, TIFF, WebP, .npy)",
+        "predict",
+        help="classify your own digit images (PNG, JPEG, BMP, GIF, TIFF, WebP, .npy)",
         description="Read the digits or the whole number in each image. An answer is marked NOT SURE when a "
-                    "digit's calibrated probability is below the model's reject threshold. The bundled model's "
-                    "thresholds were chosen on held-out photo-like scenes so that at most 1% of sure single "
-                    "digits and 2% of sure numbers were wrong there (MODEL_CARD.md); expect a little more on "
-                    "handwriting unlike any it has seen. A model you trained yourself marks NOT SURE below 80%.")
+        "digit's calibrated probability is below the model's reject threshold. The bundled model's "
+        "thresholds were chosen on held-out photo-like scenes so that at most 1% of sure single "
+        "digits and 2% of sure numbers were wrong there (MODEL_CARD.md); expect a little more on "
+        "handwriting unlike any it has seen. A model you trained yourself marks NOT SURE below 80%.",
+    )
     _model_flag(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders of images, globs, or .npy arrays")
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="how many classes to list (default 3)")
-    p.add_argument("--save-prepared", "--save_prepared", dest="save_prepared", metavar="DIR", default=None,
-                   help="write the 28x28 image the network saw for each input into DIR")
+    p.add_argument(
+        "--save-prepared",
+        "--save_prepared",
+        dest="save_prepared",
+        metavar="DIR",
+        default=None,
+        help="write the 28x28 image the network saw for each input into DIR",
+    )
     _engine_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_predict)
@@ -448,17 +549,51 @@ def _add_predict_serve_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     _engine_flag(p)
-    p.add_argument("--log-level", "--log_level", dest="log_level", default="info",
-                   choices=("critical", "error", "warning", "info", "debug"), help="server log level (default info)")
-    p.add_argument("--max-body-mb", "--max_body_mb", dest="max_body_mb", type=float, default=10.0, metavar="MB",
-                   help="largest request body in MB, else 413 (default 10: a phone photo is 3-10 MB)")
-    p.add_argument("--body-timeout", "--body_timeout", dest="body_timeout", type=float, default=20.0, metavar="SECONDS",
-                   help="a request body must arrive within this many seconds, else 408 (default 20)")
-    p.add_argument("--header-timeout", "--header_timeout", dest="header_timeout", type=float, default=10.0,
-                   metavar="SECONDS", help="a request's headers must arrive within this many seconds of the connection "
-                   "opening or of the previous answer, else the connection is closed (default 10)")
-    p.add_argument("--idle-timeout", "--idle_timeout", dest="idle_timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="a kept-alive connection with no new request for this many seconds is closed (default 5)")
+    p.add_argument(
+        "--log-level",
+        "--log_level",
+        dest="log_level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log level (default info)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        "--max_body_mb",
+        dest="max_body_mb",
+        type=float,
+        default=10.0,
+        metavar="MB",
+        help="largest request body in MB, else 413 (default 10: a phone photo is 3-10 MB)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        "--body_timeout",
+        dest="body_timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="a request body must arrive within this many seconds, else 408 (default 20)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        "--header_timeout",
+        dest="header_timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's headers must arrive within this many seconds of the connection "
+        "opening or of the previous answer, else the connection is closed (default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        "--idle_timeout",
+        dest="idle_timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a kept-alive connection with no new request for this many seconds is closed (default 5)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -473,15 +608,25 @@ def cmd_tune(args) -> int:
     from lenet5.config import resolve_config
 
     base = resolve_config(args.config, _flag_overrides(args), args.set or [])
-    settings = TuneSettings(storage=args.storage, study_name=args.study_name, trials=args.trials, timeout=args.timeout,
-                            epochs=args.epochs, train_size=args.train_size, heartbeat=args.heartbeat,
-                            sampler_seed=args.sampler_seed, out=args.out)
+    settings = TuneSettings(
+        storage=args.storage,
+        study_name=args.study_name,
+        trials=args.trials,
+        timeout=args.timeout,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        heartbeat=args.heartbeat,
+        sampler_seed=args.sampler_seed,
+        out=args.out,
+    )
     data = load_mnist(base.data.data_dir, base.data.dataset)
     try:
         summary = run_study(base, data, settings, log=_err)
     except (TrainingInterrupted, KeyboardInterrupt):
-        _err(f"interrupted; the running trial is marked failed. Continue the study with the same command "
-             f"(--storage {display_url(args.storage)} --study-name {args.study_name})")
+        _err(
+            f"interrupted; the running trial is marked failed. Continue the study with the same command "
+            f"(--storage {display_url(args.storage)} --study-name {args.study_name})"
+        )
         return EXIT_INTERRUPTED
     if args.json:
         _print_json(summary)
@@ -500,25 +645,53 @@ def cmd_tune(args) -> int:
 
 def _add_tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="search hyperparameters with Optuna (scored on validation, never on test)")
-    p.add_argument("--trials", type=int, default=20,
-                   help="finished trials the study should hold, shared by all workers on it (default 20)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="finished trials the study should hold, shared by all workers on it (default 20)",
+    )
     p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
-    p.add_argument("--train-size", "--train_size", dest="train_size", type=int, default=None,
-                   help="use this many training images (a seeded subset; validation takes min(data.val_size, N/6))")
-    p.add_argument("--storage", default="sqlite:///runs/tune/study.db",
-                   help="study database URL: SQLite (default sqlite:///runs/tune/study.db) or e.g. postgresql://...")
+    p.add_argument(
+        "--train-size",
+        "--train_size",
+        dest="train_size",
+        type=int,
+        default=None,
+        help="use this many training images (a seeded subset; validation takes min(data.val_size, N/6))",
+    )
+    p.add_argument(
+        "--storage",
+        default="sqlite:///runs/tune/study.db",
+        help="study database URL: SQLite (default sqlite:///runs/tune/study.db) or e.g. postgresql://...",
+    )
     p.add_argument("--study-name", "--study_name", dest="study_name", default="lenet5", help="default lenet5")
     p.add_argument("--out", default="runs/tune", help="writes OUT/<study-name>/config.yaml (best) and trials.csv")
-    p.add_argument("--heartbeat", type=int, default=60,
-                   help="seconds between a running trial's heartbeats; a worker silent 3x as long is marked failed")
-    p.add_argument("--sampler-seed", "--sampler_seed", dest="sampler_seed", type=int, default=None,
-                   help="seed the sampler (one worker only: parallel workers need different draws)")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between a running trial's heartbeats; a worker silent 3x as long is marked failed",
+    )
+    p.add_argument(
+        "--sampler-seed",
+        "--sampler_seed",
+        dest="sampler_seed",
+        type=int,
+        default=None,
+        help="seed the sampler (one worker only: parallel workers need different draws)",
+    )
     p.add_argument("--config", default=None, help="base YAML config, layered over the defaults and ./config.yaml")
     _config_flag(p, "--engine", "engine", "which engine trains the trials")
     _config_flag(p, "--seed", "seed", "training seed of every trial", type=int)
-    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; "
-                 "torch: threads), 0: its default", type=int)
+    _config_flag(
+        p,
+        "--threads",
+        "threads",
+        "workers for the engine (numpy: processes, at most one per core; torch: threads), 0: its default",
+        type=int,
+    )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any base config key (repeatable)")
     p.add_argument("--json", action="store_true", help="print the study summary as one JSON document")
     _add_data_options(p)
@@ -534,9 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="fetch and verify MNIST into the cache, print what is there")
     _add_data_options(p)
-    p.add_argument("--preview-augment", "--preview_augment", dest="preview_augment", metavar="OUT.png", default=None,
-                   help="also write a grid of digits and random distortions of them "
-                        "(augment settings of ./config.yaml)")
+    p.add_argument(
+        "--preview-augment",
+        "--preview_augment",
+        dest="preview_augment",
+        metavar="OUT.png",
+        default=None,
+        help="also write a grid of digits and random distortions of them (augment settings of ./config.yaml)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_data)
 
@@ -550,16 +728,34 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--seed", "seed", "seed of the weights, the shuffling and the split", type=int)
     _config_flag(p, "--out", "out", "parent folder of run folders")
     _config_flag(p, "--name", "name", "run folder name; none: <engine>-<model>-<date>-<time>")
-    _config_flag(p, "--threads", "threads", "workers for the engine (numpy: processes, at most one per core; "
-                 "torch: threads), 0: its default", type=int)
+    _config_flag(
+        p,
+        "--threads",
+        "threads",
+        "workers for the engine (numpy: processes, at most one per core; torch: threads), 0: its default",
+        type=int,
+    )
     _config_flag(p, "--device", "device", "where the torch engine computes")
-    _config_flag(p, "--limit-batches", "limit_batches", "at most this many batches per epoch, 0: all (a quick "
-                 "smoke run)", type=int)
-    _config_flag(p, "--logger", "logger", "tensorboard: also write TensorBoard event files into the run folder "
-                 "(view with: tensorboard --logdir runs)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run exactly, with its own config (only --epochs, --data-dir and "
-                        "--dataset may change)")
+    _config_flag(
+        p,
+        "--limit-batches",
+        "limit_batches",
+        "at most this many batches per epoch, 0: all (a quick smoke run)",
+        type=int,
+    )
+    _config_flag(
+        p,
+        "--logger",
+        "logger",
+        "tensorboard: also write TensorBoard event files into the run folder (view with: tensorboard --logdir runs)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run exactly, with its own config (only --epochs, --data-dir and "
+        "--dataset may change)",
+    )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="set any config key (repeatable)")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
     _add_data_options(p)
@@ -581,8 +777,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to ONNX")
     _model_flag(p)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="the export format (default onnx)")
-    p.add_argument("--output", default=None, help="output file (default: the checkpoint's name with .onnx; for the "
-                   "bundled model, that name in the current folder)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output file (default: the checkpoint's name with .onnx; for the "
+        "bundled model, that name in the current folder)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_export)
 
@@ -648,8 +848,6 @@ def _os_error_line(exc: OSError) -> str | None:
     return None
 
 
-
-
 def _limit(name: str):
     """The soft resource limit ``name`` (resource.RLIMIT_...), or None where there is none or no way to ask."""
     try:
@@ -671,5 +869,7 @@ def _address_space_note() -> str:
 def _check_address_space() -> None:
     limit = _limit("RLIMIT_AS")
     if limit is not None and limit < MIN_ADDRESS_SPACE:
-        raise Lenet5Error(f"this process may use {limit / 2**20:.0f} MB of address space (ulimit -v, prlimit --as); "
-                          f"lenet5 needs at least {MIN_ADDRESS_SPACE // 2**20} MB: raise the limit")
+        raise Lenet5Error(
+            f"this process may use {limit / 2**20:.0f} MB of address space (ulimit -v, prlimit --as); "
+            f"lenet5 needs at least {MIN_ADDRESS_SPACE // 2**20} MB: raise the limit"
+        )

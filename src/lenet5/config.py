@@ -195,15 +195,17 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}' must be a string, got {_show(value)}")
     if f.metadata.get("plain_name") and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
-        raise ConfigError(f"config key '{key}' must be a plain folder name (no '/', not '.' or '..'), got "
-                          f"{_show(value)}")
+        raise ConfigError(
+            f"config key '{key}' must be a plain folder name (no '/', not '.' or '..'), got {_show(value)}"
+        )
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {_show(value)}")
     if "range" in f.metadata:
         lo, hi, lo_open, hi_open = f.metadata["range"]
-        bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
-            (hi is not None and (value >= hi if hi_open else value > hi))
+        bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+            hi is not None and (value >= hi if hi_open else value > hi)
+        )
         if bad:
             raise ConfigError(f"config key '{key}' {_allowed(f, kind)}; got {_show(value)}")
     return value
@@ -256,8 +258,9 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is {path.stat().st_size} bytes; a config is a few KB "
-                              f"(at most {MAX_CONFIG_BYTES})")
+            raise ConfigError(
+                f"config file {path} is {path.stat().st_size} bytes; a config is a few KB (at most {MAX_CONFIG_BYTES})"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
@@ -269,7 +272,8 @@ def load_yaml(path: str | Path) -> dict:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise ConfigError(
-            f"config file {path} is not valid YAML{line}; fix it or start from the shipped config.yaml") from None
+            f"config file {path} is not valid YAML{line}; fix it or start from the shipped config.yaml"
+        ) from None
     return data or {}
 
 
@@ -278,8 +282,10 @@ def parse_assignment(text: str) -> tuple[str, str, Any]:
     import yaml
 
     if len(text) > MAX_SET_CHARS:
-        raise ConfigError(f"--set {_show(text)} is {len(text):,} characters long; a setting is at most "
-                          f"{MAX_SET_CHARS:,} (put large values in a --config file)")
+        raise ConfigError(
+            f"--set {_show(text)} is {len(text):,} characters long; a setting is at most "
+            f"{MAX_SET_CHARS:,} (put large values in a --config file)"
+        )
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set expects section.key=value (for example schedule.name=cosine); got {_show(text)}")
     dotted, raw = text.split("=", 1)
@@ -303,12 +309,21 @@ def _safe_yaml(text: str, where: str) -> Any:
     for token in yaml.scan(text):
         if isinstance(token, yaml.AliasToken):
             raise ConfigError(f"{where} uses a YAML alias (*name); write the value out instead")
-        if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
-                              yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
+        if isinstance(
+            token,
+            (
+                yaml.BlockMappingStartToken,
+                yaml.BlockSequenceStartToken,
+                yaml.FlowMappingStartToken,
+                yaml.FlowSequenceStartToken,
+            ),
+        ):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise ConfigError(f"{where} is nested more than {MAX_YAML_DEPTH} levels deep (line "
-                                  f"{token.start_mark.line + 1}); a config is section: key: value")
+                raise ConfigError(
+                    f"{where} is nested more than {MAX_YAML_DEPTH} levels deep (line "
+                    f"{token.start_mark.line + 1}); a config is section: key: value"
+                )
         elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
             depth -= 1
     loader = _strict_loader()(text)
@@ -341,16 +356,19 @@ def _strict_loader():
                     except TypeError:  # unhashable: SafeLoader reports it
                         continue
                     if again:
-                        raise ConfigError(f"{self.where} gives key {_show(key)} twice (line "
-                                          f"{key_node.start_mark.line + 1}); keep one")
+                        raise ConfigError(
+                            f"{self.where} gives key {_show(key)} twice (line {key_node.start_mark.line + 1}); keep one"
+                        )
                     seen.add(key)
             return super().construct_mapping(node, deep)
 
         def construct_yaml_int(self, node):
             value = self.construct_scalar(node)
             if len(value) > MAX_YAML_INT_CHARS:
-                raise ConfigError(f"{self.where} holds an integer of {len(value):,} characters (line "
-                                  f"{node.start_mark.line + 1}); a setting needs at most {MAX_YAML_INT_CHARS}")
+                raise ConfigError(
+                    f"{self.where} holds an integer of {len(value):,} characters (line "
+                    f"{node.start_mark.line + 1}); a setting needs at most {MAX_YAML_INT_CHARS}"
+                )
             return super().construct_yaml_int(node)
 
     StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)

@@ -117,18 +117,30 @@ def build_onnx_model(state: dict[str, np.ndarray], model_name: str, opset: int =
     except (AttributeError, ValueError):
         pass
     helper.set_model_props(
-        model, {"model": model_name, "normalize_mean": str(MNIST_MEAN), "normalize_std": str(MNIST_STD),
-                **{k: repr(float(v)) for k, v in (calibration or {}).items() if k in ("temperature", "energy_floor")
-                   and v is not None},
-                **{f"reject_{k}": repr(float(v)) for k, v in ((calibration or {}).get("reject") or {}).items()
-                   if k in REJECT_KEYS}}
+        model,
+        {
+            "model": model_name,
+            "normalize_mean": str(MNIST_MEAN),
+            "normalize_std": str(MNIST_STD),
+            **{
+                k: repr(float(v))
+                for k, v in (calibration or {}).items()
+                if k in ("temperature", "energy_floor") and v is not None
+            },
+            **{
+                f"reject_{k}": repr(float(v))
+                for k, v in ((calibration or {}).get("reject") or {}).items()
+                if k in REJECT_KEYS
+            },
+        },
     )
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def export_onnx(state: dict[str, np.ndarray], model_name: str, output: str | Path, opset: int = 17,
-                calibration: dict | None = None) -> Path:
+def export_onnx(
+    state: dict[str, np.ndarray], model_name: str, output: str | Path, opset: int = 17, calibration: dict | None = None
+) -> Path:
     """Write the ONNX model for these weights to output atomically (temp file + rename); returns the path."""
     model = build_onnx_model(state, model_name, opset, calibration)
     output = Path(output)
@@ -175,8 +187,10 @@ class OnnxModel:
         try:  # the reject thresholds, as lenet5 predict uses them (calibration.check_reject)
             from lenet5.calibration import check_reject
 
-            self.reject = check_reject({k: float(self.meta[f"reject_{k}"]) for k in REJECT_KEYS
-                                        if f"reject_{k}" in self.meta}) or None
+            self.reject = (
+                check_reject({k: float(self.meta[f"reject_{k}"]) for k in REJECT_KEYS if f"reject_{k}" in self.meta})
+                or None
+            )
         except ValueError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
         self.logits(np.zeros((1, 1, 28, 28), np.float32))  # the graph must run and give (1, 10)
@@ -186,23 +200,29 @@ class OnnxModel:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         want = "a LeNet-5 takes one float32 input (N, 1, 28, 28) and gives one float32 output (N, 10)"
         if len(inputs) != 1 or len(outputs) != 1:
-            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it has {len(inputs)} input(s) and "
-                                  f"{len(outputs)} output(s); {want}")
+            raise CheckpointError(
+                f"{self.path}: not a LeNet-5 ONNX model: it has {len(inputs)} input(s) and "
+                f"{len(outputs)} output(s); {want}"
+            )
         (x,), (y,) = inputs, outputs
         for what, arg, rank, tail in (("input", x, 4, [*models.INPUT_SHAPE]), ("output", y, 2, [models.NUM_CLASSES])):
             shape = list(arg.shape) if arg.shape is not None else None
             if arg.type != "tensor(float)" or shape is None or len(shape) != rank or shape[1:] != tail:
                 dims = () if shape is None else ("?" if d is None else str(d) for d in shape)
                 seen = "unknown" if shape is None else "(" + ", ".join(dims) + ")"
-                raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: its {what} {arg.name!r} is "
-                                      f"{arg.type} of shape {seen}; {want}")
+                raise CheckpointError(
+                    f"{self.path}: not a LeNet-5 ONNX model: its {what} {arg.name!r} is "
+                    f"{arg.type} of shape {seen}; {want}"
+                )
         batch, out_batch = x.shape[0], y.shape[0]
         fixed = batch if isinstance(batch, int) else None  # None, or a name: dynamic
         if fixed is not None and fixed < 1:
             raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: its batch dimension is {fixed}; {want}")
         if isinstance(out_batch, int) and out_batch != fixed:
-            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it takes a batch of {batch} images but "
-                                  f"gives {out_batch} rows; {want}")
+            raise CheckpointError(
+                f"{self.path}: not a LeNet-5 ONNX model: it takes a batch of {batch} images but "
+                f"gives {out_batch} rows; {want}"
+            )
         return x.name, fixed
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -226,9 +246,12 @@ class OnnxModel:
             out = self.session.run(None, {self.input_name: x})[0]
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a graph that fails
             raise CheckpointError(
-                f"{self.path}: the ONNX model fails on a batch of {len(x)}: {first_line(exc)}") from None
+                f"{self.path}: the ONNX model fails on a batch of {len(x)}: {first_line(exc)}"
+            ) from None
         out = np.asarray(out)
         if out.shape != (len(x), models.NUM_CLASSES) or out.dtype != np.float32:
-            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: it gives {out.dtype} of shape "
-                                  f"{tuple(out.shape)} for {len(x)} images, not float32 ({len(x)}, 10)")
+            raise CheckpointError(
+                f"{self.path}: not a LeNet-5 ONNX model: it gives {out.dtype} of shape "
+                f"{tuple(out.shape)} for {len(x)} images, not float32 ({len(x)}, 10)"
+            )
         return out

@@ -36,8 +36,9 @@ class NumpyRunner:
         out = np.empty((len(x), NUM_CLASSES), dtype=self.net.params.dtype)
         with single_threaded_blas():
             for start in range(0, len(x), PIECE):
-                out[start : start + PIECE] = self.net.forward(x[start : start + PIECE], keep_caches=False,
-                                                              ws=self.workspace)[0]
+                out[start : start + PIECE] = self.net.forward(
+                    x[start : start + PIECE], keep_caches=False, ws=self.workspace
+                )[0]
         return out
 
     def close(self) -> None:

@@ -119,22 +119,42 @@ class Architecture:
 
 
 MODELS: dict[str, Architecture] = {
-    "modern": Architecture("modern", "ReLU, max pooling, full connections", (
-        Conv("conv1", 1, 6, 5, padding=2), Act("relu"), Pool("max"),       # (N, 6, 14, 14)
-        Conv("conv2", 6, 16, 5), Act("relu"), Pool("max"),                  # (N, 16, 5, 5)
-        Flatten(),                                                          # (N, 400)
-        Dense("fc1", 400, 120), Act("relu"),
-        Dense("fc2", 120, 84), Act("relu"),
-        Dense("fc3", 84, NUM_CLASSES),
-    )),
-    "classic": Architecture("classic", "LeCun et al. 1998: scaled tanh, average pooling, the C3 table", (
-        Conv("conv1", 1, 6, 5, padding=2), Act("scaled_tanh"), Pool("avg"),  # (N, 6, 14, 14)
-        Conv("conv2", 6, 16, 5, table=C3_TABLE), Act("scaled_tanh"), Pool("avg"),  # (N, 16, 5, 5)
-        Conv("conv3", 16, 120, 5), Act("scaled_tanh"),                       # (N, 120, 1, 1)
-        Flatten(),                                                           # (N, 120)
-        Dense("fc1", 120, 84), Act("scaled_tanh"),
-        Dense("fc2", 84, NUM_CLASSES),
-    )),
+    "modern": Architecture(
+        "modern",
+        "ReLU, max pooling, full connections",
+        (
+            Conv("conv1", 1, 6, 5, padding=2),
+            Act("relu"),
+            Pool("max"),  # (N, 6, 14, 14)
+            Conv("conv2", 6, 16, 5),
+            Act("relu"),
+            Pool("max"),  # (N, 16, 5, 5)
+            Flatten(),  # (N, 400)
+            Dense("fc1", 400, 120),
+            Act("relu"),
+            Dense("fc2", 120, 84),
+            Act("relu"),
+            Dense("fc3", 84, NUM_CLASSES),
+        ),
+    ),
+    "classic": Architecture(
+        "classic",
+        "LeCun et al. 1998: scaled tanh, average pooling, the C3 table",
+        (
+            Conv("conv1", 1, 6, 5, padding=2),
+            Act("scaled_tanh"),
+            Pool("avg"),  # (N, 6, 14, 14)
+            Conv("conv2", 6, 16, 5, table=C3_TABLE),
+            Act("scaled_tanh"),
+            Pool("avg"),  # (N, 16, 5, 5)
+            Conv("conv3", 16, 120, 5),
+            Act("scaled_tanh"),  # (N, 120, 1, 1)
+            Flatten(),  # (N, 120)
+            Dense("fc1", 120, 84),
+            Act("scaled_tanh"),
+            Dense("fc2", 84, NUM_CLASSES),
+        ),
+    ),
 }
 
 
@@ -188,10 +208,17 @@ def summary_rows(name: str) -> list[tuple[str, tuple[int, ...], int]]:
         if isinstance(layer, Conv):
             h, w = h + 2 * layer.padding - layer.kernel + 1, w + 2 * layer.padding - layer.kernel + 1
             c, shape = layer.out_channels, (layer.out_channels, h, w)
-            params = int(layer.table.sum() * layer.kernel**2 if layer.table is not None
-                         else math.prod(layer.param_shapes()["weight"])) + layer.out_channels
-            label = (f"{layer.name} conv {layer.kernel}x{layer.kernel}"
-                     + (f" pad {layer.padding}" if layer.padding else ""))
+            params = (
+                int(
+                    layer.table.sum() * layer.kernel**2
+                    if layer.table is not None
+                    else math.prod(layer.param_shapes()["weight"])
+                )
+                + layer.out_channels
+            )
+            label = f"{layer.name} conv {layer.kernel}x{layer.kernel}" + (
+                f" pad {layer.padding}" if layer.padding else ""
+            )
         elif isinstance(layer, Pool):
             h, w = h // layer.size, w // layer.size
             shape = (c, h, w)
@@ -212,8 +239,7 @@ def summary_rows(name: str) -> list[tuple[str, tuple[int, ...], int]]:
 def summary_lines(name: str) -> list[str]:
     """A model summary for people (Keras' model.summary()): each layer, its output shape, its parameters."""
     rows = summary_rows(name)
-    lines = [f"{name} LeNet-5 ({architecture(name).summary})",
-             f"  {'layer':<22}{'output shape':<16}{'parameters':>10}"]
+    lines = [f"{name} LeNet-5 ({architecture(name).summary})", f"  {'layer':<22}{'output shape':<16}{'parameters':>10}"]
     for label, shape, params in rows:
         lines.append(f"  {label:<22}{'x'.join(map(str, shape)):<16}{params if params else '':>10}")
     lines.append(f"  {'total':<38}{sum(p for _, _, p in rows):>10}")
@@ -222,8 +248,13 @@ def summary_lines(name: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- initializers
 INITIALIZERS = (
-    "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform",
-    "lecun_normal", "lecun_uniform", "torch_default",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "xavier_normal",
+    "xavier_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "torch_default",
 )
 
 
@@ -267,9 +298,7 @@ def init_bias(scheme: str, weight_shape: tuple[int, ...], rng: np.random.Generat
     return rng.uniform(-bound, bound, size=n)
 
 
-def init_parameters(
-    scheme: str, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+def init_parameters(scheme: str, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Draw every parameter of a network, in the order of ``shapes`` ('<layer>.weight' before '<layer>.bias')."""
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():

@@ -43,8 +43,17 @@ def input_suffixes() -> tuple[str, ...]:
 class Predictor:
     """A model loaded once: ``probabilities(uint8 (N, 28, 28)) -> (N, 10)``."""
 
-    def __init__(self, model, model_name: str, path: Path, mean: float = MNIST_MEAN, std: float = MNIST_STD,
-                 temperature: float = 1.0, energy_floor: float | None = None, reject: dict | None = None):
+    def __init__(
+        self,
+        model,
+        model_name: str,
+        path: Path,
+        mean: float = MNIST_MEAN,
+        std: float = MNIST_STD,
+        temperature: float = 1.0,
+        energy_floor: float | None = None,
+        reject: dict | None = None,
+    ):
         self.model = model  # anything with logits(x float32 (N,1,28,28)) -> (N, 10)
         self.model_name = model_name
         self.path = Path(path)
@@ -70,8 +79,14 @@ class Predictor:
             except ImportError:
                 raise CheckpointError(f"{path}: .onnx models need lenet5.export, which this install lacks") from None
             model = OnnxModel(path, threads=1)
-            predictor = cls(model, model.model_name, path, temperature=model.temperature,
-                            energy_floor=model.energy_floor, reject=getattr(model, "reject", None))
+            predictor = cls(
+                model,
+                model.model_name,
+                path,
+                temperature=model.temperature,
+                energy_floor=model.energy_floor,
+                reject=getattr(model, "reject", None),
+            )
             predictor.probe()
             return predictor
         from lenet5.checkpoint import load_checkpoint
@@ -96,8 +111,16 @@ class Predictor:
             raise CheckpointError(f"{path}: {exc}") from None
         norm = ckpt.meta.get("normalization") or {}
         calibration = ckpt.meta.get("calibration") or {}
-        predictor = cls(net, ckpt.model, path, norm.get("mean", MNIST_MEAN), norm.get("std", MNIST_STD),
-                        calibration.get("temperature", 1.0), calibration.get("energy_floor"), calibration.get("reject"))
+        predictor = cls(
+            net,
+            ckpt.model,
+            path,
+            norm.get("mean", MNIST_MEAN),
+            norm.get("std", MNIST_STD),
+            calibration.get("temperature", 1.0),
+            calibration.get("energy_floor"),
+            calibration.get("reject"),
+        )
         predictor.probe()
         return predictor
 
@@ -109,8 +132,10 @@ class Predictor:
         with self._lock, np.errstate(all="ignore"):
             logits = np.asarray(self.model.logits(self.normalize(bar)), dtype=np.float64)
         if logits.shape != (2, NUM_CLASSES) or not np.isfinite(logits).all() or np.abs(logits).max() > PROBE_LIMIT:
-            raise CheckpointError(f"{self.path.name}: the model's outputs are out of range on a plain test input "
-                                  "(damaged weights or normalization); retrain it or use another checkpoint")
+            raise CheckpointError(
+                f"{self.path.name}: the model's outputs are out of range on a plain test input "
+                "(damaged weights or normalization); retrain it or use another checkpoint"
+            )
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), the way the model was trained."""
@@ -135,8 +160,10 @@ class Predictor:
         with self._lock, np.errstate(over="ignore", invalid="ignore"):  # judged below, not warned about
             logits = np.asarray(self.model.logits(self.normalize(images)), dtype=np.float64)
         if np.isnan(logits).any():
-            raise CheckpointError(f"{self.path.name}: the model's outputs are NaN for this input: its weights are "
-                                  "out of range (a damaged or diverged checkpoint)")
+            raise CheckpointError(
+                f"{self.path.name}: the model's outputs are NaN for this input: its weights are "
+                "out of range (a damaged or diverged checkpoint)"
+            )
         return logits
 
     def log_probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -155,8 +182,9 @@ class Predictor:
             if not self.fitted_reject and self.energy_floor is not None and e < self.energy_floor:
                 out.append("it does not look like the digits the model knows (a letter, a sign, a scribble?)")
             elif p < threshold:
-                out.append(f"low confidence ({percent(p, threshold)} < {percent(threshold, threshold)}): "
-                           "not clearly one digit")
+                out.append(
+                    f"low confidence ({percent(p, threshold)} < {percent(threshold, threshold)}): not clearly one digit"
+                )
             else:
                 out.append(None)
         return out
@@ -168,8 +196,9 @@ class Predictor:
         probs = softmax(logits / self.temperature)
         return probs, self.doubts(logits, probs, self.sure_number if number else self.sure_digit)
 
-    def read(self, digits: list, problem: str | None, top_k: int = 3,
-             probabilities: bool = False) -> tuple[dict, list[np.ndarray]]:
+    def read(
+        self, digits: list, problem: str | None, top_k: int = 3, probabilities: bool = False
+    ) -> tuple[dict, list[np.ndarray]]:
         """Found digits (data.digits.Digit, left to right) -> the reading and the fields the network saw.
 
         The reading: ``number`` (str or None), ``digits`` [{digit, probability, box, top_k, unsure}, plus
@@ -182,13 +211,22 @@ class Predictor:
         something else (strokes_read_as_digits).
         """
         if not digits:
-            return {"number": None, "digit": None, "probability": None, "confidence": 0.0, "digits": [],
-                    "unsure": True, "reason": problem or "no digit found"}, []
+            return {
+                "number": None,
+                "digit": None,
+                "probability": None,
+                "confidence": 0.0,
+                "digits": [],
+                "unsure": True,
+                "reason": problem or "no digit found",
+            }, []
         fields = [d.field for d in digits]
         number = len(fields) > 1
         probs, doubts = self.judge(np.stack(fields), number=number)
-        described = [{**describe(p, top_k), "box": list(d.box), "unsure": why is not None}
-                     for d, p, why in zip(digits, probs, doubts)]
+        described = [
+            {**describe(p, top_k), "box": list(d.box), "unsure": why is not None}
+            for d, p, why in zip(digits, probs, doubts)
+        ]
         if probabilities:
             for d, p in zip(described, probs):
                 d["probabilities"] = [round(float(v), 6) for v in p]
@@ -211,15 +249,20 @@ class Predictor:
             i, why = doubtful[0]
             reading["reason"] = why if len(described) == 1 else f"digit {i + 1} of {len(described)}: {why}"
         elif strokes is not None:
-            reading["reason"] = (f"{strokes} read from one mark: the strokes of a letter or a sign "
-                                 "rather than digits that touch?")
+            reading["reason"] = (
+                f"{strokes} read from one mark: the strokes of a letter or a sign rather than digits that touch?"
+            )
         elif left_out:
-            reading["reason"] = (f"{left_out} mark{'s' if left_out > 1 else ''} beside the digits read "
-                                 f"{'were' if left_out > 1 else 'was'} not read: a digit that looked like an edge "
-                                 "or a line, or a mark across the number?")
+            reading["reason"] = (
+                f"{left_out} mark{'s' if left_out > 1 else ''} beside the digits read "
+                f"{'were' if left_out > 1 else 'was'} not read: a digit that looked like an edge "
+                "or a line, or a mark across the number?"
+            )
         elif reading["unsure"]:
-            reading["reason"] = (f"the ink could almost as well be read as {rival or 'other digits'} (that reading "
-                                 f"scores {margin:.2f} less, under the {least_margin:.2f} a sure cut needs)")
+            reading["reason"] = (
+                f"the ink could almost as well be read as {rival or 'other digits'} (that reading "
+                f"scores {margin:.2f} less, under the {least_margin:.2f} a sure cut needs)"
+            )
         return reading, fields
 
     def read_image_bytes(self, data: bytes, name: str, top_k: int = 3) -> tuple[dict, list[np.ndarray]]:

@@ -68,17 +68,21 @@ def load_pth_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             )
         total += _check_tensor(path, key, value)
         if total > MAX_TOTAL_ELEMENTS:
-            raise CheckpointError(f"{path}: its tensors hold over {MAX_TOTAL_ELEMENTS:,} elements in all, "
-                                  "more than a LeNet-5 has; not a LeNet-5 checkpoint")
+            raise CheckpointError(
+                f"{path}: its tensors hold over {MAX_TOTAL_ELEMENTS:,} elements in all, "
+                "more than a LeNet-5 has; not a LeNet-5 checkpoint"
+            )
     out: dict[str, np.ndarray] = {}
     for key, value in obj.items():  # only now, with every size known to be small, is anything converted
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len("module.") :] if key.startswith("module.") else key
         try:
             dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
             out[name] = np.array(value.detach().to(dtype).contiguous().numpy(), copy=True)
         except Exception as exc:  # noqa: BLE001 - an exotic tensor torch cannot convert: one clear line
-            raise CheckpointError(f"{path}: tensor {_short_repr(key)} cannot be read as an array "
-                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
+            raise CheckpointError(
+                f"{path}: tensor {_short_repr(key)} cannot be read as an array "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
     return out
 
 
@@ -95,8 +99,10 @@ def _check_file_size(path: Path) -> None:
         return  # not a zip (the legacy format) or a damaged one: torch.load says what is wrong
     declared = sum(info.file_size for info in entries[: MAX_ZIP_ENTRIES + 1])
     if len(entries) > MAX_ZIP_ENTRIES or declared > MAX_PTH_BYTES:
-        raise CheckpointError(f"{path}: its archive declares {len(entries)} records of {declared:,} bytes in all, "
-                              f"too large for a LeNet-5 .pth file (at most {MAX_PTH_BYTES:,} bytes)")
+        raise CheckpointError(
+            f"{path}: its archive declares {len(entries)} records of {declared:,} bytes in all, "
+            f"too large for a LeNet-5 .pth file (at most {MAX_PTH_BYTES:,} bytes)"
+        )
 
 
 def _check_tensor(path: Path, key: str, value: torch.Tensor) -> int:
@@ -118,16 +124,21 @@ def _check_tensor(path: Path, key: str, value: torch.Tensor) -> int:
     else:
         kind = None
     if kind is not None:
-        raise CheckpointError(f"{path}: tensor {name} is {kind}; a LeNet-5 checkpoint holds dense floating-point "
-                              "tensors (save model.state_dict() of a CPU model)")
+        raise CheckpointError(
+            f"{path}: tensor {name} is {kind}; a LeNet-5 checkpoint holds dense floating-point "
+            "tensors (save model.state_dict() of a CPU model)"
+        )
     shape = tuple(value.shape)
     if len(shape) > MAX_DIMS:
-        raise CheckpointError(f"{path}: tensor {name} has {len(shape)} dimensions; no LeNet-5 tensor has more than "
-                              f"{MAX_DIMS}")
+        raise CheckpointError(
+            f"{path}: tensor {name} has {len(shape)} dimensions; no LeNet-5 tensor has more than {MAX_DIMS}"
+        )
     count = math.prod(shape)
     if count > MAX_TENSOR_ELEMENTS:
-        raise CheckpointError(f"{path}: tensor {name} has shape {shape} ({count:,} elements), more than any LeNet-5 "
-                              f"tensor ({MAX_TENSOR_ELEMENTS:,}); not a LeNet-5 checkpoint")
+        raise CheckpointError(
+            f"{path}: tensor {name} has shape {shape} ({count:,} elements), more than any LeNet-5 "
+            f"tensor ({MAX_TENSOR_ELEMENTS:,}); not a LeNet-5 checkpoint"
+        )
     return count
 
 

@@ -96,8 +96,9 @@ def _plot_lr(ax, epochs, lr, marker) -> list:
     if not np.isfinite(lr).any():
         return []
     ax_lr = ax.twinx()
-    lines = ax_lr.plot(epochs, lr, color=LR_COLOR, linestyle="--", marker=marker, markersize=4,
-                       alpha=0.8, label="learning rate")
+    lines = ax_lr.plot(
+        epochs, lr, color=LR_COLOR, linestyle="--", marker=marker, markersize=4, alpha=0.8, label="learning rate"
+    )
     positive = lr[np.isfinite(lr) & (lr > 0)]
     if positive.size and positive.max() > 10 * positive.min():
         ax_lr.set_yscale("log")
@@ -161,8 +162,7 @@ def _annotate_cells(ax, cm: np.ndarray, shade: np.ndarray) -> None:
         color = "white" if shade[i, j] > threshold else "black"
         weight = "bold" if i == j else "normal"
         alpha = 0.35 if count == 0 else 1.0
-        ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=size, fontweight=weight,
-                alpha=alpha)
+        ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=size, fontweight=weight, alpha=alpha)
 
 
 def _count_ticks(top: int) -> list[int]:
@@ -176,8 +176,9 @@ def _count_ticks(top: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ digit grids
 
 
-def plot_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, path: str | Path,
-                     n: int = 36, seed: int = 0) -> Path:
+def plot_predictions(
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, path: str | Path, n: int = 36, seed: int = 0
+) -> Path:
     """A seeded random sample of ``n`` digits titled with the prediction; mistakes in red with the truth."""
     return _save(predictions_figure(images, labels, probabilities, n, seed), path)
 
@@ -200,8 +201,9 @@ def predictions_figure(images: np.ndarray, labels: np.ndarray, probabilities: np
     return fig
 
 
-def plot_misclassified(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, path: str | Path,
-                       n: int = 24) -> Path:
+def plot_misclassified(
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, path: str | Path, n: int = 24
+) -> Path:
     """The ``n`` most confident mistakes, most confident first; a short note if there are none."""
     images, labels, probabilities = _as_arrays(images, labels, probabilities)
     pred = probabilities.argmax(axis=1)
@@ -214,8 +216,11 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, probabilities: np
     for ax, i in zip(axes, worst):
         title = f"true {labels[i]} / pred {pred[i]}\n({_percent(probabilities[i, pred[i]])})"
         _show_digit(ax, images[i], title, wrong=True)
-    fig.suptitle(f"Most confident mistakes: {len(worst)} of {wrong.size} errors "
-                 f"({100 * wrong.size / len(labels):.2f}% of {len(labels)})", fontsize=13)
+    fig.suptitle(
+        f"Most confident mistakes: {len(worst)} of {wrong.size} errors "
+        f"({100 * wrong.size / len(labels):.2f}% of {len(labels)})",
+        fontsize=13,
+    )
     return _save(fig, path)
 
 
@@ -224,8 +229,9 @@ def _as_arrays(images, labels, probabilities) -> tuple[np.ndarray, np.ndarray, n
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if not len(images) == len(labels) == len(probabilities):
-        raise ValueError(f"images, labels and probabilities disagree in length: "
-                         f"{len(images)}, {len(labels)}, {len(probabilities)}")
+        raise ValueError(
+            f"images, labels and probabilities disagree in length: {len(images)}, {len(labels)}, {len(probabilities)}"
+        )
     return images, labels, probabilities
 
 
@@ -238,8 +244,7 @@ def _digit_grid(n: int):
     """A grid of small image axes, 6 columns wide from 18 images on (24 -> 4x6); unused cells are hidden."""
     cols = max(1, min(n, 6 if n >= 18 else math.ceil(math.sqrt(n))))
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.75 * cols, 1.95 * rows + 0.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(1.75 * cols, 1.95 * rows + 0.6), squeeze=False, layout="constrained")
     axes = axes.ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -269,8 +274,14 @@ def _message_figure(message: str):
 # -------------------------------------------------------------------------------------------- all four
 
 
-def write_reports(out_dir: str | Path, history: list[dict], images: np.ndarray, labels: np.ndarray,
-                  probabilities: np.ndarray, cm: np.ndarray) -> dict[str, Path]:
+def write_reports(
+    out_dir: str | Path,
+    history: list[dict],
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    cm: np.ndarray,
+) -> dict[str, Path]:
     """Write every picture into ``out_dir``; the history plot only when there is history. Name -> path."""
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}

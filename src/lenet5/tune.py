@@ -108,8 +108,9 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
     from lenet5.training.trainer import Trainer
 
     optuna = _optuna()
-    val_size = (base.data.val_size if settings.train_size is None
-                else min(base.data.val_size, len(data.train_images) // 6))
+    val_size = (
+        base.data.val_size if settings.train_size is None else min(base.data.val_size, len(data.train_images) // 6)
+    )
     if val_size < 1:
         raise ConfigError("lenet5 tune scores trials on the validation split: data.val_size must be at least 1")
 
@@ -124,8 +125,10 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
                 epoch, acc = trainer.epoch, row["val_accuracy"]
                 best = max(best, acc)
                 trial.report(acc, epoch)
-                log(f"trial {trial.number} epoch {epoch}/{settings.epochs}: val acc {100 * acc:.2f}%  "
-                    f"({describe(trial.params)})")
+                log(
+                    f"trial {trial.number} epoch {epoch}/{settings.epochs}: val acc {100 * acc:.2f}%  "
+                    f"({describe(trial.params)})"
+                )
                 if trial.should_prune():
                     log(f"trial {trial.number} pruned after epoch {epoch}: below the median of earlier trials")
                     trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
@@ -193,13 +196,15 @@ def _one_line(exc: BaseException) -> str:
 
 def _engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path and path != ":memory:":
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a name too long, a file in the way, a read-only place
-                raise Lenet5Error(f"cannot make the folder of the study database {path}: "
-                                  f"{exc.strerror or exc}; choose another --storage") from None
+                raise Lenet5Error(
+                    f"cannot make the folder of the study database {path}: "
+                    f"{exc.strerror or exc}; choose another --storage"
+                ) from None
         return {"connect_args": {"timeout": 60}}  # wait for the other workers' writes
     if url.startswith("postgresql"):
         # Give up on an unreachable server after 10 s instead of the TCP default (minutes); check pooled
@@ -239,20 +244,29 @@ def open_study(settings: TuneSettings):
     for attempt in range(5):  # two workers creating a fresh database's tables at once: one may lose the race
         try:
             storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=settings.heartbeat,
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=settings.heartbeat,
                 grace_period=3 * settings.heartbeat,
             )
             sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed, n_startup_trials=8)
             pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
-            return optuna.create_study(storage=storage, study_name=settings.study_name, direction="maximize",
-                                       sampler=sampler, pruner=pruner, load_if_exists=True)
+            return optuna.create_study(
+                storage=storage,
+                study_name=settings.study_name,
+                direction="maximize",
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
         except Exception as exc:  # noqa: BLE001 (a bad URL, a missing driver, a database busy or racing)
             # PostgreSQL reports a lost CREATE TABLE race as a duplicate key (IntegrityError) or an existing
             # relation (ProgrammingError); SQLite as a locked database (OperationalError).
             if attempt == 4 or not isinstance(exc, (IntegrityError, OperationalError, ProgrammingError)):
                 hint = " (a database driver is missing)" if isinstance(exc, ImportError) else ""
-                raise Lenet5Error(f"cannot open the study {settings.study_name!r} in {shown}: "
-                                  f"{_one_line(exc)}{hint}") from None
+                raise Lenet5Error(
+                    f"cannot open the study {settings.study_name!r} in {shown}: {_one_line(exc)}{hint}"
+                ) from None
             time.sleep(0.5 + attempt)
 
 
@@ -275,11 +289,17 @@ def run_study(base: Config, data: MNIST, settings: TuneSettings, log: Callable[[
     remaining = settings.trials - done
     if remaining > 0:
         data = subset(data, settings.train_size, base.train.seed)
-        log(f"study {settings.study_name!r} in {display_url(settings.storage)}: {done} trial(s) finished, "
+        log(
+            f"study {settings.study_name!r} in {display_url(settings.storage)}: {done} trial(s) finished, "
             f"running up to {remaining} more ({settings.epochs} epoch(s) each, {len(data.train_images)} "
-            "training+validation images)")
-        study.optimize(objective_for(base, data, settings, log), n_trials=remaining, timeout=settings.timeout,
-                       callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished_states)])
+            "training+validation images)"
+        )
+        study.optimize(
+            objective_for(base, data, settings, log),
+            n_trials=remaining,
+            timeout=settings.timeout,
+            callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished_states)],
+        )
     else:
         log(f"study {settings.study_name!r} already holds {done} finished trial(s) (--trials {settings.trials})")
     return summarize(study, base, settings)
@@ -289,8 +309,13 @@ def summarize(study, base: Config, settings: TuneSettings) -> dict:
     from optuna.trial import TrialState
 
     folder = Path(settings.out) / settings.study_name
-    summary = {"study": settings.study_name, "storage": display_url(settings.storage), "trials": count_states(study),
-               "best": None, "config": None}
+    summary = {
+        "study": settings.study_name,
+        "storage": display_url(settings.storage),
+        "trials": count_states(study),
+        "best": None,
+        "config": None,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "trials.csv", trials_table(study))
     summary["trials_csv"] = str(folder / "trials.csv")
@@ -299,8 +324,12 @@ def summarize(study, base: Config, settings: TuneSettings) -> dict:
     best = study.best_trial
     cfg = config_from_dict(best.user_attrs["config"]) if "config" in best.user_attrs else base
     atomic_write_text(folder / "config.yaml", dump_yaml(cfg))
-    summary["best"] = {"number": best.number, "val_accuracy": best.value, "params": best.params,
-                       "seconds": best.user_attrs.get("seconds")}
+    summary["best"] = {
+        "number": best.number,
+        "val_accuracy": best.value,
+        "params": best.params,
+        "seconds": best.user_attrs.get("seconds"),
+    }
     summary["config"] = str(folder / "config.yaml")
     return summary
 
@@ -312,6 +341,14 @@ def trials_table(study) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["number", "state", "val_accuracy", "epochs_reported", "seconds", *names])
     for t in trials:
-        w.writerow([t.number, t.state.name, "" if t.value is None else t.value, len(t.intermediate_values),
-                    t.user_attrs.get("seconds", ""), *[t.params.get(k, "") for k in names]])
+        w.writerow(
+            [
+                t.number,
+                t.state.name,
+                "" if t.value is None else t.value,
+                len(t.intermediate_values),
+                t.user_attrs.get("seconds", ""),
+                *[t.params.get(k, "") for k in names],
+            ]
+        )
     return buf.getvalue()

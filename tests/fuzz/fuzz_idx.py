@@ -1,6 +1,6 @@
 """atheris (libFuzzer) harness for the IDX reader: any bytes -> an array or IDXError, nothing else.
 
-    python tests/fuzz/fuzz_idx.py [CORPUS_DIR] -atheris_runs=100000     (pip install atheris)
+python tests/fuzz/fuzz_idx.py [CORPUS_DIR] -atheris_runs=100000     (pip install atheris)
 """
 
 import sys

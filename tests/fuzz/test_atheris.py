@@ -53,7 +53,12 @@ def seeds(kind: str, folder: Path) -> None:
 def test_atheris_harness_finds_nothing(kind, tmp_path):
     corpus = tmp_path / "corpus"
     seeds(kind, corpus)
-    result = subprocess.run([sys.executable, str(HERE / f"fuzz_{kind}.py"), str(corpus), f"-atheris_runs={RUNS}",
-                             "-seed=1"], capture_output=True, text=True, cwd=tmp_path, timeout=280)
+    result = subprocess.run(
+        [sys.executable, str(HERE / f"fuzz_{kind}.py"), str(corpus), f"-atheris_runs={RUNS}", "-seed=1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=280,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Done" in result.stderr, result.stderr[-2000:]

@@ -27,10 +27,20 @@ STEPS = 20
 GLOBAL_BATCH = 37  # odd on purpose: the two ranks get 19 and 18 samples
 # tag: (model, optimizer, dtype, label smoothing, learning rate)
 RUNS = {
-    "modern": (ModelConfig(name="modern"), OptimizerConfig(name="adam", l2=1e-3, weight_decay=1e-2, grad_clip=1.0),
-               "float32", 0.1, 1e-3),
-    "classic": (ModelConfig(name="classic"), OptimizerConfig(name="sgd", momentum=0.9, nesterov=True, l1=1e-4),
-                "float64", 0.0, 0.01),
+    "modern": (
+        ModelConfig(name="modern"),
+        OptimizerConfig(name="adam", l2=1e-3, weight_decay=1e-2, grad_clip=1.0),
+        "float32",
+        0.1,
+        1e-3,
+    ),
+    "classic": (
+        ModelConfig(name="classic"),
+        OptimizerConfig(name="sgd", momentum=0.9, nesterov=True, l1=1e-4),
+        "float64",
+        0.0,
+        0.01,
+    ),
 }
 
 

@@ -49,8 +49,13 @@ class AffineParams:
 def sample_affine(cfg: AugmentConfig, n: int, rng: np.random.Generator) -> AffineParams:
     """Draw n samples' parameters uniformly within the bounds of ``cfg``."""
     u = rng.uniform(-1.0, 1.0, size=(5, n))
-    return AffineParams(rotation=cfg.rotation * u[0], zoom=1.0 + cfg.scale * u[1], shear=cfg.shear * u[2],
-                        shift_x=cfg.translate * u[3], shift_y=cfg.translate * u[4])
+    return AffineParams(
+        rotation=cfg.rotation * u[0],
+        zoom=1.0 + cfg.scale * u[1],
+        shear=cfg.shear * u[2],
+        shift_x=cfg.translate * u[3],
+        shift_y=cfg.translate * u[4],
+    )
 
 
 def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -195,8 +200,7 @@ def make_augmenter(cfg: AugmentConfig):
     return Augmenter(cfg)
 
 
-def preview_grid(images: np.ndarray, transform, rng: np.random.Generator, copies: int = 8,
-                 gap: int = 2) -> np.ndarray:
+def preview_grid(images: np.ndarray, transform, rng: np.random.Generator, copies: int = 8, gap: int = 2) -> np.ndarray:
     """A uint8 mosaic: one row per image, the original first, then ``copies`` distortions of it.
 
     The original column is set apart by a wider gap; gaps are mid-grey so the black backgrounds show.
@@ -211,8 +215,9 @@ def preview_grid(images: np.ndarray, transform, rng: np.random.Generator, copies
     return np.pad(mosaic, ((0, gap), (0, gap)), constant_values=128)
 
 
-def write_preview(images: np.ndarray, labels: np.ndarray, cfg: AugmentConfig, path: Path, copies: int = 8,
-                  zoom: int = 4) -> Path:
+def write_preview(
+    images: np.ndarray, labels: np.ndarray, cfg: AugmentConfig, path: Path, copies: int = 8, zoom: int = 4
+) -> Path:
     """A PNG grid: the first digit of each class in images (N, 28, 28) (left column), then ``copies``
     distortions of it under the settings ``cfg`` (seeded: the same picture every time)."""
     from PIL import Image

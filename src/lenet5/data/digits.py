@@ -137,12 +137,22 @@ def _left_out(found: list[Part], read: list[Part]) -> int:
     heavy = LEFT_OUT * float(np.median([p.mass for p in read]))
 
     def used(c: Part) -> bool:  # its pixels are part of a digit read
-        return any(_overlap(c.x0, c.x1, p.x0, p.x1) and _overlap(c.y0, c.y1, p.y0, p.y1)
-                   and p.mask[max(0, c.y0 - p.y0) : c.y1 - p.y0, max(0, c.x0 - p.x0) : c.x1 - p.x0].any()
-                   for p in read)
+        return any(
+            _overlap(c.x0, c.x1, p.x0, p.x1)
+            and _overlap(c.y0, c.y1, p.y0, p.y1)
+            and p.mask[max(0, c.y0 - p.y0) : c.y1 - p.y0, max(0, c.x0 - p.x0) : c.x1 - p.x0].any()
+            for p in read
+        )
 
-    return sum(1 for c in found if c.mass >= heavy and _overlap(c.y0, c.y1, top, bottom) >= 0.5 * min(c.height, tall)
-               and _overlap(c.x0, c.x1, x0, x1) > 0 and c.width <= 3 * tall and not used(c))
+    return sum(
+        1
+        for c in found
+        if c.mass >= heavy
+        and _overlap(c.y0, c.y1, top, bottom) >= 0.5 * min(c.height, tall)
+        and _overlap(c.x0, c.x1, x0, x1) > 0
+        and c.width <= 3 * tall
+        and not used(c)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -194,16 +204,29 @@ def _frames_others(p: Part, parts: list[Part]) -> bool:
     loops hold nothing but specks)."""
     if p.area >= HOLLOW * p.width * p.height:
         return False
-    return any(q is not p and q.x0 > p.x0 and q.x1 < p.x1 and q.y0 > p.y0 and q.y1 < p.y1
-               and q.mass >= SPECK * p.mass and q.height >= 0.1 * p.height and _surrounds(p, q) for q in parts)
+    return any(
+        q is not p
+        and q.x0 > p.x0
+        and q.x1 < p.x1
+        and q.y0 > p.y0
+        and q.y1 < p.y1
+        and q.mass >= SPECK * p.mass
+        and q.height >= 0.1 * p.height
+        and _surrounds(p, q)
+        for q in parts
+    )
 
 
 def _surrounds(p: Part, q: Part) -> bool:
     """p has ink on all four sides of q (left and right in q's rows, above and below in q's columns): q lies
     inside p, not just inside p's box (a piece of a digit beside a wide pair of touching digits)."""
     rows, cols = slice(q.y0 - p.y0, q.y1 - p.y0), slice(q.x0 - p.x0, q.x1 - p.x0)
-    return bool(p.mask[rows, : cols.start].any() and p.mask[rows, cols.stop :].any()
-                and p.mask[: rows.start, cols].any() and p.mask[rows.stop :, cols].any())
+    return bool(
+        p.mask[rows, : cols.start].any()
+        and p.mask[rows, cols.stop :].any()
+        and p.mask[: rows.start, cols].any()
+        and p.mask[rows.stop :, cols].any()
+    )
 
 
 def _stacked(parts: list[Part]) -> list[Part]:
@@ -216,9 +239,13 @@ def _stacked(parts: list[Part]) -> list[Part]:
         merged = False
         for i, j in itertools.combinations(range(len(groups)), 2):
             a, b = groups[i], groups[j]
-            if (_overlap(a.x0, a.x1, b.x0, b.x1) >= STACK_OVERLAP * min(a.width, b.width)
-                    and _gap(a.y0, a.y1, b.y0, b.y1) <= STACK_GAP * tall
-                    and _gap(a.y0, a.y1, b.y0, b.y1) > 0 or _inside(a, b) or _inside(b, a)):
+            if (
+                _overlap(a.x0, a.x1, b.x0, b.x1) >= STACK_OVERLAP * min(a.width, b.width)
+                and _gap(a.y0, a.y1, b.y0, b.y1) <= STACK_GAP * tall
+                and _gap(a.y0, a.y1, b.y0, b.y1) > 0
+                or _inside(a, b)
+                or _inside(b, a)
+            ):
                 groups[i] = _merge([a, b])
                 del groups[j]
                 merged = True
@@ -244,8 +271,15 @@ def _row(parts: list[Part]) -> list[Part]:
     digits = [p for p in row if p.height >= ROW_HEIGHT * tall]
     # another part counts only when it sits right above or below a digit (a 5's detached bar, a broken 4)
     others = [p for p in parts if not any(p is d for d in digits)]
-    digits += [s for s in others if any(_overlap(s.x0, s.x1, d.x0, d.x1) >= 0.5 * min(s.width, d.width)
-                                         and _gap(s.y0, s.y1, d.y0, d.y1) <= 0.25 * tall for d in digits)]
+    digits += [
+        s
+        for s in others
+        if any(
+            _overlap(s.x0, s.x1, d.x0, d.x1) >= 0.5 * min(s.width, d.width)
+            and _gap(s.y0, s.y1, d.y0, d.y1) <= 0.25 * tall
+            for d in digits
+        )
+    ]
     return sorted(digits, key=lambda p: p.x0)
 
 
@@ -315,28 +349,36 @@ def read_line(groups: list[Part], ink: Ink, score: Score) -> Line:
     for i in range(n):
         for j in range(i + 1, n + 1):
             if mark[j - 1] != mark[i]:  # across marks: only a few atoms, and only marks that nearly touch
-                if j - i > MAX_ATOMS or _gap(atoms[j - 2].x0, atoms[j - 2].x1, atoms[j - 1].x0,
-                                             atoms[j - 1].x1) > JOIN_GAP * tall:
+                if (
+                    j - i > MAX_ATOMS
+                    or _gap(atoms[j - 2].x0, atoms[j - 2].x1, atoms[j - 1].x0, atoms[j - 1].x1) > JOIN_GAP * tall
+                ):
                     break
             part = atoms[i] if j == i + 1 else _merge(atoms[i:j])
-            whole_mark = mark[i] == mark[j - 1] and (i == 0 or mark[i - 1] != mark[i]) and (
-                j == n or mark[j] != mark[j - 1])
+            whole_mark = (
+                mark[i] == mark[j - 1] and (i == 0 or mark[i - 1] != mark[i]) and (j == n or mark[j] != mark[j - 1])
+            )
             if j > i + 1 and part.width > MAX_WIDE * tall and not whole_mark:
                 if mark[j - 1] != mark[i]:
                     break
                 continue  # a run too wide for a digit; the whole mark is still tried
             candidates.append((i, j, part))
     logp = np.asarray(score(np.stack([_field(p, ink) for _, _, p in candidates])), np.float64)  # (C, 10)
-    fit = logp.max(axis=1) - np.array([_wide(p, tall) + JOIN_COST * (mark[j - 1] - mark[i])
-                                       for i, j, p in candidates])
+    fit = logp.max(axis=1) - np.array([_wide(p, tall) + JOIN_COST * (mark[j - 1] - mark[i]) for i, j, p in candidates])
     read_as = logp.argmax(axis=1)
     # readings of the atoms 0..j: the best few with different digits, as (score, digits, parts)
     beams: list[list[tuple[float, str, list[tuple[Part, int]]]]] = [[(0.0, "", [])]]
     for j in range(1, n + 1):
-        beams.append(_best_distinct([(total + fit[c] - SEGMENT_COST, text + str(read_as[c]),
-                                      parts + [(part, mark[i])])
-                                     for c, (i, end, part) in enumerate(candidates) if end == j
-                                     for total, text, parts in beams[i]]))
+        beams.append(
+            _best_distinct(
+                [
+                    (total + fit[c] - SEGMENT_COST, text + str(read_as[c]), parts + [(part, mark[i])])
+                    for c, (i, end, part) in enumerate(candidates)
+                    if end == j
+                    for total, text, parts in beams[i]
+                ]
+            )
+        )
     (total, _text, chosen), *rivals = beams[n]
     parts, marks = [p for p, _ in chosen], [k for _, k in chosen]
     if not rivals:
@@ -382,8 +424,11 @@ def _cut_lines(part: Part, most: int) -> list[tuple[float, float]]:
     inner = np.arange(lo, hi)
     if inner.size == 0:
         return []
-    minima = [int(c) for c in inner[np.argsort(profile[inner], kind="stable")]
-              if profile[c] <= profile[c - 1] and profile[c] <= profile[c + 1]]
+    minima = [
+        int(c)
+        for c in inner[np.argsort(profile[inner], kind="stable")]
+        if profile[c] <= profile[c - 1] and profile[c] <= profile[c + 1]
+    ]
     even = list(range(lo, hi, max(1, round(CUT_STEP * h))))
     columns = np.array(minima + even, np.float64)  # (C,)
     rows = np.arange(h) - (h - 1) / 2.0
@@ -394,8 +439,10 @@ def _cut_lines(part: Part, most: int) -> list[tuple[float, float]]:
         xs[(xs < 0) | (xs >= w)] = w
         crossed[k] = padded[np.arange(h)[None, :], xs].sum(axis=1)
     best = crossed.argmin(axis=0)  # the first slope (upright) wins ties
-    tried = [(float(crossed[b, i]) + (0.0 if i < len(minima) else 0.5), float(c), SLOPES[b])
-             for i, (c, b) in enumerate(zip(columns, best))]  # (ink crossed, column, slope)
+    tried = [
+        (float(crossed[b, i]) + (0.0 if i < len(minima) else 0.5), float(c), SLOPES[b])
+        for i, (c, b) in enumerate(zip(columns, best))
+    ]  # (ink crossed, column, slope)
     apart = max(2.0, 0.2 * h)
     chosen: list[tuple[float, float]] = []
     for _ink, c, slope in sorted(tried):
@@ -432,11 +479,16 @@ def _cut(part: Part, cuts: list[tuple[float, float]]) -> list[Part]:
 
 
 # ------------------------------------------------------------------------------------------------ fields
-def _digit(part: Part, ink: Ink, margin: float = float("inf"), rival: str | None = None, left_out: int = 0,
-           mark: int = 0) -> Digit:
+def _digit(
+    part: Part, ink: Ink, margin: float = float("inf"), rival: str | None = None, left_out: int = 0, mark: int = 0
+) -> Digit:
     s, m = ink.scale, ink.margin
-    box = (max(0, int((part.x0 - m) * s)), max(0, int((part.y0 - m) * s)), int(np.ceil((part.x1 - m) * s)),
-           int(np.ceil((part.y1 - m) * s)))
+    box = (
+        max(0, int((part.x0 - m) * s)),
+        max(0, int((part.y0 - m) * s)),
+        int(np.ceil((part.x1 - m) * s)),
+        int(np.ceil((part.y1 - m) * s)),
+    )
     return Digit(_field(part, ink), box, margin, rival, left_out, mark)
 
 

@@ -47,8 +47,9 @@ class HandStyle:
     blur: float = 0.15  # chance of a small Gaussian blur
 
 
-def hand_style(images: np.ndarray, rng: np.random.Generator, style: HandStyle = HandStyle(),
-               neighbours: np.ndarray | None = None) -> np.ndarray:
+def hand_style(
+    images: np.ndarray, rng: np.random.Generator, style: HandStyle = HandStyle(), neighbours: np.ndarray | None = None
+) -> np.ndarray:
     """uint8 (N, 28, 28) MNIST digits -> uint8 (N, 28, 28) as other hands and the reader would give them.
     ``neighbours`` (uint8 (M, 28, 28), default: the batch itself) lend the slivers at the edges."""
     images = np.asarray(images, np.uint8)
@@ -121,8 +122,7 @@ def _affine(ink: np.ndarray, rng: np.random.Generator, style: HandStyle) -> np.n
     return cv2.warpAffine(ink, m, (side, side), flags=cv2.INTER_LINEAR, borderValue=0.0)
 
 
-def _with_neighbour(ink: np.ndarray, box, other: np.ndarray, rng: np.random.Generator,
-                    style: HandStyle) -> np.ndarray:
+def _with_neighbour(ink: np.ndarray, box, other: np.ndarray, rng: np.random.Generator, style: HandStyle) -> np.ndarray:
     """Add another digit beside the box (left or right), reaching up to a fifth of the box's width into it."""
     x0, y0, x1, y1 = box
     neighbour = _affine(_redraw(other, rng, style), rng, style)

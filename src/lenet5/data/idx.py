@@ -44,9 +44,14 @@ class NotARegularFile(OSError):
 
 
 def describe_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISLNK, "a symbolic link")):
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
         if test(mode):
             return kind
     return "not a regular file"
@@ -98,8 +103,10 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_IDX_BYTES, what: str = "th
             size = os.fstat(fd).st_size
             if path.suffix == ".gz":
                 if size > max_bytes + max_bytes // 256 + 1024:  # incompressible data grows a little
-                    raise IDXError(f"{path}: {size:,} bytes compressed, already larger than {what} "
-                                   f"({max_bytes:,} bytes uncompressed)")
+                    raise IDXError(
+                        f"{path}: {size:,} bytes compressed, already larger than {what} "
+                        f"({max_bytes:,} bytes uncompressed)"
+                    )
                 try:
                     return _gunzip_idx(f, path, max_bytes, what)
                 except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -114,8 +121,9 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_IDX_BYTES, what: str = "th
     return data
 
 
-def gunzip_bytes(raw: bytes, name: str, max_bytes: int = MAX_IDX_BYTES,
-                 what: str = "the limit for one IDX file") -> bytes:
+def gunzip_bytes(
+    raw: bytes, name: str, max_bytes: int = MAX_IDX_BYTES, what: str = "the limit for one IDX file"
+) -> bytes:
     """Gzipped IDX bytes (a download) inflated the way read_bytes inflates a .gz file: bounded, streaming."""
     try:
         return _gunzip_idx(io.BytesIO(raw), Path(name), max_bytes, what)
@@ -139,8 +147,10 @@ def _gunzip_idx(fileobj, path: Path, max_bytes: int, what: str) -> bytes:
         shape = struct.unpack(f">{head[3]}I", head[4:])
         total = len(head) + math.prod(shape) * IDX_TYPES[head[2]].itemsize
         if total > max_bytes:
-            raise IDXError(f"{path}: its IDX header declares {shape} ({total:,} bytes), larger than {what} "
-                           f"({max_bytes:,} bytes); not inflated")
+            raise IDXError(
+                f"{path}: its IDX header declares {shape} ({total:,} bytes), larger than {what} "
+                f"({max_bytes:,} bytes); not inflated"
+            )
         data = bytearray(head)
         while len(data) <= total:
             chunk = f.read(min(READ_CHUNK, total + 1 - len(data)))

@@ -96,9 +96,7 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
                 f"{name}: image is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit (a decompression bomb?)"
             ) from None
         except Image.UnidentifiedImageError:
-            raise ImageError(
-                f"{name}: not an image this tool reads (supported: {', '.join(FORMATS)})"
-            ) from None
+            raise ImageError(f"{name}: not an image this tool reads (supported: {', '.join(FORMATS)})") from None
         except Exception as exc:  # noqa: BLE001 - damaged files make Pillow raise TypeError, struct.error, ...
             raise ImageError(f"{name}: truncated or corrupt image ({first_line(exc, 160)})") from None
     img.info[ORIENTATION] = exif_orientation(img)
@@ -125,13 +123,17 @@ def _check_size(img: Image.Image, name: str) -> None:
 def _check_dimensions(w: int, h: int, name: str, max_pixels: int = MAX_PIXELS, what: str = "image") -> None:
     if w * h > max_pixels:
         limit = f"{max_pixels / 1_000_000:g}"
-        raise ImageError(f"{name}: {what} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the {limit}-megapixel limit"
-                         + ("" if max_pixels == MAX_PIXELS else "; save it as PNG or JPEG, or smaller"))
+        raise ImageError(
+            f"{name}: {what} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the {limit}-megapixel limit"
+            + ("" if max_pixels == MAX_PIXELS else "; save it as PNG or JPEG, or smaller")
+        )
     if min(w, h) < MIN_SIDE:
         raise ImageError(f"{name}: image is only {w}x{h} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
     if max(w, h) > MAX_ASPECT * min(w, h):
-        raise ImageError(f"{name}: image is {w}x{h} pixels, more than {MAX_ASPECT} times as long as it is wide; "
-                         "crop it to the digits")
+        raise ImageError(
+            f"{name}: image is {w}x{h} pixels, more than {MAX_ASPECT} times as long as it is wide; "
+            "crop it to the digits"
+        )
 
 
 def webp_size(data: bytes) -> tuple[int, int] | None:
@@ -171,8 +173,9 @@ def to_gray(img: Image.Image, name: str = "image", factor: int = 1) -> np.ndarra
     except ImageError:
         raise
     except (ValueError, OSError, TypeError, KeyError) as exc:
-        raise ImageError(f"{name}: cannot read a {img.mode} image as grey levels ({first_line(exc, 120)}); "
-                         "save it as RGB") from None
+        raise ImageError(
+            f"{name}: cannot read a {img.mode} image as grey levels ({first_line(exc, 120)}); save it as RGB"
+        ) from None
     return _orient(g, img.info.get(ORIENTATION, 1))
 
 
@@ -182,8 +185,13 @@ def _to_gray(img: Image.Image, name: str, factor: int) -> np.ndarray:
         raise ImageError(f"{name}: cannot read a {mode} image as grey levels ({REFUSED[mode]}); save it as RGB")
     w, h = img.size
     numeric = mode in NUMERIC
-    kind = "numeric" if numeric else "premultiplied" if mode in PREMULTIPLIED else (
-        "alpha" if mode in ALPHA or "transparency" in img.info else "plain")
+    kind = (
+        "numeric"
+        if numeric
+        else "premultiplied"
+        if mode in PREMULTIPLIED
+        else ("alpha" if mode in ALPHA or "transparency" in img.info else "plain")
+    )
     out_shape = (-(-h // factor), -(-w // factor))
     lum = np.empty(out_shape, np.float32)  # premultiplied by alpha when there is alpha
     alpha = np.empty(out_shape, np.float32) if kind in ("alpha", "premultiplied") else None
@@ -254,9 +262,15 @@ def _box_mean(plane: np.ndarray, factor: int) -> np.ndarray:
 
 def _orient(g: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (what ImageOps.exif_transpose does) to an array."""
-    turn = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-            5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T,
-            8: lambda a: np.rot90(a, 1)}.get(orientation)
+    turn = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.T,
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].T,
+        8: lambda a: np.rot90(a, 1),
+    }.get(orientation)
     return g if turn is None else np.ascontiguousarray(turn(g))
 
 
@@ -285,8 +299,9 @@ def read_image(img: Image.Image, name: str = "image", score: Score | None = None
     there are none. ``score`` (uint8 (N, 28, 28) -> how well each reads as a digit) lets touching digits be cut."""
     _check_size(img, name)
     factor = work_factor(img)  # box-averaged while the grey levels are made: a huge image costs no more
-    return find_digits(find_ink(_finite(to_gray(img, name, factor), name), float(img.info.get(SCALE, 1.0)) * factor),
-                       score)
+    return find_digits(
+        find_ink(_finite(to_gray(img, name, factor), name), float(img.info.get(SCALE, 1.0)) * factor), score
+    )
 
 
 def read_gray(g: np.ndarray, name: str = "pixels", score: Score | None = None) -> tuple[list[Digit], str | None]:
@@ -364,8 +379,10 @@ def _check_npy_header(path: Path) -> None:
     if count > MAX_NPY_DIGITS * SIZE * SIZE:
         raise ValueError(f"its header claims shape {shape}, more than {MAX_NPY_DIGITS} digits")
     if dtype.hasobject or count * dtype.itemsize > data_bytes:
-        raise ValueError(f"its header claims shape {shape} of {dtype}, {count * dtype.itemsize} bytes, "
-                         f"but the file holds {data_bytes}")
+        raise ValueError(
+            f"its header claims shape {shape} of {dtype}, {count * dtype.itemsize} bytes, "
+            f"but the file holds {data_bytes}"
+        )
 
 
 # -------------------------------------------------------------------------------------- files
@@ -394,8 +411,10 @@ def read_file_bytes(path: Path) -> bytes:
     if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: {size / 1e6:.0f} MB is more than an image of at most "
-                         f"{MAX_PIXELS // 1_000_000} megapixels needs (limit {MAX_FILE_BYTES // 1_000_000} MB)")
+        raise ImageError(
+            f"{path}: {size / 1e6:.0f} MB is more than an image of at most "
+            f"{MAX_PIXELS // 1_000_000} megapixels needs (limit {MAX_FILE_BYTES // 1_000_000} MB)"
+        )
     try:
         return path.read_bytes()
     except OSError as exc:

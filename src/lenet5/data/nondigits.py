@@ -94,8 +94,13 @@ KINDS = {"glyph": 0.34, "scribble": 0.1, "box": 0.12, "shape": 0.08, "text": 0.0
          "pair": 0.14, "piece": 0.08}  # fmt: skip
 
 
-def non_digits(n: int, rng: np.random.Generator, digits: np.ndarray, style: HandStyle = HandStyle(),  # noqa: B008 (frozen)
-               ones: np.ndarray | None = None) -> np.ndarray:
+def non_digits(
+    n: int,
+    rng: np.random.Generator,
+    digits: np.ndarray,
+    style: HandStyle = HandStyle(),  # noqa: B008 (frozen)
+    ones: np.ndarray | None = None,
+) -> np.ndarray:
     """uint8 (n, 28, 28) fields of things that are not one whole digit; ``digits`` (uint8 (M, 28, 28), MNIST
     training images) lend the pairs and pieces, ``ones`` (MNIST 1s, optional) the partner in ONE_PAIRS of the
     pairs: a 1 fused with its neighbour reads like that neighbour alone, the commonest bad merge."""
@@ -106,8 +111,9 @@ def non_digits(n: int, rng: np.random.Generator, digits: np.ndarray, style: Hand
     return np.stack([_draw(kinds[k], rng, digits, style, ones) for k in chosen])
 
 
-def _draw(kind: str, rng: np.random.Generator, digits: np.ndarray, style: HandStyle,
-          ones: np.ndarray | None = None) -> np.ndarray:
+def _draw(
+    kind: str, rng: np.random.Generator, digits: np.ndarray, style: HandStyle, ones: np.ndarray | None = None
+) -> np.ndarray:
     if kind == "pair":
         if ones is not None and len(ones) and rng.random() < ONE_PAIRS:
             pair = [ones[rng.integers(len(ones))], digits[rng.integers(len(digits))]]
@@ -161,8 +167,10 @@ def _smooth(points: np.ndarray, per: int = 8) -> np.ndarray:
     out = []
     for i in range(1, len(p) - 2):
         p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
-        out.append(0.5 * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
-                          + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3))
+        out.append(
+            0.5
+            * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+        )
     out.append(points[-1][None])
     return np.vstack(out)
 
@@ -193,8 +201,9 @@ def _shape(rng: np.random.Generator) -> list[np.ndarray]:
         return [np.array([[i / k, 1.0], [i / k + 0.3, 0.0]]) for i in range(k)]
     if which == 2:  # a grid
         k = int(rng.integers(2, 5))
-        return ([np.array([[i / k, 0.0], [i / k, 1.0]]) for i in range(k + 1)]
-                + [np.array([[0.0, i / k], [1.0, i / k]]) for i in range(k + 1)])
+        return [np.array([[i / k, 0.0], [i / k, 1.0]]) for i in range(k + 1)] + [
+            np.array([[0.0, i / k], [1.0, i / k]]) for i in range(k + 1)
+        ]
     name = ("star", "triangle", "arrow", "smiley", "heart", "#", "*")[rng.integers(7)]
     return [np.array(s, np.float64) for s in GLYPHS[name]]
 

@@ -186,8 +186,9 @@ def _paper_brightness(g: np.ndarray, clean: bool) -> tuple[np.ndarray, int]:
     t = _thumb(g)
     k = round(float(np.clip(3.0 * _stroke_width(t), 0.05 * min(t.shape), 0.2 * min(t.shape))))
     k = max(3, k | 1)  # an odd size, wider than the strokes, as narrow as they allow (shadows stay out)
-    paper = cv2.morphologyEx(t, cv2.MORPH_CLOSE, _square(k),
-                             borderType=cv2.BORDER_REFLECT)  # the picture's edge is no brighter than inside
+    paper = cv2.morphologyEx(
+        t, cv2.MORPH_CLOSE, _square(k), borderType=cv2.BORDER_REFLECT
+    )  # the picture's edge is no brighter than inside
     paper = cv2.GaussianBlur(paper, (0, 0), k / 4)
     return cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR), k
 
@@ -238,8 +239,7 @@ def _stroke_width(t: np.ndarray) -> float:
     """A rough stroke width (thumbnail pixels): 2 * area / rim of what a black-hat (a grey closing minus the
     image, wide enough for bold strokes, too narrow for shadows and light gradients) shows as dark marks."""
     kb = max(3, round(0.08 * min(t.shape)) | 1)
-    marks = cv2.morphologyEx(t, cv2.MORPH_BLACKHAT, _square(kb),
-                             borderType=cv2.BORDER_REFLECT)
+    marks = cv2.morphologyEx(t, cv2.MORPH_BLACKHAT, _square(kb), borderType=cv2.BORDER_REFLECT)
     top = float(marks.max())
     if top < MIN_CONTRAST:
         return 1.0
@@ -292,10 +292,12 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     if not rows.any() and not cols.any():
         return mask
     # a stroke that crosses or follows a line is thicker across it than a line (the other way's lines aside)
-    tall = cv2.morphologyEx(faint & (1 - cols), cv2.MORPH_OPEN,
-                            cv2.getStructuringElement(cv2.MORPH_RECT, (1, LINE_WIDTH)))
-    wide = cv2.morphologyEx(faint & (1 - rows), cv2.MORPH_OPEN,
-                            cv2.getStructuringElement(cv2.MORPH_RECT, (LINE_WIDTH, 1)))
+    tall = cv2.morphologyEx(
+        faint & (1 - cols), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, LINE_WIDTH))
+    )
+    wide = cv2.morphologyEx(
+        faint & (1 - rows), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (LINE_WIDTH, 1))
+    )
     lines = (rows & (1 - tall)) | (cols & (1 - wide))
     return mask & (1 - lines)
 

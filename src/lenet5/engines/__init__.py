@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 # name -> (module, class, what to install when the module's imports fail). Modules load only when chosen.
 ENGINES = {
     "numpy": ("lenet5.engines.numpy.engine", "NumpyEngine", None),
-    "torch": ("lenet5.engines.torch.engine", "TorchEngine",
-              'the torch engine needs PyTorch: pip install -e ".[torch]"'),
+    "torch": (
+        "lenet5.engines.torch.engine",
+        "TorchEngine",
+        'the torch engine needs PyTorch: pip install -e ".[torch]"',
+    ),
 }
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: the best available; only the torch engine leaves the CPU
@@ -47,5 +50,6 @@ def create_engine(
         if install_hint is None or module_name.startswith(str(exc.name)):
             raise
         raise Lenet5Error(f"{install_hint} (or use --engine numpy)") from None
-    return getattr(module, class_name)(model, optimizer, seed=seed, dtype=dtype, label_smoothing=label_smoothing,
-                                       threads=threads, device=device)
+    return getattr(module, class_name)(
+        model, optimizer, seed=seed, dtype=dtype, label_smoothing=label_smoothing, threads=threads, device=device
+    )

@@ -78,8 +78,10 @@ RETRY_AFTER_S = 1
 MAX_REQUESTS = 128  # requests with a body handled at once (each holds up to --max-body-mb); more get 503
 LOG_EVERY_S = 10.0  # a flood of one log line (accept out of resource) gets through once per this many seconds
 STATIC = Path(__file__).parent / "static"
-ACCEPTED = ("multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or "
-            f"a {', '.join(FORMATS)} body")
+ACCEPTED = (
+    "multipart/form-data (image in field 'file'), application/json ({\"pixels\": 28x28}) or "
+    f"a {', '.join(FORMATS)} body"
+)
 
 
 class BodyLimit:
@@ -137,14 +139,20 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     def _too_large(self, what: str) -> str:
-        return (f"request body is too large ({what}); the limit is {self.limit} bytes "
-                f"({self.limit / 1e6:g} MB; lenet5 serve --max-body-mb sets it)")
+        return (
+            f"request body is too large ({what}); the limit is {self.limit} bytes "
+            f"({self.limit / 1e6:g} MB; lenet5 serve --max-body-mb sets it)"
+        )
 
 
 async def _send_error(send, status: int, detail: str, extra: list | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close"), *(extra or [])]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *(extra or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -162,8 +170,12 @@ class RequestLimit:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
-            await _send_error(send, 503, f"busy: {self.limit} requests are being handled; try again shortly",
-                              [(b"retry-after", str(RETRY_AFTER_S).encode())])
+            await _send_error(
+                send,
+                503,
+                f"busy: {self.limit} requests are being handled; try again shortly",
+                [(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
             return
         self.active += 1
         try:
@@ -191,8 +203,9 @@ class Turns:
     async def run(self, func, *args):
         """func(*args) in a worker thread when a slot is free; Busy when there is no room or no turn in time."""
         if self.admitted >= self.slots + self.waiting:
-            raise Busy(f"busy: {self.slots} images are being prepared and {self.waiting} are waiting; "
-                       "try again shortly")
+            raise Busy(
+                f"busy: {self.slots} images are being prepared and {self.waiting} are waiting; try again shortly"
+            )
         self.admitted += 1
         try:
             turn = asyncio.ensure_future(self._free.acquire())
@@ -202,8 +215,9 @@ class Turns:
                 try:
                     await turn  # the slot may have come after all
                 except asyncio.CancelledError:
-                    raise Busy(f"busy: no turn to prepare this image within {self.wait_s:g} s; "
-                               "try again shortly") from None
+                    raise Busy(
+                        f"busy: no turn to prepare this image within {self.wait_s:g} s; try again shortly"
+                    ) from None
             try:  # the thread is never abandoned: the slot is held until the work is done
                 return await run_in_threadpool(func, *args)
             finally:
@@ -277,8 +291,11 @@ class OncePer(logging.Filter):
                 self.held += 1
                 return False
             self.last, held, self.held = now, self.held, 0
-        record.msg = message.splitlines()[0] + (f" ({held} more like it in the last {self.seconds:g} s not logged)"
-                                                if held else "") + "; too many open connections?"
+        record.msg = (
+            message.splitlines()[0]
+            + (f" ({held} more like it in the last {self.seconds:g} s not logged)" if held else "")
+            + "; too many open connections?"
+        )
         record.args, record.exc_info, record.exc_text = (), None, None  # one line, not a traceback each time
         return True
 
@@ -295,24 +312,30 @@ def limit_log_floods(seconds: float = LOG_EVERY_S) -> None:
             logger.addFilter(OncePer(ACCEPT_FLOOD, seconds))
 
 
-def uvicorn_options(header_timeout: float = HEADER_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S,
-                    max_connections: int | None = None) -> dict:
+def uvicorn_options(
+    header_timeout: float = HEADER_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S, max_connections: int | None = None
+) -> dict:
     """Settings for uvicorn.run beyond host, port and logging (FastAPI cannot set them: they belong to the
     server): the HTTP/1.1 protocol with a header deadline and room for well-behaved clients (guard.py), and
     the keep-alive idle timeout. ``max_connections`` defaults to $LENET5_MAX_CONNECTIONS, else as many as the
     file-descriptor limit allows up to guard.MAX_CONNECTIONS."""
     if not header_timeout > 0 or not idle_timeout > 0:
         raise Lenet5Error(
-            f"the header and idle timeouts must be positive seconds, got {header_timeout} and {idle_timeout}")
+            f"the header and idle timeouts must be positive seconds, got {header_timeout} and {idle_timeout}"
+        )
     wanted = max_connections if max_connections is not None else _env_int("LENET5_MAX_CONNECTIONS", MAX_CONNECTIONS)
     if wanted < 1:
         raise Lenet5Error(f"LENET5_MAX_CONNECTIONS must be at least 1, got {wanted}")
     return {"http": guarded_protocol(header_timeout, connection_limit(wanted)), "timeout_keep_alive": idle_timeout}
 
 
-def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYTES,
-               body_timeout: float = BODY_TIMEOUT_S, max_preparing: int | None = None,
-               max_waiting: int | None = None) -> FastAPI:
+def create_app(
+    model: Predictor | str | Path,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout: float = BODY_TIMEOUT_S,
+    max_preparing: int | None = None,
+    max_waiting: int | None = None,
+) -> FastAPI:
     """The app for one model (a Predictor, or a checkpoint path loaded here, once). ``max_preparing`` and
     ``max_waiting`` default to $LENET5_MAX_PREPARING / $LENET5_MAX_WAITING, else MAX_PREPARING / MAX_WAITING."""
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
@@ -323,8 +346,12 @@ def create_app(model: Predictor | str | Path, max_body_bytes: int = MAX_BODY_BYT
     lanes = Lanes(slots, waiting)
     limit_log_floods()
     page = (STATIC / "index.html").read_text(encoding="utf-8")
-    health = {"status": "ok", "model": predictor.model_name, "checkpoint": str(predictor.path),
-              "sha256": _short_sha256(predictor.path)}
+    health = {
+        "status": "ok",
+        "model": predictor.model_name,
+        "checkpoint": str(predictor.path),
+        "sha256": _short_sha256(predictor.path),
+    }
     app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
     app.add_middleware(RequestLimit, limit=MAX_REQUESTS)  # added last: runs first, before a body is read
@@ -419,7 +446,8 @@ def _parse_json(body: bytes) -> dict:
     unknown = sorted(str(k)[:40] for k in doc if k not in JSON_KEYS)
     if unknown:
         raise HTTPException(
-            422, f"unknown key(s) {', '.join(unknown)} in the JSON body; it takes {', '.join(JSON_KEYS)}")
+            422, f"unknown key(s) {', '.join(unknown)} in the JSON body; it takes {', '.join(JSON_KEYS)}"
+        )
     return doc
 
 
@@ -463,13 +491,17 @@ def _check_pixel_types(pixels) -> None:
         raise HTTPException(422, "'pixels' must be a list of rows of numbers 0..255")
     for r, row in enumerate(pixels):
         if not isinstance(row, list):
-            raise HTTPException(422, f"'pixels' must be a list of rows of numbers 0..255; row {r} is "
-                                     f"{JSON_NAMES.get(type(row), 'a number')}")
+            raise HTTPException(
+                422,
+                f"'pixels' must be a list of rows of numbers 0..255; row {r} is "
+                f"{JSON_NAMES.get(type(row), 'a number')}",
+            )
         if not set(map(type, row)) <= {int, float}:  # bool is not int here: type(True) is bool
             c, bad = next((c, v) for c, v in enumerate(row) if type(v) not in (int, float))
             kind = JSON_NAMES.get(type(bad), type(bad).__name__)
-            raise HTTPException(422, f"'pixels' must hold numbers 0..255, not {kind} "
-                                     f"(row {r}, column {c}: {json.dumps(bad)[:20]})")
+            raise HTTPException(
+                422, f"'pixels' must hold numbers 0..255, not {kind} (row {r}, column {c}: {json.dumps(bad)[:20]})"
+            )
 
 
 def _first_line(exc: Exception) -> str:

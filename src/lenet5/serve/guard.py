@@ -34,8 +34,10 @@ RETRY_AFTER_S = 1
 
 def _raw_response(status: int, reason: str, detail: str, extra: str = "") -> bytes:
     body = json.dumps({"detail": detail}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"{extra}connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"{extra}connection: close\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -66,11 +68,16 @@ def guarded_protocol(header_timeout: float = HEADER_TIMEOUT_S, max_connections: 
     by closing the longest-waiting idle one (see the module's docstring). Each call makes a class with its own
     record of waiting connections, so two servers in one process do not share it."""
     if not header_timeout > 0 or max_connections < 1:
-        raise ValueError(f"need a positive header timeout and at least 1 connection, got {header_timeout}, "
-                         f"{max_connections}")
+        raise ValueError(
+            f"need a positive header timeout and at least 1 connection, got {header_timeout}, {max_connections}"
+        )
     timed_out = _raw_response(408, "Request Timeout", f"request headers did not arrive within {header_timeout:g} s")
-    no_room = _raw_response(503, "Service Unavailable", f"busy: all {max_connections} connections are handling "
-                            "requests; try again shortly", f"retry-after: {RETRY_AFTER_S}\r\n")
+    no_room = _raw_response(
+        503,
+        "Service Unavailable",
+        f"busy: all {max_connections} connections are handling requests; try again shortly",
+        f"retry-after: {RETRY_AFTER_S}\r\n",
+    )
 
     class GuardedH11Protocol(H11Protocol):
         # connections with no request in progress, longest-waiting first -> when they started waiting

@@ -65,8 +65,10 @@ class EarlyStopping:
 def check_finite(loss: float, epoch: int, step: int) -> None:
     """Stop the run with a clear message when the loss is NaN or infinite."""
     if not math.isfinite(loss):
-        raise TrainingError(f"the training loss became {loss} at epoch {epoch}, step {step}. "
-                            "Lower the learning rate (--lr), or set optimizer.grad_clip")
+        raise TrainingError(
+            f"the training loss became {loss} at epoch {epoch}, step {step}. "
+            "Lower the learning rate (--lr), or set optimizer.grad_clip"
+        )
 
 
 class Callback:
@@ -97,8 +99,13 @@ class CheckpointWriter(Callback):
         self.run_dir = Path(run_dir)
 
     def _meta(self, trainer, epoch: int, metrics: dict) -> dict:
-        return {"engine": trainer.engine.name, "model": trainer.engine.model_name, "config": trainer.cfg.to_dict(),
-                "epoch": epoch, "metrics": metrics}
+        return {
+            "engine": trainer.engine.name,
+            "model": trainer.engine.model_name,
+            "config": trainer.cfg.to_dict(),
+            "epoch": epoch,
+            "metrics": metrics,
+        }
 
     def on_epoch_end(self, trainer, row, improved):
         if improved:
@@ -109,13 +116,21 @@ class CheckpointWriter(Callback):
         self._save_last(trainer, {})
 
     def on_end(self, trainer, result):
-        save_checkpoint(self.run_dir / BEST_FILE, result.weights, calibration=result.calibration,
-                        **self._meta(trainer, result.model_epoch, result.model_row))
+        save_checkpoint(
+            self.run_dir / BEST_FILE,
+            result.weights,
+            calibration=result.calibration,
+            **self._meta(trainer, result.model_epoch, result.model_row),
+        )
 
     def _save_last(self, trainer, metrics: dict) -> None:
-        save_checkpoint(self.run_dir / LAST_FILE, trainer.engine.state_dict(),
-                        optimizer=trainer.engine.optimizer_state(), trainer_state=trainer.trainer_state(),
-                        **self._meta(trainer, trainer.epoch, metrics))
+        save_checkpoint(
+            self.run_dir / LAST_FILE,
+            trainer.engine.state_dict(),
+            optimizer=trainer.engine.optimizer_state(),
+            trainer_state=trainer.trainer_state(),
+            **self._meta(trainer, trainer.epoch, metrics),
+        )
 
 
 class RunFolder(Callback):
@@ -141,8 +156,9 @@ class RunFolder(Callback):
         result.metrics["run_dir"] = str(self.run_dir)
         atomic_write_text(self.run_dir / METRICS_FILE, dumps(result.metrics) + "\n")
         test = result.test
-        write_reports(self.run_dir, trainer.history, trainer.data.test_images, test.labels, test.probabilities,
-                      test.confusion)
+        write_reports(
+            self.run_dir, trainer.history, trainer.data.test_images, test.labels, test.probabilities, test.confusion
+        )
 
 
 def run_folder_callbacks(run_dir: Path) -> list[Callback]:

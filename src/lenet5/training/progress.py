@@ -16,8 +16,15 @@ class EpochProgress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}", unit="batch",
-                            file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="batch",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
 
     def update(self, partial: dict, lr: float) -> None:
         self.done += 1
@@ -25,16 +32,22 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.update(1)
             if self.done % 10 == 0 or self.done == self.total:
-                self.bar.set_postfix(loss=f"{partial['loss_sum'] / seen:.4f}",
-                                     acc=f"{100 * partial['correct'] / seen:.2f}%",
-                                     img_s=f"{self.images_per_second(partial):.0f}", lr=f"{lr:.1e}", refresh=False)
+                self.bar.set_postfix(
+                    loss=f"{partial['loss_sum'] / seen:.4f}",
+                    acc=f"{100 * partial['correct'] / seen:.2f}%",
+                    img_s=f"{self.images_per_second(partial):.0f}",
+                    lr=f"{lr:.1e}",
+                    refresh=False,
+                )
         elif self.done >= self.next_log and self.done < self.total:
             self.next_log += max(1, self.total // 5)
             elapsed = time.perf_counter() - self.start
             eta = elapsed / max(1, self.done - self.start_done) * (self.total - self.done)
-            self.log(f"  epoch {self.epoch}/{self.epochs} {100 * self.done // self.total:3d}%  "
-                     f"loss {partial['loss_sum'] / seen:.4f} acc {100 * partial['correct'] / seen:.2f}%  "
-                     f"{self.images_per_second(partial):.0f} img/s  eta {eta:.0f}s")
+            self.log(
+                f"  epoch {self.epoch}/{self.epochs} {100 * self.done // self.total:3d}%  "
+                f"loss {partial['loss_sum'] / seen:.4f} acc {100 * partial['correct'] / seen:.2f}%  "
+                f"{self.images_per_second(partial):.0f} img/s  eta {eta:.0f}s"
+            )
 
     def images_per_second(self, partial: dict) -> float:
         per_batch = partial["seen"] / max(1, self.done)  # images per batch so far

@@ -47,8 +47,9 @@ def hand_share(epoch: int, epochs: int) -> float:
     return COOL_SHARE if epoch >= round((1 - COOL_DOWN) * epochs) else HAND_SHARE
 
 
-def epoch_data(images: np.ndarray, labels: np.ndarray, seed: int, epoch: int,
-               share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def epoch_data(
+    images: np.ndarray, labels: np.ndarray, seed: int, epoch: int, share: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's training fields, shuffled: uint8 (M, 28, 28) and int64 (M,) labels, -1 for a non-digit;
     ``share`` of the digits in other hands (default HAND_SHARE)."""
     from lenet5.config import AugmentConfig
@@ -185,8 +186,15 @@ def _fit(args: argparse.Namespace, out: Path, torch, F) -> int:
                 seen += len(yb)
             clean = float(np.mean(logits_of(vx).argmax(1) == vy))
             hand = float(np.mean(logits_of(vx_hand).argmax(1) == vy))
-            history.append({"epoch": epoch + 1, "train_loss": total / seen, "val_accuracy": clean,
-                            "val_hand_accuracy": hand, "seconds": round(time.perf_counter() - started, 1)})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": total / seen,
+                    "val_accuracy": clean,
+                    "val_hand_accuracy": hand,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
             print(json.dumps(history[-1]), file=sys.stderr, flush=True)
             if clean + hand > best:
                 best = clean + hand
@@ -204,15 +212,30 @@ def _fit(args: argparse.Namespace, out: Path, torch, F) -> int:
         "best_epoch": best_epoch["epoch"],
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    recipe = {"recipe": "lenet5.training.reader", "seed": args.seed, "epochs": args.epochs, "batch_size": batch,
-              "limit": args.limit,
-              "optimizer": "sgd nesterov 0.9, one-cycle lr 0.05, l2 5e-4", "hand_share": HAND_SHARE,
-              "cool_share": COOL_SHARE, "cool_down": COOL_DOWN,
-              "non_digit_share": NON_DIGIT_SHARE}
+    recipe = {
+        "recipe": "lenet5.training.reader",
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": batch,
+        "limit": args.limit,
+        "optimizer": "sgd nesterov 0.9, one-cycle lr 0.05, l2 5e-4",
+        "hand_share": HAND_SHARE,
+        "cool_share": COOL_SHARE,
+        "cool_down": COOL_DOWN,
+        "non_digit_share": NON_DIGIT_SHARE,
+    }
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
     try:
-        save_checkpoint(out / "model.safetensors", weights, engine="torch", model="modern", config=recipe,
-                        epoch=best_epoch["epoch"], metrics=metrics, calibration=calibration)
+        save_checkpoint(
+            out / "model.safetensors",
+            weights,
+            engine="torch",
+            model="modern",
+            config=recipe,
+            epoch=best_epoch["epoch"],
+            metrics=metrics,
+            calibration=calibration,
+        )
         atomic_write_text(out / "history.json", json.dumps({"history": history, "metrics": metrics}, indent=1))
     except OSError as exc:
         raise Lenet5Error(f"{out}: cannot write the model ({exc.strerror or exc})") from None

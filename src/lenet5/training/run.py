@@ -79,7 +79,8 @@ def lock_run_dir(run_dir: Path) -> RunLock | None:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR):
             raise ConfigError(
-                f"{path} is not a regular file; delete it (lenet5 makes a new one) and run again") from None
+                f"{path} is not a regular file; delete it (lenet5 makes a new one) and run again"
+            ) from None
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -95,8 +96,10 @@ def lock_run_dir(run_dir: Path) -> RunLock | None:
 
 
 def _held(run_dir: Path) -> ConfigError:
-    return ConfigError(f"run folder {run_dir} is in use by another lenet5 train (a run or a resume of it is still "
-                       "going); wait for it to end or stop it, then resume it")
+    return ConfigError(
+        f"run folder {run_dir} is in use by another lenet5 train (a run or a resume of it is still "
+        "going); wait for it to end or stop it, then resume it"
+    )
 
 
 def _writes_run_folder() -> bool:
@@ -111,8 +114,10 @@ def resume_from(run: str | Path, flags: dict, sets: list[str] = (), config_file:
     refused = sorted(f"{s}.{k}" for s, keys in flags.items() for k in keys if (s, k) not in RESUMABLE)
     if sets or config_file or refused:
         given = refused + (["--set"] if sets else []) + (["--config"] if config_file else [])
-        raise ConfigError(f"--resume continues a run with its own config, so {', '.join(given)} cannot change it; "
-                          "only --epochs (to train longer), --data-dir and --dataset can. Start a new run instead")
+        raise ConfigError(
+            f"--resume continues a run with its own config, so {', '.join(given)} cannot change it; "
+            "only --epochs (to train longer), --data-dir and --dataset can. Start a new run instead"
+        )
     run_dir = Path(run)
     folder = run_dir if run_dir.is_dir() else run_dir.parent if run_dir.is_file() else None
     lock = None
@@ -152,8 +157,6 @@ def _resume_locked(run_dir: Path, flags: dict) -> Resume:
     return Resume(last_path.parent, cfg, last, best)
 
 
-
-
 def remove_stale_temporaries(run_dir: Path) -> list[str]:
     """Delete the temporaries a killed run left in its folder (our own names only, regular files only)."""
     removed = []
@@ -169,8 +172,10 @@ def _restart(run_dir: Path, flags: dict) -> Resume:
     from lenet5.config import load_yaml
 
     if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir} holds no run to resume (no {LAST_FILE}, no {CONFIG_FILE}): it stopped before "
-                          "it started; run the same command again without --resume (an empty folder is reused)")
+        raise ConfigError(
+            f"{run_dir} holds no run to resume (no {LAST_FILE}, no {CONFIG_FILE}): it stopped before "
+            "it started; run the same command again without --resume (an empty folder is reused)"
+        )
     cfg = apply_dict(config_from_dict(load_yaml(run_dir / CONFIG_FILE)), flags, source="command-line flags")
     return Resume(run_dir, cfg, None, None)
 
@@ -190,8 +195,10 @@ def claim_run_dir(cfg: Config) -> tuple[Path, RunLock]:
         run_dir = parent / cfg.train.name
         lock = _claim(run_dir, text)
         if lock is None:
-            raise ConfigError(f"run folder {run_dir} already exists; continue that run with --resume {run_dir} "
-                              "or choose another --name")
+            raise ConfigError(
+                f"run folder {run_dir} already exists; continue that run with --resume {run_dir} "
+                "or choose another --name"
+            )
         return run_dir, lock
     base = f"{cfg.train.engine}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 10_000):
@@ -296,9 +303,11 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
 
             say("\n".join(summary_lines(cfg.model.name)))
             epochs = f"{cfg.train.epochs} epoch{'' if cfg.train.epochs == 1 else 's'}"
-            say(f"training a {cfg.model.name} LeNet-5 with the {cfg.train.engine} engine for {epochs} "
+            say(
+                f"training a {cfg.model.name} LeNet-5 with the {cfg.train.engine} engine for {epochs} "
                 f"(batch {cfg.train.batch_size}, {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, "
-                f"{cfg.schedule.name} schedule, seed {cfg.train.seed}) -> {run_dir}")
+                f"{cfg.schedule.name} schedule, seed {cfg.train.seed}) -> {run_dir}"
+            )
         try:
             result = trainer.fit()
         except OSError as exc:  # a full disk, a read-only run folder: one line, and say what is safe

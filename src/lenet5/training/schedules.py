@@ -81,8 +81,11 @@ class Schedule:
             self.bad_epochs = 0
 
     def state(self) -> dict:
-        return {"scale": self.scale, "best": None if math.isinf(self.best) else self.best,
-                "bad_epochs": self.bad_epochs}
+        return {
+            "scale": self.scale,
+            "best": None if math.isinf(self.best) else self.best,
+            "bad_epochs": self.bad_epochs,
+        }
 
     def load_state(self, state: dict) -> None:
         self.scale = float(state["scale"])

@@ -47,7 +47,8 @@ def require_tensorboard():
     except ImportError as exc:
         missing = exc.name or "tensorboard"  # the package, or one of its dependencies
         raise Lenet5Error(
-            HINT if missing.split(".")[0] == "tensorboard" else f"{HINT} ({missing} is missing)") from None
+            HINT if missing.split(".")[0] == "tensorboard" else f"{HINT} ({missing} is missing)"
+        ) from None
     except Exception as exc:  # noqa: BLE001  (an installed but broken tensorboard or protobuf: still one line)
         raise Lenet5Error(f"{HINT} (it is installed but does not load: {first_line(exc)})") from None
     return _Modules(event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2, text_metadata, EventFileWriter)
@@ -76,7 +77,8 @@ class TensorBoardLogger(Callback):
     def _scalars(self, step: int, values: dict) -> None:
         Value = self.tb.summary_pb2.Summary.Value
         summary = self.tb.summary_pb2.Summary(
-            value=[Value(tag=tag, simple_value=float(v)) for tag, v in values.items() if v is not None])
+            value=[Value(tag=tag, simple_value=float(v)) for tag, v in values.items() if v is not None]
+        )
         self._event(step, summary=summary)
 
     def _image(self, step: int, tag: str, png: bytes) -> None:
@@ -87,8 +89,11 @@ class TensorBoardLogger(Callback):
 
     def _text(self, step: int, tag: str, markdown: str) -> None:
         tb = self.tb
-        tensor = tb.tensor_pb2.TensorProto(dtype=tb.types_pb2.DT_STRING, string_val=[markdown.encode("utf-8")],
-                                           tensor_shape=tb.tensor_shape_pb2.TensorShapeProto())
+        tensor = tb.tensor_pb2.TensorProto(
+            dtype=tb.types_pb2.DT_STRING,
+            string_val=[markdown.encode("utf-8")],
+            tensor_shape=tb.tensor_shape_pb2.TensorShapeProto(),
+        )
         meta = tb.text_metadata.create_summary_metadata(display_name=tag, description="")
         s = tb.summary_pb2.Summary
         self._event(step, summary=s(value=[s.Value(tag=tag, metadata=meta, tensor=tensor)]))
@@ -112,8 +117,14 @@ class TensorBoardLogger(Callback):
         self._correct += int(correct)
         self._seen += batch_size
         if trainer.step % self.every == 0:
-            self._scalars(trainer.step, {"step/train_loss": self._loss_sum / self._seen,
-                                         "step/train_accuracy": self._correct / self._seen, "step/lr": lr})
+            self._scalars(
+                trainer.step,
+                {
+                    "step/train_loss": self._loss_sum / self._seen,
+                    "step/train_accuracy": self._correct / self._seen,
+                    "step/lr": lr,
+                },
+            )
             self._loss_sum, self._correct, self._seen = 0.0, 0, 0
 
     def on_epoch_end(self, trainer, row, improved):
@@ -129,8 +140,11 @@ class TensorBoardLogger(Callback):
         test, step = result.test, result.epochs_run
         self._scalars(step, {"test/accuracy": test.accuracy, "test/loss": test.loss})
         self._image(step, "test/confusion_matrix", figure_png(confusion_matrix_figure(test.confusion)))
-        self._image(step, "test/predictions", figure_png(
-            predictions_figure(trainer.data.test_images, test.labels, test.probabilities)))
+        self._image(
+            step,
+            "test/predictions",
+            figure_png(predictions_figure(trainer.data.test_images, test.labels, test.probabilities)),
+        )
         self._close()
 
     def _close(self) -> None:

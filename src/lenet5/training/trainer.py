@@ -59,8 +59,10 @@ def evaluate_engine(engine, images: np.ndarray, labels: np.ndarray, batch_size: 
 
 def engine_logits(engine, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """(N, 10) logits of uint8 images (N, 28, 28), in batches."""
-    chunks = [engine.logits(normalize(images[i : i + batch_size], engine.input_dtype))
-              for i in range(0, len(images), batch_size)]
+    chunks = [
+        engine.logits(normalize(images[i : i + batch_size], engine.input_dtype))
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(chunks) if chunks else np.zeros((0, 10), np.float32)
 
 
@@ -76,8 +78,14 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         t = cfg.train
         self.engine = create_engine(
-            t.engine, cfg.model, cfg.optimizer, seed=t.seed, dtype=t.dtype, label_smoothing=t.label_smoothing,
-            threads=t.threads, device=t.device,
+            t.engine,
+            cfg.model,
+            cfg.optimizer,
+            seed=t.seed,
+            dtype=t.dtype,
+            label_smoothing=t.label_smoothing,
+            threads=t.threads,
+            device=t.device,
         )
         self.train_x, self.train_y, self.val_x, self.val_y = split_train_val(
             data.train_images, data.train_labels, cfg.data.val_size, seed=t.seed
@@ -86,8 +94,10 @@ class Trainer:
         if t.limit_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, t.limit_batches)
         if t.batch_size > len(self.train_x):
-            self.log(f"warning: batch_size {t.batch_size} is larger than the training split ({len(self.train_x)} "
-                     f"images): every epoch is one step of {len(self.train_x)} images")
+            self.log(
+                f"warning: batch_size {t.batch_size} is larger than the training split ({len(self.train_x)} "
+                f"images): every epoch is one step of {len(self.train_x)} images"
+            )
         self.schedule = Schedule(cfg.schedule, cfg.optimizer.lr, self.steps_per_epoch, self.steps_per_epoch * t.epochs)
         self.stopper = EarlyStopping(cfg.early_stopping)
         self.augment = make_augmenter(cfg.augment)  # None when augmentation is off
@@ -106,8 +116,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------ resume state
     def trainer_state(self) -> dict:
         return {
-            "epoch": self.epoch, "batch": self.batch, "step": self.step, "partial": dict(self.partial),
-            "seconds": self.seconds, "history": self.history, "schedule": self.schedule.state(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "partial": dict(self.partial),
+            "seconds": self.seconds,
+            "history": self.history,
+            "schedule": self.schedule.state(),
             "early_stopping": self.stopper.state(),
         }
 
@@ -154,8 +169,10 @@ class Trainer:
             self._tell("on_epoch_end", row, improved)
             self.log(self._epoch_line(row, epochs, improved))
             if self.stopper.should_stop:
-                self.log(f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
-                         f"{self.stopper.bad_epochs} epochs (best at epoch {self.stopper.best_epoch})")
+                self.log(
+                    f"early stopping: {self.cfg.early_stopping.monitor} has not improved for "
+                    f"{self.stopper.bad_epochs} epochs (best at epoch {self.stopper.best_epoch})"
+                )
             yield row
 
     def _run_epoch(self, epoch: int) -> dict:
@@ -163,8 +180,15 @@ class Trainer:
         rng = np.random.default_rng([t.seed, epoch])
         start = time.perf_counter()
         progress = EpochProgress(epoch, t.epochs, self.steps_per_epoch, initial=self.batch, log=self.log)
-        batches = iterate_batches(self.train_x, self.train_y, t.batch_size, rng, start_batch=self.batch,
-                                  dtype=self.engine.input_dtype, transform=self.augment)
+        batches = iterate_batches(
+            self.train_x,
+            self.train_y,
+            t.batch_size,
+            rng,
+            start_batch=self.batch,
+            dtype=self.engine.input_dtype,
+            transform=self.augment,
+        )
         # the callbacks that want every step (the hot loop: none by default, and no call for the others)
         on_step = [cb.on_step for cb in self.callbacks if type(cb).on_step is not Callback.on_step]
         try:
@@ -209,12 +233,17 @@ class Trainer:
         }
 
     def _epoch_line(self, row: dict, epochs: int, improved: bool) -> str:
-        val = (f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.2f}%"
-               if row["val_loss"] is not None else "no validation split")
+        val = (
+            f"val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.2f}%"
+            if row["val_loss"] is not None
+            else "no validation split"
+        )
         mark = "  *best" if improved and row["val_loss"] is not None else ""
-        return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc "
-                f"{100 * row['train_accuracy']:.2f}%"
-                f"  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{mark}")
+        return (
+            f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{100 * row['train_accuracy']:.2f}%"
+            f"  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{mark}"
+        )
 
     def _finish(self, stopped: bool) -> TrainResult:
         """Score the model on the test set: the best epoch's weights, or with early_stopping.restore_best false
@@ -226,8 +255,9 @@ class Trainer:
         else:
             model_epoch = len(self.history)
         model_row = self.history[model_epoch - 1] if 0 < model_epoch <= len(self.history) else {}
-        test = evaluate_engine(self.engine, self.data.test_images, self.data.test_labels,
-                               self.cfg.train.eval_batch_size)
+        test = evaluate_engine(
+            self.engine, self.data.test_images, self.data.test_labels, self.cfg.train.eval_batch_size
+        )
         calibration = self._calibrate(test)
         metrics = {
             "test_accuracy": test.accuracy,
@@ -245,8 +275,19 @@ class Trainer:
             "calibration": calibration,
             **{k: v for k, v in test.summary().items() if k in ("per_class", "confusion_matrix")},
         }
-        return TrainResult(self.history, test, best_epoch, model_epoch, model_row, self.engine.state_dict(),
-                           calibration, len(self.history), self.seconds, stopped, metrics)
+        return TrainResult(
+            self.history,
+            test,
+            best_epoch,
+            model_epoch,
+            model_row,
+            self.engine.state_dict(),
+            calibration,
+            len(self.history),
+            self.seconds,
+            stopped,
+            metrics,
+        )
 
     def _calibrate(self, test: Evaluation) -> dict | None:
         """Fit the temperature on the validation split (never the test set); ECE before/after on both."""
@@ -260,8 +301,10 @@ class Trainer:
         calibration["test_ece_before"] = round(expected_calibration_error(test.probabilities, test.labels), 6)
         calibrated = softmax(np.asarray(test.logits, np.float64) / t)
         calibration["test_ece_after"] = round(expected_calibration_error(calibrated, test.labels), 6)
-        self.log(f"calibration: temperature {t:.3f} (fitted on validation); expected calibration error on the test "
-                 f"set {100 * calibration['test_ece_before']:.2f}% -> {100 * calibration['test_ece_after']:.2f}%")
+        self.log(
+            f"calibration: temperature {t:.3f} (fitted on validation); expected calibration error on the test "
+            f"set {100 * calibration['test_ece_before']:.2f}% -> {100 * calibration['test_ece_after']:.2f}%"
+        )
         return calibration
 
 
@@ -313,8 +356,11 @@ def check_trainer_state(state, steps_per_epoch: int, epochs: int, where: str) ->
             raise bad(f"{name} must be a mapping with {', '.join(keys)}")
         return value
 
-    state = section(state, "trainer_state", ("epoch", "batch", "step", "partial", "seconds", "history", "schedule",
-                                             "early_stopping"))
+    state = section(
+        state,
+        "trainer_state",
+        ("epoch", "batch", "step", "partial", "seconds", "history", "schedule", "early_stopping"),
+    )
     epoch = count(state["epoch"], "epoch", 10**6)
     batch = count(state["batch"], "batch", steps_per_epoch - 1)
     step = count(state["step"], "step", 10**12)
@@ -323,26 +369,46 @@ def check_trainer_state(state, steps_per_epoch: int, epochs: int, where: str) ->
     if epoch > epochs or (epoch == epochs and batch):
         raise bad(f"it is past epoch {epochs}, the last one configured")
     partial = section(state["partial"], "partial", ("loss_sum", "correct", "seen"))
-    partial = {"loss_sum": number(partial["loss_sum"], "partial.loss_sum"),
-               "correct": count(partial["correct"], "partial.correct", 10**12),
-               "seen": count(partial["seen"], "partial.seen", 10**12)}
+    partial = {
+        "loss_sum": number(partial["loss_sum"], "partial.loss_sum"),
+        "correct": count(partial["correct"], "partial.correct", 10**12),
+        "seen": count(partial["seen"], "partial.seen", 10**12),
+    }
     history = state["history"]
     if not isinstance(history, list) or len(history) != epoch:
         raise bad(f"history must list the {epoch} epochs done")
     rows = []
     for i, row in enumerate(history, start=1):
         row = section(row, f"history[{i}]", HISTORY_FIELDS)
-        rows.append({k: (count(row[k], f"history[{i}].epoch", 10**6) if k == "epoch"
-                         else number(row[k], f"history[{i}].{k}", optional=k.startswith("val_")))
-                     for k in HISTORY_FIELDS})
+        rows.append(
+            {
+                k: (
+                    count(row[k], f"history[{i}].epoch", 10**6)
+                    if k == "epoch"
+                    else number(row[k], f"history[{i}].{k}", optional=k.startswith("val_"))
+                )
+                for k in HISTORY_FIELDS
+            }
+        )
     schedule = section(state["schedule"], "schedule", ("scale", "best", "bad_epochs"))
-    schedule = {"scale": number(schedule["scale"], "schedule.scale"),
-                "best": number(schedule["best"], "schedule.best", optional=True),
-                "bad_epochs": count(schedule["bad_epochs"], "schedule.bad_epochs", 10**6)}
+    schedule = {
+        "scale": number(schedule["scale"], "schedule.scale"),
+        "best": number(schedule["best"], "schedule.best", optional=True),
+        "bad_epochs": count(schedule["bad_epochs"], "schedule.bad_epochs", 10**6),
+    }
     stopping = section(state["early_stopping"], "early_stopping", ("best", "best_epoch", "bad_epochs"))
-    stopping = {"best": number(stopping["best"], "early_stopping.best", optional=True),
-                "best_epoch": count(stopping["best_epoch"], "early_stopping.best_epoch", epoch),
-                "bad_epochs": count(stopping["bad_epochs"], "early_stopping.bad_epochs", 10**6)}
-    return {"epoch": epoch, "batch": batch, "step": step, "partial": partial,
-            "seconds": number(state["seconds"], "seconds"), "history": rows, "schedule": schedule,
-            "early_stopping": stopping}
+    stopping = {
+        "best": number(stopping["best"], "early_stopping.best", optional=True),
+        "best_epoch": count(stopping["best_epoch"], "early_stopping.best_epoch", epoch),
+        "bad_epochs": count(stopping["bad_epochs"], "early_stopping.bad_epochs", 10**6),
+    }
+    return {
+        "epoch": epoch,
+        "batch": batch,
+        "step": step,
+        "partial": partial,
+        "seconds": number(state["seconds"], "seconds"),
+        "history": rows,
+        "schedule": schedule,
+        "early_stopping": stopping,
+    }

@@ -38,6 +38,7 @@ PIECE_WORKERS = 32
 MIN_PIECE = 8  # a batch is shared among the workers only in pieces of at least this many images
 LOGITS_ROUND = 4096  # logits of more images are computed in rounds of this many (the shared batch block's size)
 
+
 def default_threads() -> int:
     """Workers for threads=0: 2 when at least 2 cores are available to this process, else 1."""
     return 2 if available_cores() >= 2 else 1
@@ -95,8 +96,9 @@ class NumpyEngine:
         self._grad = np.zeros(self.net.size, dtype=self.dtype)  # the batch's gradient: worker 0's, plus the others'
         self._local = Worker(self.net, self._grad, self.label_smoothing)
         self._stand_ins: dict[int, Worker] = {}  # workers 1.. when they run here, each with its own gradient
-        self._processes = (WorkerProcesses(processes, model.name, self.dtype, self.label_smoothing, self._state)
-                           if processes else None)
+        self._processes = (
+            WorkerProcesses(processes, model.name, self.dtype, self.label_smoothing, self._state) if processes else None
+        )
         self._in_use = processes  # processes given work; the policy lowers it while other programs hold cores
         self._free = adaptive(self._use_workers, processes + 1, self._cpu_seconds) if processes else None
 
@@ -127,7 +129,7 @@ class NumpyEngine:
         piece = PIECE_ONE_WORKER if self.threads == 1 else PIECE_WORKERS
         size = min(piece, max(MIN_PIECE, -(-n // self.threads)))
         pieces = [(a, min(a + size, n)) for a in range(0, n, size)]
-        return [pieces[w::self.threads] for w in range(self.threads) if pieces[w::self.threads]]
+        return [pieces[w :: self.threads] for w in range(self.threads) if pieces[w :: self.threads]]
 
     def _split(self, plan, x: np.ndarray) -> tuple[list, list[tuple[int, list]]]:
         """(the plans of workers 1..k, which go to the processes; [(worker, plan)] of those that run here)."""
@@ -136,7 +138,7 @@ class NumpyEngine:
         k = min(self._in_use, len(plan) - 1)
         if k and not self._processes.usable(max(len(x), LOGITS_ROUND), x.shape[1:]):
             k = 0  # still starting: this thread does their pieces
-        return plan[1:1 + k], list(enumerate(plan[1 + k:], start=1 + k))
+        return plan[1 : 1 + k], list(enumerate(plan[1 + k :], start=1 + k))
 
     def _stand_in(self, worker: int) -> Worker:
         if worker not in self._stand_ins:
@@ -203,7 +205,7 @@ class NumpyEngine:
         out = np.empty((len(x), NUM_CLASSES), dtype=self.dtype)
         with single_threaded_blas():
             for start in range(0, len(x), LOGITS_ROUND):
-                part, part_out = x[start:start + LOGITS_ROUND], out[start:start + LOGITS_ROUND]
+                part, part_out = x[start : start + LOGITS_ROUND], out[start : start + LOGITS_ROUND]
                 plan = self._plan(len(part))
                 remote, here = self._split(plan, part)
                 batch = self._hand_out(LOGITS, part, None, remote)

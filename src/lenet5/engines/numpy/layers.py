@@ -50,7 +50,7 @@ COLUMN_BLOCK = 4096
 def _matmul_by_columns(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = a (M, K) @ b (K, L), computed COLUMN_BLOCK columns of b at a time (same values as one matmul)."""
     for start in range(0, b.shape[1], COLUMN_BLOCK):
-        np.matmul(a, b[:, start:start + COLUMN_BLOCK], out=out[:, start:start + COLUMN_BLOCK])
+        np.matmul(a, b[:, start : start + COLUMN_BLOCK], out=out[:, start : start + COLUMN_BLOCK])
     return out
 
 
@@ -61,7 +61,7 @@ def _weight_gradient(dy: np.ndarray, cols: np.ndarray, out: np.ndarray, ws: Work
     than a copy of the small result."""
     part = _buffer(ws, "weight_grad_part", (cols.shape[0], dy.shape[0]), dy.dtype)  # (K, F)
     for start in range(0, dy.shape[1], COLUMN_BLOCK):
-        np.matmul(cols[:, start:start + COLUMN_BLOCK], dy[:, start:start + COLUMN_BLOCK].T, out=part)
+        np.matmul(cols[:, start : start + COLUMN_BLOCK], dy[:, start : start + COLUMN_BLOCK].T, out=part)
         if start == 0:
             np.copyto(out, part.T)
         else:
@@ -72,6 +72,7 @@ def _weight_gradient(dy: np.ndarray, cols: np.ndarray, out: np.ndarray, ws: Work
 def _windows(ws: Workspace | None, x: np.ndarray, k: int, s: int) -> np.ndarray:
     """The k x k windows of x (C, H, W, N) at stride s, as a view shaped (C, k, k, Ho, Wo, N); kept in the
     workspace for the same input buffer (building it cost ~60 us, 3% of a training step)."""
+
     def make(x):
         return sliding_window_view(x, (k, k), axis=(1, 2))[:, ::s, ::s].transpose(0, 4, 5, 1, 2, 3)
 
@@ -105,8 +106,16 @@ class Conv2D(Layer):
     input maps per output map (LeNet-5's C3 table): the weight is multiplied by it, and so is its gradient.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, needs_input_grad: bool = True, mask: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        needs_input_grad: bool = True,
+        mask: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.C, self.F, self.k = in_channels, out_channels, kernel_size
         self.stride, self.padding, self.needs_input_grad = stride, padding, needs_input_grad
@@ -128,7 +137,7 @@ class Conv2D(Layer):
         xc = x.transpose(1, 2, 3, 0)  # (C, H, W, N): free when x is stored batch-last
         if p:
             padded = _buffer(ws, "padded", (C, H + 2 * p, W + 2 * p, N), x.dtype)  # border stays 0
-            padded[:, p:p + H, p:p + W] = xc
+            padded[:, p : p + H, p : p + W] = xc
             xc = padded
         windows = _windows(ws, xc, k, s)  # (C, k, k, Ho, Wo, N), a view
         K = C * k * k
@@ -164,10 +173,10 @@ class Conv2D(Layer):
         # and k*k shifted slice-adds (the im2col transpose), which moved 3x the data.
         Wc = s * (Wo - 1) + k  # input columns the windows cover: the padded width, less any right-hand rest
         spread = _buffer(ws, "dy_spread", (F, Ho, Wc + k - 1, N), dy.dtype)  # zero but where dy lands
-        spread[:, :, k - 1:k - 1 + s * Wo:s] = dy2.reshape(F, Ho, Wo, N)
+        spread[:, :, k - 1 : k - 1 + s * Wo : s] = dy2.reshape(F, Ho, Wo, N)
         shifted = _buffer(ws, "dy_shifted", (F, k, Ho, Wc, N), dy.dtype)  # [f, j, ho, w] = dy[f, ho, (w - j) / s]
         for j in range(k):
-            shifted[:, j] = spread[:, :, k - 1 - j:k - 1 - j + Wc]
+            shifted[:, j] = spread[:, :, k - 1 - j : k - 1 - j + Wc]
         w = self._weight_matrix().reshape(F, C, k, k).transpose(1, 2, 0, 3).reshape(C * k, F * k)  # [(c, i), (f, j)]
         rows = _buffer(ws, "dx_rows", (C * k, Ho * Wc * N), dy.dtype)
         np.matmul(w, shifted.reshape(F * k, Ho * Wc * N), out=rows)
@@ -175,22 +184,22 @@ class Conv2D(Layer):
         dx = _buffer(ws, "dx", (C, H + 2 * p, W + 2 * p, N), dy.dtype)
         dx.fill(0)
         for i in range(k):
-            dx[:, i:i + s * Ho:s, :Wc] += rows[:, i]
-        return dx[:, p:p + H, p:p + W].transpose(3, 0, 1, 2)
+            dx[:, i : i + s * Ho : s, :Wc] += rows[:, i]
+        return dx[:, p : p + H, p : p + W].transpose(3, 0, 1, 2)
 
 
 def _pool_views(x: np.ndarray, k: int) -> list[np.ndarray]:
     """The k*k strided views x[:, :, i::k, j::k] of non-overlapping k x k windows, in row-major order."""
     Ho, Wo = x.shape[2] // k, x.shape[3] // k
-    return [x[:, :, i:i + k * Ho:k, j:j + k * Wo:k] for i in range(k) for j in range(k)]
+    return [x[:, :, i : i + k * Ho : k, j : j + k * Wo : k] for i in range(k) for j in range(k)]
 
 
 def _pool_grad_buffer(ws: Workspace | None, x: np.ndarray, k: int) -> np.ndarray:
     """Gradient buffer laid out like x; rows/columns that no window covers (odd sizes) are zero."""
     dx = _buffer_like(ws, "dx", x)
     H, W = x.shape[2:]
-    dx[:, :, H - H % k:] = 0
-    dx[:, :, :, W - W % k:] = 0
+    dx[:, :, H - H % k :] = 0
+    dx[:, :, :, W - W % k :] = 0
     return dx
 
 

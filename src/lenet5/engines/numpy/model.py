@@ -18,8 +18,14 @@ def _layer(spec, first: bool) -> tuple[str | None, Layer]:
     """The NumPy layer for one layer of a models.Architecture, with its parameter prefix (None: no parameters)."""
     if isinstance(spec, models.Conv):
         # nobody needs the gradient of the input image: the first convolution skips it
-        return spec.name, Conv2D(spec.in_channels, spec.out_channels, spec.kernel, padding=spec.padding,
-                                 needs_input_grad=not first, mask=spec.table)
+        return spec.name, Conv2D(
+            spec.in_channels,
+            spec.out_channels,
+            spec.kernel,
+            padding=spec.padding,
+            needs_input_grad=not first,
+            mask=spec.table,
+        )
     if isinstance(spec, models.Dense):
         return spec.name, Dense(spec.n_in, spec.n_out)
     if isinstance(spec, models.Pool):
@@ -69,7 +75,7 @@ class Network:
         views, start = {}, 0
         for name, shape in self.shapes.items():
             n = int(np.prod(shape))
-            views[name] = flat[start:start + n].reshape(shape)
+            views[name] = flat[start : start + n].reshape(shape)
             start += n
         return views
 
@@ -101,8 +107,13 @@ class Network:
                 caches.append(cache)
         return x, caches
 
-    def backward(self, dlogits: np.ndarray, caches: list, grads: dict[str, dict[str, np.ndarray]],
-                 ws: list[Workspace] | None = None) -> None:
+    def backward(
+        self,
+        dlogits: np.ndarray,
+        caches: list,
+        grads: dict[str, dict[str, np.ndarray]],
+        ws: list[Workspace] | None = None,
+    ) -> None:
         """Write every parameter gradient into ``grads`` (see layer_views), from the top layer down."""
         ws = ws or [None] * len(self.layers)
         d = dlogits
@@ -110,8 +121,15 @@ class Network:
             prefix, layer = self.layers[i]
             d = layer.backward(d, caches[i], grads.get(prefix, {}), ws[i])
 
-    def loss_and_grad(self, x, labels, grads, label_smoothing: float = 0.0, total: int | None = None,
-                      ws: list[Workspace] | None = None) -> tuple[float, int]:
+    def loss_and_grad(
+        self,
+        x,
+        labels,
+        grads,
+        label_smoothing: float = 0.0,
+        total: int | None = None,
+        ws: list[Workspace] | None = None,
+    ) -> tuple[float, int]:
         """Forward + loss + backward on one batch (or one part of it, see softmax_cross_entropy's ``total``).
 
         Returns (loss, number of correct predictions); the gradients land in ``grads``.

@@ -126,8 +126,8 @@ class Adam(Optimizer):
         np.multiply(grad, grad, out=tmp)
         tmp *= 1.0 - b2
         v += tmp
-        bias_correction1 = 1.0 - b1 ** self.t
-        bias_correction2 = 1.0 - b2 ** self.t
+        bias_correction1 = 1.0 - b1**self.t
+        bias_correction2 = 1.0 - b2**self.t
         np.sqrt(v, out=tmp)  # denominator sqrt(v / bc2) + eps
         tmp /= math.sqrt(bias_correction2)
         tmp += self.cfg.eps

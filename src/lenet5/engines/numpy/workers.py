@@ -103,13 +103,17 @@ class Worker:
 
 # --- shared memory ----------------------------------------------------------------------------------------
 
+
 def state_layout(n_params: int, processes: int, dtype) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return {"params": ((n_params,), np.dtype(dtype)), "grads": ((processes, n_params), np.dtype(dtype))}
 
 
 def batch_layout(capacity: int, image_shape: tuple[int, ...], dtype) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    return {"x": ((capacity, *image_shape), np.dtype(dtype)), "y": ((capacity,), np.dtype(np.int64)),
-            "logits": ((capacity, NUM_CLASSES), np.dtype(dtype))}
+    return {
+        "x": ((capacity, *image_shape), np.dtype(dtype)),
+        "y": ((capacity,), np.dtype(np.int64)),
+        "logits": ((capacity, NUM_CLASSES), np.dtype(dtype)),
+    }
 
 
 class SharedBlock:
@@ -127,8 +131,10 @@ class SharedBlock:
         except OSError:
             self.close()
             raise
-        self.arrays = {name: np.frombuffer(self._map, dtype, int(np.prod(shape)), offsets[name]).reshape(shape)
-                       for name, (shape, dtype) in layout.items()}
+        self.arrays = {
+            name: np.frombuffer(self._map, dtype, int(np.prod(shape)), offsets[name]).reshape(shape)
+            for name, (shape, dtype) in layout.items()
+        }
 
     def close(self) -> None:
         """Close the file; the memory is freed when the last array viewing it is gone."""
@@ -143,9 +149,11 @@ def shared_block(layout: dict) -> SharedBlock | None:
     try:
         return SharedBlock(layout)
     except (OSError, MemoryError) as exc:
-        warn(f"could not make shared memory for the NumPy engine's worker processes "
-             f"({getattr(exc, 'strerror', None) or exc or type(exc).__name__}); every worker runs in this process "
-             "(the same results)")
+        warn(
+            f"could not make shared memory for the NumPy engine's worker processes "
+            f"({getattr(exc, 'strerror', None) or exc or type(exc).__name__}); every worker runs in this process "
+            "(the same results)"
+        )
         return None
 
 
@@ -191,6 +199,7 @@ class _Lost(Exception):
 
 
 # --- the engine's side ------------------------------------------------------------------------------------
+
 
 class WorkerProcesses:
     """Workers 1..count of a NumpyEngine as processes, started on first use, stopped by close().
@@ -263,13 +272,31 @@ class WorkerProcesses:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
             for index in range(self.count):
                 ours, theirs = socket.socketpair()
-                args = [sys.executable, "-m", "lenet5.engines.numpy.workers", str(theirs.fileno()),
-                        str(self.state.fd), str(self._block.fd), self.model_name, self.dtype.name,
-                        repr(self.label_smoothing), str(index), str(self.count), str(capacity), *map(str, image_shape)]
+                args = [
+                    sys.executable,
+                    "-m",
+                    "lenet5.engines.numpy.workers",
+                    str(theirs.fileno()),
+                    str(self.state.fd),
+                    str(self._block.fd),
+                    self.model_name,
+                    self.dtype.name,
+                    repr(self.label_smoothing),
+                    str(index),
+                    str(self.count),
+                    str(capacity),
+                    *map(str, image_shape),
+                ]
                 try:
-                    process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL, start_new_session=True,
-                                               pass_fds=(theirs.fileno(), self.state.fd, self._block.fd))
+                    process = subprocess.Popen(
+                        args,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                        pass_fds=(theirs.fileno(), self.state.fd, self._block.fd),
+                    )
                 except BaseException:
                     ours.close()
                     raise
@@ -345,8 +372,10 @@ class WorkerProcesses:
             silent = time.monotonic() - self._ordered_at
             limit = HURRY_AFTER if self.hurry else SILENT_AFTER
             if silent >= limit:
-                raise _Lost(f"the NumPy engine's worker process {self._processes[i].pid} has not answered for "
-                            f"{silent:.0f} s (stopped?); it is ended")
+                raise _Lost(
+                    f"the NumPy engine's worker process {self._processes[i].pid} has not answered for "
+                    f"{silent:.0f} s (stopped?); it is ended"
+                )
             if self._readable(sock, min(POLL, limit - silent)):
                 head = _receive(sock, ANSWER.size)
         return head
@@ -379,8 +408,11 @@ class WorkerProcesses:
         self.failures += 1
         if self.failures >= MAX_FAILURES:
             self.off = True
-        then = ("every worker runs in this process from now on" if self.off else
-                "its pieces ran in this process, and a new one starts")
+        then = (
+            "every worker runs in this process from now on"
+            if self.off
+            else "its pieces ran in this process, and a new one starts"
+        )
         warn(f"{message}; {then} (the same results)")
 
     def close(self) -> None:
@@ -404,6 +436,7 @@ class WorkerProcesses:
 
 
 # --- the process's side -----------------------------------------------------------------------------------
+
 
 def main(argv: list[str]) -> int:
     """A worker process: answers orders until its socket closes. Whatever goes wrong is told to the engine over

@@ -57,11 +57,13 @@ def resolve_device(device: str) -> torch.device:
 # Each optimizer of config.OPTIMIZERS as torch.optim builds it. The lr is set before every
 # step; l2, l1, grad_clip (and weight_decay except for AdamW's own) are applied by hand in _apply_update.
 TORCH_OPTIMIZERS = {
-    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, dampening=0.0,
-                                             nesterov=c.nesterov and c.momentum > 0),
+    "sgd": lambda params, c: torch.optim.SGD(
+        params, lr=c.lr, momentum=c.momentum, dampening=0.0, nesterov=c.nesterov and c.momentum > 0
+    ),
     "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
-                                                 weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(
+        params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay
+    ),
 }
 
 
@@ -111,8 +113,9 @@ class TorchEngine:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         if self.opt_cfg.name not in TORCH_OPTIMIZERS:
-            raise ValueError(f"the torch engine has no optimizer {self.opt_cfg.name!r}; it has: "
-                             f"{', '.join(TORCH_OPTIMIZERS)}")
+            raise ValueError(
+                f"the torch engine has no optimizer {self.opt_cfg.name!r}; it has: {', '.join(TORCH_OPTIMIZERS)}"
+            )
         return TORCH_OPTIMIZERS[self.opt_cfg.name](self._params, self.opt_cfg)
 
     def _slots(self) -> tuple[str, ...]:
@@ -260,8 +263,10 @@ class TorchEngine:
             offset = 0
             for i, p in enumerate(self._params):
                 n = p.numel()
-                entry = {s: torch.from_numpy(np.array(f[offset : offset + n], dtype=self.np_dtype)).view_as(p)
-                         for s, f in flats.items()}
+                entry = {
+                    s: torch.from_numpy(np.array(f[offset : offset + n], dtype=self.np_dtype)).view_as(p)
+                    for s, f in flats.items()
+                }
                 if self.opt_cfg.name != "sgd":
                     entry["step"] = torch.tensor(float(step))
                 per_param[i] = entry

@@ -29,8 +29,9 @@ class LeNet5(nn.Module):
         self.specs = models.architecture(model_name).layers
         for spec in self.specs:
             if isinstance(spec, models.Conv):
-                self.add_module(spec.name, nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel,
-                                                     padding=spec.padding))
+                self.add_module(
+                    spec.name, nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel, padding=spec.padding)
+                )
                 if spec.table is not None:
                     mask = torch.tensor(np.asarray(spec.table, dtype=np.float32))[:, :, None, None]
                     self.register_buffer(f"{spec.name}_mask", mask, persistent=False)
@@ -39,8 +40,11 @@ class LeNet5(nn.Module):
 
     def masks(self) -> dict[str, torch.Tensor]:
         """{conv name: its (out, in, 1, 1) connection mask} for the convolutions that have a table."""
-        return {s.name: getattr(self, f"{s.name}_mask") for s in self.specs
-                if isinstance(s, models.Conv) and s.table is not None}
+        return {
+            s.name: getattr(self, f"{s.name}_mask")
+            for s in self.specs
+            if isinstance(s, models.Conv) and s.table is not None
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for spec in self.specs:
@@ -57,4 +61,3 @@ class LeNet5(nn.Module):
             else:
                 x = torch.flatten(x, 1)
         return x
-
