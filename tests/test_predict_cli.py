@@ -182,7 +182,8 @@ def test_save_prepared_tells_files_with_the_same_stem_apart(mnist, tmp_path):
 
 
 def test_predict_imports_nothing_of_training():
-    """Reading one image runs the network forward only: no optimizer, no worker process module, no torch."""
+    """Reading one image runs the network forward only: no optimizer, no worker process module, no torch, and
+    nothing of a training run (the trainer, the run folder, the tuner)."""
     examples = Path(__file__).resolve().parents[1] / "examples" / "digits" / "seven.png"
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "lenet5", "predict", str(examples)],
@@ -193,8 +194,9 @@ def test_predict_imports_nothing_of_training():
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "lenet5.inference" in imported
-    for module in ("lenet5.engines.numpy.optim", "lenet5.engines.numpy.workers", "lenet5.free_cores", "torch"):
-        assert module not in imported
+    engine_training = ("lenet5.engines.numpy.optim", "lenet5.engines.numpy.workers", "lenet5.free_cores", "torch")
+    runs = ("lenet5.training.trainer", "lenet5.training.run", "lenet5.training.callbacks", "lenet5.tune")
+    assert not set(engine_training + runs) & imported, sorted(set(engine_training + runs) & imported)
 
 
 def test_the_forward_only_runner_gives_the_engines_logits(trained_checkpoint, mnist):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lenet5.data.sources import DATASETS
+from lenet5.data.dataset_names import DATASET_NAMES
 from lenet5.engines import DEVICES, DTYPES, ENGINES
 from lenet5.errors import ConfigError
 from lenet5.models import INITIALIZERS, MODELS
@@ -99,7 +99,7 @@ class EarlyStoppingConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="mnist", metadata=_choice(*DATASETS))
+    dataset: str = field(default="mnist", metadata=_choice(*DATASET_NAMES))
     data_dir: str | None = None  # None: $LENET5_DATA, else the per-user cache
     val_size: int = field(default=5000, metadata=_range(0))
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lenet5.atomic import atomic_write_bytes, atomic_write_text, is_temporary
+from lenet5.data.dataset_names import DATASET_NAMES
 from lenet5.data.idx import MAX_IDX_BYTES, NotARegularFile, gunzip_bytes, open_regular, parse_idx, read_bytes
 from lenet5.errors import DataError, IDXError
 
@@ -115,7 +116,7 @@ def _candidates(root: Path, name: str) -> list[Path]:
 
 def _http_fetch(url: str, limit: int) -> bytes:
     """The body, or ValueError past ``limit`` bytes (never read further)."""
-    import urllib.request  # here, not at the top: every command imports this module (config's DATASETS), few download
+    import urllib.request  # here, not at the top: every command that reads MNIST imports this module, few download
 
     request = urllib.request.Request(url, headers={"User-Agent": "lenet5"})
     with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
@@ -446,11 +447,9 @@ def find_idx_dataset(data_dir: str | Path | None) -> DatasetFiles:
     return files
 
 
-# The one list of datasets (config validation and the CLI derive from it): name -> how its files are found.
-DATASETS = {
-    "mnist": ensure_mnist,  # MNIST, verified by SHA-256, fetched when missing
-    "idx": find_idx_dataset,  # any four IDX files under MNIST's names in the data folder
-}
+# How the files of each dataset named in dataset_names.py (the one list) are found.
+_FINDERS = {"mnist": ensure_mnist, "idx": find_idx_dataset}
+DATASETS = {name: _FINDERS[name] for name in DATASET_NAMES}
 
 
 def locate(dataset: str = "mnist", data_dir: str | Path | None = None) -> DatasetFiles:
