@@ -80,13 +80,29 @@ def _windows(ws: Workspace | None, x: np.ndarray, k: int, s: int) -> np.ndarray:
 
 
 class Layer:
-    """Base class: a layer without parameters."""
+    """Base class: a layer without parameters.
+
+    ``buffers`` holds state that is not trained but belongs to the model (BatchNorm's running statistics):
+    no gradient, but a checkpoint carries it. ``training`` picks the behaviour of layers that differ between
+    training and evaluation (BatchNorm: batch or running statistics); ``train(False)`` switches a layer and
+    everything inside it to evaluation.
+    """
+
+    training = True
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def train(self, mode: bool = True) -> Layer:
+        self.training = mode
+        return self
 
     def forward(self, x: np.ndarray, ws: Workspace | None = None) -> tuple[np.ndarray, object]:
         raise NotImplementedError
@@ -104,6 +120,8 @@ class Conv2D(Layer):
     and k row-shifted slice-adds (never a loop per pixel). ``needs_input_grad=False`` skips it
     (the first layer: nobody needs the gradient of the image). ``mask`` (F, C) of 0/1 keeps only some
     input maps per output map (LeNet-5's C3 table): the weight is multiplied by it, and so is its gradient.
+    ``bias=False`` leaves the bias out (a convolution followed by BatchNorm, whose shift makes it redundant):
+    no row of ones, no ``bias`` parameter.
     """
 
     def __init__(
@@ -115,21 +133,26 @@ class Conv2D(Layer):
         padding: int = 0,
         needs_input_grad: bool = True,
         mask: np.ndarray | None = None,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.C, self.F, self.k = in_channels, out_channels, kernel_size
         self.stride, self.padding, self.needs_input_grad = stride, padding, needs_input_grad
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)[:, :, None, None]
+        self.has_bias = bias
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"weight": (self.F, self.C, self.k, self.k), "bias": (self.F,)}
+        shapes = {"weight": (self.F, self.C, self.k, self.k)}
+        if self.has_bias:
+            shapes["bias"] = (self.F,)
+        return shapes
 
     def _weight_matrix(self) -> np.ndarray:
         w = self.params["weight"] if self.mask is None else self.params["weight"] * self.mask
         return w.reshape(self.F, -1)  # (F, C*k*k)
 
     def forward(self, x, ws=None):
-        # x (N, C, H, W) -> out (N, F, Ho, Wo); cache: x's shape and the columns cols (C*k*k + 1, Ho*Wo*N)
+        # x (N, C, H, W) -> out (N, F, Ho, Wo); cache: x's shape and the columns cols (C*k*k [+ 1], Ho*Wo*N)
         N, C, H, W = x.shape
         F, k, s, p = self.F, self.k, self.stride, self.padding
         Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
@@ -141,13 +164,15 @@ class Conv2D(Layer):
             xc = padded
         windows = _windows(ws, xc, k, s)  # (C, k, k, Ho, Wo, N), a view
         K = C * k * k
-        cols = _buffer(ws, "cols", (K + 1, Ho * Wo * N), x.dtype)  # row K: ones, the bias's input
-        if cols[K, 0] != 1:  # a new buffer
+        rows = K + 1 if self.has_bias else K
+        cols = _buffer(ws, "cols", (rows, Ho * Wo * N), x.dtype)  # row K: ones, the bias's input
+        if self.has_bias and cols[K, 0] != 1:  # a new buffer
             cols[K] = 1
         np.copyto(cols[:K].reshape(C, k, k, Ho, Wo, N), windows)  # the one copy
-        weights = _buffer(ws, "weights", (F, K + 1), x.dtype)  # [weight | bias]
+        weights = _buffer(ws, "weights", (F, rows), x.dtype)  # [weight | bias]
         weights[:, :K] = self._weight_matrix()
-        weights[:, K] = self.params["bias"]
+        if self.has_bias:
+            weights[:, K] = self.params["bias"]
         out = _matmul_by_columns(weights, cols, _buffer(ws, "out", (F, Ho * Wo * N), x.dtype))
         return out.reshape(F, Ho, Wo, N).transpose(3, 0, 1, 2), (x.shape, cols)
 
@@ -159,9 +184,10 @@ class Conv2D(Layer):
 
         dy2 = dy.transpose(1, 2, 3, 0).reshape(F, Ho * Wo * N)  # free when dy is stored batch-last
         K = C * k * k
-        both = _weight_gradient(dy2, cols, _buffer(ws, "weight_bias_grad", (F, K + 1), dy.dtype), ws)
+        both = _weight_gradient(dy2, cols, _buffer(ws, "weight_bias_grad", (F, cols.shape[0]), dy.dtype), ws)
         grads["weight"].reshape(F, K)[...] = both[:, :K]
-        grads["bias"][...] = both[:, K]  # the ones row: the sum of dy over pixels and images
+        if self.has_bias:
+            grads["bias"][...] = both[:, K]  # the ones row: the sum of dy over pixels and images
         if self.mask is not None:
             grads["weight"] *= self.mask
         if not self.needs_input_grad:
