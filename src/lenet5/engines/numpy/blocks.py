@@ -19,9 +19,12 @@ kinds, so the sequential nets (LeNet-5, VGG) keep reading as a list and only a r
 ``parameter_shapes`` would walk the nesting; a ``buffer_shapes`` beside it gives the buffers, which the
 checkpoint stores next to the parameters (in torch's state_dict, buffers and parameters share one dict) and
 the NumPy Network keeps in a second flat array, as views like the parameters. ``Network.layer_views``
-would split names on the first dot at each level instead of the last dot. The net's mode (``train`` /
-``eval``) is set on the network and reaches every BatchNorm. A small general graph (nodes with named
-inputs) is not needed for these nets: every skip connection in them is inside one block.
+would group names by the top-level layer's name (``layer1.0``) instead of cutting at the last dot, and hand
+each group to that layer (a Residual passes them on to its children). The initializers draw conv and dense
+weights as now and leave BatchNorm at gamma 1, beta 0. The net's mode (``train`` / ``eval``) is set on the
+network and reaches every BatchNorm. Global average pooling is ``Pool("avg", 7)`` on 7x7 maps then
+``Flatten``. A small general graph (nodes with named inputs) is not needed for these nets: every skip
+connection in them is inside one block.
 
 With a batch cut into pieces (engine.py), BatchNorm in training normalises each piece by its own statistics
 ("ghost" batch norm) and updates the running statistics once per piece; matching torch on a whole batch
@@ -81,8 +84,10 @@ class BatchNorm(Layer):
     the arrays with views into its own flat buffers, as for the parameters.
 
     Each channel's values are one contiguous row when x is stored batch-last (C, H, W, N), so the reductions
-    are over rows: forward reads x twice and the centred x twice, backward makes two reductions and four
-    element-wise passes (the closed form below, no graph).
+    are over rows, a BLAS dot product for the sums of products: forward is two reductions and three
+    element-wise passes, backward two reductions and four element-wise passes (the closed form below, no
+    graph). Measured on one core, float32, fwd+bwd of (64, 16, 28, 28): 3.8 ms, torch eager's BatchNorm2d
+    5.0 ms (3.6 ms in channels_last); (64, 64, 7, 7): 0.9 ms against 0.8 ms.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype=np.float32) -> None:
