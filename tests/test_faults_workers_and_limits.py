@@ -80,10 +80,10 @@ def test_a_stopped_worker_process_is_named_ended_and_its_pieces_run_here(batch, 
     monkeypatch.setattr(workers, "SILENT_AFTER", 1.0)
     x, y = batch[0][:64], batch[1][:64]
     engine, reference = engine_with_processes(), NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
-    reference._free, reference._processes = None, None  # both workers in the calling thread
+    reference.executor.free_cores, reference.executor.in_use = None, 0  # both workers in the calling thread
     for e in (engine, reference):
         e.train_step(x, y, 1e-3)
-    (pid,) = engine._processes.pids()
+    (pid,) = engine.executor.processes.pids()
     os.kill(pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -106,7 +106,7 @@ def test_a_stop_request_shortens_the_wait_for_a_silent_worker(batch, capsys):
     x, y = batch[0][:64], batch[1][:64]
     engine = engine_with_processes()
     engine.train_step(x, y, 1e-3)
-    (pid,) = engine._processes.pids()
+    (pid,) = engine.executor.processes.pids()
     os.kill(pid, signal.SIGSTOP)
     try:
         engine.hurry()  # what the trainer's Ctrl-C handler calls
@@ -170,7 +170,7 @@ def test_one_ctrl_c_stops_a_run_whose_worker_process_is_stopped_and_saves(digits
 # ------------------------------------------------------------------------------------------ tracebacks
 def test_worker_processes_run_in_their_own_session_without_stderr(batch):
     engine = engine_with_processes()
-    (pid,) = engine._processes.pids()
+    (pid,) = engine.executor.processes.pids()
     assert os.getsid(pid) != os.getsid(0)  # Ctrl-C at the terminal reaches the engine only
     assert os.readlink(f"/proc/{pid}/fd/2") == "/dev/null"
     engine.close()
@@ -180,7 +180,7 @@ def test_worker_processes_run_in_their_own_session_without_stderr(batch):
 def test_a_worker_process_whose_engine_is_gone_leaves_quietly(when):
     ours, theirs = socket.socketpair()
     engine = NumpyEngine(ModelConfig(), opt(), threads=2)
-    state = engine._state
+    state = engine.executor.state
     block = workers.SharedBlock(workers.batch_layout(64, (1, 28, 28), np.float32))
     args = [
         sys.executable,
@@ -276,10 +276,10 @@ def test_processes_that_cannot_be_started_leave_every_worker_here_with_the_same_
 
     monkeypatch.setattr(workers.subprocess, "Popen", no_process)
     engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
-    engine._free, engine._in_use = None, 1
+    engine.executor.free_cores, engine.executor.in_use = None, 1
     for _ in range(3):
         assert engine.train_step(x, y, 1e-3) == reference.train_step(x, y, 1e-3)
-    assert same_state(engine, reference) and engine._processes.off
+    assert same_state(engine, reference) and engine.executor.processes.off
     assert capsys.readouterr().err == (
         "warning: could not start the NumPy engine's worker processes (Resource "
         "temporarily unavailable); every worker runs in this process from now on "

@@ -16,8 +16,9 @@ import pytest
 from conftest import LENET5, opt
 from lenet5.config import ModelConfig
 from lenet5.data.datasets import normalize
-from lenet5.engines.numpy import engine as numpy_engine
+from lenet5.engines.numpy import executors
 from lenet5.engines.numpy.engine import NumpyEngine
+from lenet5.engines.numpy.executors import InThreadExecutor
 from lenet5.engines.numpy.workers import TRAIN
 from worker_processes import engine_with_processes, gone
 
@@ -28,7 +29,7 @@ def batch(mnist):
 
 
 def worker_pids(engine: NumpyEngine) -> list[int]:
-    return engine._processes.pids()
+    return engine.executor.processes.pids()
 
 
 def test_two_workers_compute_what_one_does(batch):
@@ -38,7 +39,7 @@ def test_two_workers_compute_what_one_does(batch):
     for _ in range(3):
         (loss_one, correct_one), (loss_two, correct_two) = one.train_step(x, y, 1e-3), two.train_step(x, y, 1e-3)
         assert correct_one == correct_two and loss_one == pytest.approx(loss_two, rel=1e-5)
-    assert two._processes.orders == 3, "two workers ran without their worker process"
+    assert two.executor.processes.orders == 3, "two workers ran without their worker process"
     for key, value in one.state_dict().items():
         np.testing.assert_allclose(two.state_dict()[key], value, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(one.logits(batch[0]), two.logits(batch[0]), rtol=1e-5, atol=1e-5)
@@ -46,21 +47,21 @@ def test_two_workers_compute_what_one_does(batch):
 
 
 def test_logits_in_rounds_and_a_larger_batch_restart_the_workers(batch, monkeypatch):
-    monkeypatch.setattr(numpy_engine, "LOGITS_ROUND", 40)  # the shared batch block holds 40 images at first
+    monkeypatch.setattr(executors, "LOGITS_ROUND", 40)  # the shared batch block holds 40 images at first
     x, y = batch
     one, two = NumpyEngine(ModelConfig(), opt(), seed=4, threads=1), engine_with_processes(2)
     # 3 rounds of at most 40, in pieces of 20 (one worker: pieces of 64, which BLAS rounds a little differently)
     np.testing.assert_allclose(two.logits(x[:100]), one.logits(x[:100]), rtol=1e-5, atol=1e-5)
     first = worker_pids(two)
-    assert two._processes.capacity == 40 and two._processes.orders == 3  # one order a round
+    assert two.executor.processes.capacity == 40 and two.executor.processes.orders == 3  # one order a round
     loss_one, correct_one = one.train_step(x[:200], y[:200], 1e-3)
     loss_two, correct_two = two.train_step(x[:200], y[:200], 1e-3)  # 200 images: a new, larger block
-    assert two._processes.capacity == 200 and worker_pids(two) != first and all(map(gone, first))
+    assert two.executor.processes.capacity == 200 and worker_pids(two) != first and all(map(gone, first))
     assert correct_two == correct_one and loss_two == pytest.approx(loss_one, rel=1e-5)
-    two._processes.ready(200, (1, 28, 28))  # the new processes up: the next step's pieces go to them
+    two.executor.processes.ready(200, (1, 28, 28))  # the new processes up: the next step's pieces go to them
     one.train_step(x[:200], y[:200], 1e-3)
     two.train_step(x[:200], y[:200], 1e-3)
-    assert two._processes.orders == 4
+    assert two.executor.processes.orders == 4
     for key, value in one.state_dict().items():  # the pieces are summed in another order: rounding differs
         np.testing.assert_allclose(two.state_dict()[key], value, rtol=1e-4, atol=1e-6)
     two.close()
@@ -72,10 +73,10 @@ def test_workers_give_the_same_bits_in_a_process_or_in_the_calling_thread(batch,
     # this 2-core machine: one process at most, worker 2 always runs in the calling thread
     x, y = batch[0][:128], batch[1][:128]
     in_processes, here = engine_with_processes(threads), engine_with_processes(threads)
-    here._in_use = 0  # what the free-cores policy does while another program holds a core
+    here.executor.in_use = 0  # what the free-cores policy does while another program holds a core
     for _ in range(3):
         assert in_processes.train_step(x, y, 1e-3) == here.train_step(x, y, 1e-3)
-    assert in_processes._processes.orders == 3 and here._processes.orders == 0
+    assert in_processes.executor.processes.orders == 3 and here.executor.processes.orders == 0
     for key, value in in_processes.state_dict().items():
         assert np.array_equal(value, here.state_dict()[key]), key
     assert np.array_equal(in_processes.logits(batch[0]), here.logits(batch[0]))
@@ -91,14 +92,13 @@ def test_the_free_cores_policy_decides_how_many_processes_get_work(batch, monkey
     seconds = iter([(0.0, 0.0), (0.0, 0.0), (2.0, 2.0), (2.0, 4.0)])  # (busy, total) CPU seconds of the machine
     monkeypatch.setattr(free_cores, "_machine_seconds", lambda: next(seconds, (2.0, 4.0)))
     engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
-    engine._cpu_seconds = lambda: 0.0  # nothing of the machine's busy time was ours
-    engine._free.own = engine._cpu_seconds
+    engine.executor.free_cores.own = lambda: 0.0  # nothing of the machine's busy time was ours
     x, y = batch[0][:64], batch[1][:64]
-    assert engine._in_use == 0  # starts in the calling thread alone
+    assert engine.executor.in_use == 0  # starts in the calling thread alone
     engine.train_step(x, y, 1e-3)  # others used a whole core of two: still no process
-    assert engine._in_use == 0 and not worker_pids(engine)
+    assert engine.executor.in_use == 0 and not worker_pids(engine)
     engine.train_step(x, y, 1e-3)  # nothing else ran: the second core is free
-    assert engine._in_use == 1 and worker_pids(engine)
+    assert engine.executor.in_use == 1 and worker_pids(engine)
     engine.close()
 
 
@@ -109,7 +109,7 @@ def test_answers_to_an_interrupted_step_are_dropped(batch):
     interrupted.train_step(x, y, 1e-3)
     # a step whose answers nobody collected (Ctrl-C between the order and the wait), with other images
     plan = interrupted._plan(64)
-    interrupted._hand_out(TRAIN, x[::-1].copy(), y[::-1].copy(), plan[1:])
+    interrupted.executor._hand_out(TRAIN, x[::-1].copy(), y[::-1].copy(), plan[1:])
     assert clean.train_step(x, y, 1e-3) == interrupted.train_step(x, y, 1e-3)
     for key, value in clean.state_dict().items():
         assert np.array_equal(value, interrupted.state_dict()[key]), key
@@ -122,7 +122,7 @@ def test_a_killed_worker_process_is_one_line_its_pieces_run_here_and_the_next_st
     engine, reference = engine_with_processes(2), engine_with_processes(2)
     for e in (engine, reference):
         e.train_step(x, y, 1e-3)
-    assert engine._processes.orders == 1
+    assert engine.executor.processes.orders == 1
     (pid,) = worker_pids(engine)
     os.kill(pid, signal.SIGKILL)
     assert gone(pid)
@@ -132,9 +132,9 @@ def test_a_killed_worker_process_is_one_line_its_pieces_run_here_and_the_next_st
         f"warning: the NumPy engine's worker process {pid} exited with code -9; its pieces ran in this "
         "process, and a new one starts (the same results)\n"
     )
-    engine._processes.ready(numpy_engine.LOGITS_ROUND, (1, 28, 28))
+    engine.executor.processes.ready(executors.LOGITS_ROUND, (1, 28, 28))
     assert engine.train_step(x, y, 1e-3) == reference.train_step(x, y, 1e-3)  # a fresh worker process
-    assert worker_pids(engine) and worker_pids(engine) != [pid] and engine._processes.orders == 3
+    assert worker_pids(engine) and worker_pids(engine) != [pid] and engine.executor.processes.orders == 3
     for key, value in engine.state_dict().items():
         assert np.array_equal(value, reference.state_dict()[key]), key
     engine.close()
@@ -145,8 +145,8 @@ def test_an_error_in_a_worker_process_is_told_and_its_pieces_run_here(batch, cap
     engine = engine_with_processes(2)
     engine.train_step(*[a[:64] for a in batch], 1e-3)
     (pid,) = worker_pids(engine)
-    engine._processes.order(99, 0, [[(0, 1)]])  # an order no worker knows
-    assert engine._processes.wait() == [None]
+    engine.executor.processes.order(99, 0, [[(0, 1)]])  # an order no worker knows
+    assert engine.executor.processes.wait() == [None]
     assert f"worker process {pid} failed: ValueError: unknown order 99" in capsys.readouterr().err
     engine.close()
 
@@ -170,14 +170,39 @@ def test_closing_or_dropping_the_engine_ends_its_worker_processes(batch):
     assert all(map(gone, pids))
 
 
+def test_a_with_block_ends_the_worker_processes(batch):
+    with engine_with_processes(2) as engine:
+        engine.train_step(batch[0][:64], batch[1][:64], 1e-3)
+        pids = worker_pids(engine)
+    assert pids and all(map(gone, pids)) and not worker_pids(engine)
+
+
+def test_an_engine_dropped_without_close_leaves_no_file_descriptor_open(batch):
+    # its shared memory blocks close their descriptors when collected: the memory is given back
+    x, y = batch[0][:64], batch[1][:64]
+    engine_with_processes(2).close()  # whatever the first engine opens once (imports) is open before counting
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for close in (False, True):
+        engine = engine_with_processes(2)
+        engine.train_step(x, y, 1e-3)
+        pids = worker_pids(engine)
+        if close:
+            engine.close()
+        del engine
+        gc.collect()
+        assert all(map(gone, pids))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_worker_processes_exit_when_the_engine_process_is_killed(tmp_path):
     script = textwrap.dedent("""
         import numpy as np, sys, time
         from lenet5.engines.numpy.engine import NumpyEngine
         engine = NumpyEngine(threads=2)
-        engine._free, engine._in_use = None, 1
+        engine.executor.free_cores, engine.executor.in_use = None, 1
         engine.train_step(np.zeros((64, 1, 28, 28), np.float32), np.zeros(64, np.int64), 0.01)
-        print(engine._processes._processes[0].pid, flush=True)
+        print(engine.executor.processes.pids()[0], flush=True)
         time.sleep(60)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -245,7 +270,7 @@ def test_no_shared_memory_left_is_one_line_and_every_worker_runs_here(monkeypatc
 
     monkeypatch.setattr(workers, "_anonymous_file", no_memory)
     engine = NumpyEngine(ModelConfig(), opt(), threads=2)
-    assert engine._processes is None and engine.threads == 2
+    assert isinstance(engine.executor, InThreadExecutor) and engine.threads == 2
     assert capsys.readouterr().err == (
         "warning: could not make shared memory for the NumPy engine's worker processes "
         "(Cannot allocate memory); every worker runs in this process (the same "
@@ -263,10 +288,10 @@ def test_without_worker_processes_every_worker_runs_here_with_the_same_bits(batc
     with_processes = engine_with_processes(2)
     monkeypatch.setattr(workers, "SUPPORTED", False)
     without = NumpyEngine(ModelConfig(), opt(), seed=4, threads=2)
-    assert without._processes is None
+    assert isinstance(without.executor, InThreadExecutor)
     for _ in range(2):
         assert with_processes.train_step(x, y, 1e-3) == without.train_step(x, y, 1e-3)
-    assert with_processes._processes.orders == 2
+    assert with_processes.executor.processes.orders == 2
     for key, value in with_processes.state_dict().items():
         assert np.array_equal(value, without.state_dict()[key]), key
     with_processes.close()

@@ -7,7 +7,7 @@ import time
 
 from conftest import opt
 from lenet5.config import ModelConfig
-from lenet5.engines.numpy import engine as numpy_engine
+from lenet5.engines.numpy import executors
 from lenet5.engines.numpy.engine import NumpyEngine
 
 
@@ -15,8 +15,9 @@ def engine_with_processes(threads: int = 2, **settings) -> NumpyEngine:
     """A NumpyEngine whose worker processes always get their pieces (the free-cores policy would hand them to
     the calling thread while the other test runners keep the cores busy)."""
     engine = NumpyEngine(ModelConfig(), opt(), seed=4, threads=threads, **settings)
-    engine._free, engine._in_use = None, len(engine._state.arrays["grads"])
-    engine._processes.ready(numpy_engine.LOGITS_ROUND, (1, 28, 28))  # up now: they get the very first pieces
+    pool = engine.executor
+    pool.free_cores, pool.in_use = None, pool.processes.count
+    pool.processes.ready(executors.LOGITS_ROUND, (1, 28, 28))  # up now: they get the very first pieces
     return engine
 
 

@@ -4,6 +4,9 @@
 - Weights use PyTorch's names and layouts (``conv1.weight`` (6,1,5,5), ``fc1.weight`` (120,400), ...), so a
   state dict written by one engine loads in the other and gives the same logits.
 - Engines know nothing about files, plots or the CLI.
+- An engine may hold processes or memory outside Python's reach: ``close()`` gives them back, and
+  ``with create_engine(...) as engine:`` closes it at the end of the block. Both engines subclass Engine, which
+  gives them the ``with`` support.
 """
 
 from __future__ import annotations
@@ -41,3 +44,17 @@ class Engine(Protocol):
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what optimizer_state() returned."""
+
+    def hurry(self) -> None:
+        """A stop was asked for (Ctrl-C): from now on wait only briefly for anything the engine waits on, so
+        the current step ends soon."""
+
+    def close(self) -> None:
+        """Give back what the engine holds besides its weights (the NumPy engine's worker processes). Safe to
+        call more than once; the engine stays usable and takes again what it needs."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

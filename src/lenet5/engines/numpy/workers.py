@@ -1,10 +1,11 @@
-"""The NumPy engine's workers: each runs the network on its pieces of a batch; all but the first in a process.
+"""The NumPy engine's worker processes: the shared memory, the processes seen from the engine, and their main.
 
-A batch is cut into pieces (engine.py) and dealt to ``threads`` workers. Worker 0 is the engine's own thread;
-workers 1, 2, ... are processes (python -m lenet5.engines.numpy.workers). Processes, not threads: NumPy lets go of
-the GIL inside a matmul, but a training step is also hundreds of small operations that hold it, and two threads
-of this engine trained no faster than one (benchmarks/engine_speed.py: 7.5 s per epoch on one thread, 8.6 s on
-two, while two processes each kept their core's pace).
+A batch is cut into pieces (pieces.py) and dealt to ``threads`` workers. Worker 0 is the engine's own thread;
+workers 1, 2, ... are processes (python -m lenet5.engines.numpy.workers), driven by the process pool executor
+(process_pool.py). Processes, not threads: NumPy lets go of the GIL inside a matmul, but a training step is also
+hundreds of small operations that hold it, and two threads of this engine trained no faster than one
+(benchmarks/engine_speed.py: 7.5 s per epoch on one thread, 8.6 s on two, while two processes each kept their
+core's pace).
 
 Nothing is pickled. A process shares two blocks of memory with the engine (an anonymous memfd, or an unlinked
 temporary file where there is none), both mapped as NumPy arrays:
@@ -42,9 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 
 import numpy as np
 
+from lenet5.engines.numpy.pieces import Worker
 from lenet5.models import NUM_CLASSES
 
 SUPPORTED = os.name == "posix"  # file descriptors passed to a child process (pass_fds); elsewhere no processes
@@ -74,33 +77,6 @@ def warn(message: str) -> None:
         pass
 
 
-class Worker:
-    """One worker's share of a batch: forward and backward over its pieces, into its own gradient buffer."""
-
-    def __init__(self, net, grad: np.ndarray, label_smoothing: float, workspace=None) -> None:
-        self.net = net
-        self.grad, self.grad_views = grad, net.layer_views(grad)
-        self.piece_grad = np.zeros_like(grad)  # a second, third... piece's gradient, added to grad
-        self.piece_grad_views = net.layer_views(self.piece_grad)
-        self.workspace = workspace or net.new_workspace()  # activations and scratch arrays kept from step to step
-        self.label_smoothing = label_smoothing
-
-    def loss_and_grad(self, x: np.ndarray, y: np.ndarray, pieces, total: int) -> tuple[float, int]:
-        """Loss and correct predictions of x[a:b] for (a, b) in pieces (loss already divided by total)."""
-        loss, n_correct = 0.0, 0
-        for j, (a, b) in enumerate(pieces):  # the first piece writes the gradient, later ones add to it
-            views = self.grad_views if j == 0 else self.piece_grad_views
-            part = self.net.loss_and_grad(x[a:b], y[a:b], views, self.label_smoothing, total, self.workspace)
-            if j:
-                self.grad += self.piece_grad
-            loss, n_correct = loss + part[0], n_correct + part[1]
-        return loss, n_correct
-
-    def logits(self, x: np.ndarray, pieces, out: np.ndarray) -> None:
-        for a, b in pieces:  # memory stays that of one piece, however many images
-            out[a:b] = self.net.forward(x[a:b], keep_caches=False, ws=self.workspace)[0]
-
-
 # --- shared memory ----------------------------------------------------------------------------------------
 
 
@@ -126,6 +102,10 @@ class SharedBlock:
             size += -(-int(np.prod(shape)) * dtype.itemsize // ALIGN) * ALIGN
         size = max(size, ALIGN)
         self.fd = _anonymous_file(size) if fd is None else fd
+        # The block owns its file descriptor as a Python file owns its own: close() closes it, and so does the
+        # block's collection, so that an engine dropped without close() leaves no memory behind (the mapping
+        # holds a descriptor of its own, for as long as an array views it).
+        self._close_fd = weakref.finalize(self, os.close, self.fd)
         try:
             self._map = mmap.mmap(self.fd, size)
         except OSError:
@@ -139,7 +119,7 @@ class SharedBlock:
     def close(self) -> None:
         """Close the file; the memory is freed when the last array viewing it is gone."""
         if self.fd >= 0:
-            os.close(self.fd)
+            self._close_fd()
             self.fd = -1
 
 

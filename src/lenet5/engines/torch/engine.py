@@ -18,6 +18,8 @@ excludes them. Under torchrun see distributed.py for how a global batch is share
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.engines import DEVICES
+from lenet5.engines.base import Engine
 from lenet5.engines.torch import distributed as ddp
 from lenet5.engines.torch.model import LeNet5
 from lenet5.errors import Lenet5Error
@@ -54,20 +57,48 @@ def resolve_device(device: str) -> torch.device:
     raise ValueError(f"unknown device {device!r}; devices are: {', '.join(DEVICES)}")
 
 
-# Each optimizer of config.OPTIMIZERS as torch.optim builds it. The lr is set before every
-# step; l2, l1, grad_clip (and weight_decay except for AdamW's own) are applied by hand in _apply_update.
+@dataclass(frozen=True)
+class OptimizerKind:
+    """What the engine needs to know of one optimizer of config.OPTIMIZERS.
+
+    The lr is set before every step; l2, l1 and grad_clip are applied by hand (_apply_update), and so is the
+    decoupled weight_decay unless the optimizer applies it itself (``decays_weights``), in the same way.
+    """
+
+    build: Callable[[list[torch.Tensor], OptimizerConfig], torch.optim.Optimizer]
+    slots: Callable[[OptimizerConfig], tuple[str, ...]]  # its per-parameter state tensors, under torch's names
+    decays_weights: bool = False  # applies OptimizerConfig.weight_decay inside its step
+    counts_steps: bool = False  # keeps a per-parameter 'step' tensor next to its slots (restored from 'step')
+
+
+def _adam_slots(cfg: OptimizerConfig) -> tuple[str, ...]:
+    return ("exp_avg", "exp_avg_sq")
+
+
 TORCH_OPTIMIZERS = {
-    "sgd": lambda params, c: torch.optim.SGD(
-        params, lr=c.lr, momentum=c.momentum, dampening=0.0, nesterov=c.nesterov and c.momentum > 0
+    "sgd": OptimizerKind(
+        build=lambda params, c: torch.optim.SGD(
+            params, lr=c.lr, momentum=c.momentum, dampening=0.0, nesterov=c.nesterov and c.momentum > 0
+        ),
+        slots=lambda c: ("momentum_buffer",) if c.momentum > 0 else (),
     ),
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps),
-    "adamw": lambda params, c: torch.optim.AdamW(
-        params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay
+    "adam": OptimizerKind(
+        build=lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps),
+        slots=_adam_slots,
+        counts_steps=True,
+    ),
+    "adamw": OptimizerKind(
+        build=lambda params, c: torch.optim.AdamW(
+            params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay
+        ),
+        slots=_adam_slots,
+        decays_weights=True,
+        counts_steps=True,
     ),
 }
 
 
-class TorchEngine:
+class TorchEngine(Engine):
     name = "torch"
 
     def __init__(
@@ -108,21 +139,17 @@ class TorchEngine:
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
         self.load_state_dict(initial_weights(model.name, model.init, seed, dtype))
-        self.optimizer = self._make_optimizer()
-        self._step = 0
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        if self.opt_cfg.name not in TORCH_OPTIMIZERS:
+        if optimizer.name not in TORCH_OPTIMIZERS:
             raise ValueError(
-                f"the torch engine has no optimizer {self.opt_cfg.name!r}; it has: {', '.join(TORCH_OPTIMIZERS)}"
+                f"the torch engine has no optimizer {optimizer.name!r}; it has: {', '.join(TORCH_OPTIMIZERS)}"
             )
-        return TORCH_OPTIMIZERS[self.opt_cfg.name](self._params, self.opt_cfg)
+        self.optimizer_kind = TORCH_OPTIMIZERS[optimizer.name]
+        self.optimizer = self.optimizer_kind.build(self._params, optimizer)
+        self._step = 0
 
     def _slots(self) -> tuple[str, ...]:
         """Per-parameter optimizer state tensors, under torch's names."""
-        if self.opt_cfg.name == "sgd":
-            return ("momentum_buffer",) if self.opt_cfg.momentum > 0 else ()
-        return ("exp_avg", "exp_avg_sq")
+        return self.optimizer_kind.slots(self.opt_cfg)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=self.np_dtype)).to(self.device)
@@ -179,7 +206,7 @@ class TorchEngine:
             torch.nn.utils.clip_grad_norm_(self._params, c.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if c.weight_decay and c.name != "adamw":  # AdamW decays inside its step, the same way
+        if c.weight_decay and not self.optimizer_kind.decays_weights:
             for p in self._params:
                 p.mul_(1.0 - lr * c.weight_decay)
         self.optimizer.step()
@@ -267,10 +294,16 @@ class TorchEngine:
                     s: torch.from_numpy(np.array(f[offset : offset + n], dtype=self.np_dtype)).view_as(p)
                     for s, f in flats.items()
                 }
-                if self.opt_cfg.name != "sgd":
+                if self.optimizer_kind.counts_steps:
                     entry["step"] = torch.tensor(float(step))
                 per_param[i] = entry
                 offset += n
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
         self._step = step
+
+    def hurry(self) -> None:
+        pass  # a step waits on no worker process
+
+    def close(self) -> None:
+        pass  # nothing held besides the weights and the optimizer, which Python frees
