@@ -284,3 +284,51 @@ def test_resume_removes_what_a_killed_run_left_beside_its_files(finished_run, tm
     lenet5("train", "--resume", copy, "--epochs", "3", check=True)
     assert not any((copy / name).exists() for name in stale)
     assert (copy / ".my-notes.tmp").read_text() == "not ours"
+
+
+def _run_config(data, out, *sets):
+    return build_config(
+        sets=[
+            "data.dataset=idx",
+            f"data.data_dir={data}",
+            f"train.out={out}",
+            "train.name=run",
+            "train.epochs=1",
+            "train.batch_size=100",
+            "data.val_size=100",
+            "train.threads=1",
+            *sets,
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [("train.device=cuda", "the numpy engine runs on the CPU"), ("data.val_size=600", "validation size 600")],
+)
+def test_a_setting_refused_as_the_run_starts_leaves_no_run_folder(tiny, tmp_path, setting, message):
+    """The folder is claimed before the trainer is built with the callbacks that write it; a setting the trainer
+    refuses gives the folder back, and the same name can be used at once."""
+    from lenet5.errors import Lenet5Error
+    from lenet5.training.run import claim_run_dir, train_run
+
+    with pytest.raises(Lenet5Error, match=message):
+        train_run(_run_config(tiny, tmp_path / "runs", setting), log=lambda msg: None)
+    assert list((tmp_path / "runs").iterdir()) == []
+    run_dir, lock = claim_run_dir(_run_config(tiny, tmp_path / "runs"))
+    assert run_dir == tmp_path / "runs" / "run"
+    lock.release()
+
+
+def test_ctrl_c_names_the_run_folder_to_resume(tiny, tmp_path, monkeypatch):
+    from lenet5.training.run import RunInterrupted, train_run
+
+    def interrupted(trainer):
+        assert [type(c).__name__ for c in trainer.callbacks] == ["RunFolder", "CheckpointWriter"]
+        raise TrainingInterrupted(1, 2, True)
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    with pytest.raises(RunInterrupted) as stop:
+        train_run(_run_config(tiny, tmp_path / "runs"), log=lambda msg: None)
+    assert (stop.value.epoch, stop.value.batch, stop.value.saved) == (1, 2, True)
+    assert stop.value.run_dir == tmp_path / "runs" / "run"

@@ -61,7 +61,10 @@ def test_train_writes_a_consistent_run_folder(small_mnist, tmp_path):
     assert float(rows[2]["train_loss"]) < float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert metrics["test_accuracy"] > 0.93  # ~470 steps on 5,000 real digits; chance is 0.10
     assert {"test_accuracy", "test_loss", "epochs", "train_seconds", "run_dir"} <= set(metrics)
-    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert tmp_path / metrics["run_dir"] == run  # as train.out names it: relative to the current folder
+    written = json.loads((run / "metrics.json").read_text())
+    assert written["test_accuracy"] == metrics["test_accuracy"]
+    assert "run_dir" not in written  # the folder is where the metrics are, not one of them
     evaluated = json.loads(
         lenet5(
             "evaluate",

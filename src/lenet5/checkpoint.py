@@ -28,6 +28,8 @@ FORMAT = "lenet5-checkpoint"
 FORMAT_VERSION = 1
 OPTIMIZER_PREFIX = "optimizer."
 BEST_FILE = "model.safetensors"  # the model of a run folder (training/callbacks.py writes it)
+# The columns of a run's history, one row per epoch: in last.safetensors' trainer_state and in history.csv.
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 BUNDLED = Path(__file__).parent / "bundled" / "lenet5-modern-distortions.safetensors"  # see bundled/MODEL_CARD.md
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header is a few KB; refuse giant declared sizes early
 # Bounds on the metadata a checkpoint may carry, checked before parsing: a real trainer_state (the longest
@@ -396,3 +398,87 @@ def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> No
             raise CheckpointError(f"{path}: {name} has dtype {value.dtype}, expected floating point")
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the checkpoint is damaged")
+
+
+def check_trainer_state(state, steps_per_epoch: int, epochs: int, where: str) -> dict:
+    """The trainer_state of a last.safetensors, checked whole (types, ranges, consistency) and normalized.
+
+    Raises CheckpointError naming what is wrong: a resumed run must start exactly where the saved one was.
+    """
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{where}: its training state is damaged ({what}); it cannot be resumed")
+
+    def count(value, name: str, hi: float = math.inf) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+            raise bad(f"{name} is {str(value)[:40]}, expected a whole number from 0 to {hi}")
+        return value
+
+    def number(value, name: str, optional: bool = False) -> float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad(f"{name} is {str(value)[:40]}, expected a finite number")
+        return float(value)
+
+    def section(value, name: str, keys: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict) or any(k not in value for k in keys):
+            raise bad(f"{name} must be a mapping with {', '.join(keys)}")
+        return value
+
+    state = section(
+        state,
+        "trainer_state",
+        ("epoch", "batch", "step", "partial", "seconds", "history", "schedule", "early_stopping"),
+    )
+    epoch = count(state["epoch"], "epoch", 10**6)
+    batch = count(state["batch"], "batch", steps_per_epoch - 1)
+    step = count(state["step"], "step", 10**12)
+    if step != epoch * steps_per_epoch + batch:
+        raise bad(f"step {step} is not epoch {epoch} x {steps_per_epoch} batches + batch {batch}")
+    if epoch > epochs or (epoch == epochs and batch):
+        raise bad(f"it is past epoch {epochs}, the last one configured")
+    partial = section(state["partial"], "partial", ("loss_sum", "correct", "seen"))
+    partial = {
+        "loss_sum": number(partial["loss_sum"], "partial.loss_sum"),
+        "correct": count(partial["correct"], "partial.correct", 10**12),
+        "seen": count(partial["seen"], "partial.seen", 10**12),
+    }
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != epoch:
+        raise bad(f"history must list the {epoch} epochs done")
+    rows = []
+    for i, row in enumerate(history, start=1):
+        row = section(row, f"history[{i}]", HISTORY_FIELDS)
+        rows.append(
+            {
+                k: (
+                    count(row[k], f"history[{i}].epoch", 10**6)
+                    if k == "epoch"
+                    else number(row[k], f"history[{i}].{k}", optional=k.startswith("val_"))
+                )
+                for k in HISTORY_FIELDS
+            }
+        )
+    schedule = section(state["schedule"], "schedule", ("scale", "best", "bad_epochs"))
+    schedule = {
+        "scale": number(schedule["scale"], "schedule.scale"),
+        "best": number(schedule["best"], "schedule.best", optional=True),
+        "bad_epochs": count(schedule["bad_epochs"], "schedule.bad_epochs", 10**6),
+    }
+    stopping = section(state["early_stopping"], "early_stopping", ("best", "best_epoch", "bad_epochs"))
+    stopping = {
+        "best": number(stopping["best"], "early_stopping.best", optional=True),
+        "best_epoch": count(stopping["best_epoch"], "early_stopping.best_epoch", epoch),
+        "bad_epochs": count(stopping["bad_epochs"], "early_stopping.bad_epochs", 10**6),
+    }
+    return {
+        "epoch": epoch,
+        "batch": batch,
+        "step": step,
+        "partial": partial,
+        "seconds": number(state["seconds"], "seconds"),
+        "history": rows,
+        "schedule": schedule,
+        "early_stopping": stopping,
+    }

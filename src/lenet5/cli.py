@@ -225,8 +225,7 @@ def cmd_train(args) -> int:
 
     from lenet5.config import resolve_config
     from lenet5.training.callbacks import LAST_FILE
-    from lenet5.training.run import resume_from, train_run
-    from lenet5.training.trainer import TrainingInterrupted
+    from lenet5.training.run import RunInterrupted, resume_from, train_run
 
     started = time.perf_counter()
     if args.resume:
@@ -235,7 +234,7 @@ def cmd_train(args) -> int:
         resume, cfg = None, resolve_config(args.config, _flag_overrides(args), args.set or [])
     try:
         run_dir, result = train_run(cfg, resume, log=_err)
-    except TrainingInterrupted as stop:
+    except RunInterrupted as stop:
         if stop.saved:
             _err(
                 f"interrupted at epoch {stop.epoch}, batch {stop.batch}; saved {stop.run_dir / LAST_FILE}. "
@@ -256,6 +255,7 @@ def cmd_train(args) -> int:
         _print_json(
             {
                 **{k: v for k, v in m.items() if k not in ("per_class", "confusion_matrix")},
+                "run_dir": str(run_dir),
                 "total_seconds": round(total, 3),
             }
         )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet5.atomic import atomic_write_text
-from lenet5.checkpoint import BEST_FILE, save_checkpoint
+from lenet5.checkpoint import BEST_FILE, HISTORY_FIELDS, save_checkpoint
 from lenet5.config import EarlyStoppingConfig, dump_yaml
 from lenet5.errors import TrainingError
 from lenet5.jsonout import dumps
@@ -19,7 +19,6 @@ LAST_FILE = "last.safetensors"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
-HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
 @dataclass
@@ -153,7 +152,6 @@ class RunFolder(Callback):
     def on_end(self, trainer, result):
         from lenet5.reports import write_reports
 
-        result.metrics["run_dir"] = str(self.run_dir)
         atomic_write_text(self.run_dir / METRICS_FILE, dumps(result.metrics) + "\n")
         test = result.test
         write_reports(

@@ -13,6 +13,8 @@ failure leaves behind. The CLI's `train` is parse -> train_run -> print.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import os
 import stat
@@ -23,7 +25,7 @@ from pathlib import Path
 from lenet5.atomic import is_temporary, temporary_name
 from lenet5.config import Config, apply_dict, config_from_dict, dump_yaml
 from lenet5.errors import WRITE_ERRNOS, ConfigError, Lenet5Error, TrainingError
-from lenet5.training.callbacks import BEST_FILE, CONFIG_FILE, LAST_FILE, run_folder_callbacks
+from lenet5.training.callbacks import BEST_FILE, CONFIG_FILE, LAST_FILE, Callback, run_folder_callbacks
 from lenet5.training.trainer import Trainer, TrainingInterrupted, TrainResult
 
 RESUMABLE = {("train", "epochs"), ("data", "data_dir"), ("data", "dataset")}  # what --resume lets a flag change
@@ -41,6 +43,15 @@ class Resume:
 
 
 RUN_LOCK = ".lock"  # in a run folder: held (flock) by the one process that writes the folder
+
+
+class RunInterrupted(TrainingInterrupted):
+    """Ctrl-C stopped a run: where the trainer stopped (``epoch``, ``batch``, whether the step reached was
+    ``saved``) and ``run_dir``, the folder that ``lenet5 train --resume`` continues."""
+
+    def __init__(self, epoch: int, batch: int, saved: bool, run_dir: Path):
+        super().__init__(epoch, batch, saved)
+        self.run_dir = run_dir
 
 
 class RunLock:
@@ -126,13 +137,11 @@ def resume_from(run: str | Path, flags: dict, sets: list[str] = (), config_file:
         if lock is None:
             raise _held(folder)
     try:
-        resume = _resume_locked(run_dir, flags)
+        return dataclasses.replace(_resume_locked(run_dir, flags), lock=lock)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
-    resume.lock = lock
-    return resume
 
 
 def _resume_locked(run_dir: Path, flags: dict) -> Resume:
@@ -209,6 +218,18 @@ def claim_run_dir(cfg: Config) -> tuple[Path, RunLock]:
     raise ConfigError(f"{parent} already holds 10000 runs named {base}-N; choose a --name")
 
 
+def give_back_run_dir(run_dir: Path, lock: RunLock) -> None:
+    """Undo claim_run_dir for a run that stopped before it began (a setting the engine refuses, Ctrl-C while
+    it starts): its config.yaml and lock file go, then the folder if nothing else is in it, so a mistake leaves
+    no run behind. The lock file may go because this process writes nothing more: whoever locks a new one owns
+    the folder alone."""
+    with contextlib.suppress(OSError):
+        (run_dir / CONFIG_FILE).unlink()
+        (run_dir / RUN_LOCK).unlink()
+        run_dir.rmdir()  # only if nothing else is in it
+    lock.release()
+
+
 def _claim(run_dir: Path, config_text: bytes) -> RunLock | None:
     """The folder's lock when this process now owns run_dir (it was new or empty and its config.yaml is ours),
     else None. A file or a link in the folder's place is never taken. The lock is taken before config.yaml
@@ -258,10 +279,20 @@ def world_size() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number (torchrun sets it)") from None
 
 
+def run_callbacks(cfg: Config, run_dir: Path) -> list[Callback]:
+    """What writes a run's folder: its files and checkpoints, and TensorBoard's events when train.logger asks."""
+    callbacks = run_folder_callbacks(run_dir)
+    if cfg.train.logger == "tensorboard":
+        from lenet5.training.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(run_dir))
+    return callbacks
+
+
 def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print) -> tuple[Path, TrainResult | None]:
     """Train a new run (cfg) or continue one (resume). Returns (run folder, result); the result is None on the
-    ranks of a torchrun job that do not write. Raises TrainingInterrupted on Ctrl-C and Lenet5Error for
-    what the user can fix (a full disk, a diverged loss), saying what was kept."""
+    ranks of a torchrun job that do not write. Raises RunInterrupted on Ctrl-C (naming the folder to resume)
+    and Lenet5Error for what the user can fix (a full disk, a diverged loss), saying what was kept."""
     from lenet5.data.datasets import load_mnist
 
     cfg = resume.cfg if resume else cfg
@@ -280,23 +311,23 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             require_tensorboard()  # a missing package is one line now, not after the data and the folder
         data = load_mnist(cfg.data.data_dir, cfg.data.dataset)
         say = log if is_writer else (lambda msg: None)
-        trainer = Trainer(cfg, data, log=say)  # before claiming a folder: a bad setting leaves none behind
-        if resume and resume.last is not None:
-            trainer.restore(resume.last, resume.best_weights)
         if resume:
             run_dir = resume.run_dir
-            remove_stale_temporaries(run_dir)
         elif is_writer:
             run_dir, lock = claim_run_dir(cfg)
         else:  # other ranks write nothing; the folder is rank 0's
             run_dir = Path(cfg.train.out) / (cfg.train.name or "(rank 0's run folder)")
-        if is_writer:
-            trainer.callbacks = run_folder_callbacks(run_dir)
-            if cfg.train.logger == "tensorboard":
-                from lenet5.training.tensorboard import TensorBoardLogger
-
-                trainer.callbacks.append(TensorBoardLogger(run_dir))
+        try:
+            trainer = Trainer(cfg, data, callbacks=run_callbacks(cfg, run_dir) if is_writer else (), log=say)
+        except BaseException:
+            if not resume and lock is not None:  # a folder claimed just now: a bad setting leaves none behind
+                give_back_run_dir(run_dir, lock)
+                lock = None
+            raise
         if resume:
+            if resume.last is not None:
+                trainer.restore(resume.last, resume.best_weights)
+            remove_stale_temporaries(run_dir)
             say(f"resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
         else:
             from lenet5.models import summary_lines
@@ -318,8 +349,7 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
         except TrainingError as exc:
             raise TrainingError(f"{exc}; {_kept(run_dir)}") from None
         except TrainingInterrupted as stop:
-            stop.run_dir = run_dir
-            raise
+            raise RunInterrupted(stop.epoch, stop.batch, stop.saved, run_dir) from None
     finally:
         if trainer is not None and hasattr(trainer.engine, "close"):
             trainer.engine.close()  # the NumPy engine's worker processes
