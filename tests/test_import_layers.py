@@ -1,4 +1,5 @@
-"""Reading a config loads only the small registries it validates against, and nothing it loads imports it back.
+"""What importing a module loads: a config only the small registries it validates against (nothing of which
+imports it back), the command line only its commands.
 
 config.py sits low in the layers (docs/design.md): every command reads it, so what it imports every command
 pays for, and a module that imported config while config was being imported would see it half made.
@@ -135,3 +136,13 @@ def test_the_dataset_registry_and_the_downloader_name_the_same_datasets():
     from lenet5.data.sources import DATASETS
 
     assert tuple(DATASETS) == DATASET_NAMES == choices("data.dataset")
+
+
+def test_the_command_line_loads_its_commands_and_nothing_they_use():
+    """Each command imports what it needs when it runs, so starting one loads no other command's libraries;
+    and NumPy is not loaded before cli.py has set OPENBLAS_NUM_THREADS."""
+    code = "import json, sys, lenet5.cli; print(json.dumps('numpy' in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(proc.stdout) is False
+    loaded = _loaded_by("import lenet5.cli")
+    assert loaded <= {"lenet5", "lenet5.cli", "lenet5.errors"} | {m for m in MODULES if m.startswith("lenet5.commands")}

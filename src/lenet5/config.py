@@ -326,8 +326,7 @@ def _safe_yaml(text: str, where: str) -> Any:
                 )
         elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
             depth -= 1
-    loader = _strict_loader()(text)
-    loader.where = where
+    loader = _strict_loader()(text, where)
     try:
         return loader.get_single_data()
     finally:
@@ -340,9 +339,12 @@ def _strict_loader():
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
-        """SafeLoader that refuses a key given twice in one mapping and integers too long to be a setting."""
+        """SafeLoader that refuses a key given twice in one mapping and integers too long to be a setting;
+        ``where`` names the text in those messages."""
 
-        where = "config"
+        def __init__(self, stream, where: str = "config"):
+            super().__init__(stream)
+            self.where = where
 
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
