@@ -7,7 +7,7 @@ Speed section has the tables):
   sharing a core with another process stalls the others (2 threads: 7.7x slower under load, 1 thread 1.1x);
 - the NumPy engine (threads > 1): a worker process sharing a core with another process holds up every step
   (2.75x slower under load, 1.6x with the calling thread doing all the pieces); handing its pieces to the
-  calling thread changes no bit of the result (engine.py).
+  calling thread changes no bit of the result (engines/numpy/process_pool.py).
 
 The policy starts with 1 and every CHECK_SECONDS of work reads the CPU time all processes used (/proc/stat)
 minus the engine's own (``own_seconds``: getrusage, plus any worker processes), i.e. how many cores the others

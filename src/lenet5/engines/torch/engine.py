@@ -18,8 +18,6 @@ excludes them. Under torchrun see distributed.py for how a global batch is share
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,6 +28,7 @@ from lenet5.engines import DEVICES
 from lenet5.engines.base import Engine
 from lenet5.engines.torch import distributed as ddp
 from lenet5.engines.torch.model import LeNet5
+from lenet5.engines.torch.optim import optimizer_kind
 from lenet5.errors import Lenet5Error
 from lenet5.free_cores import adaptive
 from lenet5.models import NUM_CLASSES, initial_weights
@@ -55,47 +54,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cpu":
         return torch.device("cpu")
     raise ValueError(f"unknown device {device!r}; devices are: {', '.join(DEVICES)}")
-
-
-@dataclass(frozen=True)
-class OptimizerKind:
-    """What the engine needs to know of one optimizer of config.OPTIMIZERS.
-
-    The lr is set before every step; l2, l1 and grad_clip are applied by hand (_apply_update), and so is the
-    decoupled weight_decay unless the optimizer applies it itself (``decays_weights``), in the same way.
-    """
-
-    build: Callable[[list[torch.Tensor], OptimizerConfig], torch.optim.Optimizer]
-    slots: Callable[[OptimizerConfig], tuple[str, ...]]  # its per-parameter state tensors, under torch's names
-    decays_weights: bool = False  # applies OptimizerConfig.weight_decay inside its step
-    counts_steps: bool = False  # keeps a per-parameter 'step' tensor next to its slots (restored from 'step')
-
-
-def _adam_slots(cfg: OptimizerConfig) -> tuple[str, ...]:
-    return ("exp_avg", "exp_avg_sq")
-
-
-TORCH_OPTIMIZERS = {
-    "sgd": OptimizerKind(
-        build=lambda params, c: torch.optim.SGD(
-            params, lr=c.lr, momentum=c.momentum, dampening=0.0, nesterov=c.nesterov and c.momentum > 0
-        ),
-        slots=lambda c: ("momentum_buffer",) if c.momentum > 0 else (),
-    ),
-    "adam": OptimizerKind(
-        build=lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps),
-        slots=_adam_slots,
-        counts_steps=True,
-    ),
-    "adamw": OptimizerKind(
-        build=lambda params, c: torch.optim.AdamW(
-            params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay
-        ),
-        slots=_adam_slots,
-        decays_weights=True,
-        counts_steps=True,
-    ),
-}
 
 
 class TorchEngine(Engine):
@@ -139,11 +97,7 @@ class TorchEngine(Engine):
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
         self.load_state_dict(initial_weights(model.name, model.init, seed, dtype))
-        if optimizer.name not in TORCH_OPTIMIZERS:
-            raise ValueError(
-                f"the torch engine has no optimizer {optimizer.name!r}; it has: {', '.join(TORCH_OPTIMIZERS)}"
-            )
-        self.optimizer_kind = TORCH_OPTIMIZERS[optimizer.name]
+        self.optimizer_kind = optimizer_kind(optimizer.name)
         self.optimizer = self.optimizer_kind.build(self._params, optimizer)
         self._step = 0
 
