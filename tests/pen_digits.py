@@ -12,7 +12,9 @@ Scenes come in the photo kinds of `photo_scenes` (the writer's glyphs go through
 and encoding stages via `photo_scenes.compose`) and in two clean kinds:
 - clean_png: black on white without noise, as a drawing program or a clean scan gives, 28-400 pixels tall;
 - lowres_png: the digits on a coarse 8-16 cell tall grid of 16 grey levels (like old optical-digit datasets),
-  enlarged by nearest-neighbour or bilinear interpolation, dark on light or light on dark.
+  enlarged by nearest-neighbour or bilinear interpolation, dark on light or light on dark;
+- grid_png: each digit as an optical-digit dataset stores it (grid_digits.py: binarized, fitted into 32x32,
+  counted into 8x8 cells of 0..16), the digits of a number side by side, enlarged to a PNG.
 
 Everything is drawn from numpy Generators seeded by (seed, set, scene number) and encoded by Pillow, so the same
 arguments give byte-identical files.
@@ -29,9 +31,10 @@ import numpy as np
 from PIL import Image
 
 import photo_scenes
+from grid_digits import CELLS, grid_png, optical_grid
 from photo_scenes import Scene
 
-PEN_KINDS: tuple[str, ...] = photo_scenes.KINDS + ("clean_png", "lowres_png")
+PEN_KINDS: tuple[str, ...] = photo_scenes.KINDS + ("clean_png", "lowres_png", "grid_png")
 
 _DIGIT_SET, _NUMBER_SET = 7301, 7302  # streams of random numbers, one per kind of set (photo_scenes uses 0-2)
 _INSIDE = photo_scenes._INSIDE  # ink coverage above which a pixel counts for a digit's box
@@ -452,6 +455,8 @@ def _scene(kind: str, text: str, rng: np.random.Generator) -> Scene:
         return _clean(text, rng)
     if kind == "lowres_png":
         return _lowres(text, rng)
+    if kind == "grid_png":
+        return _grid(text, rng)
 
     def write(height: float, ink, rng: np.random.Generator) -> photo_scenes._Layout:
         # the pen's width follows the ink: a pen's or pencil's line, a marker's or felt-tip's broad stroke
@@ -533,6 +538,28 @@ def _lowres(text: str, rng: np.random.Generator) -> Scene:
         boxes.append((int(cols[0]) * factor, int(rows[0]) * factor, (int(cols[-1]) + 1) * factor,
                       (int(rows[-1]) + 1) * factor))  # fmt: skip
     return Scene("lowres_png", text, _png(Image.fromarray(big)), ".png", boxes, [])
+
+
+def _grid(text: str, rng: np.random.Generator) -> Scene:
+    """Each digit of the number written by one writer (a pen about an eighth of the height, upright enough for a
+    form's boxes), stored as an 8x8 optical-digit grid; the grids side by side, enlarged to a PNG. A digit's box
+    is its grid's cells with ink."""
+    writer = _writer(rng, width=float(rng.uniform(0.08, 0.14)))
+    writer.slant = float(np.clip(writer.slant, -10, 15))
+    grids = []
+    for digit in text:
+        _, _, parts = _draw(_place(digit, writer, rng), 32.0 * CELLS)
+        grids.append(optical_grid(parts[0][0]))
+    levels = np.hstack(grids)
+    data = grid_png(levels, rng)
+    factor = Image.open(io.BytesIO(data)).size[0] // levels.shape[1]
+    boxes = []
+    for i, grid in enumerate(grids):
+        rows, cols = np.flatnonzero(grid.any(1)), np.flatnonzero(grid.any(0))
+        x = i * CELLS
+        boxes.append(((x + int(cols[0])) * factor, int(rows[0]) * factor, (x + int(cols[-1]) + 1) * factor,
+                      (int(rows[-1]) + 1) * factor))  # fmt: skip
+    return Scene("grid_png", text, data, ".png", boxes, [])
 
 
 def _paste(shape, glyph: np.ndarray, at) -> np.ndarray:

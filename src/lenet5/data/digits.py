@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from lenet5.data.page import Ink
+from lenet5.data.page import Ink, components_with_stats
 
 BOX = 20  # the longer side of the digit inside the 28x28 field
 SIZE = 28
@@ -159,7 +159,7 @@ def _left_out(found: list[Part], read: list[Part]) -> int:
 def _components(ink: Ink) -> list[Part]:
     mask = ink.mask
     joined = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))  # bridge one-pixel breaks
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    n, labels, stats = components_with_stats(joined)
     parts = []
     for i in range(1, n):
         x, y, w, h, _area = stats[i]
