@@ -28,25 +28,77 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# The working copies: sizes that bound the work, not fitted to any data
+WORK_SIDE = 1024  # the longer side of the working copy (a 12 MP photo is reduced about 4x)
+THUMB_SIDE = 256  # the longer side of the thumbnail used for polarity, the sheet and the paper's brightness
+
+# Small pictures and enlarged grids: chosen for MNIST's own 28x28 digits, digits cropped to their ink and 8x8
+# optical-digit scans blown up by repeating pixels (tests/grid_digits.py)
 MARGIN_BELOW = 640  # a picture no longer than this (working pixels) gets a margin of paper around it
 SMALL_SIDE = 256  # ... after being enlarged to at least this long (a 28x28 digit, an 8x8 grid enlarged a little)
 NATIVE_CELLS = 64  # an enlarged grid has at most this many cells each way (old optical-digit scans: 8 to 32)
 MIN_GRID_CELLS = 4  # ... and at least this many
+MIN_CELL = 2  # ... each at least this many pixels across (a photo changes from one pixel to the next)
+CELL_SLACK = 0.05  # a run may miss a whole number of cells by a pixel and this share of a cell (factors not whole)
 MARGIN_SHARE = 0.2  # the margin, as a share of the longer side
 EDGE_INK = 0.3  # a border pixel this far from the border's median brightness is ink running into the edge
 EDGE_SHARE = 0.02  # ... and a picture with at least this share of such border pixels gets the margin
-WORK_SIDE = 1024  # the longer side of the working copy (a 12 MP photo is reduced about 4x)
-THUMB_SIDE = 256  # the longer side of the thumbnail used for polarity, the sheet and the paper's brightness
+
+# Polarity and the sheet: chosen on the tuning scenes (tests/photo_scenes.py, seed 100) and their failures
+INK_MINORITY = 0.5  # ink covers less than this share of a picture (light ink's class; the marks a black-hat shows)
+SHEET_MIN_THUMB = 32  # a thumbnail with a shorter side under this (pixels) is too small to hold a sheet: a digit
+SHEET_AREA = 0.2  # a light class covering this share of the thumbnail, ...
+SHEET_FILL = 0.85  # ... and more than this share of its convex hull, is a sheet of paper, not light ink
+SHEET_BLUR = 0.012  # the sheet is looked for in the thumbnail blurred by this share of its longer side (sigma)
+SHEET_GAP = 0.12  # a sheet is at least this much brighter (0..1) than the table
+SHEET_MIDDLE = 0.25  # a level more than this share of that gap away from both lies between table and sheet
+SHEET_BETWEEN = 0.12  # more pixels than this share between them: a gradual change of light, not a sheet's edge
+SHEET_MIN_SHARE = 0.15  # the sheet covers at least this share of the thumbnail
+TABLE_ON_BORDER = 0.3  # the table shows along at least this share of the picture's border
+SHEET_INSET = 2  # the sheet is kept this many blur sigmas inside its edge (off the edge and its shading)
+
+# Paper and threshold: chosen on the tuning scenes (tests/photo_scenes.py, seed 100) and their failures
+PAPER_MIN_SIDE = 48  # a picture with a shorter side under this (working pixels) has one paper level, ...
+PAPER_PERCENTILE = 95  # ... this percentile of its brightness (also the one level of a clean picture)
+CLOSING_STROKES = 3.0  # the paper's closing is this many stroke widths wide, ...
+CLOSING_MIN = 0.05  # ... but at least this share ...
+CLOSING_MAX = 0.2  # ... and at most this share of the thumbnail's shorter side
+PAPER_SMOOTHING = 4  # the closed paper is blurred with a sigma of the closing's size over this
+BLACKHAT_SHARE = 0.08  # the black-hat that measures the stroke width: this share of the thumbnail's shorter side
+CLEAN_PERCENTILES = (1, 99)  # the paper and ink levels of a clean picture: these percentiles of its thumbnail, ...
+CLEAN_GAP = 0.5  # ... more than this far apart (0..1)
+CLEAN_MIDDLE = 0.2  # a level more than this share of their gap away from both lies between paper and ink
+CLEAN_BETWEEN = 0.03  # a clean image has fewer pixels than this between its paper and ink levels
 MIN_CONTRAST = 0.08  # the strongest ink must be 8% darker than its paper, else the page is blank
 NOISE_SIGMAS = 4.0  # ink must stand this many robust standard deviations above the paper's noise
+STRONG_SIGMAS = 2 * NOISE_SIGMAS  # a stroke's core (hysteresis's high threshold) stands this many above it, ...
+STRONG_SHARE = 0.45  # ... and is at least this share of the strongest ink
+WEAK_SHARE = 0.2  # the faint rim kept with a core is at least this share of the strongest ink (and NOISE_SIGMAS)
 PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel (fewer in small images): a digit has that many
-CLEAN_BETWEEN = 0.03  # a clean image has fewer pixels than this between its paper and ink levels
-OBJECT_DARK = 0.45  # an object is darker than this share of the paper (a hand's shadow is not that dark)
+PEAK_PER = 1000  # ... and in a small image one in this many pixels
+LEVEL_PERCENTILE = 75  # the strength of a typical stroke's core: this percentile of the ink's strength
+
+# Objects on the page: chosen on the tuning scenes (tests/photo_scenes.py, seed 100) and their failures
+OBJECT_MIN_THUMB = 100  # a thumbnail with a shorter side under this (pixels) is not searched for objects
+OBJECT_DARK = 0.45  # an object is darker than this share of the paper (a hand's shadow is not that dark), ...
+OBJECT_PAPER_PERCENTILE = 90  # ... the paper here being this percentile of the thumbnail's brightness
 OBJECT_AREA = 0.05  # ... and covers at least this share of the picture
 OBJECT_SIDE = 0.3  # a dark thing at least this share of the picture's shorter side wide is an object, not ink
+OBJECT_CLOSINGS = 4  # ... or at least this many times the paper's closing wide
+OBJECT_NEAR = 5  # a mark within this square (2 pixels each side) of an object touches it (its outline, a handle)
+
+# Ruled lines: chosen on the tuning scenes' ruled and squared pages (tests/photo_scenes.py, seed 100)
+LINES_MIN_SIDE = 64  # a picture with a shorter side under this (working pixels) is not searched for lines
+LINE_RUN = 0.12  # a line runs straight for at least this share of the picture, ...
+LINE_RUN_MIN = 40  # ... and at least this many working pixels
+LINE_JOIN = 5  # faint marks are thickened across to this (pixels), so a tilted or bent line stays in one piece
+LINE_LONG = 0.25  # a line this share of the picture long counts towards LINE_MIN_COUNT
 LINE_MIN_COUNT = 3  # ruled / squared paper shows at least this many long parallel lines
+LINE_ACROSS = 0.85  # on a page that is not ruled, only a mark across this share of the picture is a line
+LINE_FIT_PIXELS = 20  # a line is fitted to at least this many thin pixels, else it is left alone
 MAX_LINES = 200  # at most this many lines each way are drawn (squared paper at 5 mm has about 40)
 LINE_WIDTH = 7  # ruled lines are thinner than this (working pixels); strokes that cross them are longer across
+LINE_BAND = 7  # each fitted line is drawn this wide (working pixels) across the page: its faint gaps go too
 
 cv2.setNumThreads(1)  # one image is small work; the service prepares several images in parallel threads
 
@@ -108,7 +160,7 @@ def _native_grid(g: np.ndarray) -> tuple[np.ndarray, float]:
     """A small grid enlarged by repeating its cells (nearest neighbour: an 8x8 scan blown up to 256x256) is
     read as what it is: the grid itself, enlarged smoothly, as an eye sees it. Cut into blocks, a picture of
     big flat squares looks to the paper's estimate like paper inside the strokes. A picture is such a grid when
-    its runs of equal rows and of equal columns are all whole numbers of one cell size of at least 2 pixels (a
+    its runs of equal rows and of equal columns are all whole numbers of one cell size of at least MIN_CELL pixels (a
     photo or an anti-aliased drawing changes from one row to the next; flat rectangles drawn by hand have runs
     of any length), it has MIN_GRID_CELLS to NATIVE_CELLS cells each way, and more than two grey levels (in two
     colours, flat rectangles drawn by hand look the same; they need no help: a two-level picture has one paper
@@ -131,11 +183,11 @@ def _cells(changes: np.ndarray, n: int) -> np.ndarray | None:
     every run between changes is a whole number of cells of one size (to a pixel, for enlargements by a
     factor that is not whole), else None."""
     runs = np.diff(np.concatenate([[0], changes, [n]]))
-    if runs.size < 2 or runs.min() < 2:
+    if runs.size < 2 or runs.min() < MIN_CELL:
         return None
     counts = np.maximum(1, np.round(runs / runs.min()))
     size = n / counts.sum()
-    if counts.sum() > NATIVE_CELLS or np.any(np.abs(runs - counts * size) > 1 + 0.05 * size):
+    if counts.sum() > NATIVE_CELLS or np.any(np.abs(runs - counts * size) > 1 + CELL_SLACK * size):
         return None
     return np.minimum(n - 1, ((np.arange(int(counts.sum())) + 0.5) * size).astype(np.int64))
 
@@ -176,20 +228,20 @@ def _light_ink(t: np.ndarray) -> bool:
         return False
     level = _otsu(t)
     light = t > level
-    if light.mean() >= 0.5:
+    if light.mean() >= INK_MINORITY:
         return False
-    if min(t.shape) < 32:  # too small to hold a sheet: a digit
+    if min(t.shape) < SHEET_MIN_THUMB:  # too small to hold a sheet: a digit
         return True
     sheet = _largest_region(light)
-    return not (sheet is not None and sheet.sum() >= 0.2 * t.size and _fill_ratio(sheet) > 0.85)
+    return not (sheet is not None and sheet.sum() >= SHEET_AREA * t.size and _fill_ratio(sheet) > SHEET_FILL)
 
 
 def _sheet(g: np.ndarray, t: np.ndarray) -> np.ndarray | None:
     """bool (H, W) of a light sheet on a darker table, or None when the picture shows only paper; ``t`` is
     ``g``'s thumbnail."""
-    if min(t.shape) < 32:
+    if min(t.shape) < SHEET_MIN_THUMB:
         return None
-    sigma = 0.012 * max(t.shape)
+    sigma = SHEET_BLUR * max(t.shape)
     blurred = cv2.GaussianBlur(t, (0, 0), sigma)
     level = _otsu(blurred)
     dark, light = blurred[blurred <= level], blurred[blurred > level]
@@ -197,22 +249,22 @@ def _sheet(g: np.ndarray, t: np.ndarray) -> np.ndarray | None:
         return None
     lo, hi = float(dark.mean()), float(light.mean())
     gap = hi - lo
-    if gap < 0.12:
+    if gap < SHEET_GAP:
         return None
-    between = np.mean((blurred > lo + 0.25 * gap) & (blurred < hi - 0.25 * gap))
-    if between > 0.12:  # a gradual change of light, not the sharp edge of a sheet
+    between = np.mean((blurred > lo + SHEET_MIDDLE * gap) & (blurred < hi - SHEET_MIDDLE * gap))
+    if between > SHEET_BETWEEN:  # a gradual change of light, not the sharp edge of a sheet
         return None
     region = _largest_region(blurred > level)
-    if region is None or region.mean() < 0.15:
+    if region is None or region.mean() < SHEET_MIN_SHARE:
         return None
     ring = np.concatenate([blurred[0], blurred[-1], blurred[:, 0], blurred[:, -1]])
-    if np.mean(ring <= level) < 0.3:  # the table must show along the picture's border
+    if np.mean(ring <= level) < TABLE_ON_BORDER:  # the table must show along the picture's border
         return None
     contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull = cv2.convexHull(max(contours, key=cv2.contourArea))
     filled = np.zeros(t.shape, np.uint8)
     cv2.fillPoly(filled, [hull], 1)
-    margin = max(1, round(2 * sigma))  # stay off the sheet's edge and its shading
+    margin = max(1, round(SHEET_INSET * sigma))  # stay off the sheet's edge and its shading
     filled = cv2.erode(filled, _square(2 * margin + 1))
     full = cv2.resize(filled, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_NEAREST)
     return full.astype(bool)
@@ -223,23 +275,25 @@ def _paper_brightness(g: np.ndarray, t: np.ndarray, clean: bool) -> tuple[np.nda
     and the closing's size (thumbnail pixels, 0 for a small image). ``t``: ``g``'s thumbnail; ``clean``: paper
     and ink only (_two_levels)."""
     h, w = g.shape
-    if min(h, w) < 48 or clean:  # a small or clean image (a drawing, a scan): one paper level
-        return np.full_like(g, max(_percentile(g, 95), 1e-3)), 0
-    k = round(float(np.clip(3.0 * _stroke_width(t), 0.05 * min(t.shape), 0.2 * min(t.shape))))
+    if min(h, w) < PAPER_MIN_SIDE or clean:  # a small or clean image (a drawing, a scan): one paper level
+        return np.full_like(g, max(_percentile(g, PAPER_PERCENTILE), 1e-3)), 0
+    side = min(t.shape)
+    k = round(float(np.clip(CLOSING_STROKES * _stroke_width(t), CLOSING_MIN * side, CLOSING_MAX * side)))
     k = max(3, k | 1)  # an odd size, wider than the strokes, as narrow as they allow (shadows stay out)
     paper = cv2.morphologyEx(
         t, cv2.MORPH_CLOSE, _square(k), borderType=cv2.BORDER_REFLECT
     )  # the picture's edge is no brighter than inside
-    paper = cv2.GaussianBlur(paper, (0, 0), k / 4)
+    paper = cv2.GaussianBlur(paper, (0, 0), k / PAPER_SMOOTHING)
     return cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR), k
 
 
 def _two_levels(t: np.ndarray) -> bool:
     """A clean image: paper and ink far apart, and almost nothing in between (anti-aliased edges only); ``t``:
     the picture's thumbnail."""
-    lo, hi = _percentile(t, 1), _percentile(t, 99)
+    lo, hi = (_percentile(t, q) for q in CLEAN_PERCENTILES)
     gap = hi - lo
-    return bool(gap > 0.5 and np.mean((t > lo + 0.2 * gap) & (t < hi - 0.2 * gap)) < CLEAN_BETWEEN)
+    between = np.mean((t > lo + CLEAN_MIDDLE * gap) & (t < hi - CLEAN_MIDDLE * gap))
+    return bool(gap > CLEAN_GAP and between < CLEAN_BETWEEN)
 
 
 def _solid_objects(g: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
@@ -249,10 +303,10 @@ def _solid_objects(g: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
     thumbnail, ``k``: the paper closing's size (0: one paper level)."""
     if k == 0:  # one paper level (a clean or small picture): nothing to look for
         return np.zeros(g.shape, bool)
-    if min(t.shape) < 100:
+    if min(t.shape) < OBJECT_MIN_THUMB:
         return np.zeros(g.shape, bool)
-    dark = (t < OBJECT_DARK * float(np.percentile(t, 90))).astype(np.uint8)
-    wide = max(4 * k, round(OBJECT_SIDE * min(t.shape))) | 1
+    dark = (t < OBJECT_DARK * float(np.percentile(t, OBJECT_PAPER_PERCENTILE))).astype(np.uint8)
+    wide = max(OBJECT_CLOSINGS * k, round(OBJECT_SIDE * min(t.shape))) | 1
     solid = cv2.morphologyEx(dark, cv2.MORPH_OPEN, _square(wide))
     n, labels, stats = components_with_stats(solid)
     large = np.concatenate([[False], stats[1:, cv2.CC_STAT_AREA] >= OBJECT_AREA * t.size])
@@ -267,7 +321,7 @@ def _apart_from(mask: np.ndarray, objects: np.ndarray) -> np.ndarray:
     """The mask without the marks that touch an object (its outline, a cup's handle)."""
     if not objects.any():
         return mask
-    near = cv2.dilate(objects.astype(np.uint8), _square(5))
+    near = cv2.dilate(objects.astype(np.uint8), _square(OBJECT_NEAR))
     n, labels = cv2.connectedComponents(mask, connectivity=8)
     touching = np.unique(labels[(near > 0) & (mask > 0)])
     keep = np.ones(n, bool)
@@ -279,13 +333,13 @@ def _apart_from(mask: np.ndarray, objects: np.ndarray) -> np.ndarray:
 def _stroke_width(t: np.ndarray) -> float:
     """A rough stroke width (thumbnail pixels): 2 * area / rim of what a black-hat (a grey closing minus the
     image, wide enough for bold strokes, too narrow for shadows and light gradients) shows as dark marks."""
-    kb = max(3, round(0.08 * min(t.shape)) | 1)
+    kb = max(3, round(BLACKHAT_SHARE * min(t.shape)) | 1)
     marks = cv2.morphologyEx(t, cv2.MORPH_BLACKHAT, _square(kb), borderType=cv2.BORDER_REFLECT)
     top = float(marks.max())
     if top < MIN_CONTRAST:
         return 1.0
     dark = (marks > _otsu(marks / top) * top).astype(np.uint8)
-    if dark.mean() > 0.5:
+    if dark.mean() > INK_MINORITY:
         return 1.0
     rim = float((dark & (1 - cv2.erode(dark, np.ones((3, 3), np.uint8)))).sum())
     return 2.0 * float(dark.sum()) / max(rim, 1.0)
@@ -296,16 +350,16 @@ def _threshold(strength: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, str
     level of a stroke's core, problem)."""
     t = _thumb(strength)
     median = _median_of_nonnegative(t)
-    noise = 1.4826 * _median_of_nonnegative(np.abs(t - median)) + 1e-3  # robust standard deviation of the paper
+    noise = 1.4826 * _median_of_nonnegative(np.abs(t - median)) + 1e-3  # the paper's robust standard deviation (MAD)
     flat = strength.ravel()
-    top = max(1, min(PEAK_PIXELS, flat.size // 1000))
+    top = max(1, min(PEAK_PIXELS, flat.size // PEAK_PER))
     candidates = flat[flat > 0.5 * float(flat.max())]  # the top-th strongest is among these when they are enough
     peak = float(np.partition(candidates if candidates.size >= top else flat, -top)[-top])
     if peak < MIN_CONTRAST or peak < median + NOISE_SIGMAS * noise:
         blank = np.zeros(strength.shape, np.uint8)
         return blank, blank, 1.0, "no digit found (the image is blank: one colour, no ink)"
-    high = max(median + 2 * NOISE_SIGMAS * noise, 0.45 * peak)
-    low = max(median + NOISE_SIGMAS * noise, 0.2 * peak)
+    high = max(median + STRONG_SIGMAS * noise, STRONG_SHARE * peak)
+    low = max(median + NOISE_SIGMAS * noise, WEAK_SHARE * peak)
     strong = (strength > high).astype(np.uint8)
     weak = (strength > low).astype(np.uint8)
     n, labels = cv2.connectedComponents(weak, connectivity=8)
@@ -313,7 +367,7 @@ def _threshold(strength: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, str
     keep[np.unique(labels[strong > 0])] = True
     keep[0] = False
     mask = keep[labels].astype(np.uint8)
-    level = _percentile(strength[mask > 0], 75) if mask.any() else 1.0
+    level = _percentile(strength[mask > 0], LEVEL_PERCENTILE) if mask.any() else 1.0
     return mask, weak, max(level, MIN_CONTRAST), None
 
 
@@ -328,7 +382,7 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     is thicker than LINE_WIDTH across and stays.
     """
     h, w = mask.shape
-    if min(h, w) < 64:
+    if min(h, w) < LINES_MIN_SIDE:
         return mask
     rows, cols = _lines_along(faint, horizontal=True), _lines_along(faint, horizontal=False)
     if not rows.any() and not cols.any():
@@ -346,31 +400,31 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
 
 def _lines_along(marks: np.ndarray, horizontal: bool) -> np.ndarray:
     """uint8 (H, W): the pixels of ``marks`` on the long lines running one way (each line fitted and drawn
-    across the whole picture, 7 px wide, so that its faint gaps go too)."""
+    across the whole picture, LINE_BAND pixels wide, so that its faint gaps go too)."""
     h, w = marks.shape
     extent = w if horizontal else h
-    run = max(40, round(0.12 * extent))
-    across = (1, 5) if horizontal else (5, 1)  # (width, height) of OpenCV kernels
+    run = max(LINE_RUN_MIN, round(LINE_RUN * extent))
+    across = (1, LINE_JOIN) if horizontal else (LINE_JOIN, 1)  # (width, height) of OpenCV kernels
     along = (run, 1) if horizontal else (1, run)
     joined = cv2.dilate(marks, cv2.getStructuringElement(cv2.MORPH_RECT, across))
     runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
     n, labels, stats = components_with_stats(runs)
     length = stats[1:, cv2.CC_STAT_WIDTH if horizontal else cv2.CC_STAT_HEIGHT]
-    ruled = int((length >= 0.25 * extent).sum()) >= LINE_MIN_COUNT
-    chosen = 1 + np.flatnonzero(length > 0 if ruled else length >= 0.85 * extent)  # ruled: every piece of a line
+    ruled = int((length >= LINE_LONG * extent).sum()) >= LINE_MIN_COUNT
+    chosen = 1 + np.flatnonzero(length > 0 if ruled else length >= LINE_ACROSS * extent)  # ruled: every piece of a line
     across_line = (1, LINE_WIDTH) if horizontal else (LINE_WIDTH, 1)
     thin = marks & (1 - cv2.morphologyEx(marks, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, across_line)))
     band = np.zeros_like(marks)
     for label in chosen[:MAX_LINES]:  # a ruled line crosses the whole page: draw it across, gaps included
         ys, xs = np.nonzero((labels == label) & (thin > 0))  # fitted to its thin pixels: never to a bold stroke
-        if len(xs) < 20:
+        if len(xs) < LINE_FIT_PIXELS:
             continue
         along_px, across_px = (xs, ys) if horizontal else (ys, xs)
         slope, offset = np.polyfit(along_px.astype(np.float64), across_px.astype(np.float64), 1)
         ends = [(0, offset), (extent - 1, offset + slope * (extent - 1))]
         (a0, c0), (a1, c1) = ends
         p0, p1 = ((a0, c0), (a1, c1)) if horizontal else ((c0, a0), (c1, a1))
-        cv2.line(band, (int(round(p0[0])), int(round(p0[1]))), (int(round(p1[0])), int(round(p1[1]))), 1, 7)
+        cv2.line(band, (int(round(p0[0])), int(round(p0[1]))), (int(round(p1[0])), int(round(p1[1]))), 1, LINE_BAND)
     return band & marks
 
 
