@@ -10,6 +10,7 @@ from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import normalize
 from lenet5.engines.numpy.engine import NumpyEngine
 from lenet5.engines.numpy.layers import AvgPool2D, Conv2D, MaxPool2D
+from lenet5.engines.numpy.pieces import plan
 from lenet5.models import C3_TABLE
 
 torch = pytest.importorskip("torch")
@@ -88,7 +89,7 @@ def test_gradients_match_torch_on_real_digits(mnist, model, dtype, threads):
     x = normalize(mnist.test_images[:160]).astype(dtype)
     y = mnist.test_labels[:160].astype(np.int64)
     engine = NumpyEngine(ModelConfig(name=model, init="torch_default"), opt(), seed=2, dtype=dtype, threads=threads)
-    assert len(engine._plan(len(x))[0]) > 1
+    assert len(plan(len(x), engine.threads)[0]) > 1
     check_against_torch(engine, x, y, 0.0, dtype)
 
 

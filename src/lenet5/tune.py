@@ -137,9 +137,7 @@ def objective_for(base: Config, data: MNIST, settings: TuneSettings, log: Callab
             log(f"trial {trial.number} pruned: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
         finally:
-            close = getattr(trainer.engine, "close", None)
-            if close:
-                close()
+            trainer.engine.close()
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
         trial.set_user_attr("val_loss", min(r["val_loss"] for r in trainer.history))
         return best

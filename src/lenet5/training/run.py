@@ -351,7 +351,7 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
         except TrainingInterrupted as stop:
             raise RunInterrupted(stop.epoch, stop.batch, stop.saved, run_dir) from None
     finally:
-        if trainer is not None and hasattr(trainer.engine, "close"):
+        if trainer is not None:
             trainer.engine.close()  # the NumPy engine's worker processes
         if distributed:
             from lenet5.engines.torch.distributed import cleanup

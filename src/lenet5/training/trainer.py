@@ -319,9 +319,7 @@ def stop_on_sigint(trainer: Trainer):
         if trainer.stop_requested:
             raise KeyboardInterrupt
         trainer.stop_requested = True
-        hurry = getattr(trainer.engine, "hurry", None)
-        if hurry is not None:  # the NumPy engine: stop waiting long for a silent worker process
-            hurry()
+        trainer.engine.hurry()  # the NumPy engine: stop waiting long for a silent worker process
 
     previous = signal.signal(signal.SIGINT, request_stop)
     try:

@@ -25,7 +25,6 @@ from lenet5.engines.base import Engine
 from lenet5.engines.numpy.executors import create_executor, default_threads
 from lenet5.engines.numpy.model import parameter_count
 from lenet5.engines.numpy.optim import create_optimizer
-from lenet5.engines.numpy.pieces import Pieces, plan
 from lenet5.errors import Lenet5Error
 from lenet5.models import NUM_CLASSES, check_state_dict, initial_weights
 
@@ -96,10 +95,6 @@ class NumpyEngine(Engine):
             loss, n_correct = self.executor.loss_and_grad(x, y)
         grads = {key: g.copy() for key, g in self.net.named_views(self._grad).items()}
         return loss, n_correct, grads
-
-    def _plan(self, n: int) -> list[Pieces]:
-        """The pieces each worker gets of a batch of n images (pieces.plan)."""
-        return plan(n, self.threads)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
