@@ -283,7 +283,7 @@ def test_parameter_shapes_are_pytorchs():
         "fc2.bias": (10,),
     }
     with pytest.raises(ValueError, match="unknown model"):
-        parameter_shapes("resnet")
+        parameter_shapes("transformer")
 
 
 def test_c3_table_is_lecuns_table_one():

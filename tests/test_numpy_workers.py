@@ -108,7 +108,7 @@ def test_answers_to_an_interrupted_step_are_dropped(batch):
     clean.train_step(x, y, 1e-3)
     interrupted.train_step(x, y, 1e-3)
     # a step whose answers nobody collected (Ctrl-C between the order and the wait), with other images
-    plan = interrupted._plan(64)
+    plan = interrupted.executor.here.plan(64)
     interrupted.executor._hand_out(TRAIN, x[::-1].copy(), y[::-1].copy(), plan[1:])
     assert clean.train_step(x, y, 1e-3) == interrupted.train_step(x, y, 1e-3)
     for key, value in clean.state_dict().items():

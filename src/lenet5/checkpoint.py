@@ -1,7 +1,9 @@
 """One checkpoint format: a safetensors file with the weights and the metadata to use them.
 
-Tensors: the weights under PyTorch's names (``conv1.weight`` ...); in ``last.safetensors`` also the
-optimizer state under ``optimizer.<key>``. Metadata (strings, JSON where structured): format and
+Tensors: the weights under PyTorch's names (``conv1.weight`` ...), with the model's buffers beside them where it
+has any (BatchNorm's ``bn1.running_mean``, ``bn1.running_var`` and ``bn1.num_batches_tracked``, an int64 count),
+as torch's state_dict; in ``last.safetensors`` also the optimizer state under ``optimizer.<key>`` (one value per
+trained parameter). Metadata (strings, JSON where structured): format and
 format_version, engine, model, config, epoch, metrics, normalization, calibration (the temperature fitted on
 the validation split, see calibration.py) and the trainer's state for resume.
 Loading never runs code (safetensors has no code path; ``.pth`` files go through ``weights_only=True``).
@@ -22,7 +24,7 @@ import numpy as np
 from lenet5 import MNIST_MEAN, MNIST_STD
 from lenet5.atomic import atomic_path
 from lenet5.errors import CheckpointError, first_line
-from lenet5.models import MODELS, model_for_weights, parameter_shapes
+from lenet5.models import MODELS, is_count, model_for_weights, parameter_shapes, state_shapes
 
 FORMAT = "lenet5-checkpoint"
 FORMAT_VERSION = 1
@@ -71,7 +73,8 @@ def save_checkpoint(
     """Write a checkpoint atomically (temporary file + rename)."""
     from safetensors.numpy import save
 
-    tensors = {name: np.ascontiguousarray(value) for name, value in weights.items()}
+    # np.asarray(order="C"), not np.ascontiguousarray, which turns a 0-d num_batches_tracked into shape (1,)
+    tensors = {name: np.asarray(value, order="C") for name, value in weights.items()}
     for key, value in (optimizer or {}).items():
         tensors[OPTIMIZER_PREFIX + key] = np.ascontiguousarray(value)
     metadata = {
@@ -274,7 +277,7 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
     model = meta.get("model") if isinstance(meta.get("model"), str) and meta.get("model") else None
     model = model or _infer_model(weights, path)
     expected = _expected_shapes(model, weights, path)
-    n_params = sum(math.prod(shape) for shape in expected.values())
+    n_params = sum(math.prod(shape) for shape in parameter_shapes(model).values())  # buffers have no optimizer state
     for name, (dtype, shape, nbytes) in entries.items():
         shown = name if len(name) <= 60 else name[:57] + "..."
         itemsize = ITEM_SIZES.get(dtype)
@@ -284,7 +287,7 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
                 f"shape {shape} of {dtype} needs {math.prod(shape) * itemsize})"
             )
         if name in expected:
-            allowed, need = FLOAT_DTYPES, expected[name]
+            allowed, need = (INT_DTYPES if is_count(name) else FLOAT_DTYPES), expected[name]
         elif name == OPTIMIZER_PREFIX + "step":
             allowed, need = INT_DTYPES, (() if shape == () else (1,))
         else:
@@ -372,10 +375,10 @@ def _infer_model(weights: dict[str, np.ndarray], path: Path) -> str:
 
 
 def _expected_shapes(model: str, names, path: Path) -> dict[str, tuple[int, ...]]:
-    """The parameter shapes of ``model``; CheckpointError when it is unknown or ``names`` are not exactly its
-    parameters."""
+    """The shapes of the state dict of ``model`` (parameters and buffers); CheckpointError when it is unknown or
+    ``names`` are not exactly its state dict's."""
     try:
-        expected = parameter_shapes(model)
+        expected = state_shapes(model)
     except (KeyError, ValueError):
         raise CheckpointError(f"{path}: unknown model {_clip(model)} in checkpoint metadata") from None
     missing = [k for k in expected if k not in names]
@@ -394,7 +397,10 @@ def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> No
             raise CheckpointError(
                 f"{path}: {name} has shape {tuple(value.shape)}, the {model} LeNet-5 needs {tuple(shape)}"
             )
-        if value.dtype.kind != "f":
+        if is_count(name):
+            if value.dtype.kind not in "iu" or value < 0:
+                raise CheckpointError(f"{path}: {name} is {value!r}, expected a count (a whole number >= 0)")
+        elif value.dtype.kind != "f":
             raise CheckpointError(f"{path}: {name} has dtype {value.dtype}, expected floating point")
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the checkpoint is damaged")

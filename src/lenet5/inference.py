@@ -1,4 +1,5 @@
-"""Forward-only runners: a trained LeNet-5's logits, with nothing of training.
+"""Forward-only runners: a trained model's logits, with nothing of training (evaluation mode: BatchNorm uses
+its running statistics).
 
 `predict` and `serve` need only ``logits(x)`` for a few images at a time: no optimizer, no gradients, no worker
 processes. ``NumpyRunner`` runs the NumPy engine's own layers (engines/numpy/model.py) in the calling thread;
@@ -25,10 +26,8 @@ class NumpyRunner:
 
         check_state_dict(model_name, state)
         self.model_name = model_name
-        self.net = Network(model_name, dtype)
-        for key, view in self.net.named_views(self.net.params).items():
-            view[...] = np.asarray(state[key], dtype=dtype)
-        self.net.apply_masks()
+        self.net = Network(model_name, dtype).train(False)
+        self.net.load_state_dict(state)
         self.workspace = self.net.new_workspace()  # scratch arrays reused from call to call (one thread)
 
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`lenet5 summary`: a model's layers, output shapes and parameter count, and how it was trained."""
+"""`lenet5 summary`: a model's layers, output shapes and parameter count (trained parameters; BatchNorm's
+running statistics are buffers, not counted), and how it was trained."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lenet5.errors import Lenet5Error
 
 def cmd_summary(args) -> int:
     from lenet5.checkpoint import describe_model, load_checkpoint
-    from lenet5.models import summary_lines
+    from lenet5.models import parameter_shapes, summary_lines
 
     path = model_path(args)
     if path.suffix.lower() == ".onnx":
@@ -26,7 +27,7 @@ def cmd_summary(args) -> int:
         "epoch": meta.get("epoch"),
         "val_accuracy": metrics.get("val_accuracy"),
         "temperature": calibration.get("temperature"),
-        "parameters": sum(int(v.size) for v in ckpt.weights.values()),
+        "parameters": sum(int(ckpt.weights[k].size) for k in parameter_shapes(ckpt.model)),  # buffers are not
     }
     if args.json:
         print_json(facts)

@@ -7,29 +7,30 @@
 
 The convolutions they need (3x3 padding 1, stride 2, 1x1 without bias) are layers.Conv2D's.
 
-Design for lenet5.models (not wired in yet). An architecture stays a tuple of layer specs, with three more
-kinds, so the sequential nets (LeNet-5, VGG) keep reading as a list and only a residual block nests:
+How lenet5.models describes such nets (the ``vgg`` and ``resnet`` models). An architecture stays a tuple of
+layer specs, with three more kinds, so the sequential nets (LeNet-5, VGG) keep reading as a list and only a
+residual block nests:
 
 - ``BatchNorm(name, channels)``: parameters ``<name>.weight``/``<name>.bias`` (initialised to 1 and 0,
   not by the weight initializer), buffers ``<name>.running_mean``/``running_var``/``num_batches_tracked``;
 - ``Residual(name, body: tuple, shortcut: tuple | None)``: the block's own layer specs, named inside it,
-  so parameter names are ``layer1.0.conv1.weight``, ``layer1.0.downsample.0.weight`` as torchvision's;
-- ``Conv`` gains ``stride`` and ``bias`` (default 1 and True: LeNet-5's specs and names are unchanged).
+  so parameter names are ``block2.conv1.weight``, ``block2.downsample.0.weight`` as torchvision's
+  BasicBlock's within a block;
+- ``Conv`` has ``stride`` and ``bias`` (default 1 and True: LeNet-5's specs and names are unchanged).
 
-``parameter_shapes`` would walk the nesting; a ``buffer_shapes`` beside it gives the buffers, which the
+``models.parameter_shapes`` walks the nesting; ``models.buffer_shapes`` gives the buffers, which the
 checkpoint stores next to the parameters (in torch's state_dict, buffers and parameters share one dict) and
-the NumPy Network keeps in a second flat array, as views like the parameters. ``Network.layer_views``
-would group names by the top-level layer's name (``layer1.0``) instead of cutting at the last dot, and hand
-each group to that layer (a Residual passes them on to its children). The initializers draw conv and dense
-weights as now and leave BatchNorm at gamma 1, beta 0. The net's mode (``train`` / ``eval``) is set on the
-network and reaches every BatchNorm. Global average pooling is ``Pool("avg", 7)`` on 7x7 maps then
-``Flatten``. A small general graph (nodes with named inputs) is not needed for these nets: every skip
-connection in them is inside one block.
+the NumPy Network (model.py) keeps in a second flat array, as views like the parameters. ``Network.layer_views``
+groups names by the top-level layer's name (``block2``) and hands each group to that layer (a Residual passes
+them on to its children). The net's mode (``train`` / ``eval``) is set on the network and reaches every
+BatchNorm. Global average pooling is ``Pool("avg", 7)`` on 7x7 maps then ``Flatten``. A small general graph
+(nodes with named inputs) is not needed for these nets: every skip connection in them is inside one block.
 
-With a batch cut into pieces (engine.py), BatchNorm in training normalises each piece by its own statistics
-("ghost" batch norm) and updates the running statistics once per piece; matching torch on a whole batch
-needs the pieces' sums combined (or the batch run in one piece) and one running update a batch
-(``BatchNorm.update_running_stats``), done by the engine after the pieces.
+With a batch cut into pieces, BatchNorm in training would normalise each piece by its own statistics
+("ghost" batch norm) and update the running statistics once per piece. The engine does not cut: a model with
+BatchNorm runs each training batch whole, in the calling thread (executors.WholeBatchExecutor), so it matches
+torch on the same batch. Combining the pieces' sums (and one running update a batch,
+``BatchNorm.update_running_stats``) would let such models use the worker processes too.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""NumpyEngine: LeNet-5 trained with the hand-written NumPy layers (implements engines.base.Engine).
+"""NumpyEngine: a model of lenet5.models trained with the hand-written NumPy layers (implements
+engines.base.Engine).
 
-A training step is the network's forward and backward over the batch (loss and gradient), then one optimizer
-update of the parameters. Where the forward and backward run is the executor's business (executors.py): the
-batch is cut into pieces dealt to ``threads`` workers (pieces.py), which run in the calling thread or, with
-several workers, partly in worker processes (process_pool.py, workers.py); the same seed and ``threads`` give
-the same bits wherever each piece ran.
+A training step is the network's forward and backward over the batch (loss and gradient) in training mode,
+then one optimizer update of the parameters; logits are computed in evaluation mode (BatchNorm: the running
+statistics). Where the forward and backward run is the executor's business (executors.py): the batch is cut
+into pieces dealt to ``threads`` workers (pieces.py), which run in the calling thread or, with several
+workers, partly in worker processes (process_pool.py, workers.py); the same seed and ``threads`` give the
+same bits wherever each piece ran. A model with BatchNorm runs each training batch whole, in the calling
+thread, whatever ``threads`` says: BatchNorm needs the statistics of the whole batch.
 
 Speed on a small CPU also comes from these choices:
 
@@ -26,15 +29,16 @@ from lenet5.engines.numpy.executors import create_executor, default_threads
 from lenet5.engines.numpy.model import parameter_count
 from lenet5.engines.numpy.optim import create_optimizer
 from lenet5.errors import Lenet5Error
-from lenet5.models import NUM_CLASSES, check_state_dict, initial_weights
+from lenet5.models import NUM_CLASSES, has_batchnorm, initial_weights
 
 
 class NumpyEngine(Engine):
-    """LeNet-5 ('modern' or 'classic') with its optimizer, in float32 (default) or float64.
+    """A model of lenet5.models with its optimizer, in float32 (default) or float64.
 
     ``threads``: 0 picks the default (2 workers on a machine with at least 2 cores), 1 runs everything in the
-    calling thread, n deals the pieces of each batch to n workers. ``seed`` fixes the initial weights: same
-    seed and same thread count, same run, bit for bit, whichever workers ran in processes.
+    calling thread, n deals the pieces of each batch to n workers (a model with BatchNorm: always 1). ``seed``
+    fixes the initial weights: same seed and same thread count, same run, bit for bit, whichever workers ran
+    in processes.
     """
 
     name = "numpy"
@@ -62,14 +66,12 @@ class NumpyEngine(Engine):
         self.dtype = np.dtype(dtype)
         self.input_dtype = self.dtype  # what train_step and logits compute in
         self.label_smoothing = float(label_smoothing)
-        self.threads = threads or default_threads()
+        self.threads = 1 if has_batchnorm(model.name) else threads or default_threads()
 
         self._grad = np.zeros(parameter_count(model.name), dtype=self.dtype)  # the batch's gradient, flat
         self.executor = create_executor(model.name, self.dtype, self.label_smoothing, self.threads, self._grad)
         self.net = self.executor.net  # its parameters lie where every worker reads them
-        weights = self.net.named_views(self.net.params)
-        for key, value in initial_weights(model.name, model.init, seed, dtype).items():
-            weights[key][...] = value
+        self.net.load_state_dict(initial_weights(model.name, model.init, seed, dtype))
         self.optimizer = create_optimizer(optimizer, self.net.size, self.dtype)
 
     @property
@@ -82,6 +84,7 @@ class NumpyEngine(Engine):
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, int]:
         x = np.asarray(x, dtype=self.dtype)
         y = np.asarray(y, dtype=np.int64)
+        self.net.train(True)
         with single_threaded_blas():
             loss, n_correct = self.executor.loss_and_grad(x, y)  # the gradient lands in self._grad
             self.optimizer.step(self.net.params, self._grad, float(lr))
@@ -89,7 +92,9 @@ class NumpyEngine(Engine):
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, dict[str, np.ndarray]]:
         """(loss, n_correct, {name: gradient}) of one batch without updating anything (for checks, not
-        part of the Engine protocol). The gradients are of the data loss only, before penalties."""
+        part of the Engine protocol). The gradients are of the data loss only, before penalties. In training
+        mode: BatchNorm's running statistics move as in a training step."""
+        self.net.train(True)
         with single_threaded_blas():
             x, y = np.asarray(x, dtype=self.dtype), np.asarray(y, dtype=np.int64)
             loss, n_correct = self.executor.loss_and_grad(x, y)
@@ -99,6 +104,7 @@ class NumpyEngine(Engine):
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
         out = np.empty((len(x), NUM_CLASSES), dtype=self.dtype)
+        self.net.train(False)
         with single_threaded_blas():
             self.executor.logits(x, out)
         return out
@@ -111,14 +117,11 @@ class NumpyEngine(Engine):
     # --- state ------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {key: view.copy() for key, view in self.net.named_views(self.net.params).items()}
+        """The parameters, then the buffers (BatchNorm's running statistics), under torch's names."""
+        return self.net.state_dict()
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        check_state_dict(self.model_name, state)
-        views = self.net.named_views(self.net.params)
-        for key in self.net.shapes:
-            views[key][...] = np.asarray(state[key], dtype=self.dtype)
-        self.net.apply_masks()
+        self.net.load_state_dict(state)
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         return self.optimizer.state_dict()

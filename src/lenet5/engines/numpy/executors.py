@@ -16,6 +16,11 @@ Two executors, which give the same bits for the same ``threads`` (the same piece
   parameters, the batch and their gradients with it; the calling thread does the pieces of processes that are
   idle (other programs hold the cores), starting or lost.
 
+A model with BatchNorm (lenet5.models.has_batchnorm) gets a third, WholeBatchExecutor: BatchNorm in training
+normalises by the statistics of the whole batch, which pieces computed independently would not see, so each
+training batch runs as one piece in the calling thread (no worker processes). Its logits, in evaluation mode
+(the running statistics, the same for any cut), are computed in pieces as InThreadExecutor's.
+
 create_executor picks one; the process side is imported only when several workers are asked for.
 """
 
@@ -25,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lenet5 import models
 from lenet5.engines.numpy import pieces
 from lenet5.engines.numpy.model import Network
 from lenet5.engines.numpy.pieces import Pieces, Worker
@@ -122,11 +128,27 @@ class InThreadExecutor:
         pass  # nothing held
 
 
+class WholeBatchExecutor(InThreadExecutor):
+    """One worker in the calling thread that runs each training batch whole, as one piece: for models with
+    BatchNorm, whose training-mode output for an image depends on the whole batch. Memory grows with the
+    batch (every activation of every image at once); logits still go piece by piece."""
+
+    def __init__(self, net: Network, grad: np.ndarray, label_smoothing: float) -> None:
+        super().__init__(net, grad, label_smoothing, threads=1)
+
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        n = len(x)
+        return self.first.loss_and_grad(x, y, [(0, n)], n)
+
+
 def create_executor(
     model_name: str, dtype: np.dtype, label_smoothing: float, threads: int, grad: np.ndarray
 ) -> Executor:
-    """The executor for ``threads`` workers (>= 1) filling ``grad``: a process pool where processes can be had
+    """The executor for ``threads`` workers (>= 1) filling ``grad``: for a model with BatchNorm the whole batch
+    in the calling thread whatever ``threads`` says, else a process pool where processes can be had
     (process_pool.py), else every worker in the calling thread."""
+    if models.has_batchnorm(model_name):
+        return WholeBatchExecutor(Network(model_name, dtype), grad, label_smoothing)
     if threads > 1:
         from lenet5.engines.numpy.process_pool import process_pool
 

@@ -31,7 +31,7 @@ from lenet5.engines.torch.model import LeNet5
 from lenet5.engines.torch.optim import optimizer_kind
 from lenet5.errors import Lenet5Error
 from lenet5.free_cores import adaptive
-from lenet5.models import NUM_CLASSES, initial_weights
+from lenet5.models import NUM_CLASSES, initial_weights, is_count
 
 DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's own count (the cores, or OMP_NUM_THREADS), before we change it
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -195,14 +195,17 @@ class TorchEngine(Engine):
                 raise ValueError(f"missing key {key!r} for the {self.model_name} model")
             value = state[key]
             arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            if not np.issubdtype(arr.dtype, np.floating):
+            if is_count(key):  # BatchNorm's num_batches_tracked: a whole number, int64 in torch
+                if arr.dtype.kind not in "iuf" or arr.shape != () or not arr >= 0 or arr != np.rint(arr):
+                    raise ValueError(f"{key!r} must be a count (a whole number >= 0), got {arr!r}")
+            elif not np.issubdtype(arr.dtype, np.floating):
                 raise ValueError(f"{key!r} must hold floating-point values, got dtype {arr.dtype}")
             if arr.shape != tuple(target.shape):
                 raise ValueError(f"{key!r} has shape {arr.shape}, expected {tuple(target.shape)}")
             arrays[key] = arr
         with torch.no_grad():
             for key, target in expected.items():
-                target.copy_(torch.from_numpy(np.ascontiguousarray(arrays[key])).to(target.dtype))
+                target.copy_(torch.from_numpy(np.array(arrays[key], order="C")).to(target.dtype))  # 0-d stays 0-d
             for name, mask in self.model.masks().items():  # as the NumPy engine: weights outside a table read 0
                 getattr(self.model, name).weight.mul_(mask.to(self.dtype))
 
