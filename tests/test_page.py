@@ -3,11 +3,14 @@ what the slow way gives."""
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from clean_numbers import mnist_clean_scenes
 from grid_digits import grid_png, optical_grid
 from lenet5.checkpoint import resolve_model
 from lenet5.data import page
@@ -70,8 +73,6 @@ def test_grid_digits_enlarged_by_repeating_pixels_read_as_well_as_smoothly_enlar
 
 
 def _enlarged(levels: np.ndarray, rng: np.random.Generator, interpolation: int) -> bytes:
-    import io
-
     tone = 1.0 - levels / 16.0
     factor = int(rng.integers(4, 40))
     big = cv2.resize((tone * 255).astype(np.uint8), (8 * factor, 8 * factor), interpolation=interpolation)
@@ -83,8 +84,6 @@ def _enlarged(levels: np.ndarray, rng: np.random.Generator, interpolation: int) 
 def test_grid_png_makes_pictures_the_page_reads_back_as_their_grid():
     levels = optical_grid(np.pad(np.ones((20, 6), np.float32), 4))  # a bar: a "1"
     assert levels.max() == 16 and levels.shape == (8, 8)
-    import io
-
     picture = np.asarray(Image.open(io.BytesIO(grid_png(levels, np.random.default_rng(3)))).convert("L"))
     assert picture.shape[0] % 8 == 0
 
@@ -117,3 +116,16 @@ def test_components_are_opencvs_default_components():
         n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
         n2, labels2, stats2 = page.components_with_stats(binary)
         assert n == n2 and np.array_equal(labels, labels2) and np.array_equal(stats, stats2)
+
+
+def test_bold_digits_cropped_tight_are_ink_not_a_blank_page(mnist):
+    """Ink covering nearly half of a small picture (bold digits cropped to their ink): the paper's noise is
+    measured on the paper alone, not on a picture that is half ink."""
+    scenes = mnist_clean_scenes(mnist.test_images, mnist.test_labels, 150, seed=100)
+    problems = []
+    for scene in scenes:
+        gray = np.asarray(Image.open(io.BytesIO(scene.data)).convert("L"), np.float32) / 255.0
+        ink = page.find_ink(gray)
+        if ink.problem is not None or not ink.mask.any():
+            problems.append((scene.label, ink.problem))
+    assert not problems

@@ -85,3 +85,21 @@ def test_the_runner_up_reading_and_its_margin_come_with_the_digits():
     digits, _ = find_digits(ink_of(canvas), ring_scorer)
     assert {d.rival for d in digits} == {digits[0].rival} and digits[0].rival != "000"
     assert digits[0].margin >= 0.7 - 1e-9  # any other reading has a digit more to pay for, or reads worse
+
+
+def test_a_number_cropped_to_its_ink_keeps_the_digits_on_the_pictures_edge():
+    """A tight crop: the outer rings touch the picture's edge; they are digits of the row, not the page's edge."""
+    canvas = np.zeros((60, 110), np.uint8)
+    for x in (0, 40, 79):  # the outer rings touch the left and the right edge, the middle one nothing
+        ring(canvas, x, y=5)
+    digits, _ = find_digits(ink_of(canvas), ring_scorer)
+    assert len(digits) == 3, [d.box for d in digits]
+
+
+def test_edges_along_the_border_still_go_beside_a_digit_inside():
+    canvas = np.zeros((200, 300), np.uint8)
+    canvas[0:200, 0:3] = 1  # the page's edge down the left border
+    cv2.line(canvas, (150, 199), (299, 120), 1, 3)  # a table's edge across a corner
+    ring(canvas, 120, 60)
+    digits, _ = find_digits(ink_of(canvas), ring_scorer)
+    assert len(digits) == 1 and digits[0].box[0] >= 110, [d.box for d in digits]

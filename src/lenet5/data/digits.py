@@ -49,7 +49,9 @@ LINE_TALL = 0.3  # ... that is at least this share of the picture's longer side 
 BLOB_FILL = 0.7  # a blob (a shadow, a smudge) fills more than this share of its box, ...
 BLOB_SIDE = 0.15  # ... its shorter side is more than this share of the picture's shorter side ...
 BLOB_LONG = 2.5  # ... and its longer side less than this many times its shorter
-INSIDE_MASS = 0.05  # marks along the border go when a mark inside is this heavy against the heaviest
+INSIDE_MASS = 0.05  # marks along the border go when a mark inside is this heavy against the heaviest, ...
+CROPPED_HEIGHT = (0.6, 1.6)  # ... except one this tall against the marks inside, in their row (a cropped number)
+CROPPED_WIDE = 1.5  # ... and at most this many times as wide as they are tall (a page's edge is longer)
 HOLLOW = 0.25  # a frame (a sheet's outline, a box) covers less than this share of its box with ink
 FRAMED_HEIGHT = 0.1  # ... and holds a mark at least this share of its height tall
 STACK_OVERLAP = 0.25  # pieces of one digit above each other overlap across this share of the narrower
@@ -222,11 +224,29 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int], margin: int = 0)
     kept = [p for p in kept if not _frames_others(p, kept)]
     inside = [p for p in kept if not on_border(p)]
     if inside and max(p.mass for p in inside) >= INSIDE_MASS * max(p.mass for p in kept):
-        kept = inside  # edges and the table along the border go when a real mark lies inside
+        # edges and the table along the border go when a real mark lies inside, but not a digit of the line
+        # that a tight crop cut into (a number cropped to its ink touches the picture's edge on both sides)
+        kept = inside + [p for p in kept if on_border(p) and _beside(p, inside)]
     if not kept:
         return []
     heaviest = max(p.mass for p in kept)
     return [p for p in kept if p.mass >= SPECK * heaviest and p.mass >= FAINT * p.area]
+
+
+def _beside(p: Part, inside: list[Part]) -> bool:
+    """A mark on the picture's border that sits in the row of the marks inside like one more digit: as tall as
+    they are (CROPPED_HEIGHT), in their band (ROW_OVERLAP of its height), no wider than a digit (CROPPED_WIDE)."""
+    heavy = [q for q in inside if q.mass >= SPECK * max(r.mass for r in inside)]
+    top = float(np.median([q.y0 for q in heavy]))
+    bottom = float(np.median([q.y1 for q in heavy]))
+    tall = bottom - top
+    overlap = min(p.y1, bottom) - max(p.y0, top)
+    return (
+        tall > 0
+        and CROPPED_HEIGHT[0] * tall <= p.height <= CROPPED_HEIGHT[1] * tall
+        and overlap >= ROW_OVERLAP * p.height
+        and p.width <= CROPPED_WIDE * tall
+    )
 
 
 def _frames_others(p: Part, parts: list[Part]) -> bool:

@@ -74,6 +74,7 @@ NOISE_SIGMAS = 4.0  # ink must stand this many robust standard deviations above 
 STRONG_SIGMAS = 2 * NOISE_SIGMAS  # a stroke's core (hysteresis's high threshold) stands this many above it, ...
 STRONG_SHARE = 0.45  # ... and is at least this share of the strongest ink
 WEAK_SHARE = 0.2  # the faint rim kept with a core is at least this share of the strongest ink (and NOISE_SIGMAS)
+INK_GAP = 0.5  # ink cropped tight: the paper is measured alone when ink and paper levels are this far apart
 PEAK_PIXELS = 40  # the strongest ink is the 40th strongest pixel (fewer in small images): a digit has that many
 PEAK_PER = 1000  # ... and in a small image one in this many pixels
 LEVEL_PERCENTILE = 75  # the strength of a typical stroke's core: this percentile of the ink's strength
@@ -355,6 +356,8 @@ def _threshold(strength: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, str
     top = max(1, min(PEAK_PIXELS, flat.size // PEAK_PER))
     candidates = flat[flat > 0.5 * float(flat.max())]  # the top-th strongest is among these when they are enough
     peak = float(np.partition(candidates if candidates.size >= top else flat, -top)[-top])
+    if peak >= MIN_CONTRAST and peak <= median + STRONG_SIGMAS * noise:
+        median, noise = _paper_noise(t, median, noise)
     if peak < MIN_CONTRAST or peak < median + NOISE_SIGMAS * noise:
         blank = np.zeros(strength.shape, np.uint8)
         return blank, blank, 1.0, "no digit found (the image is blank: one colour, no ink)"
@@ -369,6 +372,18 @@ def _threshold(strength: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, str
     mask = keep[labels].astype(np.uint8)
     level = _percentile(strength[mask > 0], LEVEL_PERCENTILE) if mask.any() else 1.0
     return mask, weak, max(level, MIN_CONTRAST), None
+
+
+def _paper_noise(t: np.ndarray, median: float, noise: float) -> tuple[float, float]:
+    """The paper's level and noise from the paper alone, when ink covers so much of a picture (bold digits
+    cropped tight) that the whole picture's median and spread leave no room above them for the ink: the
+    strength below Otsu's split of a clear two-level picture (INK_GAP apart). Else (median, noise) unchanged."""
+    level = _otsu(t / max(float(t.max()), 1e-6)) * float(t.max())
+    paper, ink = t[t <= level], t[t > level]
+    if paper.size == 0 or ink.size == 0 or float(ink.mean()) - float(paper.mean()) < INK_GAP:
+        return median, noise
+    median = _median_of_nonnegative(paper)
+    return median, 1.4826 * _median_of_nonnegative(np.abs(paper - median)) + 1e-3
 
 
 def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
