@@ -1,6 +1,6 @@
 """NumPy engine vs PyTorch eager on CPU: training seconds per epoch, inference images/s, peak memory.
 
-Both engines train the same LeNet-5 (same initial weights, the default optimizer) on the SAME real MNIST batches, in one
+Both engines train the same model (same initial weights, the default optimizer) on the SAME real MNIST batches, in one
 process, in alternating timed windows (numpy, torch, numpy, torch, ...). Each window runs for a few seconds;
 an epoch is 60,000 images. For every window the share of the machine's CPU time used by OTHER processes is
 read from /proc/stat (total busy time minus the CPU time of this process and its worker processes); windows
@@ -10,6 +10,11 @@ configuration (uint8 dataset in memory, one batch normalized at a time, training
 
     python benchmarks/engine_speed.py            # batch 32/64/128/256 x threads 1/2, ~4 minutes
     python benchmarks/engine_speed.py --quick    # batch 64/128, shorter windows, ~1 minute
+    python benchmarks/engine_speed.py --model vgg --threads 1 --batch-sizes 64 --rounds 2 --steps 50
+
+The LeNet-5s run against a hand-written torch twin; the deeper models (vgg, resnet) against the torch engine's
+module (lenet5.engines.torch.model), in training mode for train steps and evaluation mode for logits. A model
+with BatchNorm runs in the NumPy engine's calling thread whatever --threads says (one whole batch at a time).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 from lenet5.config import ModelConfig, OptimizerConfig
 from lenet5.data.datasets import load_mnist, normalize
 from lenet5.engines.numpy.engine import NumpyEngine
+from lenet5.models import MODELS
 from machine import NOISY, cpu_snapshot, others_share, running_children
 
 EPOCH = 60_000
@@ -40,6 +46,11 @@ def torch_model(model: str):
     import torch
     from torch import nn
     from torch.nn import functional as F
+
+    if model not in ("modern", "classic"):
+        from lenet5.engines.torch.model import LeNet5 as Deeper
+
+        return Deeper(model)
 
     class LeNet5(nn.Module):
         def __init__(self) -> None:
@@ -97,6 +108,7 @@ class TorchRunner:
     def train_step(self, x, y, lr):
         t = self.torch
         xt, yt = t.from_numpy(x), t.from_numpy(y)
+        self.net.train()
         self.opt.zero_grad(set_to_none=True)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -107,6 +119,7 @@ class TorchRunner:
         return loss.item(), int((out.argmax(1) == yt).sum())
 
     def logits(self, x):
+        self.net.eval()
         with self.torch.inference_mode():
             chunks = [self.net(self.torch.from_numpy(x[i : i + 1000])).numpy() for i in range(0, len(x), 1000)]
             return np.concatenate(chunks)
@@ -251,7 +264,7 @@ def compare_memory(model: str, steps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="batch 64/128, 2 rounds of 1.5 s windows")
-    ap.add_argument("--model", default="modern", choices=["modern", "classic"])
+    ap.add_argument("--model", default="modern", choices=list(MODELS))
     ap.add_argument("--batch-sizes", type=int, nargs="+")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int)
