@@ -56,6 +56,52 @@ def normalize(images: np.ndarray, dtype=np.float32) -> np.ndarray:
     return x[:, None, :, :]
 
 
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator that shuffles (and seeds the distortions of) training epoch ``epoch`` of a run."""
+    return np.random.default_rng([seed, epoch])
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """An epoch's order of the images and the seed of its distortions, both drawn from the epoch's generator."""
+
+    order: np.ndarray | None  # None: the images as they are
+    transform_seed: int
+
+    @classmethod
+    def draw(cls, n: int, rng: np.random.Generator | None, transformed: bool) -> EpochPlan:
+        """The permutation first, then the distortions' seed (only when distorting): the order of the draws
+        is part of the bits, so it never changes."""
+        order = rng.permutation(n) if rng is not None else None
+        transform_seed = int(rng.integers(2**63)) if (rng is not None and transformed) else 0
+        return cls(order, transform_seed)
+
+    def batch_rng(self, batch: int) -> np.random.Generator:
+        """The generator of batch ``batch``'s distortions: its own, so batches can be made in any order."""
+        return np.random.default_rng([self.transform_seed, batch])
+
+
+def draw_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    plan: EpochPlan,
+    transform=None,
+    start_batch: int = 0,
+    stop_batch: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield batches ``start_batch`` up to ``stop_batch`` (default: all) of an epoch as (uint8 (B,28,28),
+    int64 (B,)): the images in the plan's order, through ``transform(uint8 batch, plan.batch_rng(b))``."""
+    n = len(images)
+    stop = n if stop_batch is None else min(n, stop_batch * batch_size)
+    for start in range(start_batch * batch_size, stop, batch_size):
+        idx = plan.order[start : start + batch_size] if plan.order is not None else slice(start, start + batch_size)
+        batch = images[idx]
+        if transform is not None:
+            batch = transform(batch, plan.batch_rng(start // batch_size))
+        yield batch, labels[idx].astype(np.int64)
+
+
 def iterate_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -72,15 +118,9 @@ def iterate_batches(
     (``start_batch``, used to resume) does not change the distortions of the batches that follow.
     The last batch may be smaller.
     """
-    n = len(images)
-    order = rng.permutation(n) if rng is not None else None
-    transform_seed = int(rng.integers(2**63)) if (rng is not None and transform is not None) else 0
-    for start in range(start_batch * batch_size, n, batch_size):
-        idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-        batch = images[idx]
-        if transform is not None:
-            batch = transform(batch, np.random.default_rng([transform_seed, start // batch_size]))
-        yield normalize(batch, dtype), labels[idx].astype(np.int64)
+    plan = EpochPlan.draw(len(images), rng, transform is not None)
+    for batch, y in draw_batches(images, labels, batch_size, plan, transform, start_batch):
+        yield normalize(batch, dtype), y
 
 
 def num_batches(n: int, batch_size: int) -> int:

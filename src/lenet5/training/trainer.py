@@ -2,6 +2,9 @@
 
 Randomness is derived, never carried: epoch e shuffles with ``default_rng([seed, e])``, so a run resumed
 from any step (epoch, batch) sees exactly the batches an uninterrupted run would have seen.
+
+With augmentation on and at least two cores, the distorted batches are made ahead in a second process
+(data/prefetch.py) while the engine trains: the same batches, bit for bit, as distorting them here.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import numpy as np
 from lenet5.checkpoint import check_trainer_state
 from lenet5.config import Config
 from lenet5.data.augment import make_augmenter
-from lenet5.data.datasets import MNIST, iterate_batches, normalize, num_batches, split_train_val
+from lenet5.data.datasets import MNIST, epoch_rng, iterate_batches, normalize, num_batches, split_train_val
+from lenet5.data.prefetch import PrefetchedDistortions
 from lenet5.engines import create_engine
 from lenet5.errors import CheckpointError
+from lenet5.free_cores import available_cores
 from lenet5.metrics import Evaluation, evaluate_logits, softmax
 from lenet5.training.callbacks import Callback, EarlyStopping, check_finite
 from lenet5.training.progress import EpochProgress
@@ -73,7 +78,16 @@ class Trainer:
     pass none.
     """
 
-    def __init__(self, cfg: Config, data: MNIST, *, callbacks: list[Callback] | tuple = (), log=None):
+    def __init__(
+        self,
+        cfg: Config,
+        data: MNIST,
+        *,
+        callbacks: list[Callback] | tuple = (),
+        log=None,
+        prefetch: bool | None = None,
+    ):
+        """``prefetch``: make distorted batches in a second process (None: when augmenting on 2 or more cores)."""
         self.cfg, self.data, self.callbacks = cfg, data, list(callbacks)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         t = cfg.train
@@ -101,6 +115,10 @@ class Trainer:
         self.schedule = Schedule(cfg.schedule, cfg.optimizer.lr, self.steps_per_epoch, self.steps_per_epoch * t.epochs)
         self.stopper = EarlyStopping(cfg.early_stopping)
         self.augment = make_augmenter(cfg.augment)  # None when augmentation is off
+        if prefetch is None:
+            prefetch = available_cores() >= 2  # on one core a second process only takes turns with the engine
+        self.prefetch = prefetch and self.augment is not None
+        self.distortions: PrefetchedDistortions | None = None  # the second process, while epochs() runs
         self.history: list[dict] = []
         self.best_weights = self.engine.state_dict()
         self.epoch, self.batch, self.step = 0, 0, 0  # completed epochs, batches done in the current one, updates
@@ -157,6 +175,10 @@ class Trainer:
         the schedule and the callbacks have seen it; ends at train.epochs or when early stopping says so.
         fit() = this + the final test."""
         epochs = self.cfg.train.epochs
+        with self._distortions_ahead():
+            yield from self._epochs(epochs)
+
+    def _epochs(self, epochs: int) -> Iterator[dict]:
         while self.epoch < epochs and not self.stopper.should_stop:
             row = self._run_epoch(self.epoch + 1)
             self.history.append(row)
@@ -175,20 +197,47 @@ class Trainer:
                 )
             yield row
 
-    def _run_epoch(self, epoch: int) -> dict:
+    @contextlib.contextmanager
+    def _distortions_ahead(self):
+        """The process making the distorted batches of the remaining epochs, for the time epochs() runs."""
+        if not self.prefetch or self.epoch >= self.cfg.train.epochs:
+            yield
+            return
         t = self.cfg.train
-        rng = np.random.default_rng([t.seed, epoch])
-        start = time.perf_counter()
-        progress = EpochProgress(epoch, t.epochs, self.steps_per_epoch, initial=self.batch, log=self.log)
-        batches = iterate_batches(
+        self.distortions = PrefetchedDistortions(
             self.train_x,
             self.train_y,
             t.batch_size,
-            rng,
-            start_batch=self.batch,
-            dtype=self.engine.input_dtype,
-            transform=self.augment,
+            t.seed,
+            self.cfg.augment,
+            batches_per_epoch=self.steps_per_epoch,
+            first_epoch=self.epoch + 1,
+            first_batch=self.batch,
+            last_epoch=t.epochs,
+            log=self.log,
         )
+        try:
+            yield
+        finally:
+            self.distortions.close()
+            self.distortions = None
+
+    def _batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The epoch's (x normalized, y) batches from self.batch on: distorted in the second process when
+        there is one, else here."""
+        t, dtype = self.cfg.train, self.engine.input_dtype
+        if self.distortions is not None:
+            return ((normalize(x, dtype), y) for x, y in self.distortions.batches(epoch, self.batch))
+        rng = epoch_rng(t.seed, epoch)
+        return iterate_batches(
+            self.train_x, self.train_y, t.batch_size, rng, start_batch=self.batch, dtype=dtype, transform=self.augment
+        )
+
+    def _run_epoch(self, epoch: int) -> dict:
+        t = self.cfg.train
+        start = time.perf_counter()
+        progress = EpochProgress(epoch, t.epochs, self.steps_per_epoch, initial=self.batch, log=self.log)
+        batches = self._batches(epoch)
         # the callbacks that want every step (the hot loop: none by default, and no call for the others)
         on_step = [cb.on_step for cb in self.callbacks if type(cb).on_step is not Callback.on_step]
         try:
