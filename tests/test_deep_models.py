@@ -294,3 +294,23 @@ def test_train_evaluate_predict_export_from_the_command_line(mnist, tmp_path):
     assert predicted
     lenet5("export", "--model", run, "--output", tmp_path / "r.onnx", check=True)
     assert (tmp_path / "r.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_as_the_run_without_a_break(mnist, tmp_path):
+    """`lenet5 train` for 2 epochs, against 1 epoch then --resume to 2: the same weights, buffers and
+    optimizer state, bit for bit (a constant learning rate, so the schedule does not depend on the epochs)."""
+    data = write_mnist_subset(mnist, tmp_path / "data", 1200, 200)
+    common = (
+        "--set", "model.name=resnet", "--set", "schedule.name=constant", "--set", "data.val_size=200",
+        "--limit-batches", "3", "--batch-size", "32", "--dataset", "idx", "--data-dir", data, "--out", tmp_path,
+    )  # fmt: skip
+    lenet5("train", *common, "--epochs", "2", "--name", "straight", check=True)
+    lenet5("train", *common, "--epochs", "1", "--name", "broken", check=True)
+    lenet5("train", "--resume", tmp_path / "broken", "--epochs", "2", check=True)
+    straight, resumed = (load_checkpoint(tmp_path / run / "last.safetensors") for run in ("straight", "broken"))
+    assert resumed.meta["epoch"] == 2 and int(resumed.weights["block2.bn1.num_batches_tracked"]) == 6
+    for key in straight.weights:
+        assert np.array_equal(straight.weights[key], resumed.weights[key]), key
+    for key in straight.optimizer:
+        assert np.array_equal(straight.optimizer[key], resumed.optimizer[key]), key
