@@ -124,6 +124,12 @@ class Predictor:
         predictor.probe()
         return predictor
 
+    def close(self) -> None:
+        """Give back what the model's engine holds (worker processes); the predictor is not used after."""
+        close = getattr(self.model, "close", None)
+        if close is not None:
+            close()
+
     def probe(self) -> None:
         """Read a blank field and a bar once: a model whose outputs are not finite and moderate there (weights
         or normalization out of range) would answer every image with nonsense; CheckpointError now instead."""
@@ -308,6 +314,89 @@ class Predictor:
         if save_prepared is not None and prepared:
             write_prepared(prepared, Path(save_prepared))
         return results
+
+
+class Committee(Predictor):
+    """Several models read as one (a committee, Ciresan et al. 2012): the mean of the members' calibrated
+    probabilities, each member with its own normalization and temperature. The reject rule is the first
+    member's that has a fitted one (else the first member's default): it was fitted for that model alone, and
+    the committee's top probability is never above the mean of its members' top probabilities, so it is, if
+    anything, strict for the committee. A committee of one model reads as that model."""
+
+    def __init__(self, members: list[Predictor]):
+        if not members:
+            raise ValueError("a committee needs at least one model")
+        check_members_agree(members)
+        self.rule_index = next((i for i, m in enumerate(members) if m.fitted_reject), 0)
+        rule = members[self.rule_index]  # the member whose reject rule and energy floor the committee uses
+        names = {m.model_name for m in members}
+        super().__init__(None, names.pop() if len(names) == 1 else "committee", members[0].path)
+        self.members = list(members)
+        self.energy_floor = rule.energy_floor
+        self.sure_digit, self.sure_number = rule.sure_digit, rule.sure_number
+        self.margin_digit, self.margin_number = rule.margin_digit, rule.margin_number
+        self.fitted_reject = rule.fitted_reject
+
+    @classmethod
+    def from_checkpoints(cls, paths: list[Path], engine: str = "numpy", threads: int = 1) -> Committee:
+        """Load every member; CheckpointError naming the member (and its file) that cannot be one."""
+        members: list[Predictor] = []
+        try:
+            for i, path in enumerate(paths, start=1):
+                try:
+                    members.append(Predictor.from_checkpoint(path, engine=engine, threads=threads))
+                except CheckpointError as exc:
+                    raise CheckpointError(f"committee member {i} of {len(paths)}: {exc}") from None
+            return cls(members)
+        except BaseException:
+            for member in members:
+                member.close()
+            raise
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+
+    def probe(self) -> None:
+        """Each member probes itself as it is loaded (Predictor.from_checkpoint)."""
+
+    def member_outputs(self, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """uint8 (N, 28, 28) -> (each member's raw logits, the committee's (N, 10) calibrated probabilities)."""
+        logits = [m.logits(images) for m in self.members]
+        probs = np.mean([softmax(z / m.temperature) for z, m in zip(logits, self.members)], axis=0)
+        return logits, probs
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, 28, 28) -> float64 (N, 10): the mean of the members' calibrated probabilities."""
+        return self.member_outputs(images)[1]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """The log of the committee's probabilities: logits whose softmax (temperature 1) is the committee's
+        probabilities, for code that asks any predictor for logits."""
+        return np.log(np.maximum(self.probabilities(images), np.finfo(np.float64).tiny))
+
+    def judge(self, fields: np.ndarray, number: bool = False) -> tuple[np.ndarray, list[str | None]]:
+        """As Predictor.judge, on the committee's probabilities; the evidence (energy) that a field looks like a
+        digit at all is the reject rule's member's, on its own logits (its energy floor is its own)."""
+        logits, probs = self.member_outputs(fields)
+        return probs, self.doubts(logits[self.rule_index], probs, self.sure_number if number else self.sure_digit)
+
+
+def check_members_agree(members: list[Predictor]) -> None:
+    """Members of a committee read the same input (a 28x28 digit) into the same classes: each gives one row
+    of NUM_CLASSES for a blank digit, else CheckpointError naming the file that does not. (Loading already
+    holds every model to that shape: checkpoint shapes, the ONNX signature; this says it for the committee.)"""
+    blank = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    for i, member in enumerate(members, start=1):
+        try:
+            shape = member.logits(blank).shape
+        except ValueError as exc:
+            shape = str(exc)
+        if shape != (1, NUM_CLASSES):
+            raise CheckpointError(
+                f"committee member {i} of {len(members)}: {member.path}: does not read a {IMAGE_SIZE}x{IMAGE_SIZE} "
+                f"digit into {NUM_CLASSES} classes as the others do (it gives {shape})"
+            )
 
 
 def strokes_read_as_digits(digits: list, read: list[int]) -> str | None:

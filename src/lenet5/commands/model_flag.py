@@ -15,10 +15,27 @@ MODEL_HELP = (
 )
 
 
-def add_model_flag(p: argparse.ArgumentParser) -> None:
-    """--model (also --model-path, --model_path), for every command that loads a model."""
+COMMITTEE_HELP = {
+    "several": "; several models (--model A B C, or --model repeated) make a committee that reads the mean of "
+    "their calibrated probabilities",
+    "repeated": "; several models (--model A --model B: one model each) make a committee that reads the mean of "
+    "their calibrated probabilities",
+}
+
+
+def add_model_flag(p: argparse.ArgumentParser, committee: str | None = None) -> None:
+    """--model (also --model-path, --model_path), for every command that loads a model.
+
+    ``committee``: the command also takes several models, as a list in args.model. "several": --model takes
+    one or more paths and may be repeated (a command without positional arguments); "repeated": one path per
+    --model, repeated (a command whose positional arguments would otherwise be read as models)."""
+    names = ("--model", "--model_path", "--model-path")
+    if committee is None:
+        p.add_argument(*names, dest="model", default=None, metavar="MODEL", help=MODEL_HELP)
+        return
+    several = {"action": "extend", "nargs": "+"} if committee == "several" else {"action": "append"}
     p.add_argument(
-        "--model", "--model_path", "--model-path", dest="model", default=None, metavar="MODEL", help=MODEL_HELP
+        *names, dest="model", default=None, metavar="MODEL", help=MODEL_HELP + COMMITTEE_HELP[committee], **several
     )
 
 
@@ -32,6 +49,13 @@ def model_path(args) -> Path:
 
         return latest_run(Path(resolve_config().train.out))
     return resolve_model(args.model)
+
+
+def model_paths(args) -> list[Path]:
+    """--model of a command that takes a committee -> the file of each model, in the order typed (one
+    file, the bundled model, when --model is left out)."""
+    typed = args.model if isinstance(args.model, list) else [args.model]
+    return [model_path(argparse.Namespace(model=spec)) for spec in typed]
 
 
 def _run_facts(run_dir: Path) -> tuple[bool, int]:

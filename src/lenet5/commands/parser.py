@@ -87,8 +87,14 @@ def command_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
     add_data_options(p)
 
-    p = sub.add_parser("evaluate", help="test loss/accuracy, per-class scores and confusion matrix of a model")
-    add_model_flag(p)
+    p = sub.add_parser(
+        "evaluate",
+        help="test loss/accuracy, per-class scores and confusion matrix of a model or a committee of models",
+        description="Test a model on the test split. Several models (--model A B C) are tested as a committee "
+        "(Ciresan et al. 2012): the mean of their calibrated probabilities, each model with its own "
+        "normalization and temperature; each member's accuracy is reported beside the committee's.",
+    )
+    add_model_flag(p, committee="several")
     _engine_flag(p)
     p.add_argument("--out", default=None, help="folder for confusion_matrix.png, predictions.png, misclassified.png")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -122,9 +128,13 @@ def _add_predict_serve_parsers(sub) -> None:
         "digit's calibrated probability is below the model's reject threshold. The bundled model's "
         "thresholds were chosen on held-out photo-like scenes so that at most 1% of sure single "
         "digits and 2% of sure numbers were wrong there (MODEL_CARD.md); expect a little more on "
-        "handwriting unlike any it has seen. A model you trained yourself marks NOT SURE below 80%.",
+        "handwriting unlike any it has seen. A model you trained yourself marks NOT SURE below 80%. "
+        "Several models (--model A --model B ...) read as a committee: the mean of their calibrated "
+        "probabilities finds and reads the digits, and the reject thresholds are those of the first model "
+        "that has them (else 80%), fitted for that model alone: the committee's top probability is never "
+        "above the mean of its members', so their thresholds are, if anything, strict for it.",
     )
-    add_model_flag(p)
+    add_model_flag(p, committee="repeated")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders of images, globs, or .npy arrays")
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3, help="how many classes to list (default 3)")
     p.add_argument(

@@ -3,7 +3,7 @@ of training is imported."""
 
 from __future__ import annotations
 
-from lenet5.commands.model_flag import model_path
+from lenet5.commands.model_flag import model_paths
 from lenet5.commands.output import print_err, print_json
 from lenet5.errors import Lenet5Error
 
@@ -14,7 +14,14 @@ def cmd_predict(args) -> int:
 
     if args.top_k < 1 or args.top_k > NUM_CLASSES:
         raise Lenet5Error(f"--top-k must be between 1 and {NUM_CLASSES}, got {args.top_k}")
-    predictor = Predictor.from_checkpoint(model_path(args), engine=args.engine)
+    paths = model_paths(args)
+    if len(paths) == 1:  # one model: read by it alone, as always
+        predictor = Predictor.from_checkpoint(paths[0], engine=args.engine)
+    else:
+        from lenet5.predict import Committee
+
+        predictor = Committee.from_checkpoints(paths, engine=args.engine)
+        print_err(_committee_line(predictor))
     results = predictor.classify_files(args.images, top_k=args.top_k, save_prepared=args.save_prepared)
     failed = sum("error" in r for r in results)
     if args.json:
@@ -27,6 +34,23 @@ def cmd_predict(args) -> int:
     if failed:
         print_err(f"{failed} of {len(results)} file(s) could not be classified")
     return 1 if failed else 0
+
+
+def _committee_line(committee) -> str:
+    """What a committee reads with (on stderr, so that the readings on stdout keep their form)."""
+    from lenet5.checkpoint import BUNDLED
+
+    def name(member) -> str:
+        return "the bundled model" if member.path == BUNDLED else member.path.name
+
+    rule = committee.members[committee.rule_index]
+    whose = (
+        f"the reject thresholds of {name(rule)}"
+        if rule.fitted_reject
+        else f"the default reject rule (not sure below {rule.sure_digit:.0%})"
+    )
+    names = ", ".join(name(m) for m in committee.members)
+    return f"committee of {len(committee.members)} models ({names}): their mean probabilities, {whose}"
 
 
 def _reading_line(r: dict) -> str:
