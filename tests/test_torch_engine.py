@@ -186,6 +186,49 @@ def test_pth_loader_reads_a_real_torch_save_file(wrap, tmp_path, rng):
     np.testing.assert_allclose(engine.logits(x), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("model", ["vgg", "resnet"])
+def test_pth_loader_reads_a_deeper_models_state_dict_with_its_int64_counts(model, tmp_path, rng):
+    from lenet5.checkpoint import load_checkpoint
+
+    module = LeNet5(model)
+    module.train()
+    with torch.no_grad():  # a few batches in training mode: running statistics and counts that are not defaults
+        for _ in range(3):
+            module(torch.from_numpy(batch(rng, 8)[0]))
+    module.eval()
+    path = tmp_path / f"{model}.pth"
+    torch.save(module.state_dict(), path)
+    weights = load_pth_state_dict(path)
+    counts = {k: v for k, v in weights.items() if k.endswith("num_batches_tracked")}
+    assert counts and all(v.dtype == np.int64 and v.shape == () and int(v) == 3 for v in counts.values())
+    ckpt = load_checkpoint(path)
+    assert ckpt.model == model
+    engine = make_engine(model)
+    engine.load_state_dict(ckpt.weights)
+    x, _ = batch(rng, 4)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(engine.logits(x), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("conv1.weight", torch.zeros(32, 1, 3, 3, dtype=torch.int64), "expected floating point"),
+        ("bn1.running_mean", torch.zeros(32, dtype=torch.int64), "expected floating point"),
+        ("bn1.num_batches_tracked", torch.tensor(True), "expected an integer count"),
+        ("bn1.num_batches_tracked", torch.tensor(1 + 1j), "complex"),
+    ],
+)
+def test_pth_loader_takes_integers_only_for_counts(key, value, expected, tmp_path):
+    state = LeNet5("vgg").state_dict()
+    state[key] = value
+    path = tmp_path / "vgg.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=expected):
+        load_pth_state_dict(path)
+
+
 def test_pth_loader_strips_the_ddp_module_prefix(tmp_path):
     path = tmp_path / "ddp.pt"
     torch.save({f"module.{k}": v for k, v in LeNet5().state_dict().items()}, path)

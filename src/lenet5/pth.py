@@ -6,7 +6,8 @@ any other function (code execution) is refused before anything in it runs.
 A small file must not cost gigabytes: the file and the sizes its zip archive declares are bounded before
 torch.load, and every tensor's kind (dense, on the CPU, real floating point) and element count is checked
 against what a LeNet-5 holds before anything is converted (a 250 KB file can hold a stride-0 view that
-claims 37 GiB).
+claims 37 GiB). The one integer entry a state dict may have is a count (BatchNorm's ``num_batches_tracked``,
+int64 in torch): an integer tensor is accepted for a count's key and no other.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from lenet5.errors import CheckpointError
-from lenet5.models import MODELS, parameter_shapes
+from lenet5.models import MODELS, is_count, parameter_shapes
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 # What a LeNet-5 holds (48,000 elements in its largest tensor, ~62,000 in all); anything larger is not one.
@@ -33,13 +34,15 @@ MAX_TENSORS = 64
 MAX_PTH_BYTES = 16 * 1024 * 1024
 MAX_ZIP_ENTRIES = 1024
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COUNT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)  # a count: any integer tensor
 
 
 def load_pth_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """A plain state_dict, or one under 'state_dict'/'model'/'model_state_dict', as float NumPy arrays.
+    """A plain state_dict, or one under 'state_dict'/'model'/'model_state_dict', as float NumPy arrays (int64
+    for the counts, BatchNorm's num_batches_tracked).
 
-    A 'module.' prefix (from DistributedDataParallel) is removed. Every failure becomes one CheckpointError
-    line naming the file.
+        A 'module.' prefix (from DistributedDataParallel) is removed. Every failure becomes one CheckpointError
+        line naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,14 +79,20 @@ def load_pth_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     for key, value in obj.items():  # only now, with every size known to be small, is anything converted
         name = key[len("module.") :] if key.startswith("module.") else key
         try:
-            dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
-            out[name] = np.array(value.detach().to(dtype).contiguous().numpy(), copy=True)
+            out[name] = np.array(value.detach().to(_target_dtype(value)).contiguous().numpy(), copy=True)
         except Exception as exc:  # noqa: BLE001 - an exotic tensor torch cannot convert: one clear line
             raise CheckpointError(
                 f"{path}: tensor {_short_repr(key)} cannot be read as an array "
                 f"({type(exc).__name__}: {_first_line(exc)})"
             ) from None
     return out
+
+
+def _target_dtype(value: torch.Tensor) -> torch.dtype:
+    """What a checked tensor becomes: a count int64, float64 float64, any other float float32."""
+    if value.dtype in COUNT_DTYPES:
+        return torch.int64
+    return torch.float64 if value.dtype == torch.float64 else torch.float32
 
 
 def _check_file_size(path: Path) -> None:
@@ -106,8 +115,8 @@ def _check_file_size(path: Path) -> None:
 
 
 def _check_tensor(path: Path, key: str, value: torch.Tensor) -> int:
-    """Refuse, before any conversion, a tensor that is not a small dense real floating-point CPU tensor;
-    return its element count."""
+    """Refuse, before any conversion, a tensor that is not a small dense real floating-point CPU tensor (an
+    integer one for a count's key, is_count); return its element count."""
     name = _short_repr(key)
     if value.is_nested:
         kind = "a nested tensor"
@@ -119,7 +128,9 @@ def _check_tensor(path: Path, key: str, value: torch.Tensor) -> int:
         kind = f"a quantized tensor ({value.dtype})"
     elif value.is_complex():
         kind = f"a complex tensor ({value.dtype})"
-    elif value.dtype not in FLOAT_DTYPES:
+    elif is_count(key) and value.dtype not in COUNT_DTYPES + FLOAT_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name} has dtype {value.dtype}, expected an integer count")
+    elif not is_count(key) and value.dtype not in FLOAT_DTYPES:
         raise CheckpointError(f"{path}: tensor {name} has dtype {value.dtype}, expected floating point")
     else:
         kind = None
