@@ -210,12 +210,13 @@ def test_a_checkpoint_of_one_model_is_refused_as_another_in_one_line(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path, expect_model="resnet")
     assert len(str(err.value).splitlines()) == 1 and "'vgg'" in str(err.value) and "'resnet'" in str(err.value)
+    assert "holds a 'vgg' VGG-style net, but a 'resnet' one" in str(err.value) and "LeNet-5" not in str(err.value)
     with pytest.raises(ValueError, match="the state dict is of the vgg model, not of the resnet model"):
         numpy_engine("resnet", "float32").load_state_dict(state)
     with pytest.raises(ValueError, match="of the vgg model, not of the modern model"):
         models.check_state_dict("modern", state)
     labelled = save_checkpoint(tmp_path / "lie.safetensors", state, engine="numpy", model="resnet")
-    with pytest.raises(CheckpointError, match="does not fit the resnet") as err:
+    with pytest.raises(CheckpointError, match="does not fit the resnet ResNet-style net") as err:
         load_checkpoint(labelled)
     assert len(str(err.value).splitlines()) == 1
 

@@ -24,7 +24,7 @@ import numpy as np
 from lenet5 import MNIST_MEAN, MNIST_STD
 from lenet5.atomic import atomic_path
 from lenet5.errors import CheckpointError, first_line
-from lenet5.models import MODELS, is_count, model_for_weights, parameter_shapes, state_shapes
+from lenet5.models import MODELS, architecture, is_count, model_for_weights, parameter_shapes, state_shapes
 
 FORMAT = "lenet5-checkpoint"
 FORMAT_VERSION = 1
@@ -128,6 +128,15 @@ def resolve_model(spec: str | Path | None, runs: str | Path = "runs") -> Path:
     return path
 
 
+def family(model: str) -> str:
+    """What kind of net a model is, for messages: 'LeNet-5' for modern and classic, 'VGG-style net' for vgg
+    ... (models.Architecture.family); 'model' for a name no model has."""
+    try:
+        return architecture(model).family
+    except ValueError:
+        return "model"
+
+
 def describe_model(path: Path) -> str:
     """How a model file is named in messages: 'the bundled model' for the bundled one, else its path."""
     return "the bundled model" if Path(path) == BUNDLED else str(path)
@@ -168,7 +177,7 @@ def _load_checkpoint(path: Path, expect_model: str | None) -> Checkpoint:
     ckpt.meta["model"] = model
     _check_weights(ckpt.weights, model, path)
     if expect_model is not None and model != expect_model:
-        raise CheckpointError(f"{path}: holds a '{model}' LeNet-5, but a '{expect_model}' one was expected")
+        raise CheckpointError(f"{path}: holds a '{model}' {family(model)}, but a '{expect_model}' one was expected")
     return ckpt
 
 
@@ -293,7 +302,7 @@ def _check_header(raw: bytes, data_bytes: int, path: Path) -> None:
         else:
             allowed, need = FLOAT_DTYPES, (n_params,)
         if shape != tuple(need):
-            needs = f"the {model} LeNet-5 needs" if name in expected else "its optimizer state needs"
+            needs = f"the {model} {family(model)} needs" if name in expected else "its optimizer state needs"
             raise CheckpointError(f"{path}: {shown} has shape {shape}, {needs} {tuple(need)}")
         if dtype not in allowed:
             kind = "floating point (F16, F32 or F64)" if allowed is FLOAT_DTYPES else "an integer"
@@ -385,7 +394,7 @@ def _expected_shapes(model: str, names, path: Path) -> dict[str, tuple[int, ...]
     extra = [k for k in names if k not in expected]
     if missing or extra:
         what = f"missing {missing}" if missing else f"unexpected {[k[:60] for k in extra[:4]]}"
-        raise CheckpointError(f"{path}: does not fit the {model} LeNet-5 ({what})")
+        raise CheckpointError(f"{path}: does not fit the {model} {family(model)} ({what})")
     return expected
 
 
@@ -395,7 +404,7 @@ def _check_weights(weights: dict[str, np.ndarray], model: str, path: Path) -> No
         value = weights[name]
         if tuple(value.shape) != tuple(shape):
             raise CheckpointError(
-                f"{path}: {name} has shape {tuple(value.shape)}, the {model} LeNet-5 needs {tuple(shape)}"
+                f"{path}: {name} has shape {tuple(value.shape)}, the {model} {family(model)} needs {tuple(shape)}"
             )
         if is_count(name):
             if value.dtype.kind not in "iu" or value < 0:

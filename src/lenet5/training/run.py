@@ -145,7 +145,7 @@ def resume_from(run: str | Path, flags: dict, sets: list[str] = (), config_file:
 
 
 def _resume_locked(run_dir: Path, flags: dict) -> Resume:
-    from lenet5.checkpoint import load_checkpoint
+    from lenet5.checkpoint import family, load_checkpoint
 
     if run_dir.is_dir() and not (run_dir / LAST_FILE).exists():
         return _restart(run_dir, flags)
@@ -156,7 +156,7 @@ def _resume_locked(run_dir: Path, flags: dict) -> Resume:
         raise ConfigError(f"{last_path} has no training state to resume from (pass a run folder with {LAST_FILE})")
     cfg = config_from_dict(last.meta["config"])
     if last.model != cfg.model.name:
-        raise ConfigError(f"{last_path} holds a {last.model} LeNet-5 but its config says {cfg.model.name}")
+        raise ConfigError(f"{last_path} holds a {last.model} {family(last.model)} but its config says {cfg.model.name}")
     cfg = apply_dict(cfg, flags, source="command-line flags")
     done = state.get("epoch") if isinstance(state, dict) else None
     if isinstance(done, int) and not isinstance(done, bool) and done > cfg.train.epochs:
@@ -330,12 +330,13 @@ def train_run(cfg: Config | None = None, resume: Resume | None = None, log=print
             remove_stale_temporaries(run_dir)
             say(f"resuming {run_dir} at epoch {trainer.epoch + 1}, batch {trainer.batch} (step {trainer.step})")
         else:
+            from lenet5.checkpoint import family
             from lenet5.models import summary_lines
 
             say("\n".join(summary_lines(cfg.model.name)))
             epochs = f"{cfg.train.epochs} epoch{'' if cfg.train.epochs == 1 else 's'}"
             say(
-                f"training a {cfg.model.name} LeNet-5 with the {cfg.train.engine} engine for {epochs} "
+                f"training a {cfg.model.name} {family(cfg.model.name)} with the {cfg.train.engine} engine for {epochs} "
                 f"(batch {cfg.train.batch_size}, {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, "
                 f"{cfg.schedule.name} schedule, seed {cfg.train.seed}) -> {run_dir}"
             )
