@@ -1,23 +1,29 @@
-"""What on-the-fly augmentation costs a NumPy-engine training epoch.
+"""What on-the-fly distortions cost a whole training epoch, made ahead in a second process or in the trainer's thread.
 
-In one process, in short alternating windows (round after round, the order of the training windows
-rotating so that each pair is measured side by side), on the SAME shuffled real MNIST batches as the trainer
-makes them (``iterate_batches``, batch 64 by default):
+Whole epochs of the real trainer (``Trainer.epochs()``: batches, engine.train_step, and with distortions on,
+the process that makes them ahead, data/prefetch.py), wall clock, on the first --images real MNIST training
+digits (default 10,000; no validation split), batch 64:
 
-    train            engine.train_step on plain batches (augmentation off)
-    train+affine     the same with the default affine augmentation (rotation 10, scale 0.1, shear 10, shift 2)
-    train+elastic    the same with affine + elastic distortions (alpha 34, sigma 4)
-    affine           the affine augmentation alone (the uint8 batches through the transform, no training)
-    affine+elastic   affine + elastic distortions alone
+    plain            no distortions
+    affine           the default affine distortions (rotation 10, scale 0.1, shear 10, shift 2), made ahead
+    elastic          elastic distortions alone (alpha 34, sigma 4), made ahead
+    both             affine + elastic, made ahead
+    both in-thread   affine + elastic, made in the trainer's thread between steps (what the trainer does
+                     where the engine leaves no core idle: one core, or the NumPy engine's default 2 workers
+                     on 2 cores; the header says which the trainer picks with the settings given)
 
-Each window covers --images images (default 10,000); figures are seconds per 60,000 images. The speed of
-this 2-core machine drifts by 10-20% over tens of seconds, so windows are short and many, ratios are per
-round (paired windows), then the median. For every window the share of the machine's CPU time used by OTHER
-processes (/proc/stat busy time minus this process's getrusage time) is printed; windows above 15% are
-marked noisy.
+Each window is a fresh trainer running --epochs epochs (default 3): the first (engine worker processes and the
+distortion process starting, the pipeline filling) is reported apart, the others are the steady state: what
+every epoch after the first costs. Rounds alternate the kinds (the order rotating), so each ratio is taken
+between windows measured side by side; the figure is the median over rounds of the per-round ratio, with its
+range. The speed of this 2-core machine drifts by 10-20% over tens of seconds, and other engineers' processes
+come and go: for every window the share of the machine's CPU time used by OTHER processes (/proc/stat busy
+time minus this process's and its children's) is printed; windows above 15% are marked noisy. The "cpu"
+column is the CPU time of this process and its children (engine workers, distortion process) per epoch.
 
-    python benchmarks/augment_speed.py                  # 12 rounds of 10,000 images, ~45 s idle
-    python benchmarks/augment_speed.py --quick          # 4 rounds
+    python benchmarks/augment_speed.py                  # 8 rounds, ~2.5 min idle
+    python benchmarks/augment_speed.py --quick          # 3 rounds
+    python benchmarks/augment_speed.py --threads 1      # the NumPy engine on one core
 """
 
 from __future__ import annotations
@@ -31,96 +37,136 @@ import time
 
 import numpy as np
 
-from lenet5.config import AugmentConfig, ModelConfig, OptimizerConfig
-from lenet5.data.augment import make_augmenter
-from lenet5.data.datasets import iterate_batches, load_mnist
-from lenet5.engines import create_engine
+from lenet5.config import build_config
+from lenet5.data.datasets import MNIST, load_mnist
+from lenet5.training.trainer import Trainer
 from machine import NOISY, cpu_snapshot, others_share
 
 EPOCH = 60_000
-AFFINE = AugmentConfig(enabled=True)
-ELASTIC = AugmentConfig(enabled=True, elastic_alpha=34.0, elastic_sigma=4.0)
+AFFINE_OFF = ["augment.rotation=0", "augment.scale=0", "augment.shear=0", "augment.translate=0"]
+ELASTIC = ["augment.elastic_alpha=34", "augment.elastic_sigma=4"]
+KINDS = {  # name: (config settings, distortions made ahead)
+    "plain": ([], False),
+    "affine": (["augment.enabled=true"], True),
+    "elastic": (["augment.enabled=true", *AFFINE_OFF, *ELASTIC], True),
+    "both": (["augment.enabled=true", *ELASTIC], True),
+    "both in-thread": (["augment.enabled=true", *ELASTIC], False),
+}
 
 
-def window(kind: str, engine, images, labels, batch_size: int, seed: int, transforms: dict) -> tuple[float, float]:
-    """Run one window; return (seconds per 60,000 images, others' CPU share)."""
-    rng = np.random.default_rng([seed, 1])
-    before, t0 = cpu_snapshot(), time.perf_counter()
-    if kind.startswith("train"):
-        transform = {
-            "train": None,
-            "train+affine": transforms["affine"],
-            "train+elastic": transforms["affine+elastic"],
-        }[kind]
-        for x, y in iterate_batches(images, labels, batch_size, rng, transform=transform):
-            engine.train_step(x, y, 0.01)
-    else:  # the transform alone, on the batches iterate_batches would hand it
-        transform = transforms[kind]
-        order = rng.permutation(len(images))
-        seeds = np.random.default_rng(seed).integers(2**63, size=-(-len(images) // batch_size))
-        for b, start in enumerate(range(0, len(images), batch_size)):
-            transform(images[order[start : start + batch_size]], np.random.default_rng([int(seeds[b]), b]))
-    elapsed = time.perf_counter() - t0
-    return elapsed / len(images) * EPOCH, others_share(before, cpu_snapshot())
+def window(kind: str, data: MNIST, args) -> tuple[float, list[float], list[float], float]:
+    """One fresh trainer of ``kind``: (first epoch's seconds, later epochs' seconds, their CPU seconds,
+    others' CPU share over the later epochs); seconds scaled to an epoch of 60,000 images."""
+    sets, ahead = KINDS[kind]
+    cfg = build_config(
+        sets=[
+            f"train.epochs={args.epochs}",
+            f"train.batch_size={args.batch_size}",
+            f"train.threads={args.threads}",
+            f"train.engine={args.engine}",
+            "data.val_size=0",
+            *sets,
+        ]
+    )
+    trainer = Trainer(cfg, data, log=lambda msg: None, prefetch=ahead)
+    scale = EPOCH / len(data.train_images)
+    seconds, cpu = [], []
+    try:
+        epochs = trainer.epochs()
+        t0 = time.perf_counter()
+        next(epochs)
+        first = (time.perf_counter() - t0) * scale
+        start = cpu_snapshot()
+        for _ in range(args.epochs - 1):
+            before, t0 = cpu_snapshot(), time.perf_counter()
+            next(epochs)
+            seconds.append((time.perf_counter() - t0) * scale)
+            cpu.append((cpu_snapshot()[2] - before[2]) * scale)
+        share = others_share(start, cpu_snapshot())
+        epochs.close()
+    finally:
+        trainer.engine.close()
+    return first, seconds, cpu, share
+
+
+def default_choice(data: MNIST, args) -> str:
+    """Where the trainer left to itself (prefetch=None) makes the distortions with these settings."""
+    sets = [f"train.threads={args.threads}", f"train.engine={args.engine}", "data.val_size=0", *KINDS["both"][0]]
+    trainer = Trainer(build_config(sets=sets), data, log=lambda msg: None)
+    trainer.engine.close()
+    return "ahead, in a second process" if trainer.prefetch else "in the training thread (no core left idle)"
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):5.2f}x [{min(values):.2f}-{max(values):.2f}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="4 rounds")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--images", type=int, default=10_000, help="images per window")
+    ap.add_argument("--quick", action="store_true", help="3 rounds")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 8)")
+    ap.add_argument("--images", type=int, default=10_000, help="training images per epoch (default 10,000)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per window, the first reported apart (default 3)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=0, help="engine worker threads (0: its default, as lenet5 train)")
+    ap.add_argument("--threads", type=int, default=0, help="engine threads (0: its default, as lenet5 train)")
+    ap.add_argument("--engine", default="numpy", choices=["numpy", "torch"])
     args = ap.parse_args()
-    rounds = args.rounds or (4 if args.quick else 12)
-    n = args.images
-
-    from threadpoolctl import threadpool_info
+    if args.epochs < 2:
+        ap.error("--epochs must be at least 2: the first epoch is reported apart")
+    rounds = args.rounds or (3 if args.quick else 8)
 
     mnist = load_mnist()
-    images, labels = mnist.train_images[:n], mnist.train_labels[:n]
-    engine = create_engine("numpy", ModelConfig(), OptimizerConfig(), seed=0, threads=args.threads)
-    transforms = {"affine": make_augmenter(AFFINE), "affine+elastic": make_augmenter(ELASTIC)}
-    blas = ",".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas")
+    n = args.images
+    data = MNIST(mnist.train_images[:n], mnist.train_labels[:n], mnist.test_images[:100], mnist.test_labels[:100])
     print("command: " + shlex.join([os.path.basename(sys.executable)] + sys.argv))
     print(
-        f"numpy {np.__version__}, {os.cpu_count()} CPUs, batch {args.batch_size}, {n:,} real MNIST images per "
-        f"window, {rounds} rounds; engine threads {getattr(engine, 'threads', args.threads)} (BLAS 1 inside the "
-        f"engine), BLAS outside {blas} (the elastic smoothing limits itself to 1)"
+        f"numpy {np.__version__}, {os.cpu_count()} CPUs, {args.engine} engine, threads {args.threads or 'default'}, "
+        f"batch {args.batch_size}, {n:,} real MNIST images per epoch, {args.epochs} epochs per window, {rounds} rounds"
     )
-
-    training = ["train", "train+affine", "train+elastic"]
-    kinds = training + ["affine", "affine+elastic"]
-    window("train", engine, images[:2000], labels[:2000], args.batch_size, 99, transforms)  # warm-up
-    window("affine+elastic", engine, images[:2000], labels[:2000], args.batch_size, 99, transforms)
-    times = {k: [] for k in kinds}
+    window("both", data, argparse.Namespace(**{**vars(args), "epochs": 2}))  # warm-up: imports, page cache
+    print(f"lenet5 train with these settings distorts {default_choice(data, args)}")
+    kinds = list(KINDS)
+    first = {k: [] for k in kinds}
+    steady = {k: [] for k in kinds}
+    cpu = {k: [] for k in kinds}
     shares = {k: [] for k in kinds}
     for r in range(rounds):
-        alone = kinds[len(training) :]
-        for kind in training[r % len(training) :] + training[: r % len(training)] + alone:
-            seconds, share = window(kind, engine, images, labels, args.batch_size, r, transforms)
-            times[kind].append(seconds)
+        for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            f, seconds, cpu_seconds, share = window(kind, data, args)
+            first[kind].append(f)
+            steady[kind].append(statistics.median(seconds))
+            cpu[kind].append(statistics.median(cpu_seconds))
             shares[kind].append(share)
             print(
-                f"  round {r + 1} {kind:<15} {seconds:6.2f} s/epoch  [others {100 * share:3.0f}%"
-                f"{' NOISY' if share > NOISY else ''}]",
+                f"  round {r + 1} {kind:<15} {steady[kind][-1]:6.2f} s/epoch (first {f:5.2f})  cpu "
+                f"{cpu[kind][-1]:5.2f} s  [others {100 * share:3.0f}%{' NOISY' if share > NOISY else ''}]",
                 file=sys.stderr,
                 flush=True,
             )
 
-    print(f"\n## Seconds per epoch of {EPOCH:,} images (median of {rounds}; [max share of CPU used by others])")
-    print(f"{'window':<15} {'s/epoch':>8}  {'others':>12}  vs train (median of per-round ratios)")
+    print(f"\n## Seconds per epoch of {EPOCH:,} images, whole process, wall clock (median of {rounds} rounds)")
+    print("ratios: median over rounds of (kind / plain) in the same round [min-max]")
+    print(
+        f"{'kind':<15} {'s/epoch':>8}  {'vs plain':>19}  {'first epoch':>11}  {'vs plain':>19}  "
+        f"{'cpu s':>6}  {'others':>13}"
+    )
+    quiet = [r for r in range(rounds) if all(shares[k][r] <= NOISY for k in kinds)]
     for kind in kinds:
-        ratio = statistics.median(a / b for a, b in zip(times[kind], times["train"]))
+        ratios = [a / b for a, b in zip(steady[kind], steady["plain"])]
+        first_ratios = [a / b for a, b in zip(first[kind], first["plain"])]
         noisy = sum(s > NOISY for s in shares[kind])
         flag = f" NOISY x{noisy}" if noisy else ""
         print(
-            f"{kind:<15} {statistics.median(times[kind]):8.2f}  [{100 * max(shares[kind]):3.0f}%{flag:>8}]  "
-            f"{ratio:5.2f}x"
+            f"{kind:<15} {statistics.median(steady[kind]):8.2f}  {spread(ratios):>19}  "
+            f"{statistics.median(first[kind]):11.2f}  {spread(first_ratios):>19}  "
+            f"{statistics.median(cpu[kind]):6.2f}  [{100 * max(shares[kind]):3.0f}%{flag:>8}]"
         )
-    close = getattr(engine, "close", None)
-    if close:
-        close()
+    print(
+        f"\nquiet rounds only (no window above {100 * NOISY:.0f}% of the CPU used by others): {len(quiet)} of {rounds}"
+    )
+    for kind in kinds[1:] if quiet else []:
+        ratios = [steady[kind][r] / steady["plain"][r] for r in quiet]
+        print(f"{kind:<15} {spread(ratios):>19} vs plain")
 
 
 if __name__ == "__main__":

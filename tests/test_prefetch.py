@@ -18,6 +18,7 @@ from lenet5.data import prefetch
 from lenet5.data.augment import make_augmenter
 from lenet5.data.datasets import iterate_batches, normalize, num_batches, split_train_val
 from lenet5.data.prefetch import PrefetchedDistortions, distort_range
+from lenet5.training import trainer as trainer_module
 from lenet5.training.callbacks import LAST_FILE, run_folder_callbacks
 from lenet5.training.trainer import Trainer, TrainingInterrupted
 
@@ -229,3 +230,24 @@ def test_the_process_leaves_when_the_trainers_process_is_gone(mnist):
     except subprocess.TimeoutExpired:
         process.kill()
         raise
+
+
+@pytest.mark.parametrize(
+    "cores,sets,ahead",
+    [
+        (2, ["train.threads=1"], True),
+        (2, ["train.threads=2"], False),
+        (1, ["train.threads=1"], False),
+        (4, ["train.threads=2"], True),
+    ],
+)
+def test_distortions_are_made_ahead_only_where_the_engine_leaves_a_core_idle(mnist, monkeypatch, cores, sets, ahead):
+    monkeypatch.setattr(trainer_module, "available_cores", lambda: cores)
+    t = trainer(mnist, *sets, prefetch=None)
+    try:
+        assert t.prefetch is ahead
+    finally:
+        t.engine.close()
+    off = trainer(mnist, *sets, "augment.enabled=false", prefetch=None)
+    assert off.prefetch is False  # nothing to distort
+    off.engine.close()

@@ -15,8 +15,10 @@ matrix products (``G_y @ field @ G_x^T``, mirror boundary), batched over all fie
 truncated to the components the smoothing keeps.
 
 Cost (benchmarks/augment_speed.py): ~0.4 s per 60,000 images for the affine part, ~0.5 s with elastic
-distortions; inside training either makes a NumPy-engine epoch ~1.2-1.3x as long (more than their own
-time: the training step after them finds colder caches).
+distortions. Made in the training thread between steps, either makes a NumPy-engine epoch ~1.2-1.3x as long
+(more than their own time: the training step after them finds colder caches). Where the engine leaves a core
+idle, the trainer has them made ahead in a second process (data/prefetch.py: the same bits), and an epoch
+with affine and elastic distortions costs about what a plain one does.
 """
 
 from __future__ import annotations

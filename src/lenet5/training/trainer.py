@@ -3,8 +3,11 @@
 Randomness is derived, never carried: epoch e shuffles with ``default_rng([seed, e])``, so a run resumed
 from any step (epoch, batch) sees exactly the batches an uninterrupted run would have seen.
 
-With augmentation on and at least two cores, the distorted batches are made ahead in a second process
-(data/prefetch.py) while the engine trains: the same batches, bit for bit, as distorting them here.
+With augmentation on and a core the engine leaves idle, the distorted batches are made ahead in a second
+process (data/prefetch.py) while the engine trains: the same batches, bit for bit, as distorting them here.
+Where the engine keeps every core busy (the NumPy engine's default 2 workers on 2 cores), a second process
+would only take turns with the engine's workers, which wait for each other every step: there the batches are
+distorted in this thread between steps (benchmarks/augment_speed.py measures both).
 """
 
 from __future__ import annotations
@@ -57,6 +60,15 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
+def engine_cores(engine, threads: int) -> int:
+    """The cores an engine keeps busy while it trains: the NumPy engine's workers, PyTorch's threads on the CPU
+    (with threads 0 as many as the cores), one core feeding a GPU."""
+    device = getattr(engine, "device", None)
+    if getattr(device, "type", "cpu") != "cpu":
+        return 1
+    return getattr(engine, "threads", 0) or threads or available_cores()
+
+
 def evaluate_engine(engine, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> Evaluation:
     """Logits of uint8 images (N,28,28) in batches, then loss/accuracy."""
     return evaluate_logits(engine_logits(engine, images, batch_size), labels)
@@ -87,7 +99,7 @@ class Trainer:
         log=None,
         prefetch: bool | None = None,
     ):
-        """``prefetch``: make distorted batches in a second process (None: when augmenting on 2 or more cores)."""
+        """``prefetch``: make distorted batches in a second process (None: when the engine leaves a core idle)."""
         self.cfg, self.data, self.callbacks = cfg, data, list(callbacks)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         t = cfg.train
@@ -116,7 +128,7 @@ class Trainer:
         self.stopper = EarlyStopping(cfg.early_stopping)
         self.augment = make_augmenter(cfg.augment)  # None when augmentation is off
         if prefetch is None:
-            prefetch = available_cores() >= 2  # on one core a second process only takes turns with the engine
+            prefetch = available_cores() > engine_cores(self.engine, t.threads)
         self.prefetch = prefetch and self.augment is not None
         self.distortions: PrefetchedDistortions | None = None  # the second process, while epochs() runs
         self.history: list[dict] = []
