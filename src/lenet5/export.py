@@ -231,12 +231,15 @@ class OnnxModel:
             )
         except ValueError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
-        self.logits(np.zeros((1, 1, 28, 28), np.float32))  # the graph must run and give (1, 10)
+        self.logits(np.zeros((1, *models.INPUT_SHAPE), np.float32))  # the graph must run and give (1, 10)
 
     def _check_signature(self) -> tuple[str, int | None]:
         """(the input's name, the fixed batch size or None), or CheckpointError naming what does not fit."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        want = "a LeNet-5 takes one float32 input (N, 1, 28, 28) and gives one float32 output (N, 10)"
+        want = (
+            f"a lenet5 model takes one float32 input (N, {', '.join(map(str, models.INPUT_SHAPE))}) and gives one "
+            f"float32 output (N, {models.NUM_CLASSES})"
+        )
         if len(inputs) != 1 or len(outputs) != 1:
             raise CheckpointError(
                 f"{self.path}: not a LeNet-5 ONNX model: it has {len(inputs)} input(s) and "
