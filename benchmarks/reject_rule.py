@@ -2,12 +2,13 @@
 
 `lenet5 predict` answers "unsure" when a digit's calibrated probability is below a threshold. Which threshold
 is a trade: a higher one keeps fewer answers (coverage) and gets fewer of the kept ones wrong (risk). This
-script measures that trade on photo-like scenes of MNIST *test* digits (tests/photo_scenes.py) and on the same
-digits stored as 8x8 optical-digit grids (tests/grid_digits.py): the tuning set, seed 100, never the seeds the
-benchmarks report, read through predict's own code path, and chooses
-the highest coverage at which at most 1% of sure single digits and at most 2% of sure numbers are wrong.
-A reading's confidence is the lowest of its digits' calibrated probabilities and its segmentation's (the
-best reading of the line against its runner-up with other digits).
+script measures that trade on photo-like scenes of MNIST *test* digits (tests/photo_scenes.py), on the same
+digits stored as 8x8 optical-digit grids (tests/grid_digits.py) and on clean pictures of them cropped to their
+ink (tests/clean_numbers.py): the tuning set, seed 100, never the seeds the benchmarks report. They are read
+through predict's own code path, and the rule keeps the highest coverage at which at most 1% of sure single
+digits and at most 2% of sure numbers are wrong. A reading's confidence is the lowest of its digits'
+calibrated probabilities and its segmentation's (the best reading of the line against its runner-up with
+other digits).
 
     python benchmarks/reject_rule.py --model M.safetensors [--write OUT.safetensors] [--plot docs/risk_coverage.png]
 
@@ -29,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from clean_numbers import mnist_clean_scenes  # noqa: E402
 from grid_digits import mnist_grid_scenes  # noqa: E402
 from lenet5.calibration import risk_coverage, threshold_for_risk  # noqa: E402
 from lenet5.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -92,8 +94,11 @@ def main() -> None:
     x, y = mnist.test_images, mnist.test_labels
     t0 = time.perf_counter()
     scenes = digit_scenes(x, y, args.per_kind, seed=TUNING_SEED) + mnist_grid_scenes(x, y, args.per_kind, TUNING_SEED)
+    scenes += mnist_clean_scenes(x, y, args.per_kind, TUNING_SEED, lengths=(1, 1))
     single = confidences(predictor, scenes)
-    number = confidences(predictor, number_scenes(x, y, args.numbers, seed=TUNING_SEED))
+    numbers = number_scenes(x, y, args.numbers, seed=TUNING_SEED)
+    numbers += mnist_clean_scenes(x, y, args.numbers // 10, TUNING_SEED + 1, lengths=(2, 5))
+    number = confidences(predictor, numbers)
     print(f"{len(single)} single-digit and {len(number)} number scenes read in {time.perf_counter() - t0:.0f} s")
     (td, md, _), (tn, mn, _) = choose(single, RISK_DIGIT), choose(number, RISK_NUMBER)
     chosen = {"digit": floor6(td), "digit_margin": md, "number": floor6(tn), "number_margin": mn}
@@ -111,7 +116,7 @@ def main() -> None:
         {
             "risk_digit": RISK_DIGIT,
             "risk_number": RISK_NUMBER,
-            "fitted_on": f"photo-like scenes and 8x8 grids of MNIST test digits, seed {TUNING_SEED} "
+            "fitted_on": f"photo-like scenes, 8x8 grids and clean crops of MNIST test digits, seed {TUNING_SEED} "
             f"({len(single)} digits, {len(number)} numbers)",
         }
     )

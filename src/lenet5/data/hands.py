@@ -12,9 +12,11 @@ edge. ``hand_style`` draws one MNIST digit the way another hand and the reader w
 2. broken strokes: a short gap is erased across the ink in some of them;
 3. one affine map for the hand: slant (shear), aspect (narrow to wide), a small rotation;
 4. sometimes a neighbour digit, placed left or right, so close that a sliver of it lies inside the digit's box;
-5. the reader's own recipe (``digits.mnist_field``: crop to the ink, longer side to about 20 px, centre of
+5. sometimes a coarse grid: the digit stored as a few cells of 17 grey levels (as old optical-digit datasets
+   and low-resolution scans keep it), enlarged smoothly again as the page cleaning enlarges such a grid;
+6. the reader's own recipe (``digits.mnist_field``: crop to the ink, longer side to about 20 px, centre of
    mass at (14, 14)), with its mistakes: the box a little too large or small, the field shifted a pixel or two;
-6. the ink's look after the page cleaning: saturated cores (strokes as dark as can be), a little blur.
+7. the ink's look after the page cleaning: saturated cores (strokes as dark as can be), a little blur.
 
 Everything is drawn from the generator passed in: the same generator state gives the same fields.
 """
@@ -45,6 +47,8 @@ class HandStyle:
     shift: float = 1.5  # field shifted by up to this many pixels each way after centring
     saturate: float = 0.5  # chance of strokes saturated (page cleaning's ink at full strength)
     blur: float = 0.15  # chance of a small Gaussian blur
+    coarse: float = 0.1  # chance of the digit kept as a coarse grid (an 8x8 optical-digit scan)
+    cells: tuple[int, int] = (7, 16)  # cells along the grid's longer side
 
 
 def hand_style(
@@ -67,7 +71,27 @@ def _one(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator, style: H
     if rng.random() < style.neighbour:
         ink = _with_neighbour(ink, box, pool[rng.integers(len(pool))], rng, style)
     x0, y0, x1, y1 = box
-    return as_read(ink[y0:y1, x0:x1], rng, style)
+    crop = ink[y0:y1, x0:x1]
+    if rng.random() < style.coarse:
+        crop = coarse_grid(crop, rng, style)
+    return as_read(crop, rng, style)
+
+
+def coarse_grid(crop: np.ndarray, rng: np.random.Generator, style: HandStyle) -> np.ndarray:
+    """float (h, w) ink -> the same ink kept as a grid of ``style.cells`` cells along its longer side, each cell
+    one of 17 grey levels (the share of its pixels that are ink, as optical-digit datasets count a binarized
+    scan, or its average ink), enlarged back to (h, w) by linear interpolation, as ``page`` enlarges a grid. Its
+    strokes are not brought to full strength here, as the page cleaning would: a thin grid comes out faint."""
+    h, w = crop.shape
+    cells = int(rng.integers(style.cells[0], style.cells[1] + 1))
+    size = (max(1, round(w * cells / max(h, w))), max(1, round(h * cells / max(h, w))))
+    binary = rng.random() < 0.5
+    ink = (crop > 0.5).astype(np.float32) if binary else crop.astype(np.float32)
+    grid = cv2.resize(ink, size, interpolation=cv2.INTER_AREA)
+    if float(grid.max()) < 0.05:  # a hairline lost in the cells: the digit stays as it was
+        return crop
+    grid = np.round(grid / max(float(grid.max()), 1e-6) * 16.0) / 16.0
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def as_read(crop: np.ndarray, rng: np.random.Generator, style: HandStyle) -> np.ndarray:

@@ -6,25 +6,31 @@ ten digits (Hendrycks et al. 2019, outlier exposure), its calibrated top probabi
 score as well: a letter, a scribble, a sheet's outline, two digits squashed into one field or half a digit
 read as "unsure". The last two also teach the number reader (``data.digits``) which cuts make whole digits.
 
-Kinds (``KINDS``, with their share of a batch of non-digits):
+Kinds (``KINDS``, with their weight in a batch of non-digits; the weights are divided by their sum):
 - letters and signs drawn as pen strokes (A E F H K M N P R T U V W X Y e h k m n r u v w x ? # & + = % @ * ! <
   >), none that people also write for a digit (O, I, l, S, Z, B, G, b, g, q, a, s, z);
 - scribbles: a pen wandering through random points;
 - boxes and corners: a sheet's or a frame's outline, sometimes with a small mark inside, a page corner;
 - shapes: triangles, stars, crosses, arrows, smileys, wavy lines, hatching, grids;
+- typed letters and signs: the same kind of signs set in the DejaVu fonts found on the machine (regular,
+  bold, oblique, serif, mono; none when the fonts are missing), since people photograph print as well;
 - a line of text: a row of small letters;
 - textures: blotches of paper grain or shade that survived the cleaning;
 - pairs: two MNIST digits written so close that they share one field (a bad merge);
 - pieces: a part of an MNIST digit cut off (a bad cut).
 
-No digit is drawn from a font and none of this code draws a digit: the only digits here are MNIST training
-images, used for pairs and pieces.
+No digit is drawn from a font (only the letters and signs of TYPED are set in one) and none of this code draws
+a digit: the only digits here are MNIST training images, used for pairs and pieces.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from lenet5.data.hands import WORK, HandStyle, _affine, _redraw, as_read
 
@@ -90,8 +96,12 @@ GLYPHS: dict[str, list[_P]] = {
 LETTERS = tuple(GLYPHS)
 ONE_PAIRS = 0.4  # share of the pairs with a 1 on one side
 NARROW = 0.5  # a piece narrower than this share of its height looks like a "1" and is not used
-KINDS = {"glyph": 0.34, "scribble": 0.1, "box": 0.12, "shape": 0.08, "text": 0.08, "texture": 0.06,
+KINDS = {"glyph": 0.34, "typed": 0.1, "scribble": 0.1, "box": 0.12, "shape": 0.08, "text": 0.08, "texture": 0.06,
          "pair": 0.14, "piece": 0.08}  # fmt: skip
+# Typed letters and signs: none that a font draws like a digit (O o D Q I l i j ! S s Z z B G b g q a y J L t).
+TYPED = "ACEFHKMNPRTUVWXYehkmnruvwx?#&+=%@*<>"
+FONT_FOLDER = Path("/usr/share/fonts/truetype/dejavu")  # Debian's fonts-dejavu; other families are left out
+TYPED_STYLE = HandStyle(slant=(-0.15, 0.15), aspect=(0.8, 1.25), rotation=(-6.0, 6.0))  # print is upright
 
 
 def non_digits(
@@ -124,6 +134,8 @@ def _draw(
         ink = _piece(digits[rng.integers(len(digits))], rng, style)
     elif kind == "texture":
         ink = _texture(rng)
+    elif kind == "typed" and typed_fonts():
+        ink = _affine(_typed(rng), rng, TYPED_STYLE)
     else:
         ink = _canvas(_strokes(kind, rng), rng)
     ys, xs = np.nonzero(ink > 0.2)
@@ -136,7 +148,7 @@ def _draw(
 
 def _strokes(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
     """Strokes in a unit box (x right, y down), each float (k, 2); distorted like a hand would write them."""
-    if kind == "glyph":
+    if kind in ("glyph", "typed"):  # typed, when no font is found: drawn by hand instead
         strokes = [np.array(s, np.float64) for s in GLYPHS[LETTERS[rng.integers(len(LETTERS))]]]
     elif kind == "scribble":
         points = rng.uniform(0, 1, (int(rng.integers(5, 14)), 2))
@@ -158,6 +170,27 @@ def _strokes(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
     rotate = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     m = rotate @ np.array([[aspect, -slant], [0, 1]])
     return [s @ m.T for s in strokes]
+
+
+@functools.cache
+def typed_fonts() -> tuple[str, ...]:
+    """The font files typed signs are set in (sorted paths; empty when FONT_FOLDER is missing)."""
+    return tuple(sorted(str(p) for p in FONT_FOLDER.glob("*.ttf"))) if FONT_FOLDER.is_dir() else ()
+
+
+@functools.cache
+def _face(path: str) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, round(0.7 * WORK))
+
+
+def _typed(rng: np.random.Generator) -> np.ndarray:
+    """One sign of TYPED in one of the fonts, centred on a WORK x WORK canvas: float32 in 0..1."""
+    fonts = typed_fonts()
+    face = _face(fonts[rng.integers(len(fonts))])
+    sign = TYPED[rng.integers(len(TYPED))]
+    image = Image.new("L", (WORK, WORK), 0)
+    ImageDraw.Draw(image).text((WORK / 2, WORK / 2), sign, fill=255, font=face, anchor="mm")
+    return np.asarray(image, np.float32) / 255.0
 
 
 def _smooth(points: np.ndarray, per: int = 8) -> np.ndarray:

@@ -7,12 +7,13 @@ one-cycle to a peak lr of 0.05, L2 5e-4, batch 64), trained on what the photo re
 
 - every epoch, each of MNIST's 55,000 training digits once: half in another hand (``data.hands``: stroke width
   from hairline to marker, slant, aspect, broken strokes, rotation, the reader's off-centre and mis-scaled
-  fields, a neighbour's sliver at the edge), half with MNIST-like distortions (``data.augment``: rotation 10
-  degrees, zoom 10%, shear 10 degrees, shift 2 px), so that MNIST itself stays read as well as before; in the
-  last fifth of the epochs a quarter in other hands;
-- and 15% as many things that are not a digit (``data.nondigits``: letters and signs, scribbles, outlines,
-  shapes, text, textures, two digits in one field, pieces of digits), whose target is the uniform
-  distribution over the ten digits (outlier exposure): the network learns to say "none of these".
+  fields, a neighbour's sliver at the edge, a coarse grid of a few cells), half with MNIST-like distortions
+  (``data.augment``: rotation 10 degrees, zoom 10%, shear 10 degrees, shift 2 px), so that MNIST itself stays
+  read as well as before; in the last fifth of the epochs a quarter in other hands;
+- and 15% as many things that are not a digit (``data.nondigits``: letters and signs, drawn or set in the
+  DejaVu fonts when the machine has them, scribbles, outlines, shapes, text, textures, two digits in one
+  field, pieces of digits), whose target is the uniform distribution over the ten digits (outlier exposure):
+  the network learns to say "none of these".
 
 The distorted copies of an epoch are drawn from ``(seed, epoch)`` in a second process while the network
 trains on the previous epoch. The weights of the epoch with the best validation accuracy (clean and
@@ -135,6 +136,7 @@ def _fit(args: argparse.Namespace, out: Path, torch, F) -> int:
     from lenet5.checkpoint import save_checkpoint
     from lenet5.data.datasets import load_mnist, normalize, split_train_val
     from lenet5.data.hands import hand_style
+    from lenet5.data.nondigits import typed_fonts
     from lenet5.engines.torch.model import LeNet5
     from lenet5.errors import Lenet5Error
     from lenet5.models import initial_weights
@@ -223,6 +225,7 @@ def _fit(args: argparse.Namespace, out: Path, torch, F) -> int:
         "cool_share": COOL_SHARE,
         "cool_down": COOL_DOWN,
         "non_digit_share": NON_DIGIT_SHARE,
+        "typed_fonts": len(typed_fonts()),  # signs set in fonts among the non-digits (0: drawn by hand)
     }
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
     try:
