@@ -83,6 +83,7 @@ def test_the_committee_takes_the_reject_rule_of_the_first_member_that_has_one(tm
     assert Committee([plain, plain]).sure_digit == plain.sure_digit  # none has one: the default rule
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 def test_evaluate_lists_the_members_and_the_committee(tmp_path, small_mnist):
     paths = [random_model(tmp_path, 1), random_model(tmp_path, 2, temperature=2.0)]
     data = ["--dataset", "idx", "--data-dir", str(small_mnist)]

@@ -106,6 +106,7 @@ def test_numpy_and_torch_give_the_same_logits_on_the_same_weights(model, mode, r
     assert a.state_dict()["bn1.num_batches_tracked"] == 8
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 @pytest.mark.parametrize("model", DEEP)
 def test_a_training_step_gives_the_same_loss_parameters_and_buffers_in_both_engines(model, rng):
     state = scrambled_state(model, rng)
@@ -263,6 +264,7 @@ def _learns(engine, mnist, n_train: int = 3000, n_test: int = 500) -> None:
     assert accuracy > 0.7, accuracy
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 @pytest.mark.parametrize("model", DEEP)
 def test_torch_learns_real_digits(model, mnist, one_torch_thread):
     _learns(torch_engine(model, "float32", name="adam"), mnist)

@@ -201,6 +201,7 @@ def test_restore_best_tests_the_best_weights_and_reports_that_epoch(stopped_runs
     assert metrics["val_loss"] == best_row["val_loss"] and metrics["val_accuracy"] == best_row["val_accuracy"]
 
 
+@pytest.mark.slow  # trains two runs first
 def test_without_restore_best_the_test_set_sees_the_last_weights(stopped_runs, tiny):
     """restore_best: false: the run ends with (and is tested on) the last epoch's weights, not the best ones;
     model.safetensors holds those tested weights."""
@@ -215,6 +216,7 @@ def test_without_restore_best_the_test_set_sees_the_last_weights(stopped_runs, t
     assert metrics["test_loss"] != pytest.approx(restored.test.loss, rel=1e-6)  # yet other weights were tested
 
 
+@pytest.mark.slow  # trains two runs first
 def test_without_restore_best_metrics_json_describes_the_tested_weights(stopped_runs):
     """metrics.json's validation numbers belong to the same weights as its test numbers: the last epoch's."""
     result, run_dir = stopped_runs[False]
@@ -224,6 +226,7 @@ def test_without_restore_best_metrics_json_describes_the_tested_weights(stopped_
     assert metrics["val_loss"] == last["val_loss"] and metrics["val_accuracy"] == last["val_accuracy"]
 
 
+@pytest.mark.slow  # trains two runs first
 def test_stopped_run_weights_differ_between_best_and_last(stopped_runs):
     """model.safetensors holds the best epoch, last.safetensors the epoch it stopped at."""
     from lenet5.checkpoint import load_checkpoint

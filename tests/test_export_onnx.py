@@ -59,6 +59,7 @@ def test_batch_dimension_is_dynamic(model, tmp_path, rng):
         np.testing.assert_allclose(out, engine.logits(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 def test_exported_model_matches_on_the_10000_mnist_test_images(mnist, tmp_path):
     engine = numpy_engine("modern", steps=3)
     x = normalize(mnist.test_images)

@@ -58,6 +58,7 @@ def test_pictures_that_are_no_enlarged_grid_are_left_alone(what):
     assert out is g and scale == 1.0
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 def test_grid_digits_enlarged_by_repeating_pixels_read_as_well_as_smoothly_enlarged_ones(mnist, predictor):
     """Cut into big flat blocks, an 8x8 digit used to be taken for paper inside its strokes."""
     right = {cv2.INTER_NEAREST: 0, cv2.INTER_LINEAR: 0}
@@ -118,6 +119,7 @@ def test_components_are_opencvs_default_components():
         assert n == n2 and np.array_equal(labels, labels2) and np.array_equal(stats, stats2)
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 def test_bold_digits_cropped_tight_are_ink_not_a_blank_page(mnist):
     """Ink covering nearly half of a small picture (bold digits cropped to their ink): the paper's noise is
     measured on the paper alone, not on a picture that is half ink."""

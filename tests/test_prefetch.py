@@ -160,6 +160,7 @@ def test_a_killed_process_means_one_warning_and_the_same_batches(mnist):
     assert len(warnings(lines)) == 1 and "SIGKILL" in warnings(lines)[0], lines
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 def test_a_stalled_process_is_given_up_after_the_stall_limit(mnist, monkeypatch):
     monkeypatch.setattr(prefetch, "STALL_SECONDS", 1.0)
     monkeypatch.setattr(prefetch, "AHEAD_CHUNKS", 1)  # nothing made ahead beyond the chunk in training
