@@ -68,7 +68,7 @@ def contenders(state: dict, model_name: str, threads: int, onnx_path: Path) -> d
     import torch
 
     from lenet5.engines.torch.model import LeNet5
-    from lenet5.export import OnnxModel
+    from lenet5.inference import OnnxModel
 
     torch.set_num_threads(threads)
     module = LeNet5(model_name).eval()

@@ -139,7 +139,8 @@ def test_float32_engines_agree_to_float32_rounding(model, rng):
 @pytest.mark.parametrize("model", DEEP)
 def test_a_numpy_checkpoint_loads_in_torch_and_onnxruntime_with_the_same_logits(model, tmp_path):
     pytest.importorskip("onnxruntime")
-    from lenet5.export import OnnxModel, export_onnx
+    from lenet5.export import export_onnx
+    from lenet5.inference import OnnxModel
 
     engine = numpy_engine(model, "float32", name="adam")
     x, y = digits(32)

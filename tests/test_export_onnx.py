@@ -18,7 +18,8 @@ from lenet5.config import ModelConfig, OptimizerConfig  # noqa: E402
 from lenet5.data.datasets import normalize  # noqa: E402
 from lenet5.engines.numpy.engine import NumpyEngine  # noqa: E402
 from lenet5.errors import CheckpointError  # noqa: E402
-from lenet5.export import OnnxModel, export_onnx  # noqa: E402
+from lenet5.export import export_onnx  # noqa: E402
+from lenet5.inference import OnnxModel  # noqa: E402
 
 MODELS = ("modern", "classic")
 
@@ -103,8 +104,10 @@ def test_export_does_not_need_torch(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
         "from lenet5.engines.numpy.engine import NumpyEngine\n"
-        "from lenet5.export import export_onnx, OnnxModel\n"
+        "from lenet5.export import export_onnx\n"
+        "from lenet5.inference import OnnxModel\n"
         f"export_onnx(NumpyEngine(seed=0).state_dict(), 'modern', {str(out)!r})\n"
+        f"assert OnnxModel({str(out)!r}).model_name == 'modern'\n"
         "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))

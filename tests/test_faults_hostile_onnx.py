@@ -17,7 +17,8 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from lenet5.errors import CheckpointError  # noqa: E402
-from lenet5.export import OnnxModel, build_onnx_model  # noqa: E402
+from lenet5.export import build_onnx_model  # noqa: E402
+from lenet5.inference import OnnxModel  # noqa: E402
 
 F, D = TensorProto.FLOAT, TensorProto.DOUBLE
 IMAGE = ["batch", 1, 28, 28]

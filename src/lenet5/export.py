@@ -1,4 +1,4 @@
-"""ONNX export of a model's state dict, and a small onnxruntime wrapper to run the exported file.
+"""ONNX export of a model's state dict: the graph written from the weights (running it: inference.OnnxModel).
 
 The graph is written with onnx.helper straight from the weights, so a NumPy checkpoint exports without
 PyTorch installed. Every model of lenet5.models exports: BatchNorm as BatchNormalization in inference mode
@@ -18,7 +18,7 @@ import numpy as np
 
 from lenet5 import MNIST_MEAN, MNIST_STD, models
 from lenet5.atomic import atomic_write_bytes
-from lenet5.errors import CheckpointError, Lenet5Error, first_line
+from lenet5.errors import Lenet5Error
 
 ONNX_HINT = 'ONNX export needs onnx and onnxruntime: pip install -e ".[onnx]"'
 REJECT_KEYS = ("digit", "number", "digit_margin", "number_margin")  # calibration.reject, carried as reject_<key>
@@ -184,115 +184,3 @@ def export_onnx(
     output = Path(output)
     atomic_write_bytes(output, model.SerializeToString())
     return output
-
-
-class OnnxModel:
-    """An exported .onnx file run by onnxruntime on the CPU: ``OnnxModel(path).logits(x)``.
-
-    Only a LeNet-5 signature is accepted, checked when loading (CheckpointError, one line, otherwise): one
-    input, float32 (N, 1, 28, 28); one output, float32 (N, 10); N a dynamic dimension or a fixed batch size
-    (then the batches are fed N at a time). A trial run on zeros proves the graph gives what it declares."""
-
-    name = "onnx"
-
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise Lenet5Error(ONNX_HINT) from None
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CheckpointError(f"{self.path}: no such file")
-        opts = ort.SessionOptions()
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a bad file
-            raise CheckpointError(f"{self.path}: not a loadable ONNX model: {first_line(exc)}") from None
-        self.input_name, self.batch = self._check_signature()
-        self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.model_name = self.meta.get("model", "unknown")
-        from lenet5.calibration import check_temperature
-
-        try:
-            self.temperature = check_temperature(float(self.meta.get("temperature", "1.0")))
-            floor = float(self.meta["energy_floor"]) if "energy_floor" in self.meta else None
-        except ValueError as exc:
-            raise CheckpointError(f"{self.path}: {exc}") from None
-        self.energy_floor = floor if floor is not None and np.isfinite(floor) else None
-        try:  # the reject thresholds, as lenet5 predict uses them (calibration.check_reject)
-            from lenet5.calibration import check_reject
-
-            self.reject = (
-                check_reject({k: float(self.meta[f"reject_{k}"]) for k in REJECT_KEYS if f"reject_{k}" in self.meta})
-                or None
-            )
-        except ValueError as exc:
-            raise CheckpointError(f"{self.path}: {exc}") from None
-        self.logits(np.zeros((1, *models.INPUT_SHAPE), np.float32))  # the graph must run and give (1, 10)
-
-    def _check_signature(self) -> tuple[str, int | None]:
-        """(the input's name, the fixed batch size or None), or CheckpointError naming what does not fit."""
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        want = (
-            f"a lenet5 model takes one float32 input (N, {', '.join(map(str, models.INPUT_SHAPE))}) and gives one "
-            f"float32 output (N, {models.NUM_CLASSES})"
-        )
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise CheckpointError(
-                f"{self.path}: not a LeNet-5 ONNX model: it has {len(inputs)} input(s) and "
-                f"{len(outputs)} output(s); {want}"
-            )
-        (x,), (y,) = inputs, outputs
-        for what, arg, rank, tail in (("input", x, 4, [*models.INPUT_SHAPE]), ("output", y, 2, [models.NUM_CLASSES])):
-            shape = list(arg.shape) if arg.shape is not None else None
-            if arg.type != "tensor(float)" or shape is None or len(shape) != rank or shape[1:] != tail:
-                dims = () if shape is None else ("?" if d is None else str(d) for d in shape)
-                seen = "unknown" if shape is None else "(" + ", ".join(dims) + ")"
-                raise CheckpointError(
-                    f"{self.path}: not a LeNet-5 ONNX model: its {what} {arg.name!r} is "
-                    f"{arg.type} of shape {seen}; {want}"
-                )
-        batch, out_batch = x.shape[0], y.shape[0]
-        fixed = batch if isinstance(batch, int) else None  # None, or a name: dynamic
-        if fixed is not None and fixed < 1:
-            raise CheckpointError(f"{self.path}: not a LeNet-5 ONNX model: its batch dimension is {fixed}; {want}")
-        if isinstance(out_batch, int) and out_batch != fixed:
-            raise CheckpointError(
-                f"{self.path}: not a LeNet-5 ONNX model: it takes a batch of {batch} images but "
-                f"gives {out_batch} rows; {want}"
-            )
-        return x.name, fixed
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """x: normalized float (N,1,28,28) or (N,28,28) -> float32 logits (N, 10)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[:, None]
-        if self.batch is None:
-            return self._run(x)
-        parts = []
-        for at in range(0, len(x), self.batch):  # a fixed batch size: whole batches, the last one padded
-            chunk = x[at : at + self.batch]
-            pad = self.batch - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            parts.append(self._run(chunk)[: self.batch - pad])
-        return np.concatenate(parts) if parts else np.zeros((0, models.NUM_CLASSES), np.float32)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        try:
-            out = self.session.run(None, {self.input_name: x})[0]
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a graph that fails
-            raise CheckpointError(
-                f"{self.path}: the ONNX model fails on a batch of {len(x)}: {first_line(exc)}"
-            ) from None
-        out = np.asarray(out)
-        if out.shape != (len(x), models.NUM_CLASSES) or out.dtype != np.float32:
-            raise CheckpointError(
-                f"{self.path}: not a LeNet-5 ONNX model: it gives {out.dtype} of shape "
-                f"{tuple(out.shape)} for {len(x)} images, not float32 ({len(x)}, 10)"
-            )
-        return out

@@ -8,8 +8,8 @@ chosen on a risk-coverage curve measured on photo-like scenes (``calibration.rej
 highest coverage at which at most 1% of sure single digits and 2% of sure numbers are wrong. A model without
 them (one you trained) uses UNSURE_BELOW and its energy floor. A number is sure only when all its digits are.
 
-The NumPy engine is the default, so predicting never imports torch. A ``.onnx`` model (from
-``lenet5 export``) runs through onnxruntime instead.
+The model runs forward only (inference.py): the NumPy runner by default, so predicting never imports torch,
+or the torch one (``engine="torch"``); a ``.onnx`` model (from ``lenet5 export``) runs through onnxruntime.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Predictor:
         energy_floor: float | None = None,
         reject: dict | None = None,
     ):
-        self.model = model  # anything with logits(x float32 (N,1,28,28)) -> (N, 10)
+        self.model = model  # a runner of inference.py: logits(x float32 (N,1,28,28)) -> (N, 10), close()
         self.model_name = model_name
         self.path = Path(path)
         self.mean, self.std = float(mean), float(std)
@@ -74,10 +74,8 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, engine: str = "numpy", threads: int = 1) -> Predictor:
         path = Path(path)
         if path.suffix.lower() == ".onnx":
-            try:
-                from lenet5.export import OnnxModel
-            except ImportError:
-                raise CheckpointError(f"{path}: .onnx models need lenet5.export, which this install lacks") from None
+            from lenet5.inference import OnnxModel
+
             model = OnnxModel(path, threads=1)
             predictor = cls(
                 model,
@@ -91,22 +89,15 @@ class Predictor:
             return predictor
         from lenet5.checkpoint import load_checkpoint
         from lenet5.engines import ENGINES
+        from lenet5.inference import NumpyRunner, TorchRunner
 
         if engine not in ENGINES:
             raise Lenet5Error(f"unknown engine {engine!r}; engines are: {', '.join(ENGINES)}")
 
         ckpt = load_checkpoint(path)
-        try:
-            if engine == "numpy" and threads == 1:  # a few images: forward only, in this thread
-                from lenet5.inference import NumpyRunner
-
-                net = NumpyRunner(ckpt.model, ckpt.weights)
-            else:  # the torch engine, or many images shared out to worker processes
-                from lenet5.config import ModelConfig, OptimizerConfig
-                from lenet5.engines import create_engine
-
-                net = create_engine(engine, ModelConfig(name=ckpt.model), OptimizerConfig(), threads=threads)
-                net.load_state_dict(ckpt.weights)
+        runner = TorchRunner if engine == "torch" else NumpyRunner
+        try:  # forward only; numpy with threads > 1 (evaluate's 10,000 images) shares them out to worker processes
+            net = runner(ckpt.model, ckpt.weights, threads=threads)
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         norm = ckpt.meta.get("normalization") or {}
@@ -121,11 +112,15 @@ class Predictor:
             calibration.get("energy_floor"),
             calibration.get("reject"),
         )
-        predictor.probe()
+        try:
+            predictor.probe()
+        except BaseException:
+            predictor.close()  # the runner's worker processes, if it started any
+            raise
         return predictor
 
     def close(self) -> None:
-        """Give back what the model's engine holds (worker processes); the predictor is not used after."""
+        """Give back what the model's runner holds (worker processes); the predictor is not used after."""
         close = getattr(self.model, "close", None)
         if close is not None:
             close()

@@ -20,6 +20,7 @@ def cmd_evaluate(args) -> int:
     data = load_mnist(args.data_dir, args.dataset or "mnist")
     if len(predictors) == 1:  # one model: its own logits, as always
         result = evaluate_logits(predictors[0].logits(data.test_images), data.test_labels)
+        predictors[0].close()  # its worker processes: not needed for the reports
         members = []
     else:
         members, committee_probs = _run_members(predictors, paths, args.engine, data)

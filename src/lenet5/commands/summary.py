@@ -7,7 +7,6 @@ from pathlib import Path
 
 from lenet5.commands.model_flag import model_path
 from lenet5.commands.output import print_json
-from lenet5.errors import Lenet5Error
 
 
 def cmd_summary(args) -> int:
@@ -46,12 +45,9 @@ def _summary_onnx(path: Path, as_json: bool) -> int:
     and its calibration; an .onnx file does not carry how the model was trained."""
     from math import prod
 
+    from lenet5.inference import OnnxModel
     from lenet5.models import MODELS, parameter_shapes, summary_lines
 
-    try:
-        from lenet5.export import OnnxModel
-    except ImportError:
-        raise Lenet5Error(f'{path}: reading an .onnx model needs onnxruntime: pip install -e ".[onnx]"') from None
     onnx_model = OnnxModel(path, threads=1)
     name = onnx_model.model_name if onnx_model.model_name in MODELS else None
     facts = {
