@@ -220,6 +220,8 @@ def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(small_mnist, tm
         [
             *LENET5,
             "train",
+            "--dataset",
+            "idx",  # the subset's own files: never a download into the shared fixture's folder
             "--data-dir",
             str(small_mnist),
             "--out",
