@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gradients import numerical_grad
 from lenet5.engines.numpy.blocks import BatchNorm, Residual, Sequential, basic_block
 from lenet5.engines.numpy.layers import Conv2D, ReLU
 from lenet5.workspace import Workspace
@@ -77,22 +78,6 @@ def assert_same_state(layer, module, **tol) -> None:
         np.testing.assert_allclose(v, expected[k], err_msg=k, **tol)
 
 
-def numerical_grad(f, x: np.ndarray, indices, eps: float = 1e-6) -> np.ndarray:
-    """Centred differences of f at the given flat indices of x (contiguous, changed in place and restored)."""
-    flat = x.reshape(-1)
-    assert np.shares_memory(flat, x)
-    out = []
-    for i in indices:
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        out.append((up - down) / (2 * eps))
-    return np.array(out)
-
-
 def check_finite_differences(layer, x: np.ndarray, rng, samples: int = 40) -> None:
     """Input and parameter gradients of sum(layer(x) * R) against centred differences, float64, at up to
     ``samples`` random entries of each array."""
@@ -107,7 +92,7 @@ def check_finite_differences(layer, x: np.ndarray, rng, samples: int = 40) -> No
 
     for name, analytic, array in [("x", dx, x)] + [(k, grads[k], p) for k, p in layer.params.items()]:
         idx = rng.choice(array.size, size=min(samples, array.size), replace=False)
-        numeric = numerical_grad(f, array, idx)
+        numeric = numerical_grad(f, array, indices=idx).reshape(-1)
         np.testing.assert_allclose(analytic.reshape(-1)[idx], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
 
 

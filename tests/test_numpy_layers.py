@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gradients import numerical_grad
 from lenet5.engines.numpy.layers import (
     AvgPool2D,
     Conv2D,
@@ -31,23 +32,6 @@ seeds = st.integers(0, 2**32 - 1)
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12))
-
-
-def numerical_grad(f, x: np.ndarray, eps: float = 1e-6, indices=None) -> np.ndarray:
-    """Centred differences (f(x+eps) - f(x-eps)) / 2eps at each index of x (all, or the given flat ones)."""
-    flat = x.reshape(-1)  # a view: x must be contiguous
-    assert np.shares_memory(flat, x)
-    indices = range(flat.size) if indices is None else indices
-    out = []
-    for i in indices:
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        out.append((up - down) / (2 * eps))
-    return np.array(out).reshape(x.shape) if len(out) == flat.size else np.array(out)
 
 
 def batch_last(x: np.ndarray) -> np.ndarray:
