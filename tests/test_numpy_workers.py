@@ -215,15 +215,17 @@ def test_worker_processes_exit_when_the_engine_process_is_killed(tmp_path):
     assert gone(pid), "the worker process outlived the engine's process"
 
 
-def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(small_mnist, tmp_path):
+BUSY_LOAD = 1.4  # a load average this high on 2 cores: more than the training run alone keeps busy
+
+
+def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(mnist, tmp_path):
+    # the whole MNIST from lenet5's cache: long epochs, so that the worker process is started and caught at
+    # work even while another program holds a core (a small subset trains 50 epochs in 20 s with the pieces
+    # done in the calling thread); never --data-dir of a shared fixture, where a fetch would write MNIST
     process = subprocess.Popen(
         [
             *LENET5,
             "train",
-            "--dataset",
-            "idx",  # the subset's own files: never a download into the shared fixture's folder
-            "--data-dir",
-            str(small_mnist),
             "--out",
             str(tmp_path / "runs"),
             "--engine",
@@ -244,7 +246,7 @@ def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(small_mnist, tm
         start_new_session=True,
     )
     children: set[int] = set()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 60  # on a quiet machine the worker starts within seconds
     while not children and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
         for task in os.listdir(f"/proc/{process.pid}/task"):
@@ -253,6 +255,12 @@ def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(small_mnist, tm
                     children |= {int(pid) for pid in f.read().split()}
             except OSError:
                 pass
+    if not children and process.poll() is None and os.getloadavg()[0] >= BUSY_LOAD:
+        # other programs hold a core: the engine does the worker's pieces itself and starts no process, rightly
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 130 and "Traceback" not in output, output
+        pytest.skip("no worker process was started: other programs held the cores (load average >= 1.4)")
     assert children, "the run started no worker process"
     time.sleep(1.0)  # a few steps with the worker at work
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group, the workers too
