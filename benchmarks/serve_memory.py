@@ -2,16 +2,19 @@
 
     python benchmarks/serve_memory.py [--model model.safetensors] [--concurrency 16] [--side 6320]
                                       [--kinds F.tif,I16.png,...] [--max-preparing N] [--address-space-gib G]
+                                      [--workers N]
 
 Starts the real server (`python -m lenet5 serve`, the Python and PYTHONPATH of this process) on a free port
 of 127.0.0.1 (an untrained modern LeNet-5 unless --model is given: the memory does not depend on the weights),
 then sends
 1. each kind of worst-case image once, each to a fresh server (memory freed by one request stays resident):
-   the server's peak resident memory (VmRSS, sampled every 10 ms) over its memory when idle;
+   the server's peak resident memory (VmRSS of the server and its worker processes together, sampled every
+   10 ms) over its memory when idle;
 2. --concurrency requests at once, cycling through the kinds, to a fresh server: statuses and the peak.
 The images (--side x --side, 39.9 megapixels at 6320, just under the limit; a page with one stroke, deflate-
 compressed: 25..300 KB each) are float (F), 32-bit (I) and 16-bit (I;16) grey, RGBA, LA, CMYK, 1-bit, palette.
---address-space-gib caps the server's address space (RLIMIT_AS), as a container's memory limit would.
+--address-space-gib caps the server's address space (RLIMIT_AS, each worker process's too), as a container's
+memory limit would. --workers is serve's --workers (default: the server's own choice, one per free core).
 Prints one JSON document.
 """
 
@@ -67,8 +70,32 @@ def status_kib(pid: int, key: str) -> int:
     raise RuntimeError(f"no {key} for pid {pid}")
 
 
+def family(pid: int) -> list[int]:
+    """A process and its running children (a server's worker processes)."""
+    pids = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return pids
+
+
+def family_kib(pid: int, key: str) -> int:
+    """``key`` (VmRSS, VmHWM) of a process and its running children, summed."""
+    total = status_kib(pid, key)
+    for child in family(pid)[1:]:
+        try:
+            total += status_kib(child, key)
+        except (OSError, RuntimeError):  # it ended meanwhile
+            pass
+    return total
+
+
 class Sampler:
-    """VmRSS of a process every ``every`` seconds, in a thread; ``peak`` since the last ``reset``."""
+    """VmRSS of a process and its children every ``every`` seconds, in a thread; ``peak`` since the last
+    ``reset``."""
 
     def __init__(self, pid: int, every: float = 0.01) -> None:
         self.pid, self.every, self.peak = pid, every, 0
@@ -79,12 +106,12 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
+                self.peak = max(self.peak, family_kib(self.pid, "VmRSS"))
             except (OSError, RuntimeError):
                 return
 
     def reset(self) -> int:
-        now = status_kib(self.pid, "VmRSS")
+        now = family_kib(self.pid, "VmRSS")
         self.peak = now
         return now
 
@@ -104,7 +131,9 @@ def untrained_checkpoint(folder: Path) -> Path:
     return path
 
 
-def start_server(model: Path, log, env: dict, address_space: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, log, env: dict, address_space: int | None, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
     import httpx
 
     with socket.socket() as s:
@@ -116,7 +145,10 @@ def start_server(model: Path, log, env: dict, address_space: int | None) -> tupl
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lenet5", "serve", "--model", str(model), "--port", str(port), "--log-level", "warning"],
+        [
+            *(sys.executable, "-m", "lenet5", "serve", "--model", str(model), "--port", str(port)),
+            *("--log-level", "warning", *extra),
+        ],
         stdout=log,
         stderr=log,
         env=env,
@@ -149,12 +181,12 @@ def post(url: str, kind: str, body: bytes) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def served(model: Path, env: dict, cap: int | None):
+def served(model: Path, env: dict, cap: int | None, extra: tuple[str, ...] = ()):
     """A fresh server, warmed up with one small image; yields (process, url, sampler, info) where info["idle"] is
     VmRSS after the warm-up and, once stopped, info["log"] counts the lines and tracebacks the server logged."""
     info: dict = {}
     with tempfile.TemporaryFile() as log:
-        proc, url = start_server(model, log, env, cap)
+        proc, url = start_server(model, log, env, cap, extra)
         sampler = Sampler(proc.pid)
         try:
             post(url, "L.png", worst_image("L.png", 256))  # warm-up: imports, thread pool
@@ -183,6 +215,7 @@ def main() -> int:
     ap.add_argument("--max-preparing", type=int, default=None, help="LENET5_MAX_PREPARING for the server")
     ap.add_argument("--address-space-gib", type=float, default=None, help="RLIMIT_AS of the server")
     ap.add_argument("--skip-single", action="store_true", help="only the concurrent phase")
+    ap.add_argument("--workers", default=None, help="serve --workers (default: the server's own choice)")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     bodies = {k: worst_image(k, args.side) for k in kinds}
@@ -190,6 +223,7 @@ def main() -> int:
     if args.max_preparing is not None:
         env["LENET5_MAX_PREPARING"] = str(args.max_preparing)
     cap = int(args.address_space_gib * 2**30) if args.address_space_gib else None
+    extra = ("--workers", args.workers) if args.workers is not None else ()
     report: dict = {
         "side": args.side,
         "megapixels": round(args.side**2 / 1e6, 1),
@@ -200,7 +234,7 @@ def main() -> int:
         if not args.skip_single:  # each kind on a fresh server: memory freed by one request stays resident
             single = {}
             for k in kinds:
-                with served(model, env, cap) as (proc, url, sampler, info):
+                with served(model, env, cap, extra) as (proc, url, sampler, info):
                     t = time.perf_counter()
                     status, _ = post(url, k, bodies[k])
                     single[k] = {
@@ -211,7 +245,8 @@ def main() -> int:
                 single[k].update(info["log"])
             report["one_at_a_time"] = single
             report["one_at_a_time_max_peak_over_idle_mib"] = max(v["peak_over_idle_mib"] for v in single.values())
-        with served(model, env, cap) as (proc, url, sampler, info):
+        with served(model, env, cap, extra) as (proc, url, sampler, info):
+            report["worker_processes"] = len(family(proc.pid)) - 1
             report["idle_rss_mib"] = round(info["idle"] / 1024, 1)
             t = time.perf_counter()
             order = [kinds[i % len(kinds)] for i in range(args.concurrency)]
@@ -227,7 +262,7 @@ def main() -> int:
                 "seconds": round(time.perf_counter() - t, 2),
                 "peak_rss_mib": round(sampler.peak / 1024, 1),
                 "peak_over_idle_mib": round((sampler.peak - info["idle"]) / 1024, 1),
-                "vm_hwm_mib": round(status_kib(proc.pid, "VmHWM") / 1024, 1) if alive else None,
+                "vm_hwm_mib": round(family_kib(proc.pid, "VmHWM") / 1024, 1) if alive else None,
                 "retry_after": sorted({ra for s, ra in answers if s == 503}),
                 "server_alive": alive,
                 "server_exit": proc.returncode,

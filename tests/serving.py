@@ -19,6 +19,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_pids(pid: int) -> list[int]:
+    """A server's running worker processes: its children that have not ended (zombies left out)."""
+    pids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return [p for p in pids if not ended(p)]
+
+
+def ended(pid: int) -> bool:
+    """True once pid has exited (gone, or a zombie nobody has waited for yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def wait_for_workers(pid: int, n: int, seconds: float = 60.0, besides: tuple[int, ...] = ()) -> list[int]:
+    """The server's worker processes once there are ``n`` of them, none of them in ``besides`` (replaced
+    ones); RuntimeError after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pids = worker_pids(pid)
+        if len(pids) == n and not set(pids) & set(besides):
+            return pids
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server has workers {pids} after {seconds:g} s, not {n} new ones")
+        time.sleep(0.05)
+
+
 def wait_until_healthy(url: str, seconds: float, proc: subprocess.Popen | None = None, log=None) -> None:
     """Poll GET /healthz until it answers 200; RuntimeError after ``seconds`` or when ``proc`` has exited."""
     deadline = time.monotonic() + seconds

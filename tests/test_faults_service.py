@@ -19,14 +19,15 @@ import httpx
 import numpy as np
 import pytest
 
-from serving import running_server
+from serving import running_server, wait_for_workers, worker_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 BURST = int(os.environ.get("LENET5_BURST_REQUESTS", "5000"))
 CONCURRENCY = 64
 BODY_TIMEOUT = 1.0  # --body-timeout for the server under test (the default is 20 s)
 RSS_GROWTH_LIMIT_MIB = 48  # peak VmRSS during the burst over VmRSS after a 1,000-request warm-up
-RSS_AFTER_LIMIT_MIB = 24  # VmRSS when the burst is over, same reference
+RSS_AFTER_LIMIT_MIB = 24  # VmRSS when the burst is over, same reference (the server, and its workers apart)
+WORKERS = 2  # serve --workers: uploads are read in worker processes, as on a 2-core machine left idle
 
 
 def rss_kib(pid: int) -> int:
@@ -39,7 +40,9 @@ def rss_kib(pid: int) -> int:
 @pytest.fixture(scope="module")
 def server(untrained_checkpoint):
     """The real server, on an untrained model: its work per request does not depend on the weights' values."""
-    with running_server(untrained_checkpoint, "--body-timeout", str(BODY_TIMEOUT)) as (url, pid):
+    flags = ("--body-timeout", str(BODY_TIMEOUT), "--workers", str(WORKERS))
+    with running_server(untrained_checkpoint, *flags) as (url, pid):
+        wait_for_workers(pid, WORKERS)
         yield url, pid
 
 
@@ -70,14 +73,16 @@ def healthy(url: str) -> bool:
 def test_a_burst_of_good_and_bad_requests_gets_no_5xx_and_no_memory_growth(server):
     url, pid = server
     run_burst(url, 1000, pid)  # warm-up: thread pool, allocator arenas, lazily imported code
-    before = rss_kib(pid)
+    workers = worker_pids(pid)
+    before, workers_before = rss_kib(pid), sum(map(rss_kib, workers))
     report = run_burst(url, BURST, pid)
-    after = rss_kib(pid)
+    after, workers_after = rss_kib(pid), sum(map(rss_kib, workers))
     print(
         f"\nburst of {report['requests']} requests, {CONCURRENCY} concurrent: {report['requests_per_second']} req/s, "
         f"latency p50 {report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms, "
         f"max {report['latency_ms']['max']} ms; statuses {report['statuses']}; VmRSS after warm-up "
-        f"{before / 1024:.1f} MiB, peak {report['rss_kib']['peak'] / 1024:.1f} MiB, after {after / 1024:.1f} MiB"
+        f"{before / 1024:.1f} MiB, peak {report['rss_kib']['peak'] / 1024:.1f} MiB, after {after / 1024:.1f} MiB; "
+        f"its {len(workers)} workers {workers_before / 1024:.1f} MiB, after {workers_after / 1024:.1f} MiB"
     )
     assert report["requests"] == BURST
     assert report["server_errors"] == 0 and report["no_answer"] == 0
@@ -85,6 +90,8 @@ def test_a_burst_of_good_and_bad_requests_gets_no_5xx_and_no_memory_growth(serve
     assert set(report["statuses"]) == {"200", "400", "404", "413", "415", "422"}
     assert report["rss_kib"]["peak"] - before < RSS_GROWTH_LIMIT_MIB * 1024
     assert after - before < RSS_AFTER_LIMIT_MIB * 1024
+    assert worker_pids(pid) == workers, "a worker was lost during the burst"
+    assert workers_after - workers_before < RSS_AFTER_LIMIT_MIB * 1024
     assert healthy(url)
 
 

@@ -148,8 +148,17 @@ def _add_predict_serve_parsers(sub) -> None:
     _engine_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
-    p = sub.add_parser("serve", help="HTTP API (POST /predict) and a page to draw a digit on")
-    add_model_flag(p)
+    p = sub.add_parser(
+        "serve",
+        help="HTTP API (POST /predict) and a page to draw a digit on",
+        description="Serve the reading of digits over HTTP: POST /predict and a page to write digits on. "
+        "Uploaded images are read in worker processes (one per core that other programs leave free when the "
+        "server starts; --workers sets how many), each with the model loaded once, so that readings run on "
+        "every core; JSON pixels are read in the server's own threads. A worker that dies or hangs costs the "
+        "request it was reading a 503 and is replaced. Several models (--model A --model B) read as a "
+        "committee, as in predict.",
+    )
+    add_model_flag(p, committee="several")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     _engine_flag(p)
@@ -197,6 +206,14 @@ def _add_predict_serve_parsers(sub) -> None:
         default=5.0,
         metavar="SECONDS",
         help="a kept-alive connection with no new request for this many seconds is closed (default 5)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that read uploaded images; 0 reads them in the server's threads (default: one per "
+        "core other programs leave free at start, none when that is a single core)",
     )
 
 

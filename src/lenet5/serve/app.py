@@ -1,9 +1,10 @@
-"""The HTTP service: a FastAPI app around one Predictor, loaded once at start-up.
+"""The HTTP service: a FastAPI app around one Predictor (or a committee of them), loaded once at start-up.
 
 Routes
 - ``GET /``          the page to draw a digit on (static/index.html, self-contained)
 - ``GET /healthz``   ``{"status": "ok", "model": "modern", "checkpoint": "runs/<name>/model.safetensors",
-  "sha256": "<the file's first 12 hex digits>"}``: which file is served, and which version of it
+  "sha256": "<the file's first 12 hex digits>"}``: which file is served, and which version of it (a committee
+  also lists every member's file and hash in ``"committee"``)
 - ``POST /predict``  an image -> its reading, as ``lenet5 predict --json`` gives it, plus the probabilities:
   ``{"model", "number": "42" or null, "digits": [{"digit", "probability", "probabilities", "box", "top_k",
   "unsure"}], "unsure": bool, "reason" (when unsure)}``, and for one digit also ``"digit"``, ``"probability"``,
@@ -35,6 +36,10 @@ never gets a 5xx):
   image costs at most 8 MB) and queues MAX_WAITING more for at most WAIT_S seconds; a full queue or a longer
   wait -> 503 with ``Retry-After`` at once (``LENET5_MAX_PREPARING`` / ``LENET5_MAX_WAITING`` set both). A small
   image never waits behind large ones (before: 7-14 s behind 40-megapixel PNGs, benchmarks/serve_mixed.py);
+- uploaded images are read in worker processes when ``workers`` > 0 (``lenet5 serve --workers``; readers.py):
+  the event loop hands a worker the bytes and awaits the reading, so that readings run on several cores instead
+  of taking turns on one interpreter lock; a worker that dies or hangs costs the request it was reading a 503
+  with one line, and a new worker takes its place. JSON pixels are read in the server's threads;
 - more than MAX_REQUESTS requests with a body being handled at once -> 503 with ``Retry-After``, before their
   bodies are read (RequestLimit; GET requests such as /healthz are never refused). Idle connections do not
   count: a connection whose request headers are not complete ``--header-timeout`` seconds (10) after it opened
@@ -48,6 +53,8 @@ never gets a 5xx):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 import logging
 import os
@@ -61,10 +68,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lenet5.data.digits import Digit
-from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, open_image, read_gray, read_image
+from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, read_gray
 from lenet5.errors import ImageError, Lenet5Error, first_line
 from lenet5.predict import Predictor
 from lenet5.serve.guard import HEADER_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, connection_limit, guarded_protocol
+from lenet5.serve.readers import NO_MEMORY, ReaderPool, answer_for, load_reader, reader_paths
 
 MAX_BODY_BYTES = 10_000_000  # lenet5 serve --max-body-mb; a phone photo is 3-10 MB
 BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris
@@ -201,7 +209,8 @@ class Turns:
         self._free = asyncio.Semaphore(slots)
 
     async def run(self, func, *args):
-        """func(*args) in a worker thread when a slot is free; Busy when there is no room or no turn in time."""
+        """func(*args) when a slot is free (awaited when it is a coroutine function, else in a worker thread);
+        Busy when there is no room or no turn in time."""
         if self.admitted >= self.slots + self.waiting:
             raise Busy(
                 f"busy: {self.slots} images are being prepared and {self.waiting} are waiting; try again shortly"
@@ -219,6 +228,8 @@ class Turns:
                         f"busy: no turn to prepare this image within {self.wait_s:g} s; try again shortly"
                     ) from None
             try:  # the thread is never abandoned: the slot is held until the work is done
+                if inspect.iscoroutinefunction(func):
+                    return await func(*args)
                 return await run_in_threadpool(func, *args)
             finally:
                 self._free.release()
@@ -237,9 +248,12 @@ class Lanes:
         self.small = Turns(max(2, slots), waiting, wait_s)
         self.small_pixels = small_pixels
 
+    def lane(self, data: bytes) -> Turns:
+        """The lane for an image's bytes: self.small or self.large."""
+        return self.small if declared_pixels(data) <= self.small_pixels else self.large
+
     async def run(self, data: bytes, func, *args):
-        lane = self.small if declared_pixels(data) <= self.small_pixels else self.large
-        return await lane.run(func, *args)
+        return await self.lane(data).run(func, *args)
 
 
 def declared_pixels(data: bytes) -> int:
@@ -330,15 +344,26 @@ def uvicorn_options(
 
 
 def create_app(
-    model: Predictor | str | Path,
+    model: Predictor | str | Path | list,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout: float = BODY_TIMEOUT_S,
     max_preparing: int | None = None,
     max_waiting: int | None = None,
+    workers: int = 0,
+    engine: str = "numpy",
 ) -> FastAPI:
-    """The app for one model (a Predictor, or a checkpoint path loaded here, once). ``max_preparing`` and
-    ``max_waiting`` default to $LENET5_MAX_PREPARING / $LENET5_MAX_WAITING, else MAX_PREPARING / MAX_WAITING."""
-    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
+    """The app for one model (a Predictor or a Committee, or checkpoint paths loaded here, once: several make a
+    committee). ``max_preparing`` and ``max_waiting`` default to $LENET5_MAX_PREPARING / $LENET5_MAX_WAITING,
+    else MAX_PREPARING / MAX_WAITING. ``workers``: processes that read uploaded images (readers.py), started
+    with the app and stopped with it, each loading the same checkpoints with ``engine``; 0 reads them in the
+    server's threads."""
+    if isinstance(model, Predictor):
+        predictor = model
+    else:
+        predictor = load_reader([Path(m) for m in (model if isinstance(model, list) else [model])], engine)
+    if workers < 0:
+        raise Lenet5Error(f"the service needs 0 or more worker processes, got {workers}")
+    pool = ReaderPool(reader_paths(predictor), engine, workers, predictor) if workers else None
     slots = max_preparing if max_preparing is not None else _env_int("LENET5_MAX_PREPARING", MAX_PREPARING)
     waiting = max_waiting if max_waiting is not None else _env_int("LENET5_MAX_WAITING", MAX_WAITING)
     if slots < 1 or waiting < 0:
@@ -352,7 +377,22 @@ def create_app(
         "checkpoint": str(predictor.path),
         "sha256": _short_sha256(predictor.path),
     }
-    app = FastAPI(title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None)
+    if len(reader_paths(predictor)) > 1:  # a committee: the first member above, every member here
+        health["committee"] = [{"checkpoint": str(p), "sha256": _short_sha256(p)} for p in reader_paths(predictor)]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if pool is not None:
+            await pool.start()  # never raises: a worker that cannot be had reads in the server's threads
+        try:
+            yield
+        finally:
+            if pool is not None:
+                await pool.close()
+
+    app = FastAPI(
+        title="lenet5", summary="LeNet-5 digit recognition", docs_url="/docs", redoc_url=None, lifespan=lifespan
+    )
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
     app.add_middleware(RequestLimit, limit=MAX_REQUESTS)  # added last: runs first, before a body is read
 
@@ -363,7 +403,19 @@ def create_app(
         except Lenet5Error as exc:  # the model, not the request, is at fault: say so in one line
             raise HTTPException(500, str(exc)) from None
         except MemoryError:  # the machine is short of memory now (other processes, a cgroup limit)
-            raise Busy("not enough memory to prepare this image now; try again shortly") from None
+            raise Busy(NO_MEMORY) from None
+
+    async def read_upload(data: bytes, name: str, large: bool) -> tuple[dict, list[np.ndarray]]:
+        """An uploaded image -> its reading, in a worker process, else in a worker thread."""
+        if pool is not None:
+            status, doc, fields = await pool.read(data, name, large)
+        else:
+            status, doc, fields = await run_in_threadpool(answer_for, predictor, data, name)
+        if status == 503:
+            raise Busy(doc["detail"])
+        if status != 200:
+            raise HTTPException(status, doc["detail"])
+        return doc, fields
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -377,17 +429,19 @@ def create_app(
     async def predict(request: Request, prepared: bool = False) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if kind == "multipart/form-data":
-            work = (_find_in_bytes, *await _read_upload(request))
-        elif kind == "application/json":
-            work = (_find_in_pixels, _parse_json(await request.body()))
+            data, name = await _read_upload(request)
+        elif kind == "application/json":  # at most 1024x1024 pixels, already in memory: no turn needed
+            data, name = None, None
+            reading, fields = await run_in_threadpool(
+                read_and_describe, _find_in_pixels, _parse_json(await request.body())
+            )
         elif kind in CONTENT_TYPES:  # image/svg+xml and the like are 415
-            work = (_find_in_bytes, await request.body(), "image")
+            data, name = await request.body(), "image"
         else:
             raise HTTPException(415, f"unsupported Content-Type {kind or '(none)'!r}; send {ACCEPTED}")
-        if work[0] is _find_in_bytes:  # decoding may cost up to 160 MB: a few at a time, small ones apart
-            reading, fields = await lanes.run(work[1], read_and_describe, *work)
-        else:  # at most 1024x1024 pixels, already in memory: no turn needed
-            reading, fields = await run_in_threadpool(read_and_describe, *work)
+        if data is not None:  # decoding may cost up to 160 MB: a few at a time, small ones apart
+            lane = lanes.lane(data)
+            reading, fields = await lane.run(read_upload, data, name, lane is lanes.large)
         if prepared:
             for d, field in zip(reading["digits"], fields):
                 d["prepared"] = field.tolist()
@@ -427,13 +481,6 @@ async def _read_upload(request: Request) -> tuple[bytes, str]:
         return await upload.read(), upload.filename or "upload"
     finally:
         await form.close()
-
-
-def _find_in_bytes(score, data: bytes, name: str) -> tuple[list[Digit], str | None]:
-    try:
-        return read_image(open_image(data, Path(name).name), Path(name).name, score)
-    except ImageError as exc:
-        raise HTTPException(400, str(exc)) from None
 
 
 def _parse_json(body: bytes) -> dict:
