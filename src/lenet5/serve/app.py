@@ -32,8 +32,8 @@ never gets a 5xx):
 - uploaded images are prepared in two lanes by their decoded size, read from the image's header before any
   decoding: up to SMALL_PIXELS (2 megapixels: drawings, scans, most photos sent by a page) and larger ones
   (up to 40 megapixels). Each lane prepares a few images at once (MAX_PREPARING in the large lane, each costs
-  up to its decoded size: 160 MB for 40 megapixels of 4-byte pixels; at least 2 in the small lane, where an
-  image costs at most 8 MB) and queues MAX_WAITING more for at most WAIT_S seconds; a full queue or a longer
+  up to its decoded size: 160 MB for 40 megapixels of 4-byte pixels; at least 2, and at least one per worker
+  process, in the small lane, where an image costs at most 8 MB) and queues MAX_WAITING more for at most WAIT_S seconds; a full queue or a longer
   wait -> 503 with ``Retry-After`` at once (``LENET5_MAX_PREPARING`` / ``LENET5_MAX_WAITING`` set both). A small
   image never waits behind large ones (before: 7-14 s behind 40-megapixel PNGs, benchmarks/serve_mixed.py);
 - uploaded images are read in worker processes when ``workers`` > 0 (``lenet5 serve --workers``; readers.py):
@@ -243,9 +243,11 @@ class Lanes:
     image's header (declared width x height), read without decoding; bytes whose header cannot be read take
     the small lane (they fail at once when decoded)."""
 
-    def __init__(self, slots: int, waiting: int, wait_s: float = WAIT_S, small_pixels: int = SMALL_PIXELS) -> None:
+    def __init__(
+        self, slots: int, waiting: int, wait_s: float = WAIT_S, small_pixels: int = SMALL_PIXELS, small_slots: int = 2
+    ) -> None:
         self.large = Turns(slots, waiting, wait_s)
-        self.small = Turns(max(2, slots), waiting, wait_s)
+        self.small = Turns(max(small_slots, slots), waiting, wait_s)
         self.small_pixels = small_pixels
 
     def lane(self, data: bytes) -> Turns:
@@ -368,7 +370,7 @@ def create_app(
     waiting = max_waiting if max_waiting is not None else _env_int("LENET5_MAX_WAITING", MAX_WAITING)
     if slots < 1 or waiting < 0:
         raise Lenet5Error(f"the service needs at least 1 image at a time and 0 waiting, got {slots} and {waiting}")
-    lanes = Lanes(slots, waiting)
+    lanes = Lanes(slots, waiting, small_slots=max(2, workers))  # every worker may read a drawing
     limit_log_floods()
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     health = {
