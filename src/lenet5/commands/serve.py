@@ -73,7 +73,10 @@ def free_cores_now() -> int:
     import time
 
     from lenet5.free_cores import CHECK_SECONDS, adaptive, available_cores
+    from lenet5.serve.readers import SUPPORTED
 
+    if not SUPPORTED:
+        return 0
     policy = adaptive(lambda n: None, most=available_cores())
     if policy is None:  # one core, or no /proc/stat to tell how busy the machine is
         cores = available_cores()

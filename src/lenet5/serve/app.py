@@ -33,9 +33,10 @@ never gets a 5xx):
   decoding: up to SMALL_PIXELS (2 megapixels: drawings, scans, most photos sent by a page) and larger ones
   (up to 40 megapixels). Each lane prepares a few images at once (MAX_PREPARING in the large lane, each costs
   up to its decoded size: 160 MB for 40 megapixels of 4-byte pixels; at least 2, and at least one per worker
-  process, in the small lane, where an image costs at most 8 MB) and queues MAX_WAITING more for at most WAIT_S seconds; a full queue or a longer
-  wait -> 503 with ``Retry-After`` at once (``LENET5_MAX_PREPARING`` / ``LENET5_MAX_WAITING`` set both). A small
-  image never waits behind large ones (before: 7-14 s behind 40-megapixel PNGs, benchmarks/serve_mixed.py);
+  process, in the small lane, where an image costs at most 8 MB) and queues MAX_WAITING more for at most WAIT_S
+  seconds; a full queue or a longer wait -> 503 with ``Retry-After`` at once (``LENET5_MAX_PREPARING`` /
+  ``LENET5_MAX_WAITING`` set both). A small image never waits behind large ones (before: 7-14 s behind
+  40-megapixel PNGs, benchmarks/serve_mixed.py);
 - uploaded images are read in worker processes when ``workers`` > 0 (``lenet5 serve --workers``; readers.py):
   the event loop hands a worker the bytes and awaits the reading, so that readings run on several cores instead
   of taking turns on one interpreter lock; a worker that dies or hangs costs the request it was reading a 503
@@ -72,7 +73,7 @@ from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, read_gray
 from lenet5.errors import ImageError, Lenet5Error, first_line
 from lenet5.predict import Predictor
 from lenet5.serve.guard import HEADER_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, connection_limit, guarded_protocol
-from lenet5.serve.readers import NO_MEMORY, ReaderPool, answer_for, load_reader, reader_paths
+from lenet5.serve.readers import NO_MEMORY, SUPPORTED, ReaderPool, answer_for, load_reader, reader_paths
 
 MAX_BODY_BYTES = 10_000_000  # lenet5 serve --max-body-mb; a phone photo is 3-10 MB
 BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris
@@ -342,7 +343,11 @@ def uvicorn_options(
     wanted = max_connections if max_connections is not None else _env_int("LENET5_MAX_CONNECTIONS", MAX_CONNECTIONS)
     if wanted < 1:
         raise Lenet5Error(f"LENET5_MAX_CONNECTIONS must be at least 1, got {wanted}")
-    return {"http": guarded_protocol(header_timeout, connection_limit(wanted)), "timeout_keep_alive": idle_timeout}
+    return {
+        "http": guarded_protocol(header_timeout, connection_limit(wanted)),
+        "timeout_keep_alive": idle_timeout,
+        "lifespan": "on",  # the app's start-up starts the worker processes: a failure there must stop the server
+    }
 
 
 def create_app(
@@ -365,6 +370,8 @@ def create_app(
         predictor = load_reader([Path(m) for m in (model if isinstance(model, list) else [model])], engine)
     if workers < 0:
         raise Lenet5Error(f"the service needs 0 or more worker processes, got {workers}")
+    if workers and not SUPPORTED:
+        raise Lenet5Error("worker processes need a POSIX system (Linux, macOS); use --workers 0")
     pool = ReaderPool(reader_paths(predictor), engine, workers, predictor) if workers else None
     slots = max_preparing if max_preparing is not None else _env_int("LENET5_MAX_PREPARING", MAX_PREPARING)
     waiting = max_waiting if max_waiting is not None else _env_int("LENET5_MAX_WAITING", MAX_WAITING)

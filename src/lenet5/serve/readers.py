@@ -46,6 +46,7 @@ import numpy as np
 
 from lenet5.errors import ImageError, Lenet5Error, first_line
 
+SUPPORTED = os.name == "posix"  # a socket pair passed to a child process, asyncio's Unix sockets
 REQUEST = struct.Struct("<II")  # bytes of the file name (UTF-8), bytes of the image
 ANSWER = struct.Struct("<HII")  # HTTP status, bytes of the JSON document, bytes of the fields (N x 28 x 28 uint8)
 FIELD = (28, 28)
