@@ -1,6 +1,6 @@
-"""`lenet5 serve --workers N`: uploaded images read in worker processes (serve/readers.py), the real server on
-127.0.0.1: the same answers as reading them in the server, a worker killed or stopped costs at most the request
-it was reading, and no worker outlives the server (Ctrl-C, SIGTERM, SIGKILL)."""
+"""`lenet5 serve --workers N`: uploaded images read in worker processes (serve/readers.py, reading.py), the
+real server on 127.0.0.1: the same answers as reading them in the server, a worker killed or stopped costs at
+most the request it was reading, and no worker outlives the server (Ctrl-C, SIGTERM, SIGKILL)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def upload(url: str, data: bytes, name: str = "drawing.png", query: str = "") ->
 
 @pytest.fixture(scope="module")
 def reader(untrained_checkpoint):
-    from lenet5.serve.readers import load_reader
+    from lenet5.serve.reading import load_reader
 
     return load_reader([untrained_checkpoint])
 
@@ -67,7 +67,7 @@ def server(untrained_checkpoint):
 
 def expected(reader, data: bytes, name: str, prepared: bool = False) -> tuple[int, dict]:
     """What reading in the server's own threads answers (the same function, without a worker)."""
-    from lenet5.serve.readers import answer_for
+    from lenet5.serve.reading import answer_for
 
     status, doc, fields = answer_for(reader, data, name)
     if status != 200:
@@ -266,7 +266,7 @@ def test_a_stopped_worker_is_replaced_after_the_read_timeout(reader, untrained_c
 @pytest.mark.slow
 def test_a_committee_is_served_and_read_by_the_workers(untrained_checkpoint):
     from lenet5.checkpoint import BUNDLED
-    from lenet5.serve.readers import load_reader
+    from lenet5.serve.reading import load_reader
 
     committee = load_reader([untrained_checkpoint, BUNDLED])
     with running_server(untrained_checkpoint, "--model", str(BUNDLED), "--workers", "1") as (url, pid):

@@ -23,7 +23,7 @@ def cmd_serve(args) -> int:
     import socket
 
     from lenet5.checkpoint import describe_model
-    from lenet5.serve.readers import load_reader
+    from lenet5.serve.reading import load_reader
 
     for flag in ("body_timeout", "header_timeout", "idle_timeout"):
         if not getattr(args, flag) > 0:

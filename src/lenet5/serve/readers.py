@@ -2,15 +2,9 @@
 
 Reading a drawing (decoding, cleaning the page, the network's passes over the candidate cuts) is 7-8 ms of
 Python and NumPy; in the server's threads those readings take turns on one interpreter lock with each other
-and with the event loop. ``ReaderPool`` keeps ``count`` processes (``python -m lenet5.serve.readers``, a
-fresh interpreter each, like the NumPy engine's workers), each with the model loaded once by
-``load_reader``; the event loop hands one the image's bytes and awaits its answer.
-
-Nothing is pickled. Over a socket pair, a request is a fixed header and the raw bytes of the file name and of
-the image; an answer is a header, a JSON document (the reading, or ``{"detail": "<one line>"}``) and the
-fields the network saw as raw uint8 bytes. The status in the answer is the HTTP status the request gets:
-200, 400 for an image that cannot be read (the same messages as reading it in the server), 500 when the model
-fails, 503 when the process is short of memory.
+and with the event loop. ``ReaderPool`` keeps ``count`` processes (``python -m lenet5.serve.reading``, a fresh
+interpreter each, like the NumPy engine's workers), each with the model loaded once; the event loop hands one
+the image's bytes over a socket pair and awaits its answer (reading.py: raw bytes and JSON, nothing pickled).
 
 A worker is never what stops the server:
 
@@ -35,66 +29,20 @@ import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import traceback
 import weakref
 from pathlib import Path
 
 import numpy as np
 
-from lenet5.errors import ImageError, Lenet5Error, first_line
+from lenet5.serve.reading import ANSWER, FIELD, REQUEST, answer_for
 
 SUPPORTED = os.name == "posix"  # a socket pair passed to a child process, asyncio's Unix sockets
-REQUEST = struct.Struct("<II")  # bytes of the file name (UTF-8), bytes of the image
-ANSWER = struct.Struct("<HII")  # HTTP status, bytes of the JSON document, bytes of the fields (N x 28 x 28 uint8)
-FIELD = (28, 28)
 START_TIMEOUT_S = 120.0  # a process must have loaded its model by then (a busy machine, a committee of ONNX models)
 READ_TIMEOUT_S = 60.0  # a 40-megapixel image takes a few seconds; a process silent for this long is replaced
 CLOSE_SECONDS = 2.0  # how long close() waits for a process to leave before it is killed
-NO_MEMORY = "not enough memory to prepare this image now; try again shortly"
 log = logging.getLogger("uvicorn.error")
-
-
-def load_reader(paths: list[Path], engine: str = "numpy"):
-    """The reader of ``serve``: one checkpoint's Predictor, or a Committee of several (the mean of their
-    calibrated probabilities). The server and each of its worker processes build theirs with this."""
-    from lenet5.predict import Committee, Predictor
-
-    if len(paths) == 1:
-        return Predictor.from_checkpoint(paths[0], engine=engine)
-    return Committee.from_checkpoints(list(paths), engine=engine)
-
-
-def reader_paths(reader) -> list[Path]:
-    """The checkpoint files a reader was loaded from (a committee's members, in order)."""
-    return [m.path for m in getattr(reader, "members", [reader])]
-
-
-def answer_for(reader, data: bytes, name: str) -> tuple[int, dict, list[np.ndarray]]:
-    """An uploaded image's bytes -> (HTTP status, the reading or {"detail": one line}, the fields the network
-    saw): 200, 400 (an image that cannot be read), 500 (the model failed), 503 (no memory now)."""
-    from lenet5.data.images import open_image, read_image
-
-    name = Path(name).name
-    try:
-        reading, fields = reader.read(
-            *read_image(open_image(data, name), name, reader.log_probabilities), probabilities=True
-        )
-    except ImageError as exc:
-        return 400, {"detail": str(exc)}, []
-    except Lenet5Error as exc:  # the model, not the request, is at fault
-        return 500, {"detail": str(exc)}, []
-    except MemoryError:  # the machine is short of memory now (other processes, a cgroup limit)
-        return 503, {"detail": NO_MEMORY}, []
-    return 200, reading, fields
-
-
-def pack_answer(status: int, doc: dict, fields: list[np.ndarray]) -> bytes:
-    body = json.dumps(doc).encode()
-    raw = np.stack(fields).astype(np.uint8).tobytes() if fields else b""
-    return ANSWER.pack(status, len(body), len(raw)) + body + raw
 
 
 class WorkerLost(Exception):
@@ -232,7 +180,6 @@ class ReaderPool:
         self.large_most = max(1, count - 1)
         self.idle: list = []  # Workers (or InThread slots) ready for an image, the last used last
         self.large_busy = 0
-        self.replaced = 0  # workers lost and replaced since start
         self._waiters: list[asyncio.Future] = []
         self._processes: list[subprocess.Popen] = []  # the processes started, for the finalizer
         self._tasks: set[asyncio.Task] = set()
@@ -310,7 +257,6 @@ class ReaderPool:
         """A new slot in the place of a lost worker, started in the background."""
         if self._closed:
             return
-        self.replaced += 1
 
         async def replace() -> None:
             slot = await self._new_slot()
@@ -335,7 +281,7 @@ class ReaderPool:
 
 
 def spawn(paths: list[Path], engine: str) -> tuple[subprocess.Popen, socket.socket]:
-    """Start ``python -m lenet5.serve.readers`` with one end of a socket pair; return it and the other end."""
+    """Start ``python -m lenet5.serve.reading`` with one end of a socket pair; return it and the other end."""
     import lenet5
 
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -345,7 +291,7 @@ def spawn(paths: list[Path], engine: str) -> tuple[subprocess.Popen, socket.sock
     ours, theirs = socket.socketpair()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lenet5.serve.readers", str(theirs.fileno()), engine, *map(str, paths)],
+            [sys.executable, "-m", "lenet5.serve.reading", str(theirs.fileno()), engine, *map(str, paths)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -383,53 +329,3 @@ def describe_exit(code: int | None) -> str:
             name = str(-code)
         return f"signal {name}" + (": killed, or out of memory?" if -code == signal.SIGKILL else "")
     return f"exit code {code}"
-
-
-# --- the process's side -----------------------------------------------------------------------------------
-
-
-def _receive(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly n bytes, or None when the socket closes first."""
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            return None
-        got += k
-    return bytes(buf)
-
-
-def main(argv: list[str]) -> int:
-    """A worker process: load the reader, say so, then answer requests until the socket closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes us
-    sock = socket.socket(fileno=int(argv[0]))
-    try:
-        reader = load_reader([Path(p) for p in argv[2:]], engine=argv[1])
-    except BaseException as exc:  # noqa: BLE001 - tell the server why, in one line
-        with contextlib.suppress(OSError):
-            sock.sendall(pack_answer(500, {"detail": first_line(exc)}, []))
-        return 1
-    try:
-        sock.sendall(pack_answer(200, {"ready": os.getpid()}, []))
-        while (head := _receive(sock, REQUEST.size)) is not None:
-            n_name, n_data = REQUEST.unpack(head)
-            name, data = _receive(sock, n_name), _receive(sock, n_data)
-            if name is None or data is None:
-                return 0
-            try:
-                answer = pack_answer(*answer_for(reader, data, name.decode("utf-8", "replace")))
-            except Exception as exc:  # noqa: BLE001 - a bug: the request gets one line, the log the traceback
-                traceback.print_exc()
-                answer = pack_answer(
-                    500, {"detail": f"reading the image failed: {type(exc).__name__}: {first_line(exc)}"}, []
-                )
-            del data
-            sock.sendall(answer)
-    except OSError:  # the server is gone (EPIPE, ECONNRESET): nobody to answer
-        return 0
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
