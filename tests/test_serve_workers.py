@@ -281,3 +281,11 @@ def test_a_committee_is_served_and_read_by_the_workers(untrained_checkpoint):
 def test_workers_out_of_range_is_one_line():
     result = lenet5("serve", "--workers", "-1", timeout=60)
     assert result.returncode == 2 and result.stderr.strip() == "error: --workers must be between 0 and 32, got -1"
+
+
+def test_the_default_is_one_worker_per_free_core_and_never_a_single_one():
+    from lenet5.commands.serve import watch_free_cores
+    from lenet5.free_cores import available_cores
+
+    workers = watch_free_cores()()
+    assert workers == 0 or 2 <= workers <= available_cores()

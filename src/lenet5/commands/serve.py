@@ -35,12 +35,13 @@ def cmd_serve(args) -> int:
     if args.workers is not None and not 0 <= args.workers <= MAX_WORKERS:
         raise Lenet5Error(f"--workers must be between 0 and {MAX_WORKERS}, got {args.workers}")
     paths = model_paths(args)
+    count_free_cores = watch_free_cores() if args.workers is None else None  # while the model loads
     reader = load_reader(paths, engine=args.engine)
     try:  # uvicorn only logs a failed bind and exits 1: check first for a one-line error
         socket.create_server((args.host, args.port)).close()
     except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
-    workers = args.workers if args.workers is not None else free_cores_now()
+    workers = args.workers if count_free_cores is None else count_free_cores()
     app = create_app(
         reader,
         body_timeout=args.body_timeout,
@@ -67,20 +68,24 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def free_cores_now() -> int:
-    """serve's default --workers: the cores other programs leave free (free_cores.py's rule, watched for
-    LOOK_SECONDS), or 0 when that is one core: a single worker would read no faster than the server's threads."""
+def watch_free_cores():
+    """Start watching the machine; the function returned gives serve's default --workers: the cores other
+    programs leave free (free_cores.py's rule, over at least LOOK_SECONDS), or 0 when that is one core: a single
+    worker would read no faster than the server's threads."""
     import time
 
     from lenet5.free_cores import CHECK_SECONDS, adaptive, available_cores
     from lenet5.serve.readers import SUPPORTED
 
-    if not SUPPORTED:
-        return 0
-    policy = adaptive(lambda n: None, most=available_cores())
-    if policy is None:  # one core, or no /proc/stat to tell how busy the machine is
-        cores = available_cores()
-        return cores if cores > 1 else 0
-    time.sleep(max(LOOK_SECONDS, CHECK_SECONDS + 0.01))
-    policy.tick()
-    return policy.threads if policy.threads > 1 else 0
+    cores = available_cores()
+    policy = adaptive(lambda n: None, most=cores) if SUPPORTED else None
+    start = time.monotonic()
+
+    def count() -> int:
+        if policy is None:  # not POSIX, one core, or no /proc/stat to tell how busy the machine is
+            return cores if SUPPORTED and cores > 1 else 0
+        time.sleep(max(0.0, start + max(LOOK_SECONDS, CHECK_SECONDS + 0.01) - time.monotonic()))
+        policy.tick()
+        return policy.threads if policy.threads > 1 else 0
+
+    return count
