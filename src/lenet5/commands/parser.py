@@ -152,11 +152,11 @@ def _add_predict_serve_parsers(sub) -> None:
         "serve",
         help="HTTP API (POST /predict) and a page to draw a digit on",
         description="Serve the reading of digits over HTTP: POST /predict and a page to write digits on. "
-        "Uploaded images are read in worker processes (one per core that other programs leave free when the "
-        "server starts; --workers sets how many), each with the model loaded once, so that readings run on "
-        "every core; JSON pixels are read in the server's own threads. A worker that dies or hangs costs the "
-        "request it was reading a 503 and is replaced. Several models (--model A --model B) read as a "
-        "committee, as in predict.",
+        "Uploaded images are read in worker processes, each with the model loaded once, so that readings run "
+        "on every core: one per core that other programs leave free when the server starts, none when that is "
+        "a single core (then the server's threads read them); --workers sets how many. JSON pixels are read in "
+        "the server's threads. A worker that dies or hangs costs the request it was reading a 503 and is "
+        "replaced. Several models (--model A --model B) read as a committee, as in predict.",
     )
     add_model_flag(p, committee="several")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
