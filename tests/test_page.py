@@ -8,7 +8,7 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from clean_numbers import mnist_clean_scenes
 from grid_digits import grid_png, optical_grid
@@ -131,3 +131,79 @@ def test_bold_digits_cropped_tight_are_ink_not_a_blank_page(mnist):
         if ink.problem is not None or not ink.mask.any():
             problems.append((scene.label, ink.problem))
     assert not problems
+
+
+def _drawn(
+    size: tuple[int, int], strokes: list[list[tuple[int, int]]], width: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Black strokes on white paper: (the picture as find_ink takes it, float32 0..1; where the ink is, bool)."""
+    canvas = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(canvas)
+    for stroke in strokes:
+        draw.line(stroke, fill=0, width=width)
+    gray = np.asarray(canvas, np.float32) / 255.0
+    return gray, gray < 0.5
+
+
+def _kept(gray: np.ndarray, inked: np.ndarray) -> float:
+    """The share of the drawn ink that find_ink keeps as ink (its mask is in its working copy's pixels)."""
+    ink = page.find_ink(gray)
+    m = ink.margin
+    mask = ink.mask[m : ink.mask.shape[0] - m, m : ink.mask.shape[1] - m] if m else ink.mask
+    mask = cv2.resize(mask, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    return float((mask & inked).sum() / inked.sum())
+
+
+UPRIGHT_NUMBERS = {  # the upright strokes of numbers that fill the picture, thin pen: not squared paper's lines
+    "1111 cropped to its ink": ((400, 200), [[(x, 2), (x, 197)] for x in (20, 120, 200, 300)]),
+    "1111 with margins": ((600, 300), [[(x, 50), (x, 250)] for x in (120, 220, 300, 400)]),
+    "164 cropped to its ink": (
+        (210, 140),
+        [
+            [(8, 2), (8, 137)],
+            [(90, 3), (60, 80), (65, 130), (110, 120), (100, 80), (62, 95)],
+            [(190, 2), (140, 90), (207, 90)],
+            [(185, 40), (185, 137)],
+        ],
+    ),
+    "a 1 in a picture of its own height": ((40, 200), [[(25, 2), (15, 197)]]),
+    "a 7 cropped to its ink": ((150, 200), [[(2, 4), (147, 4), (60, 197)]]),
+    "a 4 cropped to its ink": ((150, 200), [[(100, 2), (5, 130), (147, 130)], [(110, 60), (110, 197)]]),
+}
+
+
+@pytest.mark.parametrize("what", UPRIGHT_NUMBERS)
+def test_digit_strokes_across_a_picture_cropped_to_them_are_ink_not_lines(what):
+    """A 1, a 4's or a 7's bar runs across a picture cropped to the number; with no lying lines on the page,
+    upright strokes are a number's, and a lone mark across a cropped picture is a digit's bar."""
+    size, strokes = UPRIGHT_NUMBERS[what]
+    assert _kept(*_drawn(size, strokes)) > 0.9
+
+
+def test_ruled_paper_loses_its_lines_and_margin_line_but_keeps_the_digit():
+    """Ruled lines across and a margin line down a page go, where no stroke crosses them; the digit stays."""
+    w, h = 600, 500
+    lines = [[(0, y), (w - 1, y)] for y in range(40, h, 60)] + [[(70, 0), (70, h - 1)]]
+    digit = [[(300, 150), (300, 330)]]  # a "1" between the lines
+    gray, _ = _drawn((w, h), lines, width=2)
+    _, inked = _drawn((w, h), digit)
+    gray = np.minimum(gray, 1.0 - inked.astype(np.float32))
+    ink = page.find_ink(gray)
+    mask = ink.mask > 0
+    assert ink.margin == 0 and mask.shape == gray.shape
+    assert (mask & inked).sum() > 0.9 * inked.sum()
+    assert mask[:, :250].sum() + mask[:, 350:].sum() == 0  # the lines are gone
+
+
+@pytest.mark.parametrize("what", ["a thin 1 on a page", "a thin 1 cropped to its ink"])
+def test_a_thin_upright_1_alone_is_a_digit_not_a_line(predictor, what):
+    """A 1 written with a thin pen is long and thin like a line's leftover: alone, or beside digits as tall
+    as it, it is a digit."""
+    size, stroke = (
+        ((200, 300), [(100, 50), (95, 250)]) if what == "a thin 1 on a page" else ((40, 200), [(25, 2), (15, 197)])
+    )
+    gray, _ = _drawn(size, [stroke])
+    buf = io.BytesIO()
+    Image.fromarray((gray * 255).astype(np.uint8)).save(buf, format="PNG")
+    reading, _ = predictor.read_image_bytes(buf.getvalue(), "one.png")
+    assert reading["number"] == "1"

@@ -45,7 +45,8 @@ SPECK = 0.04  # a component under this share of the heaviest one's ink (mass) is
 FAINT = 0.3  # a component whose mean strength is under this share of a stroke's is a leftover (lines, shade)
 LINE_FLAT = 6  # a mark this many times wider than tall is a leftover of a ruled line or an edge, ...
 LINE_THIN = 12  # ... and so is one this many times taller than wide ...
-LINE_TALL = 0.3  # ... that is at least this share of the picture's longer side (a "1" is long and thin too)
+LINE_TALL = 0.3  # ... that is at least this share of the picture's longer side, ...
+ONE_TALL = 1.3  # ... unless it is alone or a mark in its row is this tall against it (a "1" is long and thin too)
 BLOB_FILL = 0.7  # a blob (a shadow, a smudge) fills more than this share of its box, ...
 BLOB_SIDE = 0.15  # ... its shorter side is more than this share of the picture's shorter side ...
 BLOB_LONG = 2.5  # ... and its longer side less than this many times its shorter
@@ -212,15 +213,19 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int], margin: int = 0)
     def on_border(p: Part) -> bool:
         return p.x0 <= margin or p.y0 <= margin or p.x1 >= w - margin or p.y1 >= h - margin
 
-    def line_like(p: Part) -> bool:  # a leftover of a ruled line or an edge; a "1" may be long and thin, upright
-        flat = p.width > LINE_FLAT * max(p.height, 1)
-        return flat or (p.height > LINE_THIN * max(p.width, 1) and p.height > LINE_TALL * max(h, w))
+    def flat(p: Part) -> bool:  # a leftover of a ruled line or an edge
+        return p.width > LINE_FLAT * max(p.height, 1)
+
+    def upright(p: Part) -> bool:  # the same standing up, or a "1" written with a thin pen
+        return p.height > LINE_THIN * max(p.width, 1) and p.height > LINE_TALL * max(h, w)
 
     def blob_like(p: Part) -> bool:  # a shadow or a smudge: solid, large and not elongated, never a stroke
         long, short = max(p.width, p.height), min(p.width, p.height)
         return p.area > BLOB_FILL * p.width * p.height and short > BLOB_SIDE * min(h, w) and long < BLOB_LONG * short
 
-    kept = [p for p in parts if not line_like(p) and not blob_like(p)]
+    marks = [p for p in parts if not flat(p) and not blob_like(p)]
+    others = [p for p in marks if not upright(p)]
+    kept = [p for p in marks if not upright(p) or _a_one(p, others)]
     kept = [p for p in kept if not _frames_others(p, kept)]
     inside = [p for p in kept if not on_border(p)]
     if inside and max(p.mass for p in inside) >= INSIDE_MASS * max(p.mass for p in kept):
@@ -231,6 +236,18 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int], margin: int = 0)
         return []
     heaviest = max(p.mass for p in kept)
     return [p for p in kept if p.mass >= SPECK * heaviest and p.mass >= FAINT * p.area]
+
+
+def _a_one(p: Part, others: list[Part]) -> bool:
+    """A thin upright mark is a "1" when it is the only mark, or when a digit-sized mark stands in its row
+    nearly as tall as it (ONE_TALL): a line or an edge is the only mark of its kind and runs past the writing."""
+    heavy = [q for q in others if q.mass >= SPECK * p.mass]
+    if not heavy:
+        return True
+    return any(
+        _overlap(q.y0, q.y1, p.y0, p.y1) >= ROW_OVERLAP * min(q.height, p.height) and ONE_TALL * q.height >= p.height
+        for q in heavy
+    )
 
 
 def _beside(p: Part, inside: list[Part]) -> bool:

@@ -95,7 +95,9 @@ LINE_RUN_MIN = 40  # ... and at least this many working pixels
 LINE_JOIN = 5  # faint marks are thickened across to this (pixels), so a tilted or bent line stays in one piece
 LINE_LONG = 0.25  # a line this share of the picture long counts towards LINE_MIN_COUNT
 LINE_MIN_COUNT = 3  # ruled / squared paper shows at least this many long parallel lines
-LINE_ACROSS = 0.85  # on a page that is not ruled, only a mark across this share of the picture is a line
+LINE_ACROSS = 0.85  # on a page that is not ruled, only a mark across this share of the picture is a line, ...
+WRITING_ACROSS = 0.5  # ... nor one beside ink that runs this share of the picture the same way (digits as tall)
+CROP_EDGE = 0.03  # ... nor any where the marks come this close to all four edges (a picture cropped to them)
 LINE_FIT_PIXELS = 20  # a line is fitted to at least this many thin pixels, else it is left alone
 MAX_LINES = 200  # at most this many lines each way are drawn (squared paper at 5 mm has about 40)
 LINE_WIDTH = 7  # ruled lines are thinner than this (working pixels); strokes that cross them are longer across
@@ -137,7 +139,7 @@ def find_ink(gray: np.ndarray, scale: float = 1.0) -> Ink:
     strength[objects] = 0.0
     mask, faint, level, problem = _threshold(strength)
     if problem is None:
-        mask = _remove_lines(mask, faint)  # a clean scan of ruled paper is two-level too: always looked for
+        mask = _remove_lines(mask, faint, margin)  # a clean scan of ruled paper is two-level too: always looked for
         mask = _apart_from(mask, objects)
         if not mask.any():
             problem = "no digit found (only ruled lines, edges or objects)"
@@ -386,20 +388,32 @@ def _paper_noise(t: np.ndarray, median: float, noise: float) -> tuple[float, flo
     return median, 1.4826 * _median_of_nonnegative(np.abs(paper - median)) + 1e-3
 
 
-def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
+def _remove_lines(mask: np.ndarray, faint: np.ndarray, margin: int = 0) -> np.ndarray:
     """Remove ruled / squared lines from mask, where no stroke crosses them.
 
     Lines are found among all faint marks (whole, not only where they touch a digit), thickened a little
     across so that a slightly tilted or bent line stays in one piece, then opened with a long kernel along
     the line. A page is ruled when it shows at
     least LINE_MIN_COUNT long lines; otherwise only marks running across nearly the whole picture count.
+    Many upright lines make squared paper only on a page ruled across as well: paper ruled only upright is
+    rare, and the upright strokes of a number that fills the picture are long and stand in a row. In a
+    picture cropped to its ink (its marks reach all four edges, inside the ``margin`` find_ink added), a lone
+    mark across it is a digit's bar (a 7's, a 4's), not a line: only ruled paper's lines go there (and the
+    margin line of a page ruled across, whose lines reach the edges as well).
     Only the pixels that are as thin across as a line go: where a stroke crosses or follows a line, the ink
     is thicker than LINE_WIDTH across and stays.
     """
     h, w = mask.shape
     if min(h, w) < LINES_MIN_SIDE:
         return mask
-    rows, cols = _lines_along(faint, horizontal=True), _lines_along(faint, horizontal=False)
+    cropped = _cropped_to_ink(mask, margin)
+    writing = mask > 0
+    rows, ruled = _lines_along(faint, horizontal=True, writing=writing, lone=not cropped)
+    # many upright lines are squared paper only where lying ones are ruled too; else they are more likely the
+    # 1s, 4s and 7s of a number that fills the picture
+    cols, _ = _lines_along(
+        faint, horizontal=False, writing=writing & (rows == 0), may_be_ruled=ruled, lone=ruled or not cropped
+    )
     if not rows.any() and not cols.any():
         return mask
     # a stroke that crosses or follows a line is thicker across it than a line (the other way's lines aside)
@@ -413,9 +427,16 @@ def _remove_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     return mask & (1 - lines)
 
 
-def _lines_along(marks: np.ndarray, horizontal: bool) -> np.ndarray:
+def _lines_along(
+    marks: np.ndarray, horizontal: bool, writing: np.ndarray | None = None, may_be_ruled: bool = True, lone: bool = True
+) -> tuple[np.ndarray, bool]:
     """uint8 (H, W): the pixels of ``marks`` on the long lines running one way (each line fitted and drawn
-    across the whole picture, LINE_BAND pixels wide, so that its faint gaps go too)."""
+    across the whole picture, LINE_BAND pixels wide, so that its faint gaps go too), and whether the page is
+    ruled that way. ``may_be_ruled`` False: only a line across the whole picture counts, however many long
+    marks there are (upright ones on a page ruled only across are a number's strokes, not squares); ``lone``
+    False: only the lines of ruled paper count, never one line alone. A lone line is not one where the rest
+    of the ``writing`` (the ink mask) runs across WRITING_ACROSS of the picture the same way: it stands among
+    digits as tall as it, a 1 of a number that fills the picture."""
     h, w = marks.shape
     extent = w if horizontal else h
     run = max(LINE_RUN_MIN, round(LINE_RUN * extent))
@@ -425,8 +446,13 @@ def _lines_along(marks: np.ndarray, horizontal: bool) -> np.ndarray:
     runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, along))
     n, labels, stats = components_with_stats(runs)
     length = stats[1:, cv2.CC_STAT_WIDTH if horizontal else cv2.CC_STAT_HEIGHT]
-    ruled = int((length >= LINE_LONG * extent).sum()) >= LINE_MIN_COUNT
-    chosen = 1 + np.flatnonzero(length > 0 if ruled else length >= LINE_ACROSS * extent)  # ruled: every piece of a line
+    ruled = may_be_ruled and int((length >= LINE_LONG * extent).sum()) >= LINE_MIN_COUNT
+    across = length >= LINE_ACROSS * extent if lone else np.zeros_like(length, dtype=bool)
+    chosen = 1 + np.flatnonzero(length > 0 if ruled else across)  # ruled: every piece of a line
+    if not ruled and writing is not None:
+        chosen = [
+            label for label in chosen[:MAX_LINES] if not _beside_tall_writing(writing, labels == label, horizontal)
+        ]
     across_line = (1, LINE_WIDTH) if horizontal else (LINE_WIDTH, 1)
     thin = marks & (1 - cv2.morphologyEx(marks, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, across_line)))
     band = np.zeros_like(marks)
@@ -440,7 +466,34 @@ def _lines_along(marks: np.ndarray, horizontal: bool) -> np.ndarray:
         (a0, c0), (a1, c1) = ends
         p0, p1 = ((a0, c0), (a1, c1)) if horizontal else ((c0, a0), (c1, a1))
         cv2.line(band, (int(round(p0[0])), int(round(p0[1]))), (int(round(p1[0])), int(round(p1[1]))), 1, LINE_BAND)
-    return band & marks
+    return band & marks, ruled
+
+
+def _beside_tall_writing(writing: np.ndarray, line: np.ndarray, horizontal: bool) -> bool:
+    """The ink other than ``line`` runs along the line's way across WRITING_ACROSS of the picture (between
+    its 2nd and 98th percentile pixels, so that specks do not count)."""
+    ys, xs = np.nonzero(writing & ~line)
+    along = xs if horizontal else ys
+    if along.size == 0:
+        return False
+    lo, hi = _percentile(along, 2), _percentile(along, 98)
+    return hi - lo >= WRITING_ACROSS * (writing.shape[1] if horizontal else writing.shape[0])
+
+
+def _cropped_to_ink(mask: np.ndarray, margin: int) -> bool:
+    """The marks reach all four edges of the picture (inside the margin find_ink added), to CROP_EDGE of its
+    side: a picture cropped to its writing."""
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if ys.size == 0:
+        return False
+    h, w = mask.shape
+    near_y, near_x = max(2.0, CROP_EDGE * (h - 2 * margin)), max(2.0, CROP_EDGE * (w - 2 * margin))
+    return bool(
+        ys[0] - margin <= near_y
+        and h - margin - 1 - ys[-1] <= near_y
+        and xs[0] - margin <= near_x
+        and w - margin - 1 - xs[-1] <= near_x
+    )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
