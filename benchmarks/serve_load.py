@@ -10,10 +10,11 @@ process (``auto``: the server's default, one worker per free core); this process
   png 280x280    a multipart upload of a 280x280 PNG drawing, what the page sends (decode + prepare).
 After 50 untimed requests to each server and payload, --rounds rounds each time every server in turn (A B A B,
 see MEASURING.md) for --seconds per payload. Reported per server: the median requests/s over the rounds,
-p50/p99/max latency over all its timed requests, the worker processes it ran, and the largest share of CPU
-time taken by processes other than the servers (with their workers) and this client in any of its windows
-(from /proc/stat; >15% is marked noisy); then, for each server after the first, the median over the rounds of
-its requests/s over the first's in the same round. Client and servers share the machine's cores, so the
+p50/p99/max latency over all its timed requests, the worker processes it ran, the CPU time the server and its
+workers spent per request (less swayed by a busy machine than the rates), and the largest share of CPU time
+taken by processes other than the servers (with their workers) and this client in any of its windows (from
+/proc/stat; >15% is marked noisy); then, for each server after the first, the median over the rounds of its
+requests/s over the first's in the same round. Client and servers share the machine's cores, so the
 client's own CPU use lowers the figures. Without --model an untrained checkpoint is used: the time does not
 depend on the weights' values.
 """
@@ -34,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import NOISY, cpu_jiffies, process_jiffies
+from machine import CLK_TCK, NOISY, cpu_jiffies, process_jiffies
 
 
 def free_port() -> int:
@@ -180,16 +181,18 @@ def main() -> None:
                 for _, url in servers:
                     asyncio.run(load(url, kwargs, 50, args.concurrency))  # warm-up
                 for _ in range(args.rounds):
-                    for (_, url), server in zip(servers, names):
+                    for (proc, url), server in zip(servers, names):
                         busy0, total0 = cpu_jiffies()
                         ours0 = sum(family_jiffies(q.pid) for q, _ in servers) + process_jiffies(os.getpid())
+                        served0 = family_jiffies(proc.pid)
                         seconds, lat = asyncio.run(load(url, kwargs, 0, args.concurrency, args.seconds))
                         busy1, total1 = cpu_jiffies()
                         ours = sum(family_jiffies(q.pid) for q, _ in servers) + process_jiffies(os.getpid()) - ours0
-                        row = stats.setdefault((name, server), {"rps": [], "lat": [], "others": []})
+                        row = stats.setdefault((name, server), {"rps": [], "lat": [], "others": [], "cpu": []})
                         row["rps"].append(len(lat) / seconds)
                         row["lat"] += lat
                         row["others"].append(max(0, busy1 - busy0 - ours) / max(1, total1 - total0))
+                        row["cpu"].append((family_jiffies(proc.pid) - served0) / CLK_TCK / max(1, len(lat)))
         finally:
             for proc, _ in servers:
                 proc.terminate()
@@ -199,8 +202,8 @@ def main() -> None:
         f"{os.cpu_count()} CPUs shared by the servers and the client; {args.rounds} rounds of {args.seconds:g} s per "
         f"server and payload, {args.concurrency} in flight, keep-alive, server log level warning"
     )
-    head = f"{'payload':<14}{'server':<12}{'procs':>6}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'others':>9}"
-    print(head + f"{'ratio':>8}")
+    head = f"{'payload':<14}{'server':<12}{'procs':>6}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    print(head + f"{'cpu ms':>8}{'others':>9}{'ratio':>8}")
     for name in payloads():
         first = stats[(name, names[0])]["rps"]
         for server, procs in zip(names, processes):
@@ -212,11 +215,13 @@ def main() -> None:
             flag = "  noisy" if others > NOISY else ""
             print(
                 f"{name:<14}{server:<12}{procs:>6}{statistics.median(row['rps']):>8.0f}"
-                f"{1000 * statistics.median(lat):>9.1f}{1000 * p99:>9.1f}{1000 * lat[-1]:>9.1f}{others:>8.0%}"
+                f"{1000 * statistics.median(lat):>9.1f}{1000 * p99:>9.1f}{1000 * lat[-1]:>9.1f}"
+                f"{1000 * statistics.median(row['cpu']):>8.1f}{others:>8.0%}"
                 f"{ratio:>8.2f}{flag}"
             )
-    print("procs: the server's worker processes; others: the most other processes took in a window; ratio: the")
-    print(f"median over the rounds of req/s over {names[0]}'s in the same round")
+    print("procs: the server's worker processes; cpu ms: CPU time of the server and its workers per request (median")
+    print("over the rounds); others: the most other processes took in a window; ratio: the median over the rounds")
+    print(f"of req/s over {names[0]}'s in the same round")
 
 
 if __name__ == "__main__":
