@@ -14,7 +14,7 @@ wrong-but-sure (the share of *sure* answers that are wrong: what a user cannot s
 Then what is not a digit (a blank page, a cup, a scribble, typed letters and signs), touching pairs, and the
 time to prepare a 12-megapixel phone photo and to read a 280x280 drawing, on one core.
 
-    python benchmarks/photo_accuracy.py [--model M] [--per-kind 40] [--numbers 150] [--seed 0]
+    python benchmarks/photo_accuracy.py [--model M [M ...]] [--per-kind 40] [--numbers 150] [--seed 0]
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from grid_digits import mnist_grid_scenes  # noqa: E402
-from lenet5.checkpoint import resolve_model  # noqa: E402
+from lenet5.checkpoint import bundled_reader, describe_model, resolve_model  # noqa: E402
 from lenet5.data.datasets import load_mnist  # noqa: E402
 from lenet5.data.images import open_image, read_image  # noqa: E402
 from lenet5.data.nondigits import FONT_FOLDER  # noqa: E402
-from lenet5.predict import Predictor  # noqa: E402
+from lenet5.predict import Predictor, load_reader  # noqa: E402
 from machine import cpu_snapshot, others_share  # noqa: E402
 from pen_digits import PEN_KINDS, pen_digit_scenes, pen_number_scenes  # noqa: E402
 from photo_scenes import (  # noqa: E402
@@ -165,7 +165,12 @@ def speed(predictor: Predictor, images, labels, runs: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="a checkpoint or .onnx (default: the bundled model)")
+    ap.add_argument(
+        "--model",
+        nargs="+",
+        default=None,
+        help="a checkpoint or .onnx, or several: a committee (default: the bundled reader)",
+    )
     ap.add_argument("--per-kind", type=int, default=40, help="single-digit photos per kind (default 40)")
     ap.add_argument("--numbers", type=int, default=150, help="photos of 2-5 digit numbers per set (default 150)")
     ap.add_argument("--seed", type=int, default=0)
@@ -174,13 +179,15 @@ def main() -> None:
     ap.add_argument("--speed-only", action="store_true", help="only the timings")
     args = ap.parse_args()
     mnist = load_mnist()
-    model = resolve_model(args.model)
-    predictor = Predictor.from_checkpoint(model)
+    paths = [resolve_model(m) for m in args.model] if args.model else bundled_reader()
+    predictor = load_reader(paths)
+    model = ", ".join(describe_model(p) for p in paths)
     x, y = mnist.test_images, mnist.test_labels
     if not args.speed_only:
+        how = "read as a committee" if len(paths) > 1 else f"temperature {predictor.temperature:.3f}"
         print(
-            f"model {model} (temperature {predictor.temperature:.3f}, sure at p >= {predictor.sure_digit:.3f} "
-            f"for a digit, {predictor.sure_number:.3f} for each digit of a number); scenes seed {args.seed}"
+            f"model {model} ({how}; sure at p >= {predictor.sure_digit:.4f} for a digit, "
+            f"{predictor.sure_number:.4f} for each digit of a number); scenes seed {args.seed}"
         )
         for name in args.sets:
             t0 = time.perf_counter()

@@ -11,9 +11,12 @@ calibrated probabilities and its segmentation's (the best reading of the line ag
 other digits).
 
     python benchmarks/reject_rule.py --model M.safetensors [--write OUT.safetensors] [--plot docs/risk_coverage.png]
+    python benchmarks/reject_rule.py --model A B C [--write OUT.safetensors]    # a committee
 
-``--write`` stores the thresholds in a copy of the checkpoint's metadata (``calibration.reject``); the
-bundled model's were chosen this way.
+``--write`` stores the thresholds in a copy of the checkpoint's metadata (``calibration.reject``); for a
+committee, in a copy of its first model (``calibration.committee_reject``, naming the other members by their
+files' SHA-256: the rule is used only when the same models read together, see predict.Committee). The bundled
+reader's rule was chosen this way, for its three models.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from grid_digits import mnist_grid_scenes  # noqa: E402
 from lenet5.calibration import risk_coverage, threshold_for_risk  # noqa: E402
 from lenet5.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from lenet5.data.datasets import load_mnist  # noqa: E402
-from lenet5.predict import Predictor  # noqa: E402
+from lenet5.predict import Predictor, file_sha256, load_reader  # noqa: E402
 from photo_scenes import digit_scenes, number_scenes  # noqa: E402
 
 TUNING_SEED = 100
@@ -80,14 +83,14 @@ def choose(rows: np.ndarray, risk: float) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, nargs="+", help="a checkpoint, or several: a committee")
     ap.add_argument("--per-kind", type=int, default=50, help="single-digit scenes per kind (default 50)")
     ap.add_argument("--numbers", type=int, default=500, help="number scenes (default 500)")
     ap.add_argument("--write", help="write a copy of the model with the chosen thresholds here")
     ap.add_argument("--plot", help="draw the risk-coverage curves into this PNG")
     args = ap.parse_args()
     mnist = load_mnist()
-    predictor = Predictor.from_checkpoint(args.model)
+    predictor = load_reader([Path(m) for m in args.model])
     # thresholds at 0: what is still unsure is so whatever they are (no digit, a mark left unread, strokes)
     predictor.sure_digit = predictor.sure_number = predictor.margin_digit = predictor.margin_number = 0.0
     predictor.fitted_reject = True
@@ -124,9 +127,12 @@ def main() -> None:
     if args.plot:
         plot(single, number, chosen, Path(args.plot))
     if args.write:
-        ckpt = load_checkpoint(args.model)
+        ckpt = load_checkpoint(args.model[0])
         calibration = dict(ckpt.meta.get("calibration") or {})
-        calibration["reject"] = chosen
+        if len(args.model) == 1:
+            calibration["reject"] = chosen
+        else:
+            calibration["committee_reject"] = {**chosen, "partners": [file_sha256(Path(m)) for m in args.model[1:]]}
         save_checkpoint(
             args.write,
             ckpt.weights,

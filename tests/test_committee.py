@@ -144,3 +144,43 @@ def test_a_member_that_cannot_be_one_is_one_line_naming_its_file(tmp_path, comma
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: committee member 2 of 2: ") and str(member) in result.stderr
+
+
+def test_a_rule_fitted_for_the_committee_is_used_with_exactly_those_members(tmp_path):
+    """The first member may carry a reject rule fitted for it reading with other members (their files'
+    SHA-256, in order): used by that committee only; in another company or order, the usual rule."""
+    from lenet5.predict import file_sha256
+
+    second, third = random_model(tmp_path, 2), random_model(tmp_path, 3)
+    rule = {"digit": 0.61, "number": 0.72, "digit_margin": 0.0, "number_margin": 0.5}
+    first = tmp_path / "first.safetensors"
+    save_checkpoint(
+        first,
+        initial_weights("modern", "kaiming_uniform", 1),
+        engine="numpy",
+        model="modern",
+        calibration={
+            "temperature": 1.0,
+            "reject": {"digit": 0.9, "number": 0.95},
+            "committee_reject": {**rule, "partners": [file_sha256(second), file_sha256(third)]},
+        },
+    )
+    fitted = Committee.from_checkpoints([first, second, third])
+    assert (fitted.sure_digit, fitted.sure_number, fitted.margin_number) == (0.61, 0.72, 0.5)
+    for others in ([third, second], [second], [second, third, random_model(tmp_path, 4)]):
+        committee = Committee.from_checkpoints([first, *others])
+        assert committee.own_rule is None and (committee.sure_digit, committee.sure_number) == (0.9, 0.95)
+
+
+def test_a_damaged_committee_rule_is_one_line(tmp_path):
+    path = tmp_path / "damaged.safetensors"
+    save_checkpoint(
+        path,
+        initial_weights("modern", "kaiming_uniform", 1),
+        engine="numpy",
+        model="modern",
+        calibration={"temperature": 1.0, "committee_reject": {"digit": 0.5, "number": 2.0, "partners": ["x"]}},
+    )
+    result = lenet5("predict", "--model", path, EXAMPLES / "digits" / "seven.png", timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "committee_reject" in result.stderr or "number 2.0" in result.stderr

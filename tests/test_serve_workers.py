@@ -53,7 +53,7 @@ def upload(url: str, data: bytes, name: str = "drawing.png", query: str = "") ->
 
 @pytest.fixture(scope="module")
 def reader(untrained_checkpoint):
-    from lenet5.serve.reading import load_reader
+    from lenet5.predict import load_reader
 
     return load_reader([untrained_checkpoint])
 
@@ -266,7 +266,7 @@ def test_a_stopped_worker_is_replaced_after_the_read_timeout(reader, untrained_c
 @pytest.mark.slow
 def test_a_committee_is_served_and_read_by_the_workers(untrained_checkpoint):
     from lenet5.checkpoint import BUNDLED
-    from lenet5.serve.reading import load_reader
+    from lenet5.predict import load_reader
 
     committee = load_reader([untrained_checkpoint, BUNDLED])
     with running_server(untrained_checkpoint, "--model", str(BUNDLED), "--workers", "1") as (url, pid):
@@ -283,9 +283,9 @@ def test_workers_out_of_range_is_one_line():
     assert result.returncode == 2 and result.stderr.strip() == "error: --workers must be between 0 and 32, got -1"
 
 
-def test_the_default_is_one_worker_per_free_core_and_never_a_single_one():
-    from lenet5.commands.serve import watch_free_cores
+def test_the_default_is_one_worker_per_core_and_never_a_single_one():
+    from lenet5.commands.serve import default_workers
     from lenet5.free_cores import available_cores
 
-    workers = watch_free_cores()()
-    assert workers == 0 or 2 <= workers <= available_cores()
+    workers = default_workers()
+    assert workers == (available_cores() if available_cores() > 1 else 0)

@@ -16,6 +16,7 @@ import numpy as np
 from lenet5.metrics import cross_entropy, softmax
 
 T_RANGE = (0.05, 20.0)  # a temperature outside this is a damaged checkpoint, not a calibration
+MAX_PARTNERS = 16  # a committee's reject rule names at most this many other members
 TYPICAL_QUANTILE = 0.02  # the energy floor: 98% of validation digits have more evidence than this
 
 
@@ -100,6 +101,7 @@ def check_calibration(calibration) -> None:
         raise ValueError(f"calibration {str(calibration)[:40]} is not a mapping")
     check_temperature(calibration.get("temperature"))
     check_reject(calibration.get("reject"))
+    check_committee_reject(calibration.get("committee_reject"))
     floor = calibration.get("energy_floor")
     if floor is not None and (
         isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor)
@@ -123,6 +125,23 @@ def check_reject(reject) -> dict:
         ):
             raise ValueError(f"calibration reject {key} {str(value)[:40]} is damaged (it must be in 0..{top:g})")
     return reject
+
+
+def check_committee_reject(rule) -> None:
+    """A reject rule fitted for a committee (predict.Committee): None, or a reject rule (check_reject) with
+    ``partners``, the SHA-256 of the other members' files (at most MAX_PARTNERS); ValueError otherwise."""
+    if rule is None:
+        return
+    check_reject(rule)
+    partners = rule.get("partners")
+    if (
+        not isinstance(partners, list)
+        or not 0 < len(partners) <= MAX_PARTNERS
+        or not all(isinstance(h, str) and len(h) == 64 for h in partners)
+        or rule.get("digit") is None
+        or rule.get("number") is None
+    ):
+        raise ValueError("calibration committee_reject is damaged (it needs digit, number and the partners' SHA-256)")
 
 
 def risk_coverage(confidence: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

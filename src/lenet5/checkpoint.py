@@ -33,6 +33,13 @@ BEST_FILE = "model.safetensors"  # the model of a run folder (training/callbacks
 # The columns of a run's history, one row per epoch: in last.safetensors' trainer_state and in history.csv.
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 BUNDLED = Path(__file__).parent / "bundled" / "lenet5-modern-distortions.safetensors"  # see bundled/MODEL_CARD.md
+# the bundled reader of predict, serve and evaluate: BUNDLED and two more LeNet-5s of the same recipe (other
+# seeds), read as a committee with the reject rule fitted for the three (BUNDLED's calibration.committee_reject)
+BUNDLED_READERS = (
+    BUNDLED,
+    BUNDLED.with_name(f"{BUNDLED.stem}-2.safetensors"),
+    BUNDLED.with_name(f"{BUNDLED.stem}-3.safetensors"),
+)
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a real header is a few KB; refuse giant declared sizes early
 # Bounds on the metadata a checkpoint may carry, checked before parsing: a real trainer_state (the longest
 # value, with one history row per epoch) is a few KB, nesting is 3 deep, integers are counters and seeds.
@@ -138,8 +145,21 @@ def family(model: str) -> str:
 
 
 def describe_model(path: Path) -> str:
-    """How a model file is named in messages: 'the bundled model' for the bundled one, else its path."""
-    return "the bundled model" if Path(path) == BUNDLED else str(path)
+    """How a model file is named in messages: 'the bundled model' for the bundled one ('bundled model 2 of 3'
+    for the other members of the bundled reader), else its path."""
+    if Path(path) == BUNDLED:
+        return "the bundled model"
+    if Path(path) in BUNDLED_READERS:
+        return f"bundled model {BUNDLED_READERS.index(Path(path)) + 1} of {len(BUNDLED_READERS)}"
+    return str(path)
+
+
+def bundled_reader() -> list[Path]:
+    """The files of the bundled reader (BUNDLED_READERS); CheckpointError when the install lacks one."""
+    for path in BUNDLED_READERS:
+        if not path.is_file():
+            raise CheckpointError(f"the bundled model is missing from this install ({path}); pass --model")
+    return list(BUNDLED_READERS)
 
 
 def load_checkpoint(path: str | Path, expect_model: str | None = None) -> Checkpoint:

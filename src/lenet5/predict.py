@@ -53,6 +53,7 @@ class Predictor:
         temperature: float = 1.0,
         energy_floor: float | None = None,
         reject: dict | None = None,
+        committee_reject: dict | None = None,
     ):
         self.model = model  # a runner of inference.py: logits(x float32 (N,1,28,28)) -> (N, 10), close()
         self.model_name = model_name
@@ -68,6 +69,8 @@ class Predictor:
         self.margin_digit = float(reject.get("digit_margin", 0.0))
         self.margin_number = float(reject.get("number_margin", self.margin_digit))
         self.fitted_reject = bool(reject)
+        # the reject rule fitted for this model reading in a committee with the models named in it (Committee)
+        self.committee_reject = committee_reject
         self._lock = threading.Lock()  # one forward pass at a time: engines keep scratch buffers
 
     @classmethod
@@ -111,6 +114,7 @@ class Predictor:
             calibration.get("temperature", 1.0),
             calibration.get("energy_floor"),
             calibration.get("reject"),
+            calibration.get("committee_reject"),
         )
         try:
             predictor.probe()
@@ -313,10 +317,15 @@ class Predictor:
 
 class Committee(Predictor):
     """Several models read as one (a committee, Ciresan et al. 2012): the mean of the members' calibrated
-    probabilities, each member with its own normalization and temperature. The reject rule is the first
-    member's that has a fitted one (else the first member's default): it was fitted for that model alone, and
-    the committee's top probability is never above the mean of its members' top probabilities, so it is, if
-    anything, strict for the committee. A committee of one model reads as that model."""
+    probabilities, each member with its own normalization and temperature.
+
+    The reject rule: the one fitted for this very committee when the first member carries one
+    (``calibration.committee_reject``, written by benchmarks/reject_rule.py with several models; it names the
+    other members by their files' SHA-256, so it is used only with those members, in that order): the bundled
+    reader is such a committee. Otherwise the first member's that has a fitted rule (else the first member's
+    default): it was fitted for that model alone, and the committee's top probability is never above the
+    mean of its members' top probabilities, so it is, if anything, strict for the committee. A committee of
+    one model reads as that model."""
 
     def __init__(self, members: list[Predictor]):
         if not members:
@@ -331,6 +340,13 @@ class Committee(Predictor):
         self.sure_digit, self.sure_number = rule.sure_digit, rule.sure_number
         self.margin_digit, self.margin_number = rule.margin_digit, rule.margin_number
         self.fitted_reject = rule.fitted_reject
+        self.own_rule = fitted_for(members)
+        if self.own_rule is not None:
+            self.rule_index = 0
+            self.sure_digit, self.sure_number = self.own_rule["digit"], self.own_rule["number"]
+            self.margin_digit = self.own_rule.get("digit_margin", 0.0)
+            self.margin_number = self.own_rule.get("number_margin", self.margin_digit)
+            self.energy_floor, self.fitted_reject = members[0].energy_floor, True
 
     @classmethod
     def from_checkpoints(cls, paths: list[Path], engine: str = "numpy", threads: int = 1) -> Committee:
@@ -375,6 +391,37 @@ class Committee(Predictor):
         digit at all is the reject rule's member's, on its own logits (its energy floor is its own)."""
         logits, probs = self.member_outputs(fields)
         return probs, self.doubts(logits[self.rule_index], probs, self.sure_number if number else self.sure_digit)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fitted_for(members: list[Predictor]) -> dict | None:
+    """The reject rule the first member carries for a committee with exactly these other members (their
+    files' SHA-256, in order), or None."""
+    rule = members[0].committee_reject
+    if len(members) < 2 or not isinstance(rule, dict):
+        return None
+    partners = rule.get("partners")
+    if not isinstance(partners, list) or len(partners) != len(members) - 1:
+        return None
+    try:
+        if [file_sha256(m.path) for m in members[1:]] != partners:
+            return None
+    except OSError:
+        return None
+    return {key: float(rule[key]) for key in ("digit", "number", "digit_margin", "number_margin") if key in rule}
+
+
+def load_reader(paths: list[Path], engine: str = "numpy", threads: int = 1) -> Predictor:
+    """What reads people's images (``predict``, ``serve``, the benchmarks): one checkpoint's Predictor, or a
+    Committee of several; the bundled reader is a committee of BUNDLED_READERS (checkpoint.py)."""
+    if len(paths) == 1:
+        return Predictor.from_checkpoint(paths[0], engine=engine, threads=threads)
+    return Committee.from_checkpoints(list(paths), engine=engine, threads=threads)
 
 
 def check_members_agree(members: list[Predictor]) -> None:

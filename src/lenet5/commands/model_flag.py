@@ -52,8 +52,12 @@ def model_path(args) -> Path:
 
 
 def model_paths(args) -> list[Path]:
-    """--model of a command that takes a committee -> the file of each model, in the order typed (one
-    file, the bundled model, when --model is left out)."""
+    """--model of a command that takes a committee -> the file of each model, in the order typed (the
+    bundled reader's, a committee of three LeNet-5s, when --model is left out)."""
+    if args.model is None or args.model == []:
+        from lenet5.checkpoint import bundled_reader
+
+        return bundled_reader()
     typed = args.model if isinstance(args.model, list) else [args.model]
     return [model_path(argparse.Namespace(model=spec)) for spec in typed]
 

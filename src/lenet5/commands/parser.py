@@ -153,8 +153,8 @@ def _add_predict_serve_parsers(sub) -> None:
         help="HTTP API (POST /predict) and a page to draw a digit on",
         description="Serve the reading of digits over HTTP: POST /predict and a page to write digits on. "
         "Uploaded images are read in worker processes, each with the model loaded once, so that readings run "
-        "on every core: one per core that other programs leave free when the server starts, none when that is "
-        "a single core (then the server's threads read them); --workers sets how many. JSON pixels are read in "
+        "on every core: one per core, none on a single core (then the server's threads read them); "
+        "--workers sets how many. JSON pixels are read in "
         "the server's threads. A worker that dies or hangs costs the request it was reading a 503 and is "
         "replaced. Several models (--model A --model B) read as a committee, as in predict.",
     )
@@ -213,7 +213,7 @@ def _add_predict_serve_parsers(sub) -> None:
         default=None,
         metavar="N",
         help="processes that read uploaded images; 0 reads them in the server's threads (default: one per "
-        "core other programs leave free at start, none when that is a single core)",
+        "core, none on a single core)",
     )
 
 

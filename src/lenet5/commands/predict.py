@@ -10,17 +10,13 @@ from lenet5.errors import Lenet5Error
 
 def cmd_predict(args) -> int:
     from lenet5.models import NUM_CLASSES
-    from lenet5.predict import Predictor
+    from lenet5.predict import load_reader
 
     if args.top_k < 1 or args.top_k > NUM_CLASSES:
         raise Lenet5Error(f"--top-k must be between 1 and {NUM_CLASSES}, got {args.top_k}")
     paths = model_paths(args)
-    if len(paths) == 1:  # one model: read by it alone, as always
-        predictor = Predictor.from_checkpoint(paths[0], engine=args.engine)
-    else:
-        from lenet5.predict import Committee
-
-        predictor = Committee.from_checkpoints(paths, engine=args.engine)
+    predictor = load_reader(paths, engine=args.engine)
+    if len(paths) > 1 and args.model:  # a committee the user chose (the bundled reader goes without saying)
         print_err(_committee_line(predictor))
     results = predictor.classify_files(args.images, top_k=args.top_k, save_prepared=args.save_prepared)
     failed = sum("error" in r for r in results)
@@ -38,17 +34,18 @@ def cmd_predict(args) -> int:
 
 def _committee_line(committee) -> str:
     """What a committee reads with (on stderr, so that the readings on stdout keep their form)."""
-    from lenet5.checkpoint import BUNDLED
+    from lenet5.checkpoint import BUNDLED_READERS, describe_model
 
     def name(member) -> str:
-        return "the bundled model" if member.path == BUNDLED else member.path.name
+        return describe_model(member.path) if member.path in BUNDLED_READERS else member.path.name
 
     rule = committee.members[committee.rule_index]
-    whose = (
-        f"the reject thresholds of {name(rule)}"
-        if rule.fitted_reject
-        else f"the default reject rule (not sure below {rule.sure_digit:.0%})"
-    )
+    if committee.own_rule is not None:
+        whose = "the reject rule fitted for this committee"
+    elif rule.fitted_reject:
+        whose = f"the reject thresholds of {name(rule)}"
+    else:
+        whose = f"the default reject rule (not sure below {rule.sure_digit:.0%})"
     names = ", ".join(name(m) for m in committee.members)
     return f"committee of {len(committee.members)} models ({names}): their mean probabilities, {whose}"
 

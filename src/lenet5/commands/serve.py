@@ -8,7 +8,6 @@ from lenet5.errors import Lenet5Error
 
 MAX_BODY_MB = 100  # serve --max-body-mb: bodies are held in memory while they arrive
 MAX_WORKERS = 32  # serve --workers: each process holds a model and up to one image's decoding
-LOOK_SECONDS = 0.3  # how long serve watches the machine to count the cores other programs leave free
 
 
 def cmd_serve(args) -> int:
@@ -23,7 +22,7 @@ def cmd_serve(args) -> int:
     import socket
 
     from lenet5.checkpoint import describe_model
-    from lenet5.serve.reading import load_reader
+    from lenet5.predict import load_reader
 
     for flag in ("body_timeout", "header_timeout", "idle_timeout"):
         if not getattr(args, flag) > 0:
@@ -35,13 +34,12 @@ def cmd_serve(args) -> int:
     if args.workers is not None and not 0 <= args.workers <= MAX_WORKERS:
         raise Lenet5Error(f"--workers must be between 0 and {MAX_WORKERS}, got {args.workers}")
     paths = model_paths(args)
-    count_free_cores = watch_free_cores() if args.workers is None else None  # while the model loads
     reader = load_reader(paths, engine=args.engine)
     try:  # uvicorn only logs a failed bind and exits 1: check first for a one-line error
         socket.create_server((args.host, args.port)).close()
     except (OSError, OverflowError) as exc:  # port in use or out of range, no permission, unknown host
         raise Lenet5Error(f"cannot serve on {args.host}:{args.port}: {getattr(exc, 'strerror', None) or exc}") from None
-    workers = args.workers if count_free_cores is None else count_free_cores()
+    workers = default_workers() if args.workers is None else args.workers
     app = create_app(
         reader,
         body_timeout=args.body_timeout,
@@ -68,24 +66,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def watch_free_cores():
-    """Start watching the machine; the function returned gives serve's default --workers: the cores other
-    programs leave free (free_cores.py's rule, over at least LOOK_SECONDS), or 0 when that is one core: a single
-    worker would read no faster than the server's threads."""
-    import time
-
-    from lenet5.free_cores import CHECK_SECONDS, adaptive, available_cores
+def default_workers() -> int:
+    """serve's default --workers: one per core this process may use, or 0 on a single core (one worker would
+    read no faster than the server's threads) and where worker processes are not supported. Workers take CPU
+    only while they read, so they are not sized by what other programs use at start: a server started beside
+    a training run would otherwise keep no workers all its life."""
+    from lenet5.free_cores import available_cores
     from lenet5.serve.readers import SUPPORTED
 
     cores = available_cores()
-    policy = adaptive(lambda n: None, most=cores) if SUPPORTED else None
-    start = time.monotonic()
-
-    def count() -> int:
-        if policy is None:  # not POSIX, one core, or no /proc/stat to tell how busy the machine is
-            return cores if SUPPORTED and cores > 1 else 0
-        time.sleep(max(0.0, start + max(LOOK_SECONDS, CHECK_SECONDS + 0.01) - time.monotonic()))
-        policy.tick()
-        return policy.threads if policy.threads > 1 else 0
-
-    return count
+    return cores if SUPPORTED and cores > 1 else 0

@@ -71,10 +71,10 @@ from starlette.concurrency import run_in_threadpool
 from lenet5.data.digits import Digit
 from lenet5.data.images import CONTENT_TYPES, FORMATS, MIN_SIDE, read_gray
 from lenet5.errors import ImageError, Lenet5Error, first_line
-from lenet5.predict import Predictor
+from lenet5.predict import Predictor, load_reader
 from lenet5.serve.guard import HEADER_TIMEOUT_S, IDLE_TIMEOUT_S, MAX_CONNECTIONS, connection_limit, guarded_protocol
 from lenet5.serve.readers import SUPPORTED, ReaderPool
-from lenet5.serve.reading import NO_MEMORY, answer_for, load_reader, reader_paths
+from lenet5.serve.reading import NO_MEMORY, answer_for, reader_paths
 
 MAX_BODY_BYTES = 10_000_000  # lenet5 serve --max-body-mb; a phone photo is 3-10 MB
 BODY_TIMEOUT_S = 20.0  # the whole body must arrive in this time (2 MiB needs ~100 KB/s), else 408: slow-loris

@@ -33,16 +33,6 @@ FIELD = (28, 28)
 NO_MEMORY = "not enough memory to prepare this image now; try again shortly"
 
 
-def load_reader(paths: list[Path], engine: str = "numpy"):
-    """The reader of ``serve``: one checkpoint's Predictor, or a Committee of several (the mean of their
-    calibrated probabilities). The server and each of its worker processes build theirs with this."""
-    from lenet5.predict import Committee, Predictor
-
-    if len(paths) == 1:
-        return Predictor.from_checkpoint(paths[0], engine=engine)
-    return Committee.from_checkpoints(list(paths), engine=engine)
-
-
 def reader_paths(reader) -> list[Path]:
     """The checkpoint files a reader was loaded from (a committee's members, in order)."""
     return [m.path for m in getattr(reader, "members", [reader])]
@@ -90,6 +80,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes us
     sock = socket.socket(fileno=int(argv[0]))
     try:
+        from lenet5.predict import load_reader
+
         reader = load_reader([Path(p) for p in argv[2:]], engine=argv[1])
     except BaseException as exc:  # noqa: BLE001 - tell the server why, in one line
         with contextlib.suppress(OSError):
