@@ -88,7 +88,8 @@ async def load(url: str, kwargs: dict, n: int, concurrency: int, seconds: float 
 def start_server(model: str, port: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     import httpx
 
-    cmd = [sys.executable, "-m", "lenet5", "serve", "--model", model, "--port", str(port), "--log-level", "warning"]
+    chosen = [] if model == "bundled" else ["--model", model]  # bundled: no --model, the bundled reader
+    cmd = [sys.executable, "-m", "lenet5", "serve", *chosen, "--port", str(port), "--log-level", "warning"]
     cmd += list(extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
@@ -154,7 +155,11 @@ def family_jiffies(pid: int) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="checkpoint to serve (default: an untrained one in a temp folder)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint to serve, or 'bundled' for the bundled reader (default: an untrained one in a temp folder)",
+    )
     p.add_argument(
         "--workers",
         nargs="+",
