@@ -207,3 +207,14 @@ def test_a_thin_upright_1_alone_is_a_digit_not_a_line(predictor, what):
     Image.fromarray((gray * 255).astype(np.uint8)).save(buf, format="PNG")
     reading, _ = predictor.read_image_bytes(buf.getvalue(), "one.png")
     assert reading["number"] == "1"
+
+
+def test_a_dark_patch_at_the_edge_far_from_the_writing_is_no_digit(predictor):
+    """A piece of the table at the picture's edge, in the row of the digit and as tall as it, is kept only
+    when it is as close to the writing as the digits of a number are: here it is half the picture away."""
+    gray, _ = _drawn((1400, 1000), [[(600, 420), (760, 420), (660, 600)]], width=14)  # a 7 mid-picture
+    gray[430:600, 1386:] = 0.1  # the table, showing at the right edge in the digit's row
+    buf = io.BytesIO()
+    Image.fromarray((gray * 255).astype(np.uint8)).save(buf, format="PNG")
+    reading, _ = predictor.read_image_bytes(buf.getvalue(), "sheet.png")
+    assert reading["number"] == "7"

@@ -52,7 +52,8 @@ BLOB_SIDE = 0.15  # ... its shorter side is more than this share of the picture'
 BLOB_LONG = 2.5  # ... and its longer side less than this many times its shorter
 INSIDE_MASS = 0.05  # marks along the border go when a mark inside is this heavy against the heaviest, ...
 CROPPED_HEIGHT = (0.6, 1.6)  # ... except one this tall against the marks inside, in their row (a cropped number)
-CROPPED_WIDE = 1.5  # ... and at most this many times as wide as they are tall (a page's edge is longer)
+CROPPED_WIDE = 1.5  # ... and at most this many times as wide as they are tall (a page's edge is longer), ...
+CROPPED_GAP = 1.0  # ... at most this many of their heights from the nearest of them or of such marks
 HOLLOW = 0.25  # a frame (a sheet's outline, a box) covers less than this share of its box with ink
 FRAMED_HEIGHT = 0.1  # ... and holds a mark at least this share of its height tall
 STACK_OVERLAP = 0.25  # pieces of one digit above each other overlap across this share of the narrower
@@ -231,7 +232,7 @@ def _drop_non_digits(parts: list[Part], shape: tuple[int, int], margin: int = 0)
     if inside and max(p.mass for p in inside) >= INSIDE_MASS * max(p.mass for p in kept):
         # edges and the table along the border go when a real mark lies inside, but not a digit of the line
         # that a tight crop cut into (a number cropped to its ink touches the picture's edge on both sides)
-        kept = inside + [p for p in kept if on_border(p) and _beside(p, inside)]
+        kept = inside + _in_reach([p for p in kept if on_border(p) and _beside(p, inside)], inside)
     if not kept:
         return []
     heaviest = max(p.mass for p in kept)
@@ -264,6 +265,22 @@ def _beside(p: Part, inside: list[Part]) -> bool:
         and overlap >= ROW_OVERLAP * p.height
         and p.width <= CROPPED_WIDE * tall
     )
+
+
+def _in_reach(found: list[Part], inside: list[Part]) -> list[Part]:
+    """Of the border marks ``found`` beside the marks inside (_beside), those as close to the row as digits of
+    a number are: within CROPPED_GAP of its height of an inside mark or of a border mark already in reach (a
+    number cropped to its ink touches the edges with several digits; a table's edge across the picture from
+    the writing is out of reach)."""
+    heavy = [q for q in inside if q.mass >= SPECK * max(r.mass for r in inside)]
+    reach = CROPPED_GAP * (float(np.median([q.y1 for q in heavy])) - float(np.median([q.y0 for q in heavy])))
+    row, rest = list(heavy), list(found)  # parts hold arrays: told apart by identity, never compared
+    while True:
+        near = [p for p in rest if min(_gap(p.x0, p.x1, q.x0, q.x1) for q in row) <= reach]
+        if not near:
+            return [p for p in found if all(p is not q for q in rest)]
+        row += near
+        rest = [p for p in rest if all(p is not q for q in near)]
 
 
 def _frames_others(p: Part, parts: list[Part]) -> bool:
