@@ -22,6 +22,7 @@ def card_number(label: str) -> float:
     return float(re.search(r"([0-9.]+)%?\**\s*(\(|\|)", row.split("|", 2)[2]).group(1))
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 def test_the_bundled_weights_score_what_the_card_says(mnist):
     """Each model alone and the three read together; fixed weights, but another BLAS may round a near-tie
     the other way: a digit either way."""

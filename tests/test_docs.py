@@ -23,6 +23,7 @@ def _missing_doc_tools() -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
+@pytest.mark.slow  # a few seconds: in the full run, not the quick loop
 def test_the_site_builds_strictly(tmp_path):
     missing = _missing_doc_tools()
     if missing:

@@ -218,6 +218,7 @@ def test_worker_processes_exit_when_the_engine_process_is_killed(tmp_path):
 BUSY_LOAD = 1.4  # a load average this high on 2 cores: more than the training run alone keeps busy
 
 
+@pytest.mark.slow  # a real training run started and stopped (about 20 s): in the full run, not the quick loop
 def test_ctrl_c_in_a_two_worker_cli_run_leaves_no_process_behind(mnist, tmp_path):
     # the whole MNIST from lenet5's cache: long epochs, so that the worker process is started and caught at
     # work even while another program holds a core (a small subset trains 50 epochs in 20 s with the pieces
