@@ -13,6 +13,10 @@ MODEL_HELP = (
     "a checkpoint (.safetensors, .pth), a run folder, 'latest' (the newest run under train.out) or an "
     ".onnx file; default: the model bundled with lenet5 (see its MODEL_CARD.md)"
 )
+READER_HELP = (  # the commands that read with the bundled reader when no --model is given
+    "a checkpoint (.safetensors, .pth), a run folder, 'latest' (the newest run under train.out) or an "
+    ".onnx file; default: the reader bundled with lenet5, three LeNet-5s read together (see its MODEL_CARD.md)"
+)
 
 
 COMMITTEE_HELP = {
@@ -35,7 +39,7 @@ def add_model_flag(p: argparse.ArgumentParser, committee: str | None = None) -> 
         return
     several = {"action": "extend", "nargs": "+"} if committee == "several" else {"action": "append"}
     p.add_argument(
-        *names, dest="model", default=None, metavar="MODEL", help=MODEL_HELP + COMMITTEE_HELP[committee], **several
+        *names, dest="model", default=None, metavar="MODEL", help=READER_HELP + COMMITTEE_HELP[committee], **several
     )
 
 

@@ -125,14 +125,16 @@ def _add_predict_serve_parsers(sub) -> None:
         "predict",
         help="classify your own digit images (PNG, JPEG, BMP, GIF, TIFF, WebP, .npy)",
         description="Read the digits or the whole number in each image. An answer is marked NOT SURE when a "
-        "digit's calibrated probability is below the model's reject threshold. The bundled model's "
-        "thresholds were chosen on held-out photo-like scenes so that at most 1% of sure single "
-        "digits and 2% of sure numbers were wrong there (MODEL_CARD.md); expect a little more on "
-        "handwriting unlike any it has seen. A model you trained yourself marks NOT SURE below 80%. "
+        "digit's calibrated probability is below the reader's reject threshold. Without --model the bundled "
+        "reader reads: three LeNet-5s read together, whose thresholds were chosen on held-out photo-like "
+        "scenes so that at most 1% of sure single digits and 2% of sure numbers were wrong there "
+        "(MODEL_CARD.md); expect more on handwriting unlike any it has seen (1-3.5% of sure numbers on other "
+        "scenes of the same kind). A model you trained yourself marks NOT SURE below 80%. "
         "Several models (--model A --model B ...) read as a committee: the mean of their calibrated "
-        "probabilities finds and reads the digits, and the reject thresholds are those of the first model "
-        "that has them (else 80%), fitted for that model alone: the committee's top probability is never "
-        "above the mean of its members', so their thresholds are, if anything, strict for it.",
+        "probabilities finds and reads the digits, and the reject thresholds are the ones fitted for that "
+        "very committee when its first model carries them (benchmarks/reject_rule.py), else those of the "
+        "first model that has them (else 80%), fitted for that model alone: the committee's top probability "
+        "is never above the mean of its members', so their thresholds are, if anything, strict for it.",
     )
     add_model_flag(p, committee="repeated")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders of images, globs, or .npy arrays")
