@@ -53,7 +53,9 @@ def test_the_bundled_reader_is_a_committee_with_the_rule_fitted_for_it():
     assert (committee.sure_digit, committee.sure_number) == (rule["digit"], rule["number"])
     card = CARD.read_text()
     assert f"**{rule['digit']:.4f}**" in card and f"**{rule['number']:.6f}**" in card
-    assert rule["digit_margin"] == rule["number_margin"] == 0.0 and "no margin" in " ".join(card.split())
+    words = " ".join(card.split())
+    assert rule["digit_margin"] == 0.0 and "no margin is asked of a single digit" in words
+    assert f"by at least {rule['number_margin']:.2f} in log units" in words
 
 
 def test_predict_serve_evaluate_summary_need_no_model(tmp_path, mnist):
