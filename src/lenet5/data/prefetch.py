@@ -23,9 +23,7 @@ the very batch that was missing, after one warning line.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -99,28 +97,9 @@ def serve_chunks(conn) -> int:
 def start_process() -> tuple[subprocess.Popen, Connection]:
     """Start ``python -m lenet5.data.prefetch`` with one end of a socket pair; return it and the other end.
     OSError or SubprocessError where the machine has no process or file descriptor left."""
-    import lenet5
+    from lenet5.child import start_child
 
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(lenet5.__file__)))  # where lenet5 is imported from
-    if os.path.basename(root) not in ("site-packages", "dist-packages"):  # a source tree: the process needs it
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    ours, theirs = socket.socketpair()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lenet5.data.prefetch", str(theirs.fileno())],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            pass_fds=(theirs.fileno(),),
-        )
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
+    process, ours = start_child("lenet5.data.prefetch", [])
     return process, Connection(ours.detach())
 
 

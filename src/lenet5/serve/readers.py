@@ -30,7 +30,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import weakref
 from pathlib import Path
 
@@ -282,27 +281,9 @@ class ReaderPool:
 
 def spawn(paths: list[Path], engine: str) -> tuple[subprocess.Popen, socket.socket]:
     """Start ``python -m lenet5.serve.reading`` with one end of a socket pair; return it and the other end."""
-    import lenet5
+    from lenet5.child import start_child
 
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(lenet5.__file__)))  # where lenet5 is imported from
-    if os.path.basename(root) not in ("site-packages", "dist-packages"):  # a source tree: the process needs it
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    ours, theirs = socket.socketpair()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lenet5.serve.reading", str(theirs.fileno()), engine, *map(str, paths)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-            pass_fds=(theirs.fileno(),),
-        )
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
+    process, ours = start_child("lenet5.serve.reading", [engine, *map(str, paths)], quiet=False)
     return process, ours
 
 

@@ -241,22 +241,13 @@ class WorkerProcesses:
     def _start(self, capacity: int, image_shape: tuple[int, ...]) -> None:
         """Start the processes; a machine limit (file descriptors, memory, processes, file size) raises _Lost
         after turning processes off: trying again at the next step would meet the same limit."""
-        import lenet5
+        from lenet5.child import start_child
 
         try:
             self._block = SharedBlock(batch_layout(capacity, image_shape, self.dtype))
             self.batch, self.capacity = self._block.arrays, capacity
-            env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-            root = os.path.dirname(os.path.dirname(os.path.abspath(lenet5.__file__)))  # where lenet5 is imported from
-            if os.path.basename(root) not in ("site-packages", "dist-packages"):  # a source tree: the process needs it
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
             for index in range(self.count):
-                ours, theirs = socket.socketpair()
                 args = [
-                    sys.executable,
-                    "-m",
-                    "lenet5.engines.numpy.workers",
-                    str(theirs.fileno()),
                     str(self.state.fd),
                     str(self._block.fd),
                     self.model_name,
@@ -267,21 +258,9 @@ class WorkerProcesses:
                     str(capacity),
                     *map(str, image_shape),
                 ]
-                try:
-                    process = subprocess.Popen(
-                        args,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                        start_new_session=True,
-                        pass_fds=(theirs.fileno(), self.state.fd, self._block.fd),
-                    )
-                except BaseException:
-                    ours.close()
-                    raise
-                finally:
-                    theirs.close()
+                process, ours = start_child(
+                    "lenet5.engines.numpy.workers", args, keep_fds=(self.state.fd, self._block.fd)
+                )
                 self._processes.append(process)
                 self._sockets.append(ours)
         except (OSError, subprocess.SubprocessError, MemoryError) as exc:
