@@ -29,13 +29,13 @@ def own_jiffies() -> float:
     return (ru.ru_utime + ru.ru_stime) * CLK_TCK + sum(map(process_jiffies, running_children()))
 
 
-def running_children() -> list[int]:
-    """Process ids of this process's children that are still running."""
+def running_children(pid: int | str = "self") -> list[int]:
+    """Process ids of the running children of process ``pid`` (this one by default)."""
     pids = []
-    for task in os.listdir("/proc/self/task"):
+    for task in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids += [int(pid) for pid in f.read().split()]
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(child) for child in f.read().split()]
         except OSError:  # a thread that ended meanwhile
             pass
     return pids

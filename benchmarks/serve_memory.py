@@ -35,6 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from machine import running_children
+
 KINDS = ("F.tif", "I.tif", "I16.png", "I16.tif", "RGBA.png", "LA.png", "CMYK.tif", "1.png", "P.png", "RGB.png")
 TYPES = {"png": "image/png", "tif": "image/tiff"}
 
@@ -72,14 +74,7 @@ def status_kib(pid: int, key: str) -> int:
 
 def family(pid: int) -> list[int]:
     """A process and its running children (a server's worker processes)."""
-    pids = [pid]
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:  # a thread that ended meanwhile
-            pass
-    return pids
+    return [pid, *running_children(pid)]
 
 
 def family_kib(pid: int, key: str) -> int:
