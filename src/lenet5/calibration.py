@@ -109,7 +109,7 @@ def check_calibration(calibration) -> None:
         raise ValueError(f"calibration energy_floor {str(floor)[:40]} is damaged (it must be a finite number)")
 
 
-def check_reject(reject) -> dict:
+def check_reject(reject, what: str = "reject") -> dict:
     """A stored reject rule: None, or a mapping whose ``digit`` and ``number`` thresholds (the calibrated
     probability every digit of a sure answer needs) are numbers in 0..1 and whose ``digit_margin`` and
     ``number_margin`` (how much better a sure line's reading must score than its runner-up, log units) are in
@@ -117,13 +117,13 @@ def check_reject(reject) -> dict:
     if reject is None:
         return {}
     if not isinstance(reject, dict):
-        raise ValueError(f"calibration reject {str(reject)[:40]} is not a mapping")
+        raise ValueError(f"calibration {what} {str(reject)[:40]} is not a mapping")
     for key, top in (("digit", 1.0), ("number", 1.0), ("digit_margin", 100.0), ("number_margin", 100.0)):
         value = reject.get(key)
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= top
         ):
-            raise ValueError(f"calibration reject {key} {str(value)[:40]} is damaged (it must be in 0..{top:g})")
+            raise ValueError(f"calibration {what} {key} {str(value)[:40]} is damaged (it must be in 0..{top:g})")
     return reject
 
 
@@ -132,7 +132,7 @@ def check_committee_reject(rule) -> None:
     ``partners``, the SHA-256 of the other members' files (at most MAX_PARTNERS); ValueError otherwise."""
     if rule is None:
         return
-    check_reject(rule)
+    check_reject(rule, "committee_reject")
     partners = rule.get("partners")
     if (
         not isinstance(partners, list)
