@@ -18,7 +18,6 @@ import struct
 import tempfile
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from lenet5.checkpoint import MAX_HEADER_BYTES, load_checkpoint, save_checkpoint
 from lenet5.data.idx import encode_idx, parse_idx, read_idx
 from lenet5.data.images import MAX_PIXELS, load_npy, prepare_bytes
 from lenet5.errors import CheckpointError, IDXError, ImageError
+from lying_headers import png_declaring
 
 FUZZ_EXAMPLES = int(os.environ.get("LENET5_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -367,18 +367,6 @@ def test_fuzz_idx_reader(mutation):
 
 
 # ------------------------------------------------------------------------------------------- images
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares width x height, with one tiny IDAT: the classic bomb header."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
-
-
 def _bmp_declaring(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (8, 8), 0).save(buf, format="BMP")
@@ -416,9 +404,9 @@ def _real_png_bomb() -> bytes:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: _png_header_only(6325, 6325),  # 40.0 MP: just over the 40-megapixel limit
-        lambda: _png_header_only(100_000, 100_000),
-        lambda: _png_header_only(2**31 - 1, 2**31 - 1),
+        lambda: png_declaring(6325, 6325),  # 40.0 MP: just over the 40-megapixel limit
+        lambda: png_declaring(100_000, 100_000),
+        lambda: png_declaring(2**31 - 1, 2**31 - 1),
         lambda: _bmp_declaring(50_000, 50_000),
         lambda: _gif_declaring(65535, 65535),
         lambda: _jpeg_declaring(65535, 65535),

@@ -70,6 +70,13 @@ def test_the_numpy_runner_with_workers_gives_the_engines_bits(rng):
         engine.close()
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (so that what it imports is its own); it must exit 0."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 @pytest.mark.parametrize("engine, threads", [("torch", 1), ("numpy", 1), ("numpy", 2)])
 def test_loading_a_model_to_predict_builds_no_optimizer(untrained_checkpoint, engine, threads):
     if engine == "torch":
@@ -81,8 +88,7 @@ def test_loading_a_model_to_predict_builds_no_optimizer(untrained_checkpoint, en
         "p.close()\n"
         "print(json.dumps([type(p.model).__name__, sorted(m for m in sys.modules if m.startswith('lenet5'))]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_python(code)
     runner, loaded = json.loads(proc.stdout.splitlines()[-1])
     assert runner == {"torch": "TorchRunner", "numpy": "NumpyRunner"}[engine]
     unwanted = (*OPTIMIZERS, "lenet5.engines.torch.engine", "lenet5.engines.numpy.engine", "lenet5.export")
@@ -99,6 +105,5 @@ def test_the_torch_runner_without_torch_says_what_to_install(untrained_checkpoin
         "except Lenet5Error as exc:\n"
         "    print(exc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_python(code)
     assert "pip install" in proc.stdout and "--engine numpy" in proc.stdout, proc.stdout

@@ -8,10 +8,8 @@ import asyncio
 import io
 import os
 import signal
-import struct
 import threading
 import time
-import zlib
 
 import httpx
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import lenet5
+from lying_headers import png_declaring
 from serving import ended, running_server, wait_for_workers, worker_pids
 
 KILLED = "the process reading this image ended (signal SIGKILL: killed, or out of memory?)"
@@ -33,18 +32,6 @@ def drawing(digits: int = 1) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height, with one tiny IDAT: the classic bomb header."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 def upload(url: str, data: bytes, name: str = "drawing.png", query: str = "") -> httpx.Response:
