@@ -270,9 +270,10 @@ def test_workers_out_of_range_is_one_line():
     assert result.returncode == 2 and result.stderr.strip() == "error: --workers must be between 0 and 32, got -1"
 
 
-def test_the_default_is_one_worker_per_core_and_never_a_single_one():
-    from lenet5.commands.serve import default_workers
-    from lenet5.free_cores import available_cores
-
-    workers = default_workers()
-    assert workers == (available_cores() if available_cores() > 1 else 0)
+@pytest.mark.slow  # a server with its workers started: in the full run, not the quick loop
+def test_by_default_a_server_reads_with_one_worker_per_core_however_busy_the_machine(untrained_checkpoint):
+    """No --workers: one worker process per core this server may use (none on one core), whatever other
+    programs are doing when it starts (a training run beside it must not leave it without workers)."""
+    cores = len(os.sched_getaffinity(0))
+    with running_server(untrained_checkpoint) as (_url, pid):
+        assert len(wait_for_workers(pid, cores if cores > 1 else 0)) == (cores if cores > 1 else 0)
