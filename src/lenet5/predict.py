@@ -394,9 +394,11 @@ class Committee(Predictor):
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (a big .pth member costs no second copy in memory)."""
     import hashlib
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fitted_for(members: list[Predictor]) -> dict | None:

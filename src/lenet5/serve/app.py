@@ -465,16 +465,12 @@ def create_app(
 def _short_sha256(path: Path) -> str | None:
     """The first 12 hex digits of the file's SHA-256 (read once, at start-up): two runs' models, or a file
     replaced since, are told apart at a glance. None when the file cannot be read any more."""
-    import hashlib
+    from lenet5.predict import file_sha256
 
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)[:12]
     except OSError:
         return None
-    return digest.hexdigest()[:12]
 
 
 async def _read_upload(request: Request) -> tuple[bytes, str]:
